@@ -1,0 +1,265 @@
+//! The non-batch wire records: acks, converged state records, dead letters.
+
+use apache_avro::types::Value as Avro;
+use edgesync_core::crdt::Crdt;
+use edgesync_core::{ReplicaId, StateDigest, Value, VersionVector};
+
+use crate::codec::{digest_of, vv_to_avro};
+use crate::error::DecodeError;
+use crate::value::{long_u64, opt_scalar, record, replica_fields, scalar, Rec};
+
+/// The server's acknowledgement for one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The replica acknowledged.
+    pub replica: ReplicaId,
+    /// Every seq in `1..=watermark` is durable at the server.
+    pub watermark: u64,
+    /// Server wall clock when it became durable.
+    pub acked_at_ms: u64,
+}
+
+impl Ack {
+    pub(crate) fn to_avro(&self) -> Avro {
+        let mut f: Vec<(&'static str, Avro)> = replica_fields(&self.replica).into();
+        f.push(("watermark", long_u64(self.watermark)));
+        f.push(("acked_at_ms", long_u64(self.acked_at_ms)));
+        record(f)
+    }
+
+    pub(crate) fn from_avro(v: Avro) -> Result<Self, DecodeError> {
+        let mut r = Rec::new("Ack", v)?;
+        Ok(Self {
+            replica: r.replica()?,
+            watermark: r.unsigned("watermark")?,
+            acked_at_ms: r.unsigned("acked_at_ms")?,
+        })
+    }
+}
+
+/// The converged value of one CRDT key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateRecord {
+    /// The CRDT key (also the Kafka key).
+    pub key: String,
+    /// The full converged state.
+    pub state: Crdt,
+    /// Per replica, the highest event seq merged into it.
+    pub version_vector: VersionVector,
+    /// When it was emitted.
+    pub emitted_at_ms: u64,
+}
+
+/// Why a state record was rejected.
+fn digest_mismatch() -> DecodeError {
+    DecodeError::Shape {
+        field: "digest",
+        expected: "the digest of key and state",
+    }
+}
+
+fn saturate(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
+impl StateRecord {
+    /// The digest written with this record.
+    pub fn digest(&self) -> StateDigest {
+        digest_of(&self.key, &self.state)
+    }
+
+    pub(crate) fn to_avro(&self, crdt: Vec<u8>) -> Avro {
+        let kind = self.state.kind();
+        let kind_index = edgesync_core::CrdtKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0) as u32;
+        let null = || Avro::Union(0, Box::new(Avro::Null));
+        let (mut counter, mut register, mut values, mut buckets) =
+            (null(), null(), Vec::new(), Vec::new());
+        match &self.state {
+            Crdt::GCounter(g) => {
+                counter = Avro::Union(1, Box::new(Avro::Long(saturate(g.value() as i128))))
+            }
+            Crdt::PnCounter(p) => {
+                counter = Avro::Union(1, Box::new(Avro::Long(saturate(p.value()))))
+            }
+            Crdt::MaxRegister(r) => register = opt_scalar(r.get()),
+            Crdt::MinRegister(r) => register = opt_scalar(r.get()),
+            Crdt::LwwRegister(r) => register = opt_scalar(r.get()),
+            Crdt::MvRegister(r) => values = r.values().into_iter().map(|v| scalar(v, 0)).collect(),
+            Crdt::OrSet(s) => values = s.elements().map(|v: &Value| scalar(v, 0)).collect(),
+            Crdt::RollupMap(m) => {
+                buckets = m
+                    .buckets()
+                    .into_iter()
+                    .map(|(b, a)| {
+                        record(vec![
+                            ("bucket_ms", long_u64(b)),
+                            ("count", long_u64(a.count)),
+                            ("sum", Avro::Double(a.sum)),
+                            ("min", Avro::Double(a.min)),
+                            ("max", Avro::Double(a.max)),
+                        ])
+                    })
+                    .collect()
+            }
+        }
+        record(vec![
+            ("key", Avro::String(self.key.clone())),
+            ("kind", Avro::Enum(kind_index, kind.name().to_owned())),
+            ("counter", counter),
+            ("register", register),
+            ("values", Avro::Array(values)),
+            ("buckets", Avro::Array(buckets)),
+            ("version_vector", vv_to_avro(&self.version_vector)),
+            ("digest", Avro::Fixed(32, self.digest().0.to_vec())),
+            ("crdt", Avro::Bytes(crdt)),
+            ("emitted_at_ms", long_u64(self.emitted_at_ms)),
+        ])
+    }
+
+    pub(crate) fn from_avro(r: &mut Rec, state: Crdt) -> Result<Self, DecodeError> {
+        let key = r.string("key")?;
+        edgesync_core::event::validate_state_key(&key)
+            .map_err(edgesync_core::BatchError::StateKey)?;
+        let mut version_vector = VersionVector::new();
+        for v in r.array("version_vector")? {
+            let mut e = Rec::new("VersionEntry", v)?;
+            let replica = e.replica()?;
+            version_vector.observe(&replica, e.unsigned("seq")?);
+        }
+        let digest = match r.take("digest")? {
+            Avro::Fixed(32, b) => b,
+            _ => return Err(digest_mismatch()),
+        };
+        let out = Self {
+            key,
+            state,
+            version_vector,
+            emitted_at_ms: r.unsigned("emitted_at_ms")?,
+        };
+        if out.digest().0.as_slice() != digest.as_slice() {
+            return Err(digest_mismatch());
+        }
+        Ok(out)
+    }
+}
+
+/// Why input went to the dead-letter topic. Order and names match `dead_letter.avsc`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// The MQTT topic does not have the expected shape.
+    BadTopic,
+    /// The device id in the topic breaks the grammar.
+    BadDeviceId,
+    /// The batch names another device than its topic.
+    DeviceMismatch,
+    /// Over the size limit.
+    Oversize,
+    /// Could not be decompressed or decoded.
+    Undecodable,
+    /// Decoded, but not a well-formed batch.
+    InvalidBatch,
+    /// A state delta of a different CRDT kind than the key already has.
+    KindMismatch,
+    /// Anything else (also what an older reader sees for a newer reason).
+    Other,
+}
+
+impl DeadLetterReason {
+    /// Every reason, in schema order.
+    pub const ALL: [DeadLetterReason; 8] = [
+        DeadLetterReason::BadTopic,
+        DeadLetterReason::BadDeviceId,
+        DeadLetterReason::DeviceMismatch,
+        DeadLetterReason::Oversize,
+        DeadLetterReason::Undecodable,
+        DeadLetterReason::InvalidBatch,
+        DeadLetterReason::KindMismatch,
+        DeadLetterReason::Other,
+    ];
+
+    /// The Avro enum symbol (also the metric label).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            DeadLetterReason::BadTopic => "BAD_TOPIC",
+            DeadLetterReason::BadDeviceId => "BAD_DEVICE_ID",
+            DeadLetterReason::DeviceMismatch => "DEVICE_MISMATCH",
+            DeadLetterReason::Oversize => "OVERSIZE",
+            DeadLetterReason::Undecodable => "UNDECODABLE",
+            DeadLetterReason::InvalidBatch => "INVALID_BATCH",
+            DeadLetterReason::KindMismatch => "KIND_MISMATCH",
+            DeadLetterReason::Other => "OTHER",
+        }
+    }
+}
+
+/// Input that could not be processed, kept with its reason and original bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Why.
+    pub reason: DeadLetterReason,
+    /// Human-readable detail (the error message).
+    pub detail: String,
+    /// Where it came from (`mqtt:<topic>` or `kafka:<topic>/<partition>@<offset>`).
+    pub source: String,
+    /// The device, when known.
+    pub device: Option<String>,
+    /// When it was received.
+    pub received_at_ms: u64,
+    /// The original bytes.
+    pub payload: Vec<u8>,
+}
+
+impl DeadLetter {
+    pub(crate) fn to_avro(&self) -> Avro {
+        let idx = DeadLetterReason::ALL
+            .iter()
+            .position(|r| *r == self.reason)
+            .unwrap_or(DeadLetterReason::ALL.len() - 1) as u32;
+        let device = match &self.device {
+            None => Avro::Union(0, Box::new(Avro::Null)),
+            Some(d) => Avro::Union(1, Box::new(Avro::String(d.clone()))),
+        };
+        record(vec![
+            ("reason", Avro::Enum(idx, self.reason.symbol().to_owned())),
+            ("detail", Avro::String(self.detail.clone())),
+            ("source", Avro::String(self.source.clone())),
+            ("device", device),
+            ("received_at_ms", long_u64(self.received_at_ms)),
+            ("payload", Avro::Bytes(self.payload.clone())),
+        ])
+    }
+
+    pub(crate) fn from_avro(v: Avro) -> Result<Self, DecodeError> {
+        let mut r = Rec::new("DeadLetter", v)?;
+        let reason = match r.take("reason")? {
+            Avro::Enum(_, sym) => DeadLetterReason::ALL
+                .into_iter()
+                .find(|x| x.symbol() == sym)
+                .unwrap_or(DeadLetterReason::Other),
+            _ => {
+                return Err(DecodeError::Shape {
+                    field: "reason",
+                    expected: "enum",
+                })
+            }
+        };
+        let device = match r.take("device")? {
+            Avro::Union(_, b) => match *b {
+                Avro::String(s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        };
+        Ok(Self {
+            reason,
+            detail: r.string("detail")?,
+            source: r.string("source")?,
+            device,
+            received_at_ms: r.unsigned("received_at_ms")?,
+            payload: r.bytes("payload")?,
+        })
+    }
+}

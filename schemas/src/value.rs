@@ -1,0 +1,190 @@
+//! Small helpers to build and take apart `apache_avro::types::Value`s by field name.
+
+use std::collections::HashMap;
+
+use apache_avro::types::Value as Avro;
+use edgesync_core::id::{DeviceId, Incarnation, ReplicaId};
+use edgesync_core::Value;
+
+use crate::error::DecodeError;
+
+pub(crate) fn record(fields: Vec<(&'static str, Avro)>) -> Avro {
+    Avro::Record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+pub(crate) fn long_u64(v: u64) -> Avro {
+    // Only called for values the core keeps within 63 bits (seqs, incarnations, buckets).
+    Avro::Long(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// Scalar union `["double", "long", "string", "boolean"]`, shifted by `offset` when the
+/// union starts with `null`.
+pub(crate) fn scalar(v: &Value, offset: u32) -> Avro {
+    let (i, inner) = match v {
+        Value::Double(x) => (0, Avro::Double(*x)),
+        Value::Long(x) => (1, Avro::Long(*x)),
+        Value::String(s) => (2, Avro::String(s.clone())),
+        Value::Bool(b) => (3, Avro::Boolean(*b)),
+    };
+    Avro::Union(i + offset, Box::new(inner))
+}
+
+pub(crate) fn opt_scalar(v: Option<&Value>) -> Avro {
+    match v {
+        None => Avro::Union(0, Box::new(Avro::Null)),
+        Some(v) => scalar(v, 1),
+    }
+}
+
+pub(crate) fn scalar_from(field: &'static str, v: Avro) -> Result<Value, DecodeError> {
+    let v = match v {
+        Avro::Union(_, inner) => *inner,
+        other => other,
+    };
+    Ok(match v {
+        Avro::Double(x) => Value::Double(x),
+        Avro::Long(x) => Value::Long(x),
+        Avro::String(s) => Value::String(s),
+        Avro::Boolean(b) => Value::Bool(b),
+        _ => {
+            return Err(DecodeError::Shape {
+                field,
+                expected: "double, long, string or boolean",
+            })
+        }
+    })
+}
+
+pub(crate) fn opt_scalar_from(field: &'static str, v: Avro) -> Result<Option<Value>, DecodeError> {
+    match v {
+        Avro::Union(_, inner) if matches!(*inner, Avro::Null) => Ok(None),
+        Avro::Null => Ok(None),
+        other => scalar_from(field, other).map(Some),
+    }
+}
+
+/// A decoded record whose fields are taken out by name.
+pub(crate) struct Rec {
+    fields: HashMap<String, Avro>,
+}
+
+impl Rec {
+    pub(crate) fn new(field: &'static str, v: Avro) -> Result<Self, DecodeError> {
+        match v {
+            Avro::Record(fields) => Ok(Self {
+                fields: fields.into_iter().collect(),
+            }),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "record",
+            }),
+        }
+    }
+
+    pub(crate) fn take(&mut self, field: &'static str) -> Result<Avro, DecodeError> {
+        self.fields.remove(field).ok_or(DecodeError::Shape {
+            field,
+            expected: "present",
+        })
+    }
+
+    pub(crate) fn long(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        match self.take(field)? {
+            Avro::Long(v) => Ok(v),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "long",
+            }),
+        }
+    }
+
+    /// A long that must be >= 0.
+    pub(crate) fn unsigned(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        let v = self.long(field)?;
+        u64::try_from(v).map_err(|_| DecodeError::Negative { field, value: v })
+    }
+
+    /// A long carrying a full u64 bit pattern (counts).
+    pub(crate) fn bits_u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(self.long(field)? as u64)
+    }
+
+    /// A long that must fit in a u32.
+    pub(crate) fn long_u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        let v = self.long(field)?;
+        u32::try_from(v).map_err(|_| DecodeError::OutOfRange { field, value: v })
+    }
+
+    pub(crate) fn double(&mut self, field: &'static str) -> Result<f64, DecodeError> {
+        match self.take(field)? {
+            Avro::Double(v) => Ok(v),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "double",
+            }),
+        }
+    }
+
+    pub(crate) fn string(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        match self.take(field)? {
+            Avro::String(v) => Ok(v),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "string",
+            }),
+        }
+    }
+
+    pub(crate) fn bytes(&mut self, field: &'static str) -> Result<Vec<u8>, DecodeError> {
+        match self.take(field)? {
+            Avro::Bytes(v) => Ok(v),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "bytes",
+            }),
+        }
+    }
+
+    pub(crate) fn array(&mut self, field: &'static str) -> Result<Vec<Avro>, DecodeError> {
+        match self.take(field)? {
+            Avro::Array(v) => Ok(v),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "array",
+            }),
+        }
+    }
+
+    pub(crate) fn map(
+        &mut self,
+        field: &'static str,
+    ) -> Result<HashMap<String, Avro>, DecodeError> {
+        match self.take(field)? {
+            Avro::Map(v) => Ok(v),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "map",
+            }),
+        }
+    }
+
+    pub(crate) fn device(&mut self) -> Result<DeviceId, DecodeError> {
+        Ok(DeviceId::new(&self.string("device")?)?)
+    }
+
+    pub(crate) fn incarnation(&mut self) -> Result<Incarnation, DecodeError> {
+        Ok(Incarnation::new(self.unsigned("incarnation")?)?)
+    }
+
+    /// `device` and `incarnation` fields.
+    pub(crate) fn replica(&mut self) -> Result<ReplicaId, DecodeError> {
+        Ok(ReplicaId::new(self.device()?, self.incarnation()?))
+    }
+}
+
+pub(crate) fn replica_fields(r: &ReplicaId) -> [(&'static str, Avro); 2] {
+    [
+        ("device", Avro::String(r.device.as_str().to_owned())),
+        ("incarnation", long_u64(r.incarnation.get())),
+    ]
+}

@@ -1,0 +1,352 @@
+//! Codec round trips, schema evolution, and rejection of bad bytes (never a panic).
+
+use std::collections::BTreeMap;
+
+use edgesync_core::arbitrary::{self, any_value, replica, run, Model};
+use edgesync_core::crdt::Crdt;
+use edgesync_core::{BatchBuilder, DeltaBatch, Dot, Event, EventLimits, Hlc, VersionVector};
+use edgesync_schemas::{
+    Ack, Codec, DeadLetter, DeadLetterReason, DecodeError, Framing, Limits, MessageKind,
+    StateRecord,
+};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+fn config() -> Config {
+    Config {
+        cases: arbitrary::cases(),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+fn codec() -> Codec {
+    Codec::new(Limits::default()).expect("schemas parse")
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z_][a-z0-9_]{0,10}"
+}
+
+fn event_body() -> impl Strategy<
+    Value = (
+        Hlc,
+        String,
+        u32,
+        BTreeMap<String, edgesync_core::Value>,
+        BTreeMap<String, String>,
+    ),
+> {
+    (
+        (0u64..=i64::MAX as u64, any::<u32>()).prop_map(|(w, l)| Hlc::new(w, l)),
+        "[a-z0-9][a-z0-9._-]{0,20}",
+        any::<u32>(),
+        prop::collection::btree_map(name(), any_value(), 0..6),
+        prop::collection::btree_map(name(), ".{0,12}", 0..4),
+    )
+}
+
+fn event(dot: Dot) -> impl Strategy<Value = Event> {
+    event_body().prop_map(move |(hlc, stream, schema_version, fields, tags)| Event {
+        dot: dot.clone(),
+        hlc,
+        stream,
+        schema_version,
+        fields,
+        tags,
+    })
+}
+
+/// A state of every kind, from a generated causal history.
+fn crdt() -> impl Strategy<Value = Crdt> {
+    fn of<M: Model>(f: fn(M::State) -> Crdt) -> impl Strategy<Value = Crdt>
+    where
+        M::State: 'static,
+    {
+        arbitrary::history::<M>(3, 12).prop_map(move |h| {
+            let o = run::<M>(3, &h);
+            f(o.finals
+                .into_iter()
+                .fold(Default::default(), |a: M::State, s| {
+                    edgesync_core::Lattice::joined(a, &s)
+                }))
+        })
+    }
+    prop_oneof![
+        of::<arbitrary::GCounterModel>(Crdt::GCounter),
+        of::<arbitrary::PnCounterModel>(Crdt::PnCounter),
+        of::<arbitrary::MaxRegisterModel>(Crdt::MaxRegister),
+        of::<arbitrary::MinRegisterModel>(Crdt::MinRegister),
+        of::<arbitrary::LwwRegisterModel>(Crdt::LwwRegister),
+        of::<arbitrary::MvRegisterModel>(Crdt::MvRegister),
+        of::<arbitrary::OrSetModel>(Crdt::OrSet),
+        of::<arbitrary::RollupMapModel>(Crdt::RollupMap),
+    ]
+}
+
+fn batch() -> impl Strategy<Value = DeltaBatch> {
+    (0usize..4, 1u64..1_000_000, 1usize..8).prop_flat_map(|(r, first, n)| {
+        let rep = replica(r);
+        let events: Vec<_> = (0..n as u64)
+            .map(|i| event(Dot::new(rep.clone(), first + i)))
+            .collect();
+        (
+            Just(rep),
+            Just(first),
+            events,
+            prop::collection::vec(("[a-z./-]{1,12}", crdt()), 0..4),
+        )
+            .prop_map(|(rep, first, events, deltas)| {
+                let mut b = BatchBuilder::new(rep, first, EventLimits::default());
+                let mut deltas = deltas.into_iter();
+                for e in events {
+                    // Attach the deltas to the first event; the kinds of a key must agree.
+                    let ds: Vec<_> = deltas.by_ref().collect();
+                    let mut seen: BTreeMap<String, Crdt> = BTreeMap::new();
+                    for (k, d) in ds {
+                        seen.entry(k).or_insert(d);
+                    }
+                    b.push(e, seen).expect("generated events are valid");
+                }
+                b.finish().expect("non-empty")
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn batch_round_trips(b in batch()) {
+        let c = codec();
+        let bytes = c.encode_batch(&b).unwrap();
+        prop_assert_eq!(c.decode_batch(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn event_round_trips_in_both_framings(e in event(Dot::new(replica(1), 42)), id in any::<u32>()) {
+        let mut c = codec();
+        c.register_confluent_id(id, MessageKind::Event);
+        for framing in [Framing::SingleObject, Framing::Confluent { schema_id: id }] {
+            let bytes = c.encode_event(&e, framing).unwrap();
+            prop_assert_eq!(c.decode_event(&bytes).unwrap(), e.clone());
+        }
+    }
+
+    #[test]
+    fn state_record_round_trips_with_its_digest(key in "[a-z./-]{1,20}", state in crdt(), t in 0u64..1<<40) {
+        let c = codec();
+        let vv: VersionVector = [(replica(0), 3), (replica(2), 9)].into_iter().collect();
+        let rec = StateRecord { key, state, version_vector: vv, emitted_at_ms: t };
+        let bytes = c.encode_state_record(&rec, Framing::SingleObject).unwrap();
+        prop_assert_eq!(c.decode_state_record(&bytes).unwrap(), rec);
+    }
+
+    #[test]
+    fn random_bytes_are_rejected_by_every_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let c = codec();
+        prop_assert!(c.decode_batch(&bytes).is_err());
+        prop_assert!(c.decode_event(&bytes).is_err());
+        prop_assert!(c.decode_ack(&bytes).is_err());
+        prop_assert!(c.decode_state_record(&bytes).is_err());
+        prop_assert!(c.decode_dead_letter(&bytes).is_err());
+    }
+
+    #[test]
+    fn random_bytes_behind_a_valid_header_are_rejected(
+        kind in prop::sample::select(MessageKind::ALL.to_vec()),
+        tail in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        // Get past the framing so the Avro decoder itself sees garbage.
+        let c = codec();
+        let mut bytes = vec![0xC3, 0x01];
+        bytes.extend_from_slice(&c.fingerprint(kind).to_le_bytes());
+        bytes.extend_from_slice(&tail);
+        let _ = c.decode_event(&bytes);
+        let _ = c.decode_ack(&bytes);
+        let _ = c.decode_state_record(&bytes);
+        let _ = c.decode_dead_letter(&bytes);
+        let packed = zstd::bulk::compress(&bytes, 1).unwrap();
+        let _ = c.decode_batch(&packed);
+    }
+
+    #[test]
+    fn corrupted_batches_never_panic_and_never_decode_to_something_else_unchecked(
+        b in batch(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+    ) {
+        let c = codec();
+        // Corrupt the uncompressed datum, then recompress: exercises the Avro decoder and
+        // every validation behind it rather than zstd's checksum.
+        let packed = c.encode_batch(&b).unwrap();
+        let mut plain = zstd::stream::decode_all(&packed[..]).unwrap();
+        for (i, x) in flips {
+            let at = i.index(plain.len());
+            plain[at] ^= x;
+        }
+        let repacked = zstd::bulk::compress(&plain, 1).unwrap();
+        if let Ok(d) = c.decode_batch(&repacked) {
+            // Whatever decodes is a well-formed batch (DeltaBatch::new ran on it).
+            prop_assert!(d.first_seq() >= 1);
+            prop_assert_eq!(d.events().len() as u64, d.last_seq() - d.first_seq() + 1);
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_rejected(e in event(Dot::new(replica(0), 7))) {
+        let c = codec();
+        let bytes = c.encode_event(&e, Framing::SingleObject).unwrap();
+        for cut in 0..bytes.len() {
+            prop_assert!(c.decode_event(&bytes[..cut]).is_err(), "prefix of {} accepted", cut);
+        }
+    }
+}
+
+#[test]
+fn ack_and_dead_letter_round_trip() {
+    let c = codec();
+    let ack = Ack {
+        replica: replica(3),
+        watermark: 1234,
+        acked_at_ms: 1_700_000_000_000,
+    };
+    assert_eq!(c.decode_ack(&c.encode_ack(&ack).unwrap()).unwrap(), ack);
+    for reason in DeadLetterReason::ALL {
+        let d = DeadLetter {
+            reason,
+            detail: "batch names another device".into(),
+            source: "mqtt:edgesync/v1/pump-1/batch".into(),
+            device: Some("pump-1".into()),
+            received_at_ms: 5,
+            payload: vec![0, 1, 2, 255],
+        };
+        let bytes = c.encode_dead_letter(&d, Framing::SingleObject).unwrap();
+        assert_eq!(c.decode_dead_letter(&bytes).unwrap(), d);
+    }
+}
+
+#[test]
+fn a_reader_on_the_old_schema_reads_data_with_an_added_optional_field() {
+    use apache_avro::types::Value as Avro;
+    // Release N+1 adds `unit` (optional, default null) to Event; release N must still read it.
+    let mut v2: serde_json_like::Json = serde_json_like::parse(MessageKind::Event.avsc());
+    v2.add_field(r#"{"name": "unit", "type": ["null", "string"], "default": null}"#);
+    let v2_json = v2.to_string();
+    let v2_schema = apache_avro::Schema::parse_str(&v2_json).unwrap();
+
+    let datum = Avro::Record(vec![
+        ("device".into(), Avro::String("pump-1".into())),
+        ("incarnation".into(), Avro::Long(9)),
+        ("seq".into(), Avro::Long(3)),
+        ("hlc_wall_ms".into(), Avro::Long(1000)),
+        ("hlc_logical".into(), Avro::Long(2)),
+        ("stream".into(), Avro::String("pump.telemetry".into())),
+        ("schema_version".into(), Avro::Long(1)),
+        (
+            "fields".into(),
+            Avro::Map(
+                [(
+                    "bar".to_string(),
+                    Avro::Union(0, Box::new(Avro::Double(2.5))),
+                )]
+                .into(),
+            ),
+        ),
+        ("tags".into(), Avro::Map(Default::default())),
+        (
+            "unit".into(),
+            Avro::Union(1, Box::new(Avro::String("kPa".into()))),
+        ),
+    ]);
+    let fp = v2_schema.fingerprint::<apache_avro::rabin::Rabin>();
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&fp.bytes);
+    apache_avro::writer::datum::GenericDatumWriter::builder(&v2_schema)
+        .build()
+        .unwrap()
+        .write_value(&mut bytes, datum)
+        .unwrap();
+
+    let mut old = codec();
+    // Unknown until the writer schema is known (from a registry, or shipped with the release).
+    assert!(matches!(
+        old.decode_event(&bytes),
+        Err(DecodeError::UnknownFingerprint(_))
+    ));
+    old.register_writer_schema(MessageKind::Event, &v2_json)
+        .unwrap();
+    let e = old.decode_event(&bytes).unwrap();
+    assert_eq!(e.dot.seq, 3);
+    assert_eq!(e.stream, "pump.telemetry");
+    assert_eq!(e.fields["bar"], edgesync_core::Value::Double(2.5));
+}
+
+#[test]
+fn oversized_payloads_and_zip_bombs_are_rejected() {
+    let c = Codec::new(Limits::default()).unwrap();
+    let big = vec![0u8; Limits::default().max_payload_bytes + 1];
+    assert!(matches!(
+        c.decode_batch(&big),
+        Err(DecodeError::TooLarge {
+            what: "payload",
+            ..
+        })
+    ));
+    // 64 MiB of zeros compresses to a few KiB: within the payload limit, over the decoded one.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+    assert!(bomb.len() < Limits::default().max_payload_bytes);
+    assert!(matches!(
+        c.decode_batch(&bomb),
+        Err(DecodeError::TooLarge {
+            what: "decompressed payload",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn framing_errors_are_typed() {
+    let c = codec();
+    assert!(matches!(
+        c.decode_event(&[0xC3]),
+        Err(DecodeError::Truncated { .. })
+    ));
+    assert!(matches!(
+        c.decode_event(&[7, 7, 7]),
+        Err(DecodeError::BadFraming { .. })
+    ));
+    let ack = c
+        .encode_ack(&Ack {
+            replica: replica(0),
+            watermark: 1,
+            acked_at_ms: 1,
+        })
+        .unwrap();
+    assert!(matches!(
+        c.decode_event(&ack),
+        Err(DecodeError::WrongKind {
+            expected: MessageKind::Event,
+            found: MessageKind::Ack
+        })
+    ));
+}
+
+/// Just enough JSON handling to add a field to a schema in a test, without a JSON dependency.
+mod serde_json_like {
+    pub struct Json(String);
+    pub fn parse(s: &str) -> Json {
+        Json(s.to_owned())
+    }
+    impl Json {
+        pub fn add_field(&mut self, field: &str) {
+            // The schema's field list ends with the last `]` before the record's closing `}`.
+            let end = self.0.rfind(']').expect("fields array");
+            self.0.insert_str(end, &format!(",\n    {field}\n  "));
+        }
+    }
+    impl std::fmt::Display for Json {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+}
