@@ -9,11 +9,19 @@ use edgesync_core::arbitrary::replica;
 use edgesync_core::crdt::{
     GCounter, LwwRegister, MaxRegister, MinRegister, MvRegister, OrSet, PnCounter, RollupMap,
 };
-use edgesync_core::{CausalContext, Crdt, Dot, Hlc, Lattice, Value};
+use edgesync_core::{CausalContext, Crdt, Dot, Hlc, Lattice, ReplicaId, Value};
 use std::hint::black_box;
 
 const DELTAS: usize = 10_000;
 const REPLICAS: usize = 100;
+
+/// Indexing yields a newly allocated replica id every time.
+struct Fresh;
+impl Fresh {
+    fn get(&self, i: usize) -> ReplicaId {
+        replica(i)
+    }
+}
 
 /// Deltas as a fleet would produce them: round-robin over replicas, each mutating its own state.
 fn deltas<S: Lattice>(mut f: impl FnMut(&mut S, usize, usize) -> S) -> Vec<S> {
@@ -39,16 +47,18 @@ fn bench_join<S: Lattice>(c: &mut Criterion, name: &str, ds: Vec<S>) {
 }
 
 fn joins(c: &mut Criterion) {
-    let rs: Vec<_> = (0..REPLICAS).map(replica).collect();
+    // A fresh id per delta, as the decoder produces them: no shared allocations to shortcut
+    // the id comparisons.
+    let rs = Fresh;
     bench_join(
         c,
         "g_counter",
-        deltas(|s: &mut GCounter, r, _| s.inc(&rs[r], 1)),
+        deltas(|s: &mut GCounter, r, _| s.inc(&rs.get(r), 1)),
     );
     bench_join(
         c,
         "pn_counter",
-        deltas(|s: &mut PnCounter, r, i| s.add(&rs[r], if i % 3 == 0 { -1 } else { 2 })),
+        deltas(|s: &mut PnCounter, r, i| s.add(&rs.get(r), if i % 3 == 0 { -1 } else { 2 })),
     );
     bench_join(
         c,
@@ -64,13 +74,13 @@ fn joins(c: &mut Criterion) {
         c,
         "lww_register",
         deltas(|s: &mut LwwRegister<Value>, r, i| {
-            s.set(Hlc::new(i as u64, 0), &rs[r], Value::Double(i as f64))
+            s.set(Hlc::new(i as u64, 0), &rs.get(r), Value::Double(i as f64))
         }),
     );
     bench_join(
         c,
         "mv_register",
-        deltas(|s: &mut MvRegister<Value>, r, i| s.write(&rs[r], Value::Long(i as i64))),
+        deltas(|s: &mut MvRegister<Value>, r, i| s.write(&rs.get(r), Value::Long(i as i64))),
     );
     bench_join(
         c,
@@ -79,7 +89,7 @@ fn joins(c: &mut Criterion) {
             if i % 4 == 3 {
                 s.remove(&Value::Long((i % 64) as i64))
             } else {
-                s.add(&rs[r], Value::Long((i % 64) as i64))
+                s.add(&rs.get(r), Value::Long((i % 64) as i64))
             }
         }),
     );
@@ -87,12 +97,12 @@ fn joins(c: &mut Criterion) {
         c,
         "rollup_map",
         deltas(|s: &mut RollupMap, r, i| {
-            s.record(&rs[r], (i / 1000) as u64 * 60_000, i as f64)
+            s.record(&rs.get(r), (i / 1000) as u64 * 60_000, i as f64)
                 .unwrap()
         }),
     );
     // Through the dynamically typed enum, as the key stage stores them.
-    let dyn_deltas: Vec<Crdt> = deltas(|s: &mut GCounter, r, _| s.inc(&rs[r], 1))
+    let dyn_deltas: Vec<Crdt> = deltas(|s: &mut GCounter, r, _| s.inc(&rs.get(r), 1))
         .into_iter()
         .map(Crdt::GCounter)
         .collect();
@@ -111,9 +121,8 @@ fn joins(c: &mut Criterion) {
 }
 
 fn causal_insert(c: &mut Criterion) {
-    let rs: Vec<_> = (0..REPLICAS).map(replica).collect();
     let in_order: Vec<Dot> = (0..DELTAS)
-        .map(|i| Dot::new(rs[i % REPLICAS].clone(), (i / REPLICAS) as u64 + 1))
+        .map(|i| Dot::new(replica(i % REPLICAS), (i / REPLICAS) as u64 + 1))
         .collect();
     // Pairs swapped: every other insert opens a one-dot gap that the next one closes.
     let mut swapped = in_order.clone();

@@ -87,6 +87,13 @@ impl ReplicaContext {
             .map(|(&start, &end)| SeqRange { start, end })
     }
 
+    /// Every covered range, the watermark's `1..=watermark` first.
+    pub fn covered(&self) -> impl Iterator<Item = SeqRange> + '_ {
+        SeqRange::new(1, self.watermark)
+            .into_iter()
+            .chain(self.ranges())
+    }
+
     /// Highest seq seen (0 if none).
     pub fn max_seen(&self) -> u64 {
         self.ranges
@@ -106,7 +113,7 @@ impl ReplicaContext {
 
     /// Marks `seq` seen; `true` if it was new.
     pub fn insert(&mut self, seq: u64) -> bool {
-        if seq == self.watermark.wrapping_add(1) && self.ranges.is_empty() {
+        if self.watermark.checked_add(1) == Some(seq) && self.ranges.is_empty() {
             self.watermark = seq; // in-order fast path
             return true;
         }
@@ -122,23 +129,24 @@ impl ReplicaContext {
         if end <= self.watermark || start > end {
             return;
         }
-        let mut lo = start.max(self.watermark + 1);
-        let mut hi = end;
-        // Ranges that overlap or touch [lo, hi] are absorbed into it.
-        let touching: Vec<u64> = self
-            .ranges
-            .range(..=hi.saturating_add(1))
-            .rev()
-            .take_while(|(_, &e)| e.saturating_add(1) >= lo)
-            .map(|(&s, _)| s)
-            .collect();
-        for s in touching {
-            if let Some(e) = self.ranges.remove(&s) {
-                lo = lo.min(s);
-                hi = hi.max(e);
-            }
+        let next = self.watermark.saturating_add(1);
+        if start <= next && self.ranges.is_empty() {
+            self.watermark = end; // contiguous with the watermark: no ranges to merge
+            return;
         }
-        if lo == self.watermark + 1 {
+        let mut lo = start.max(next);
+        let mut hi = end;
+        // Absorb the ranges that overlap or touch [lo, hi], highest first (no allocation: this
+        // is on the reconciler's per-event path).
+        while let Some((&s, &e)) = self.ranges.range(..=hi.saturating_add(1)).next_back() {
+            if e.saturating_add(1) < lo {
+                break;
+            }
+            self.ranges.remove(&s);
+            lo = lo.min(s);
+            hi = hi.max(e);
+        }
+        if lo == next {
             self.watermark = hi;
         } else {
             self.ranges.insert(lo, hi);
@@ -149,6 +157,9 @@ impl ReplicaContext {
     /// highest seq the device says it has; seqs above [`Self::max_seen`] count as missing.
     pub fn missing(&self, up_to: u64) -> Vec<SeqRange> {
         let mut out = Vec::new();
+        if self.watermark == u64::MAX {
+            return out;
+        }
         let mut cursor = self.watermark + 1;
         for (&s, &e) in &self.ranges {
             if s > up_to {
@@ -160,7 +171,10 @@ impl ReplicaContext {
                     end: s - 1,
                 });
             }
-            cursor = e + 1;
+            match e.checked_add(1) {
+                Some(c) => cursor = c,
+                None => return out, // everything up to u64::MAX is accounted for
+            }
         }
         if up_to >= cursor {
             out.push(SeqRange {
@@ -275,7 +289,7 @@ impl CausalContext {
 
     /// The next unused seq of `replica` in this context (dot generation for dotted CRDTs).
     pub fn next_seq(&self, replica: &ReplicaId) -> u64 {
-        self.max_seen(replica) + 1
+        self.max_seen(replica).saturating_add(1)
     }
 
     /// Exact missing ranges of `replica` up to `up_to`.
@@ -453,6 +467,33 @@ mod tests {
         c.insert_range(&a, SeqRange::new(7, 8).unwrap());
         assert_eq!(c.watermark(&a), 9);
         assert!(c.missing(&a, 9).is_empty());
+    }
+
+    #[test]
+    fn seqs_at_the_top_of_the_range_neither_wrap_nor_panic() {
+        let a = r("a");
+        let mut c = CausalContext::new();
+        for s in [u64::MAX, u64::MAX - 2, 1] {
+            assert!(c.insert(&Dot::new(a.clone(), s)));
+        }
+        assert_eq!(c.max_seen(&a), u64::MAX);
+        assert_eq!(
+            c.next_seq(&a),
+            u64::MAX,
+            "saturates instead of wrapping to 0"
+        );
+        let m = c.missing(&a, u64::MAX);
+        assert_eq!(m.first().map(|x| x.start), Some(2));
+        assert_eq!(
+            m.last().map(|x| (x.start, x.end)),
+            Some((u64::MAX - 1, u64::MAX - 1))
+        );
+        c.insert_range(&a, SeqRange::new(2, u64::MAX).unwrap());
+        assert_eq!(c.watermark(&a), u64::MAX);
+        assert!(c.missing(&a, u64::MAX).is_empty());
+        assert!(!c.insert(&Dot::new(a.clone(), u64::MAX)));
+        assert!(!c.insert(&Dot::new(a.clone(), 0)), "seq 0 is never new");
+        assert_eq!(c.watermark(&a), u64::MAX);
     }
 
     #[test]

@@ -43,8 +43,22 @@ pub enum DeviceIdError {
 }
 
 /// A validated device id. Cheap to clone (shared string).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialOrd, Ord)]
 pub struct DeviceId(Arc<str>);
+
+impl std::hash::Hash for DeviceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state); // by content, consistent with `eq`
+    }
+}
+
+impl PartialEq for DeviceId {
+    fn eq(&self, other: &Self) -> bool {
+        // Clones share the allocation: skip the byte comparison on the common path.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+impl Eq for DeviceId {}
 
 impl DeviceId {
     /// Validates `s` against the grammar `[a-z0-9][a-z0-9._-]{0,63}`.
@@ -152,12 +166,34 @@ impl fmt::Display for Incarnation {
 }
 
 /// One incarnation of one device's spool: the unit that owns a dense sequence of dots.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+///
+/// Ordered by incarnation first, then device: incarnations are random, so almost every
+/// comparison in the reconciler's maps is settled by one integer compare instead of a string
+/// compare. The order is part of the canonical encoding (digests), so it is fixed.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ReplicaId {
     /// The device.
     pub device: DeviceId,
     /// The spool's incarnation.
     pub incarnation: Incarnation,
+}
+
+impl Ord for ReplicaId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.incarnation.cmp(&other.incarnation).then_with(|| {
+            if self.device == other.device {
+                std::cmp::Ordering::Equal
+            } else {
+                self.device.cmp(&other.device)
+            }
+        })
+    }
+}
+
+impl PartialOrd for ReplicaId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl ReplicaId {

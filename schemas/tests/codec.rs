@@ -304,6 +304,77 @@ fn oversized_payloads_and_zip_bombs_are_rejected() {
     ));
 }
 
+/// At production limits: a batch of 2,000 events at the per-event maximum of fields, big
+/// enough that its compressed size approaches the payload limit, round-trips; the encoder
+/// refuses (with a typed error, so the agent can split the batch) what the decoder would refuse.
+#[test]
+fn batches_at_the_production_size_limits() {
+    let c = codec();
+    let r = replica(0);
+    let limits = EventLimits::default();
+    let mut b = edgesync_core::BatchBuilder::new(r.clone(), i64::MAX as u64 - 1_999, limits);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for i in 0..2_000u64 {
+        let fields = (0..limits.max_fields)
+            .map(|f| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (format!("f{f}"), edgesync_core::Value::Long(x as i64))
+            })
+            .collect();
+        let e = Event {
+            dot: Dot::new(r.clone(), i64::MAX as u64 - 1_999 + i),
+            hlc: Hlc::new(u64::MAX >> 1, u32::MAX),
+            stream: "s".repeat(edgesync_core::event::STREAM_NAME_MAX_LEN),
+            schema_version: u32::MAX,
+            fields,
+            tags: BTreeMap::new(),
+        };
+        b.push(e, []).unwrap();
+    }
+    let batch = b.finish().unwrap();
+    assert_eq!(batch.last_seq(), i64::MAX as u64, "the last valid seq");
+    // 128k random longs do not compress below the 1 MiB payload limit.
+    match c.encode_batch(&batch) {
+        Err(edgesync_schemas::EncodeError::TooLarge {
+            what: "batch",
+            len,
+            limit,
+        }) => {
+            assert!(len > limit && limit == 1 << 20)
+        }
+        other => panic!("expected TooLarge, got {:?}", other.map(|b| b.len())),
+    }
+    // Half of it fits and round-trips; a codec with half the limit refuses it both ways.
+    let half = DeltaBatch::new(
+        r.clone(),
+        batch.first_seq(),
+        batch.events()[..1_000].to_vec(),
+        BTreeMap::new(),
+        &limits,
+    )
+    .unwrap();
+    let bytes = c.encode_batch(&half).unwrap();
+    assert_eq!(c.decode_batch(&bytes).unwrap(), half);
+    let small = Codec::new(Limits {
+        max_payload_bytes: bytes.len() / 2,
+        ..Limits::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        small.encode_batch(&half),
+        Err(edgesync_schemas::EncodeError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        small.decode_batch(&bytes),
+        Err(DecodeError::TooLarge {
+            what: "payload",
+            ..
+        })
+    ));
+}
+
 #[test]
 fn framing_errors_are_typed() {
     let c = codec();

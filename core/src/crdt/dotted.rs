@@ -10,6 +10,38 @@ use super::Lattice;
 use crate::causal::CausalContext;
 use crate::id::{Dot, ReplicaId};
 
+/// Dots of `ours` that `ctx` has seen but `kept` does not keep: what a join must drop.
+///
+/// Walks `ctx`'s covered ranges against the dot-ordered map instead of walking all of `ours`,
+/// so joining a small delta into a large state costs in proportion to the delta.
+fn superseded<T>(
+    ours: &BTreeMap<Dot, T>,
+    ctx: &CausalContext,
+    kept: impl Fn(&Dot) -> bool,
+) -> Vec<Dot> {
+    let mut out = Vec::new();
+    for (replica, rc) in ctx.iter() {
+        for range in rc.covered() {
+            let lo = Dot::new(replica.clone(), range.start);
+            if range.start == range.end {
+                // Deltas' contexts are mostly single dots: one lookup instead of a range scan.
+                if ours.contains_key(&lo) && !kept(&lo) {
+                    out.push(lo);
+                }
+                continue;
+            }
+            let hi = Dot::new(replica.clone(), range.end);
+            out.extend(
+                ours.range(lo..=hi)
+                    .map(|(d, _)| d)
+                    .filter(|d| !kept(d))
+                    .cloned(),
+            );
+        }
+    }
+    out
+}
+
 /// Multi-value register: a write overwrites what its writer has seen; concurrent writes are
 /// all kept and read together, never silently dropped.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -73,16 +105,16 @@ impl<T: Ord + Clone> MvRegister<T> {
 
 impl<T: Ord + Clone> Lattice for MvRegister<T> {
     fn join(&mut self, other: &Self) {
-        // Keep ours unless the other side has seen the dot and dropped it.
-        let other_ctx = &other.ctx;
-        self.entries
-            .retain(|d, _| other.entries.contains_key(d) || !other_ctx.contains(d));
+        // Drop ours where the other side has seen the dot and dropped it.
+        for d in superseded(&self.entries, &other.ctx, |d| other.entries.contains_key(d)) {
+            self.entries.remove(&d);
+        }
         for (d, v) in &other.entries {
             if !self.ctx.contains(d) {
                 self.entries.insert(d.clone(), v.clone());
             }
         }
-        self.ctx.merge(other_ctx);
+        self.ctx.merge(&other.ctx);
     }
 }
 
@@ -90,6 +122,9 @@ impl<T: Ord + Clone> Lattice for MvRegister<T> {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct OrSet<T> {
     entries: BTreeMap<T, BTreeSet<Dot>>,
+    /// The same dots keyed by dot (derived from `entries`), so that a join finds the dots a
+    /// delta's context removes without scanning every element.
+    by_dot: BTreeMap<Dot, T>,
     ctx: CausalContext,
 }
 
@@ -97,6 +132,7 @@ impl<T> Default for OrSet<T> {
     fn default() -> Self {
         Self {
             entries: BTreeMap::new(),
+            by_dot: BTreeMap::new(),
             ctx: CausalContext::new(),
         }
     }
@@ -109,6 +145,7 @@ impl<T: Ord + Clone> OrSet<T> {
         let mut ctx = self.dots_of(&elem);
         ctx.insert(&dot);
         let d = Self {
+            by_dot: BTreeMap::from([(dot.clone(), elem.clone())]),
             entries: BTreeMap::from([(elem, BTreeSet::from([dot]))]),
             ctx,
         };
@@ -119,8 +156,8 @@ impl<T: Ord + Clone> OrSet<T> {
     /// Removes `elem` (every add of it this replica has seen) and returns the delta.
     pub fn remove(&mut self, elem: &T) -> Self {
         let d = Self {
-            entries: BTreeMap::new(),
             ctx: self.dots_of(elem),
+            ..Self::default()
         };
         self.join(&d);
         d
@@ -160,45 +197,50 @@ impl<T: Ord + Clone> OrSet<T> {
         entries: impl IntoIterator<Item = (T, BTreeSet<Dot>)>,
         mut ctx: CausalContext,
     ) -> Self {
-        let mut map: BTreeMap<T, BTreeSet<Dot>> = BTreeMap::new();
+        let mut s = Self::default();
         for (e, dots) in entries {
-            for d in &dots {
-                ctx.insert(d);
-            }
-            if !dots.is_empty() {
-                map.entry(e).or_default().extend(dots);
+            for d in dots {
+                ctx.insert(&d);
+                s.insert_dot(d, e.clone());
             }
         }
-        Self { entries: map, ctx }
+        s.ctx = ctx;
+        s
+    }
+
+    fn insert_dot(&mut self, d: Dot, e: T) {
+        // A dot names one add of one element; a (malformed) second element for it loses.
+        if let std::collections::btree_map::Entry::Vacant(v) = self.by_dot.entry(d) {
+            self.entries
+                .entry(e.clone())
+                .or_default()
+                .insert(v.key().clone());
+            v.insert(e);
+        }
+    }
+
+    fn remove_dot(&mut self, d: &Dot) {
+        if let Some(e) = self.by_dot.remove(d) {
+            if let Some(dots) = self.entries.get_mut(&e) {
+                dots.remove(d);
+                if dots.is_empty() {
+                    self.entries.remove(&e);
+                }
+            }
+        }
     }
 }
 
 impl<T: Ord + Clone> Lattice for OrSet<T> {
     fn join(&mut self, other: &Self) {
-        let other_ctx = &other.ctx;
-        let self_ctx = &self.ctx;
-        let mut merged: BTreeMap<T, BTreeSet<Dot>> = BTreeMap::new();
-        for (e, dots) in &self.entries {
-            let theirs = other.entries.get(e);
-            let keep: BTreeSet<Dot> = dots
-                .iter()
-                .filter(|d| theirs.is_some_and(|t| t.contains(*d)) || !other_ctx.contains(d))
-                .cloned()
-                .collect();
-            if !keep.is_empty() {
-                merged.insert(e.clone(), keep);
+        for d in superseded(&self.by_dot, &other.ctx, |d| other.by_dot.contains_key(d)) {
+            self.remove_dot(&d);
+        }
+        for (d, e) in &other.by_dot {
+            if !self.ctx.contains(d) {
+                self.insert_dot(d.clone(), e.clone());
             }
         }
-        for (e, dots) in &other.entries {
-            let new: Vec<&Dot> = dots.iter().filter(|d| !self_ctx.contains(d)).collect();
-            if !new.is_empty() {
-                merged
-                    .entry(e.clone())
-                    .or_default()
-                    .extend(new.into_iter().cloned());
-            }
-        }
-        self.entries = merged;
-        self.ctx.merge(other_ctx);
+        self.ctx.merge(&other.ctx);
     }
 }
