@@ -8,7 +8,7 @@
 use proptest::prelude::*;
 
 use crate::crdt::{
-    GCounter, Lattice, LwwRegister, MaxRegister, MinRegister, MvRegister, OrSet, PnCounter,
+    Direction, Extremum, GCounter, Lattice, LwwRegister, Max, Min, MvRegister, OrSet, PnCounter,
     RollupMap,
 };
 use crate::hlc::HlcClock;
@@ -195,26 +195,16 @@ impl Model for PnCounterModel {
     }
 }
 
+/// Max- or min-register writes.
+#[derive(Debug)]
+pub struct ExtremumModel<D>(std::marker::PhantomData<D>);
 /// Max-register writes.
-#[derive(Debug)]
-pub struct MaxRegisterModel;
-impl Model for MaxRegisterModel {
-    type State = MaxRegister<Value>;
-    type Op = Value;
-    type Local = ();
-    fn op() -> BoxedStrategy<Value> {
-        small_value().boxed()
-    }
-    fn apply(s: &mut Self::State, _: &mut (), _: &ReplicaId, op: &Value) -> Self::State {
-        s.set(op.clone())
-    }
-}
-
+pub type MaxRegisterModel = ExtremumModel<Max>;
 /// Min-register writes.
-#[derive(Debug)]
-pub struct MinRegisterModel;
-impl Model for MinRegisterModel {
-    type State = MinRegister<Value>;
+pub type MinRegisterModel = ExtremumModel<Min>;
+
+impl<D: Direction> Model for ExtremumModel<D> {
+    type State = Extremum<Value, D>;
     type Op = Value;
     type Local = ();
     fn op() -> BoxedStrategy<Value> {

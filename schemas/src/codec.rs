@@ -305,18 +305,11 @@ impl Codec {
 
     /// Encodes a batch for MQTT: zstd over the single-object encoding.
     pub fn encode_batch(&self, batch: &DeltaBatch) -> Result<Vec<u8>, EncodeError> {
-        let mut f: Vec<(&'static str, Avro)> = crate::value::replica_fields(batch.replica()).into();
-        f.push(("first_seq", long_u64(batch.first_seq())));
-        f.push((
-            "events",
-            Avro::Array(
-                batch
-                    .events()
-                    .iter()
-                    .map(convert::batch_event_to_avro)
-                    .collect(),
-            ),
-        ));
+        let events = batch
+            .events()
+            .iter()
+            .map(convert::batch_event_to_avro)
+            .collect();
         let mut state = Vec::with_capacity(batch.state().len());
         for (key, c) in batch.state() {
             state.push(crate::value::record(vec![
@@ -324,12 +317,15 @@ impl Codec {
                 ("crdt", Avro::Bytes(self.encode_crdt(c)?)),
             ]));
         }
-        f.push(("state", Avro::Array(state)));
-        let plain = self.encode_framed(
-            MessageKind::DeltaBatch,
-            &crate::value::record(f),
-            Framing::SingleObject,
-        )?;
+        let value = crate::value::replica_record(
+            batch.replica(),
+            [
+                ("first_seq", long_u64(batch.first_seq())),
+                ("events", Avro::Array(events)),
+                ("state", Avro::Array(state)),
+            ],
+        );
+        let plain = self.encode_framed(MessageKind::DeltaBatch, &value, Framing::SingleObject)?;
         if plain.len() > self.limits.max_decoded_bytes {
             return Err(EncodeError::TooLarge {
                 what: "batch (uncompressed)",
@@ -498,11 +494,7 @@ pub(crate) fn digest_of(key: &str, state: &Crdt) -> StateDigest {
 pub(crate) fn vv_to_avro(vv: &VersionVector) -> Avro {
     Avro::Array(
         vv.iter()
-            .map(|(r, seq)| {
-                let mut f: Vec<(&'static str, Avro)> = crate::value::replica_fields(r).into();
-                f.push(("seq", long_u64(seq)));
-                crate::value::record(f)
-            })
+            .map(|(r, seq)| crate::value::replica_record(r, [("seq", long_u64(seq))]))
             .collect(),
     )
 }

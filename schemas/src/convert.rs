@@ -12,7 +12,8 @@ use edgesync_core::{Dot, Event, Hlc, ReplicaId, Value};
 
 use crate::error::DecodeError;
 use crate::value::{
-    long_u64, opt_scalar, opt_scalar_from, record, replica_fields, scalar, scalar_from, Rec,
+    long_u64, opt_scalar, opt_scalar_from, record, replica_fields, replica_record, scalar,
+    scalar_from, Rec,
 };
 
 // ---- events ----------------------------------------------------------------------------
@@ -49,10 +50,8 @@ fn event_body(e: &Event) -> [(&'static str, Avro); 6] {
 
 /// `edgesync.v1.Event`.
 pub(crate) fn event_to_avro(e: &Event) -> Avro {
-    let mut f: Vec<(&'static str, Avro)> = replica_fields(&e.dot.replica).into();
-    f.push(("seq", long_u64(e.dot.seq)));
-    f.extend(event_body(e));
-    record(f)
+    let seq = [("seq", long_u64(e.dot.seq))];
+    replica_record(&e.dot.replica, seq.into_iter().chain(event_body(e)))
 }
 
 /// `edgesync.v1.BatchEvent` (the dot is implied by the batch).
@@ -98,15 +97,8 @@ fn event_body_from(r: &mut Rec, dot: Dot) -> Result<Event, DecodeError> {
 
 pub(crate) fn event_from_avro(v: Avro) -> Result<Event, DecodeError> {
     let mut r = Rec::new("Event", v)?;
-    let replica = r.replica()?;
-    let seq = r.unsigned("seq")?;
-    if seq == 0 {
-        return Err(DecodeError::OutOfRange {
-            field: "seq",
-            value: 0,
-        });
-    }
-    event_body_from(&mut r, Dot::new(replica, seq))
+    let dot = Dot::new(r.replica()?, r.seq("seq")?);
+    event_body_from(&mut r, dot)
 }
 
 pub(crate) fn batch_event_from_avro(v: Avro, dot: Dot) -> Result<Event, DecodeError> {
@@ -122,11 +114,7 @@ fn kind_index(k: CrdtKind) -> u32 {
 fn counts(g: &GCounter) -> Avro {
     Avro::Array(
         g.entries()
-            .map(|(r, c)| {
-                let mut f: Vec<(&'static str, Avro)> = replica_fields(r).into();
-                f.push(("count", Avro::Long(c as i64)));
-                record(f)
-            })
+            .map(|(r, c)| replica_record(r, [("count", Avro::Long(c as i64))]))
             .collect(),
     )
 }
@@ -143,36 +131,29 @@ fn counts_from(items: Vec<Avro>) -> Result<GCounter, DecodeError> {
 }
 
 fn dot_to_avro(d: &Dot) -> Avro {
-    let mut f: Vec<(&'static str, Avro)> = replica_fields(&d.replica).into();
-    f.push(("seq", long_u64(d.seq)));
-    record(f)
+    replica_record(&d.replica, [("seq", long_u64(d.seq))])
 }
 
 fn dot_from(v: Avro) -> Result<Dot, DecodeError> {
     let mut r = Rec::new("Dot", v)?;
-    let replica = r.replica()?;
-    let seq = r.unsigned("seq")?;
-    if seq == 0 {
-        return Err(DecodeError::OutOfRange {
-            field: "seq",
-            value: 0,
-        });
-    }
-    Ok(Dot::new(replica, seq))
+    Ok(Dot::new(r.replica()?, r.seq("seq")?))
 }
 
 fn context_to_avro(ctx: &CausalContext) -> Avro {
     Avro::Array(
         ctx.iter()
             .map(|(r, rc)| {
-                let mut f: Vec<(&'static str, Avro)> = replica_fields(r).into();
-                f.push(("watermark", long_u64(rc.watermark())));
                 let ranges = rc
                     .ranges()
                     .map(|x| record(vec![("start", long_u64(x.start)), ("end", long_u64(x.end))]))
                     .collect();
-                f.push(("ranges", Avro::Array(ranges)));
-                record(f)
+                replica_record(
+                    r,
+                    [
+                        ("watermark", long_u64(rc.watermark())),
+                        ("ranges", Avro::Array(ranges)),
+                    ],
+                )
             })
             .collect(),
     )

@@ -6,7 +6,7 @@ use edgesync_core::{ReplicaId, StateDigest, Value, VersionVector};
 
 use crate::codec::{digest_of, vv_to_avro};
 use crate::error::DecodeError;
-use crate::value::{long_u64, opt_scalar, record, replica_fields, scalar, Rec};
+use crate::value::{long_u64, opt_scalar, record, replica_record, scalar, Rec};
 
 /// The server's acknowledgement for one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,10 +21,13 @@ pub struct Ack {
 
 impl Ack {
     pub(crate) fn to_avro(&self) -> Avro {
-        let mut f: Vec<(&'static str, Avro)> = replica_fields(&self.replica).into();
-        f.push(("watermark", long_u64(self.watermark)));
-        f.push(("acked_at_ms", long_u64(self.acked_at_ms)));
-        record(f)
+        replica_record(
+            &self.replica,
+            [
+                ("watermark", long_u64(self.watermark)),
+                ("acked_at_ms", long_u64(self.acked_at_ms)),
+            ],
+        )
     }
 
     pub(crate) fn from_avro(v: Avro) -> Result<Self, DecodeError> {

@@ -168,6 +168,14 @@ impl Rec {
         }
     }
 
+    /// A seq: 1..=2^63-1.
+    pub(crate) fn seq(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        match self.unsigned(field)? {
+            0 => Err(DecodeError::OutOfRange { field, value: 0 }),
+            s => Ok(s),
+        }
+    }
+
     pub(crate) fn device(&mut self) -> Result<DeviceId, DecodeError> {
         Ok(DeviceId::new(&self.string("device")?)?)
     }
@@ -180,6 +188,16 @@ impl Rec {
     pub(crate) fn replica(&mut self) -> Result<ReplicaId, DecodeError> {
         Ok(ReplicaId::new(self.device()?, self.incarnation()?))
     }
+}
+
+/// A record that starts with `device` and `incarnation`, then `rest`.
+pub(crate) fn replica_record(
+    r: &ReplicaId,
+    rest: impl IntoIterator<Item = (&'static str, Avro)>,
+) -> Avro {
+    let mut f: Vec<(&'static str, Avro)> = replica_fields(r).into();
+    f.extend(rest);
+    record(f)
 }
 
 pub(crate) fn replica_fields(r: &ReplicaId) -> [(&'static str, Avro); 2] {

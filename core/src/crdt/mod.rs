@@ -15,7 +15,9 @@ mod rollup;
 
 pub use counter::{GCounter, PnCounter};
 pub use dotted::{MvRegister, OrSet};
-pub use register::{LwwEntry, LwwRegister, MaxRegister, MinRegister};
+pub use register::{
+    Direction, Extremum, LwwEntry, LwwRegister, Max, MaxRegister, Min, MinRegister,
+};
 pub use rollup::{RollupAggregate, RollupCell, RollupMap};
 
 use crate::value::Value;

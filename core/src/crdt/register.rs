@@ -1,82 +1,84 @@
-//! Max, min and last-writer-wins registers.
+//! Max, min and last-writer-wins registers: one "keep the winner" lattice, three orders.
+
+use std::marker::PhantomData;
 
 use super::Lattice;
 use crate::hlc::Hlc;
 use crate::id::ReplicaId;
 
-/// Holds the largest value ever written. Bottom: nothing written.
+/// Which of two values an [`Extremum`] keeps. Implemented by the markers [`Max`] and [`Min`].
+pub trait Direction: Copy + Eq + std::hash::Hash + std::fmt::Debug + Default {
+    /// Whether `candidate` replaces `current`.
+    fn wins<T: Ord>(candidate: &T, current: &T) -> bool;
+}
+
+/// Keep the largest value.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Max;
+impl Direction for Max {
+    fn wins<T: Ord>(candidate: &T, current: &T) -> bool {
+        candidate > current
+    }
+}
+
+/// Keep the smallest value.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Min;
+impl Direction for Min {
+    fn wins<T: Ord>(candidate: &T, current: &T) -> bool {
+        candidate < current
+    }
+}
+
+/// Holds the extreme (per `D`) of every value written. Bottom: nothing written — not "the
+/// least value", so a min register starts empty rather than at some minimum.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct MaxRegister<T>(Option<T>);
+pub struct Extremum<T, D> {
+    value: Option<T>,
+    direction: PhantomData<D>,
+}
 
-impl<T> Default for MaxRegister<T> {
+/// Register holding the largest value ever written.
+pub type MaxRegister<T> = Extremum<T, Max>;
+/// Register holding the smallest value ever written.
+pub type MinRegister<T> = Extremum<T, Min>;
+
+impl<T, D> Default for Extremum<T, D> {
     fn default() -> Self {
-        Self(None)
-    }
-}
-
-impl<T: Ord + Clone> MaxRegister<T> {
-    /// A register holding `v`.
-    pub fn of(v: T) -> Self {
-        Self(Some(v))
-    }
-
-    /// Writes `v` and returns the delta.
-    pub fn set(&mut self, v: T) -> Self {
-        let d = Self(Some(v));
-        self.join(&d);
-        d
-    }
-
-    /// The current value.
-    pub fn get(&self) -> Option<&T> {
-        self.0.as_ref()
-    }
-}
-
-impl<T: Ord + Clone> Lattice for MaxRegister<T> {
-    fn join(&mut self, other: &Self) {
-        if let Some(o) = &other.0 {
-            if self.0.as_ref().is_none_or(|s| o > s) {
-                self.0 = Some(o.clone());
-            }
+        Self {
+            value: None,
+            direction: PhantomData,
         }
     }
 }
 
-/// Holds the smallest value ever written. Bottom: nothing written (not "the least value").
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct MinRegister<T>(Option<T>);
-
-impl<T> Default for MinRegister<T> {
-    fn default() -> Self {
-        Self(None)
-    }
-}
-
-impl<T: Ord + Clone> MinRegister<T> {
+impl<T: Ord + Clone, D: Direction> Extremum<T, D> {
     /// A register holding `v`.
     pub fn of(v: T) -> Self {
-        Self(Some(v))
+        Self {
+            value: Some(v),
+            direction: PhantomData,
+        }
     }
 
     /// Writes `v` and returns the delta.
     pub fn set(&mut self, v: T) -> Self {
-        let d = Self(Some(v));
+        let d = Self::of(v);
         self.join(&d);
         d
     }
 
     /// The current value.
     pub fn get(&self) -> Option<&T> {
-        self.0.as_ref()
+        self.value.as_ref()
     }
 }
 
-impl<T: Ord + Clone> Lattice for MinRegister<T> {
+impl<T: Ord + Clone, D: Direction> Lattice for Extremum<T, D> {
     fn join(&mut self, other: &Self) {
-        if let Some(o) = &other.0 {
-            if self.0.as_ref().is_none_or(|s| o < s) {
-                self.0 = Some(o.clone());
+        if let Some(o) = &other.value {
+            if self.value.as_ref().is_none_or(|s| D::wins(o, s)) {
+                self.value = Some(o.clone());
             }
         }
     }
@@ -95,51 +97,46 @@ pub struct LwwEntry<T> {
     pub value: T,
 }
 
-/// Last-writer-wins register on HLC stamps. Opt-in: concurrent writes are resolved by clock,
-/// so the loser is dropped by design (use [`super::MvRegister`] to keep them).
+/// Last-writer-wins register on HLC stamps: the max register of its writes. Opt-in: concurrent
+/// writes are resolved by clock, so the loser is dropped by design (use
+/// [`super::MvRegister`] to keep them).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct LwwRegister<T>(Option<LwwEntry<T>>);
+pub struct LwwRegister<T>(MaxRegister<LwwEntry<T>>);
 
 impl<T> Default for LwwRegister<T> {
     fn default() -> Self {
-        Self(None)
+        Self(MaxRegister::default())
     }
 }
 
 impl<T: Ord + Clone> LwwRegister<T> {
     /// A register holding one write.
     pub fn of(entry: LwwEntry<T>) -> Self {
-        Self(Some(entry))
+        Self(MaxRegister::of(entry))
     }
 
     /// Writes `value` at `hlc` on behalf of `replica` and returns the delta.
     pub fn set(&mut self, hlc: Hlc, replica: &ReplicaId, value: T) -> Self {
-        let d = Self(Some(LwwEntry {
+        Self(self.0.set(LwwEntry {
             hlc,
             replica: replica.clone(),
             value,
-        }));
-        self.join(&d);
-        d
+        }))
     }
 
     /// The winning write.
     pub fn entry(&self) -> Option<&LwwEntry<T>> {
-        self.0.as_ref()
+        self.0.get()
     }
 
     /// The winning value.
     pub fn get(&self) -> Option<&T> {
-        self.0.as_ref().map(|e| &e.value)
+        self.0.get().map(|e| &e.value)
     }
 }
 
 impl<T: Ord + Clone> Lattice for LwwRegister<T> {
     fn join(&mut self, other: &Self) {
-        if let Some(o) = &other.0 {
-            if self.0.as_ref().is_none_or(|s| o > s) {
-                self.0 = Some(o.clone());
-            }
-        }
+        self.0.join(&other.0);
     }
 }
