@@ -1,0 +1,467 @@
+//! The agent's side: what to send, when to give up on it, where to resume, what to trim.
+//!
+//! Inputs: [`Agent::appended`] (a seq became durable in the spool), [`Agent::connected`] /
+//! [`Agent::disconnected`], [`Agent::on_ack`] (the server's watermark), [`Agent::on_tick`]
+//! (time passes). Outputs: [`Agent::poll_send`] (which range to read from the spool and send),
+//! the [`AckEffect`] of an ack (what the spool may trim), and [`Agent::next_deadline`] (when the
+//! driver must tick next).
+//!
+//! Sending is go-back-N over a bounded window: batches are sent in seq order from the server's
+//! watermark + 1; when the oldest unacknowledged batch times out, or the link drops, every
+//! batch in flight is abandoned and sending restarts at watermark + 1. After a connect the agent
+//! first waits (briefly) for the server's retained acknowledgement, so that it resumes exactly
+//! where the server is rather than where its own possibly stale copy of the watermark is.
+
+use std::collections::VecDeque;
+
+/// Tuning of the send window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// Most (approximate, uncompressed) event bytes in one batch.
+    pub max_batch_bytes: usize,
+    /// Most batches in flight (sent, not yet acknowledged).
+    pub max_inflight_batches: usize,
+    /// A batch not acknowledged this long after it was sent is given up (go back to watermark + 1).
+    pub resend_timeout_ms: u64,
+    /// After a connect, how long to wait for the retained acknowledgement before sending from the
+    /// locally known watermark.
+    pub resume_wait_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_events: 500,
+            max_batch_bytes: 256 << 10,
+            max_inflight_batches: 4,
+            resend_timeout_ms: 15_000,
+            resume_wait_ms: 3_000,
+        }
+    }
+}
+
+/// What the spool persists for the agent (everything else is volatile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AgentDurable {
+    /// Highest seq appended (durable), 0 if none.
+    pub last_seq: u64,
+    /// Highest watermark the server acknowledged, 0 if none.
+    pub acked: u64,
+}
+
+/// The driver asked for something the protocol forbids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// Seqs are appended densely.
+    #[error("appended seq {got}, expected {expected}")]
+    NotNext {
+        /// The next seq.
+        expected: u64,
+        /// What the driver reported.
+        got: u64,
+    },
+    /// The durable state claims an ack beyond the spool.
+    #[error("acked watermark {acked} is beyond the last appended seq {last_seq}")]
+    AckedBeyondSpool {
+        /// Acked watermark.
+        acked: u64,
+        /// Last seq.
+        last_seq: u64,
+    },
+    /// A sent range that does not match the request.
+    #[error("sent {first}..={last}, but the window allows {expected_first}..={max_last}")]
+    BadSend {
+        /// First seq sent.
+        first: u64,
+        /// Last seq sent.
+        last: u64,
+        /// The seq that had to come first.
+        expected_first: u64,
+        /// The highest seq the request allowed.
+        max_last: u64,
+    },
+}
+
+/// Which range the driver should read from the spool, encode and send now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRequest {
+    /// First seq of the batch: always the next unsent seq after the watermark.
+    pub first_seq: u64,
+    /// Most events to put in it.
+    pub max_events: usize,
+    /// Most (approximate) event bytes to put in it.
+    pub max_bytes: usize,
+}
+
+/// What an acknowledgement changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckEffect {
+    /// The watermark moved: the spool may now trim every seq `<= trim_to`.
+    Advanced {
+        /// New watermark.
+        trim_to: u64,
+    },
+    /// Nothing new (a duplicate or retained ack at or below what is known).
+    Stale,
+    /// The server acknowledges seqs this agent never appended: the server is talking about
+    /// another spool of the same replica (a restored backup, a cloned device). Ignored; the
+    /// driver must alert.
+    BeyondSpool {
+        /// The watermark received.
+        watermark: u64,
+    },
+}
+
+/// Counters for metrics and the simulator's failure rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    /// Batches handed to the transport.
+    pub batches_sent: u64,
+    /// Batches fully covered by an ack.
+    pub batches_acked: u64,
+    /// Batches abandoned (timeout or link loss) before they were fully acknowledged.
+    pub batches_failed: u64,
+    /// Resend timeouts.
+    pub timeouts: u64,
+    /// Acks received.
+    pub acks: u64,
+    /// Connects (resumes).
+    pub resumes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Down,
+    /// Connected, waiting for the retained ack until the given time.
+    Resuming {
+        until_ms: u64,
+    },
+    Up,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    last: u64,
+    sent_at_ms: u64,
+}
+
+/// The agent's protocol state. Create it from the spool's [`AgentDurable`] on every start.
+#[derive(Clone, Debug)]
+pub struct Agent {
+    cfg: AgentConfig,
+    last_seq: u64,
+    acked: u64,
+    link: Link,
+    inflight: VecDeque<InFlight>,
+    /// Next seq to send.
+    next_send: u64,
+    stats: AgentStats,
+}
+
+impl Agent {
+    /// Starts (or restarts after a crash) from durable state; the link is down.
+    pub fn new(cfg: AgentConfig, durable: AgentDurable) -> Result<Self, AgentError> {
+        if durable.acked > durable.last_seq {
+            return Err(AgentError::AckedBeyondSpool {
+                acked: durable.acked,
+                last_seq: durable.last_seq,
+            });
+        }
+        Ok(Self {
+            cfg,
+            last_seq: durable.last_seq,
+            acked: durable.acked,
+            link: Link::Down,
+            inflight: VecDeque::new(),
+            next_send: durable.acked + 1,
+            stats: AgentStats::default(),
+        })
+    }
+
+    /// What the spool must persist.
+    pub fn durable(&self) -> AgentDurable {
+        AgentDurable {
+            last_seq: self.last_seq,
+            acked: self.acked,
+        }
+    }
+
+    /// Highest acknowledged seq.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Highest appended seq.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Events appended but not acknowledged.
+    pub fn unacked(&self) -> u64 {
+        self.last_seq - self.acked
+    }
+
+    /// Batches in flight.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether the agent is connected and past its resume wait.
+    pub fn is_streaming(&self) -> bool {
+        self.link == Link::Up
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> AgentStats {
+        self.stats
+    }
+
+    /// Seq `seq` is now durable in the spool.
+    pub fn appended(&mut self, seq: u64) -> Result<(), AgentError> {
+        if seq != self.last_seq + 1 {
+            return Err(AgentError::NotNext {
+                expected: self.last_seq + 1,
+                got: seq,
+            });
+        }
+        self.last_seq = seq;
+        Ok(())
+    }
+
+    /// The transport connected (MQTT session up, ack topic subscribed).
+    pub fn connected(&mut self, now_ms: u64) {
+        self.abandon_inflight();
+        self.stats.resumes += 1;
+        self.link = Link::Resuming {
+            until_ms: now_ms.saturating_add(self.cfg.resume_wait_ms),
+        };
+    }
+
+    /// The transport is gone: whatever is in flight is abandoned.
+    pub fn disconnected(&mut self) {
+        self.abandon_inflight();
+        self.link = Link::Down;
+    }
+
+    fn abandon_inflight(&mut self) {
+        self.stats.batches_failed += self.inflight.len() as u64;
+        self.inflight.clear();
+        self.next_send = self.acked + 1;
+    }
+
+    /// The server's watermark for this replica arrived (an ack, or the retained one on connect).
+    pub fn on_ack(&mut self, watermark: u64, _now_ms: u64) -> AckEffect {
+        self.stats.acks += 1;
+        if matches!(self.link, Link::Resuming { .. }) {
+            self.link = Link::Up;
+        }
+        if watermark > self.last_seq {
+            return AckEffect::BeyondSpool { watermark };
+        }
+        if watermark <= self.acked {
+            return AckEffect::Stale;
+        }
+        self.acked = watermark;
+        while self.inflight.front().is_some_and(|f| f.last <= watermark) {
+            self.inflight.pop_front();
+            self.stats.batches_acked += 1;
+        }
+        // The server may be ahead of what this session sent (an earlier session's batches
+        // arrived late): never send what it has.
+        self.next_send = self.next_send.max(watermark + 1);
+        AckEffect::Advanced { trim_to: watermark }
+    }
+
+    /// Time passed: ends the resume wait, and gives up on a batch that timed out.
+    pub fn on_tick(&mut self, now_ms: u64) {
+        if let Link::Resuming { until_ms } = self.link {
+            if now_ms >= until_ms {
+                self.link = Link::Up;
+            }
+        }
+        if let Some(f) = self.inflight.front() {
+            if now_ms >= f.sent_at_ms.saturating_add(self.cfg.resend_timeout_ms) {
+                self.stats.timeouts += 1;
+                self.abandon_inflight();
+            }
+        }
+    }
+
+    /// When the driver must call [`Agent::on_tick`] next, if anything is waiting on time.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let resume = match self.link {
+            Link::Resuming { until_ms } => Some(until_ms),
+            _ => None,
+        };
+        let resend = self
+            .inflight
+            .front()
+            .map(|f| f.sent_at_ms.saturating_add(self.cfg.resend_timeout_ms));
+        match (resume, resend) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next batch to send, if the link is up, there is unsent data and the window has room.
+    pub fn poll_send(&self) -> Option<BatchRequest> {
+        if self.link != Link::Up
+            || self.next_send > self.last_seq
+            || self.inflight.len() >= self.cfg.max_inflight_batches
+        {
+            return None;
+        }
+        let available = (self.last_seq - self.next_send + 1).min(usize::MAX as u64) as usize;
+        Some(BatchRequest {
+            first_seq: self.next_send,
+            max_events: self.cfg.max_batch_events.min(available),
+            max_bytes: self.cfg.max_batch_bytes,
+        })
+    }
+
+    /// The driver sent `first..=last` (as asked by [`Agent::poll_send`]) at `now_ms`.
+    pub fn sent(&mut self, first: u64, last: u64, now_ms: u64) -> Result<(), AgentError> {
+        let max_last = self
+            .last_seq
+            .min(self.next_send + self.cfg.max_batch_events as u64 - 1);
+        if self.link != Link::Up || first != self.next_send || last < first || last > max_last {
+            return Err(AgentError::BadSend {
+                first,
+                last,
+                expected_first: self.next_send,
+                max_last,
+            });
+        }
+        self.inflight.push_back(InFlight {
+            last,
+            sent_at_ms: now_ms,
+        });
+        self.next_send = last + 1;
+        self.stats.batches_sent += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> AgentConfig {
+        AgentConfig {
+            max_batch_events: 10,
+            max_batch_bytes: 1 << 20,
+            max_inflight_batches: 2,
+            resend_timeout_ms: 1_000,
+            resume_wait_ms: 100,
+        }
+    }
+
+    fn agent_with(n: u64) -> Agent {
+        let mut a = Agent::new(cfg(), AgentDurable::default()).unwrap();
+        for s in 1..=n {
+            a.appended(s).unwrap();
+        }
+        a
+    }
+
+    fn send_all(a: &mut Agent, now: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        while let Some(r) = a.poll_send() {
+            let last = r.first_seq + r.max_events as u64 - 1;
+            a.sent(r.first_seq, last, now).unwrap();
+            out.push((r.first_seq, last));
+        }
+        out
+    }
+
+    #[test]
+    fn nothing_is_sent_before_the_retained_ack_or_the_resume_wait() {
+        let mut a = agent_with(25);
+        assert_eq!(a.poll_send(), None, "offline");
+        a.connected(0);
+        assert_eq!(a.poll_send(), None, "waiting for the retained ack");
+        a.on_tick(99);
+        assert_eq!(a.poll_send(), None);
+        a.on_tick(100);
+        assert_eq!(
+            send_all(&mut a, 100),
+            vec![(1, 10), (11, 20)],
+            "window of two"
+        );
+    }
+
+    #[test]
+    fn reconnect_resumes_from_server_watermark_not_local_copy() {
+        let mut a = agent_with(25);
+        a.connected(0);
+        // The retained ack says the server already has 1..=12 (an ack this agent missed).
+        assert_eq!(a.on_ack(12, 5), AckEffect::Advanced { trim_to: 12 });
+        assert_eq!(send_all(&mut a, 5), vec![(13, 22), (23, 25)]);
+    }
+
+    #[test]
+    fn timeout_goes_back_to_the_watermark_and_counts_failures() {
+        let mut a = agent_with(25);
+        a.connected(0);
+        a.on_ack(0, 1);
+        send_all(&mut a, 1);
+        assert_eq!(a.on_ack(10, 50), AckEffect::Advanced { trim_to: 10 });
+        assert_eq!(a.next_deadline(), Some(1_001));
+        a.on_tick(1_001);
+        assert_eq!(a.stats().timeouts, 1);
+        assert_eq!(a.stats().batches_failed, 1);
+        assert_eq!(send_all(&mut a, 1_001), vec![(11, 20), (21, 25)]);
+    }
+
+    #[test]
+    fn disconnect_abandons_the_window_and_keeps_the_watermark() {
+        let mut a = agent_with(30);
+        a.connected(0);
+        a.on_ack(5, 0);
+        send_all(&mut a, 0);
+        a.disconnected();
+        assert_eq!(a.inflight(), 0);
+        assert_eq!(a.poll_send(), None);
+        assert_eq!(
+            a.durable(),
+            AgentDurable {
+                last_seq: 30,
+                acked: 5
+            }
+        );
+        let mut b = Agent::new(cfg(), a.durable()).unwrap(); // crash and restart
+        b.connected(10);
+        b.on_tick(110);
+        assert_eq!(b.poll_send().unwrap().first_seq, 6);
+    }
+
+    #[test]
+    fn stale_and_foreign_acks_change_nothing() {
+        let mut a = agent_with(5);
+        a.connected(0);
+        assert_eq!(a.on_ack(3, 0), AckEffect::Advanced { trim_to: 3 });
+        assert_eq!(a.on_ack(2, 0), AckEffect::Stale);
+        assert_eq!(a.on_ack(9, 0), AckEffect::BeyondSpool { watermark: 9 });
+        assert_eq!(a.acked(), 3);
+    }
+
+    #[test]
+    fn the_driver_cannot_break_the_window() {
+        let mut a = agent_with(25);
+        assert!(a.appended(27).is_err(), "seqs are dense");
+        a.connected(0);
+        a.on_tick(100);
+        assert!(a.sent(2, 5, 0).is_err(), "must start at the watermark + 1");
+        assert!(a.sent(1, 11, 0).is_err(), "at most max_batch_events");
+        assert!(Agent::new(
+            cfg(),
+            AgentDurable {
+                last_seq: 1,
+                acked: 2
+            }
+        )
+        .is_err());
+    }
+}
