@@ -85,6 +85,27 @@ fn codec(c: &mut Criterion) {
         b.iter(|| black_box(codec.decode_batch(black_box(&bytes)).unwrap()))
     });
     g.finish();
+
+    // One event per batch: what a connected agent sends when events trickle in.
+    let (r, first) = (batch.replica().clone(), batch.events()[0].clone());
+    let single = DeltaBatch::new(
+        r,
+        1,
+        vec![first],
+        Default::default(),
+        &EventLimits::default(),
+    )
+    .unwrap();
+    let single_bytes = codec.encode_batch(&single).unwrap();
+    let mut g = c.benchmark_group("single_event_batch");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_compress", |b| {
+        b.iter(|| black_box(codec.encode_batch(black_box(&single)).unwrap()))
+    });
+    g.bench_function("decompress_decode", |b| {
+        b.iter(|| black_box(codec.decode_batch(black_box(&single_bytes)).unwrap()))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, codec);

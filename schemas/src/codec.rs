@@ -1,12 +1,11 @@
 //! The codec: framing, compression, limits, and the typed encode/decode API.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::sync::OnceLock;
 
 use apache_avro::rabin::Rabin;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value as Avro;
-use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use edgesync_core::crdt::Crdt;
 use edgesync_core::{DeltaBatch, Dot, Event, EventLimits, ReplicaId, StateDigest, VersionVector};
@@ -60,24 +59,68 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug)]
-struct Known {
-    kind: MessageKind,
-    schema: Schema,
-    fingerprint: u64,
+/// The built-in schemas, parsed once per process and kept for its lifetime, so that codecs can
+/// hold ready-built (resolved) readers and writers instead of rebuilding them per message.
+static BUILTIN: OnceLock<Vec<&'static Schema>> = OnceLock::new();
+
+fn builtin() -> Result<&'static [&'static Schema], SchemaError> {
+    if let Some(v) = BUILTIN.get() {
+        return Ok(v);
+    }
+    let mut v: Vec<&'static Schema> = Vec::with_capacity(MessageKind::ALL.len());
+    for kind in MessageKind::ALL {
+        let schema = Schema::parse_str(kind.avsc()).map_err(|e| SchemaError::Parse {
+            kind,
+            source: Box::new(e),
+        })?;
+        v.push(Box::leak(Box::new(schema)));
+    }
+    Ok(BUILTIN.get_or_init(|| v))
 }
 
-/// Encoder/decoder for every edgesync message. Holds the parsed schemas; cheap to share.
-#[derive(Debug)]
+fn build_error(kind: MessageKind) -> impl FnOnce(apache_avro::Error) -> SchemaError {
+    move |e| SchemaError::Parse {
+        kind,
+        source: Box::new(e),
+    }
+}
+
+/// A writer schema this codec can decode, with its reader (resolving into the current schema
+/// when it is another version).
+struct Known {
+    kind: MessageKind,
+    reader: GenericDatumReader<'static>,
+}
+
+/// The current schema of one kind.
+struct Current {
+    fingerprint: u64,
+    /// Checked against every value in debug builds; the bytes come from [`crate::encode`].
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    schema: &'static Schema,
+}
+
+/// Encoder/decoder for every edgesync message. Holds ready-built readers and writers.
 pub struct Codec {
     limits: Limits,
     zstd_level: i32,
-    /// Current (reader) schema per kind, indexed by [`MessageKind::index`].
-    current: Vec<Known>,
+    /// Current schema per kind, indexed by [`MessageKind::index`].
+    current: Vec<Current>,
     /// Every writer schema this codec can decode, by fingerprint.
     writers: HashMap<u64, Known>,
-    /// Writer schemas by Confluent schema id.
-    confluent: HashMap<u32, Known>,
+    /// Confluent schema ids, each mapped to the current schema of a kind.
+    confluent: HashMap<u32, MessageKind>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("limits", &self.limits)
+            .field("zstd_level", &self.zstd_level)
+            .field("writer_schemas", &self.writers.len())
+            .field("confluent_ids", &self.confluent)
+            .finish()
+    }
 }
 
 fn fingerprint(schema: &Schema) -> u64 {
@@ -103,24 +146,15 @@ impl Codec {
             writers: HashMap::new(),
             confluent: HashMap::new(),
         };
-        for kind in MessageKind::ALL {
-            let schema = Schema::parse_str(kind.avsc()).map_err(|e| SchemaError::Parse {
-                kind,
-                source: Box::new(e),
-            })?;
-            let fingerprint = fingerprint(&schema);
-            codec.writers.insert(
+        for (kind, schema) in MessageKind::ALL.into_iter().zip(builtin()?.iter().copied()) {
+            let fingerprint = fingerprint(schema);
+            let reader = GenericDatumReader::builder(schema)
+                .build()
+                .map_err(build_error(kind))?;
+            codec.writers.insert(fingerprint, Known { kind, reader });
+            codec.current.push(Current {
                 fingerprint,
-                Known {
-                    kind,
-                    schema: schema.clone(),
-                    fingerprint,
-                },
-            );
-            codec.current.push(Known {
-                kind,
                 schema,
-                fingerprint,
             });
         }
         Ok(codec)
@@ -144,39 +178,41 @@ impl Codec {
 
     /// Makes another version of `kind`'s schema decodable (data written by an older or newer
     /// release); data is resolved into the current schema. Returns its fingerprint.
+    ///
+    /// The parsed schema is kept for the life of the process (readers borrow it): register the
+    /// versions a deployment knows, not one per message.
     pub fn register_writer_schema(
         &mut self,
         kind: MessageKind,
         json: &str,
     ) -> Result<u64, SchemaError> {
-        let schema = Schema::parse_str(json).map_err(|e| SchemaError::Parse {
-            kind,
-            source: Box::new(e),
-        })?;
-        let fingerprint = fingerprint(&schema);
-        self.writers.insert(
-            fingerprint,
-            Known {
-                kind,
-                schema,
-                fingerprint,
-            },
-        );
+        let schema: &'static Schema = Box::leak(Box::new(
+            Schema::parse_str(json).map_err(build_error(kind))?,
+        ));
+        let fingerprint = fingerprint(schema);
+        let current = builtin()?[kind.index()];
+        let reader = GenericDatumReader::builder(schema)
+            .reader_schema(current)
+            .build()
+            .map_err(build_error(kind))?;
+        self.writers.insert(fingerprint, Known { kind, reader });
         Ok(fingerprint)
     }
 
     /// Maps a Confluent schema id to the current schema of `kind` (as registered in a registry).
     pub fn register_confluent_id(&mut self, schema_id: u32, kind: MessageKind) {
-        let k = self.current(kind);
-        let known = Known {
-            kind,
-            schema: k.schema.clone(),
-            fingerprint: k.fingerprint,
-        };
-        self.confluent.insert(schema_id, known);
+        self.confluent.insert(schema_id, kind);
     }
 
-    fn current(&self, kind: MessageKind) -> &Known {
+    /// The decoder entry of the current schema of `kind`.
+    fn known_current(&self, kind: MessageKind) -> Result<&Known, DecodeError> {
+        let fp = self.current(kind).fingerprint;
+        self.writers
+            .get(&fp)
+            .ok_or(DecodeError::UnknownFingerprint(fp))
+    }
+
+    fn current(&self, kind: MessageKind) -> &Current {
         // `new` pushes one schema per kind in `MessageKind::ALL` order.
         &self.current[kind.index()]
     }
@@ -189,11 +225,11 @@ impl Codec {
         value: &Avro,
         out: &mut Vec<u8>,
     ) -> Result<(), EncodeError> {
-        let k = self.current(kind);
-        GenericDatumWriter::builder(&k.schema)
-            .build()?
-            .write_value_ref(out, value)?;
-        Ok(())
+        #[cfg(debug_assertions)]
+        if !value.validate(self.current(kind).schema) {
+            return Err(EncodeError::Invalid(kind));
+        }
+        crate::encode::encode(value, out)
     }
 
     fn encode_framed(
@@ -229,13 +265,8 @@ impl Codec {
                 found: writer.kind,
             });
         }
-        let current = self.current(kind);
-        let reader_schema = (writer.fingerprint != current.fingerprint).then_some(&current.schema);
         let mut cursor = datum;
-        let value = GenericDatumReader::builder(&writer.schema)
-            .maybe_reader_schema(reader_schema)
-            .build()?
-            .read_value(&mut cursor)?;
+        let value = writer.reader.read_value(&mut cursor)?;
         if !cursor.is_empty() {
             return Err(DecodeError::TrailingBytes(cursor.len()));
         }
@@ -273,11 +304,11 @@ impl Codec {
                     });
                 };
                 let id = u32::from_be_bytes(*id);
-                let writer = self
+                let registered = *self
                     .confluent
                     .get(&id)
                     .ok_or(DecodeError::UnknownSchemaId(id))?;
-                self.read_datum(writer, kind, datum)
+                self.read_datum(self.known_current(registered)?, kind, datum)
             }
             [0xC3] => Err(DecodeError::Truncated {
                 len: 1,
@@ -296,8 +327,11 @@ impl Codec {
     }
 
     fn decode_crdt(&self, datum: &[u8]) -> Result<Crdt, DecodeError> {
-        let current = self.current(MessageKind::CrdtState);
-        let value = self.read_datum(current, MessageKind::CrdtState, datum)?;
+        let value = self.read_datum(
+            self.known_current(MessageKind::CrdtState)?,
+            MessageKind::CrdtState,
+            datum,
+        )?;
         convert::crdt_from_avro(value)
     }
 
@@ -334,7 +368,7 @@ impl Codec {
             });
         }
         let packed =
-            zstd::bulk::compress(&plain, self.zstd_level).map_err(EncodeError::Compress)?;
+            zstd_contexts::compress(&plain, self.zstd_level).map_err(EncodeError::Compress)?;
         if packed.len() > self.limits.max_payload_bytes {
             return Err(EncodeError::TooLarge {
                 what: "batch",
@@ -345,7 +379,12 @@ impl Codec {
         Ok(packed)
     }
 
-    fn decompress(&self, bytes: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    /// Decompresses `bytes` into a per-thread buffer and hands the plain bytes to `f`.
+    fn with_decompressed<T>(
+        &self,
+        bytes: &[u8],
+        f: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<T, DecodeError> {
         if bytes.len() > self.limits.max_payload_bytes {
             return Err(DecodeError::TooLarge {
                 what: "payload",
@@ -354,33 +393,39 @@ impl Codec {
             });
         }
         let limit = self.limits.max_decoded_bytes;
-        let mut dec =
-            zstd::stream::read::Decoder::with_buffer(bytes).map_err(DecodeError::Decompress)?;
-        // Bound the decoder's window so a crafted frame header cannot demand a huge buffer.
-        let window_log = usize::BITS - limit.max(1 << 10).leading_zeros();
-        dec.window_log_max(window_log.clamp(10, 27))
-            .map_err(DecodeError::Decompress)?;
-        let mut out = Vec::new();
-        dec.take(limit as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(DecodeError::Decompress)?;
-        if out.len() > limit {
-            return Err(DecodeError::TooLarge {
-                what: "decompressed payload",
-                len: out.len(),
-                limit,
-            });
+        let too_large = |len| DecodeError::TooLarge {
+            what: "decompressed payload",
+            len,
+            limit,
+        };
+        if let Some(n) = zstd::bulk::Decompressor::upper_bound(bytes) {
+            if n > limit {
+                return Err(too_large(n));
+            }
         }
-        Ok(out)
+        // Bound the decoder's window so a crafted frame header cannot demand a huge buffer.
+        let window_log = (usize::BITS - limit.max(1 << 10).leading_zeros()).clamp(10, 27);
+        zstd_contexts::with_decompressor(window_log, limit, |d, buf| {
+            buf.clear();
+            match d.decompress_to_buffer(bytes, buf) {
+                // The buffer may be larger than this codec's limit (shared with other codecs).
+                Ok(n) if n > limit => Err(too_large(n)),
+                Ok(_) => f(buf),
+                // A frame without a declared size that does not fit the buffer.
+                Err(e) if e.to_string().contains("Destination buffer is too small") => {
+                    Err(too_large(limit + 1))
+                }
+                Err(e) => Err(DecodeError::Decompress(e)),
+            }
+        })
     }
 
     /// Decodes and validates a batch received over MQTT.
     pub fn decode_batch(&self, bytes: &[u8]) -> Result<DeltaBatch, DecodeError> {
-        let plain = self.decompress(bytes)?;
-        let mut r = Rec::new(
-            "DeltaBatch",
-            self.decode_framed(MessageKind::DeltaBatch, &plain)?,
-        )?;
+        let value = self.with_decompressed(bytes, |plain| {
+            self.decode_framed(MessageKind::DeltaBatch, plain)
+        })?;
+        let mut r = Rec::new("DeltaBatch", value)?;
         let replica: ReplicaId = r.replica()?;
         let first_seq = r.unsigned("first_seq")?;
         let raw_events = r.array("events")?;
@@ -497,4 +542,56 @@ pub(crate) fn vv_to_avro(vv: &VersionVector) -> Avro {
             .map(|(r, seq)| crate::value::replica_record(r, [("seq", long_u64(seq))]))
             .collect(),
     )
+}
+
+/// zstd contexts reused per thread: creating them costs more than compressing a small batch.
+mod zstd_contexts {
+    use std::cell::RefCell;
+    use std::io;
+
+    use zstd::bulk::{Compressor, Decompressor};
+    use zstd::zstd_safe::DParameter;
+
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<(i32, Compressor<'static>)>> = const { RefCell::new(None) };
+        static DECOMPRESSOR: RefCell<Option<(u32, Decompressor<'static>, Vec<u8>)>> =
+            const { RefCell::new(None) };
+    }
+
+    pub(super) fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+        COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = Some((level, Compressor::new(level)?));
+            }
+            match slot.as_mut() {
+                Some((_, c)) => c.compress(data),
+                None => Err(io::Error::other("zstd compressor unavailable")),
+            }
+        })
+    }
+
+    /// Runs `f` with this thread's decompressor (window capped at `window_log`) and a buffer of
+    /// capacity `capacity`.
+    pub(super) fn with_decompressor<T, E: From<io::Error>>(
+        window_log: u32,
+        capacity: usize,
+        f: impl FnOnce(&mut Decompressor<'static>, &mut Vec<u8>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let fresh = slot
+                .as_ref()
+                .is_none_or(|(w, _, buf)| *w != window_log || buf.capacity() < capacity);
+            if fresh {
+                let mut d = Decompressor::new()?;
+                d.set_parameter(DParameter::WindowLogMax(window_log))?;
+                *slot = Some((window_log, d, Vec::with_capacity(capacity)));
+            }
+            match slot.as_mut() {
+                Some((_, d, buf)) => f(d, buf),
+                None => Err(io::Error::other("zstd decompressor unavailable").into()),
+            }
+        })
+    }
 }

@@ -101,6 +101,12 @@ pub enum DecodeError {
     },
 }
 
+impl From<std::io::Error> for DecodeError {
+    fn from(e: std::io::Error) -> Self {
+        DecodeError::Decompress(e)
+    }
+}
+
 impl From<apache_avro::Error> for DecodeError {
     fn from(e: apache_avro::Error) -> Self {
         DecodeError::Avro(Box::new(e))
@@ -113,6 +119,12 @@ pub enum EncodeError {
     /// The value does not fit the schema (a codec bug, reported instead of panicking).
     #[error("Avro encoding failed: {0}")]
     Avro(#[source] Box<apache_avro::Error>),
+    /// A value that does not match its schema (checked in debug builds: a codec bug).
+    #[error("value does not match the {0:?} schema")]
+    Invalid(crate::MessageKind),
+    /// A value type the schemas never use.
+    #[error("cannot encode an Avro {0}")]
+    Unsupported(&'static str),
     /// zstd failed.
     #[error("zstd compression failed: {0}")]
     Compress(#[source] std::io::Error),

@@ -34,6 +34,7 @@
 
 mod codec;
 mod convert;
+mod encode;
 mod error;
 mod records;
 mod value;
