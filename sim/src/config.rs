@@ -1,0 +1,192 @@
+//! Simulation parameters. Every one is printed with the results (JSON `config`), and the
+//! defaults are plausible field conditions, not values tuned towards any result.
+
+use edgesync_protocol::AgentConfig;
+use serde::Serialize;
+
+/// Everything a run depends on, besides the code.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SimConfig {
+    /// The one seed.
+    pub seed: u64,
+    /// Devices in the fleet.
+    pub devices: usize,
+    /// Length of the measured window (events are generated only inside it), hours.
+    pub hours: f64,
+    /// After the window the network heals and faults stop; the run continues until every
+    /// approach is quiescent or this many more hours have passed.
+    pub drain_hours: f64,
+    /// What devices generate.
+    pub fleet: FleetConfig,
+    /// The link between each device and the server.
+    pub link: LinkConfig,
+    /// Crashes and restarts.
+    pub faults: FaultConfig,
+    /// edgesync's agent window.
+    pub agent: AgentParams,
+    /// The retry-based baseline.
+    pub baseline: BaselineConfig,
+}
+
+/// Event generation.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FleetConfig {
+    /// One event per device every this many seconds (±10 % jitter).
+    pub event_interval_s: f64,
+    /// Every n-th event of a device is a status event (mode, firmware); the rest telemetry.
+    pub status_every: u64,
+    /// Chance that a telemetry tick raises an alarm (when none is active).
+    pub alarm_probability: f64,
+    /// Mean alarm duration, seconds (then a clear event).
+    pub alarm_mean_s: f64,
+    /// Devices per site (sites share registers, sets and rollups).
+    pub devices_per_site: usize,
+    /// Device clocks are off by up to ± this many ms (HLC physical time).
+    pub clock_skew_ms: u64,
+}
+
+/// The network between a device and the server.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LinkConfig {
+    /// Mean duration of an up period, seconds (exponential).
+    pub mean_up_s: f64,
+    /// Mean duration of a down period, seconds (exponential).
+    pub mean_down_s: f64,
+    /// Fixed one-way latency, ms.
+    pub latency_ms: f64,
+    /// Mean of the exponential extra one-way latency, ms.
+    pub jitter_mean_ms: f64,
+    /// Chance a message is lost while the link is up.
+    pub loss: f64,
+    /// Chance a message is delivered twice.
+    pub duplicate: f64,
+    /// Chance a message is held back by up to `reorder_max_ms` (reordering it).
+    pub reorder: f64,
+    /// Largest extra delay of a reordered message, ms.
+    pub reorder_max_ms: f64,
+    /// Bytes per second in each direction.
+    pub bandwidth_bytes_per_s: f64,
+    /// How long a client takes to notice a dead link (MQTT keep-alive), ms.
+    pub detect_down_ms: u64,
+    /// How long a (re)connect takes once the link is up, ms.
+    pub connect_ms: u64,
+}
+
+/// Crashes and restarts (only inside the measured window).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FaultConfig {
+    /// Mean time between crashes of one device, hours (0 = never).
+    pub device_crash_mean_h: f64,
+    /// Mean time a crashed device stays down, seconds.
+    pub device_down_mean_s: f64,
+    /// Mean time between server restarts, hours (0 = never).
+    pub server_restart_mean_h: f64,
+    /// How long the server is down per restart, seconds.
+    pub server_down_s: f64,
+}
+
+/// edgesync's agent window (mirrors `edgesync_protocol::AgentConfig`).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct AgentParams {
+    /// Most events per batch.
+    pub max_batch_events: usize,
+    /// Most approximate event bytes per batch.
+    pub max_batch_bytes: usize,
+    /// Most batches in flight.
+    pub max_inflight_batches: usize,
+    /// Resend timeout, ms.
+    pub resend_timeout_ms: u64,
+    /// Wait for the retained ack after a connect, ms.
+    pub resume_wait_ms: u64,
+}
+
+impl From<AgentConfig> for AgentParams {
+    fn from(c: AgentConfig) -> Self {
+        Self {
+            max_batch_events: c.max_batch_events,
+            max_batch_bytes: c.max_batch_bytes,
+            max_inflight_batches: c.max_inflight_batches,
+            resend_timeout_ms: c.resend_timeout_ms,
+            resume_wait_ms: c.resume_wait_ms,
+        }
+    }
+}
+
+impl From<AgentParams> for AgentConfig {
+    fn from(p: AgentParams) -> Self {
+        Self {
+            max_batch_events: p.max_batch_events,
+            max_batch_bytes: p.max_batch_bytes,
+            max_inflight_batches: p.max_inflight_batches,
+            resend_timeout_ms: p.resend_timeout_ms,
+            resume_wait_ms: p.resume_wait_ms,
+        }
+    }
+}
+
+/// The traditional client the article describes: every reading is a request carrying the event
+/// and the device's full state snapshot; failed requests are retried with exponential backoff
+/// from a bounded in-memory queue, replayed in full on reconnect; the server keeps the last
+/// write per key by device timestamp.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BaselineConfig {
+    /// Messages the in-memory retry queue holds; when full the oldest is dropped.
+    pub queue_capacity: usize,
+    /// First retry delay, ms.
+    pub initial_backoff_ms: f64,
+    /// Largest retry delay, ms.
+    pub max_backoff_ms: f64,
+    /// Each delay is multiplied by a uniform factor in `[1 - jitter, 1 + jitter]`.
+    pub backoff_jitter: f64,
+    /// A message is dropped after this many failed attempts.
+    pub max_attempts: u32,
+    /// A request without a response after this long has failed, ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            devices: 1000,
+            hours: 24.0,
+            drain_hours: 24.0,
+            fleet: FleetConfig {
+                event_interval_s: 60.0,
+                status_every: 30,
+                alarm_probability: 0.002,
+                alarm_mean_s: 1800.0,
+                devices_per_site: 10,
+                clock_skew_ms: 5_000,
+            },
+            link: LinkConfig {
+                mean_up_s: 2.0 * 3600.0,
+                mean_down_s: 20.0 * 60.0,
+                latency_ms: 80.0,
+                jitter_mean_ms: 120.0,
+                loss: 0.01,
+                duplicate: 0.005,
+                reorder: 0.01,
+                reorder_max_ms: 2_000.0,
+                bandwidth_bytes_per_s: 32_000.0,
+                detect_down_ms: 30_000,
+                connect_ms: 500,
+            },
+            faults: FaultConfig {
+                device_crash_mean_h: 48.0,
+                device_down_mean_s: 300.0,
+                server_restart_mean_h: 12.0,
+                server_down_s: 60.0,
+            },
+            agent: AgentConfig::default().into(),
+            baseline: BaselineConfig {
+                queue_capacity: 500,
+                initial_backoff_ms: 1_000.0,
+                max_backoff_ms: 300_000.0,
+                backoff_jitter: 0.2,
+                max_attempts: 8,
+                request_timeout_ms: 10_000,
+            },
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! edgesync in the simulator: real agent and server state machines (`edgesync-protocol`),
+//! real batches through the real codec, over simulated links.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+use edgesync_core::{BatchBuilder, Crdt, Event, EventLimits, StateDigest};
+use edgesync_protocol::agent::{AckEffect, AgentStats};
+use edgesync_protocol::{Agent, AgentConfig, AgentDurable, Server, ServerConfig};
+use edgesync_schemas::{Ack, Codec, Framing};
+
+use crate::config::SimConfig;
+use crate::fleet::{join_into, ms, purpose, DeviceGen, DeviceState, Ms, ReadValue};
+use crate::net::{Dir, Link, Queue, ServerSchedule};
+use crate::report::Metrics;
+use crate::rng::Rng;
+
+/// What the edgesync run hands to the report.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Counters.
+    pub metrics: Metrics,
+    /// The server's converged state.
+    pub state: BTreeMap<String, Crdt>,
+    /// All generated events' deltas joined: the state a perfect system would hold.
+    pub reference: BTreeMap<String, Crdt>,
+    /// Events still in some agent's spool at the end (0 when the run drained).
+    pub unsynced: u64,
+    /// Batches the server could not decode (always 0 unless the codec is broken).
+    pub decode_errors: u64,
+    /// Events the server released out of dot order or twice (always 0 unless the protocol is
+    /// broken): each replica's releases must be exactly 1, 2, 3, ...
+    pub order_violations: u64,
+}
+
+enum Ev {
+    Gen(usize),
+    LinkFlip(usize),
+    /// The agent notices its link is gone (keep-alive), if the link is still down.
+    Detect(usize, u64),
+    Connect(usize, u64),
+    Crash(usize),
+    Restart(usize),
+    Tick(usize),
+    Uplink(usize, Rc<Vec<u8>>),
+    Ack(usize, u64, u64),
+    ServerUp,
+    Heal,
+}
+
+struct Spooled {
+    event: Event,
+    deltas: Vec<(String, Crdt)>,
+    approx: usize,
+}
+
+struct Dev {
+    gen: DeviceGen,
+    state: DeviceState,
+    link: Link,
+    link_epoch: u64,
+    net: Rng,
+    faults: Rng,
+    /// The current or next crash: (down at, up again at).
+    crash_at: Option<(Ms, Ms)>,
+    crashed: bool,
+    agent: Agent,
+    durable_acked: u64,
+    session: Option<u64>,
+    sessions: u64,
+    spool: VecDeque<Spooled>,
+    spool_first: u64,
+    gen_times: Vec<Ms>,
+    tick_at: Option<Ms>,
+    past_stats: AgentStats,
+}
+
+struct World<'a> {
+    cfg: &'a SimConfig,
+    agent_cfg: AgentConfig,
+    codec: Codec,
+    q: Queue<Ev>,
+    devs: Vec<Dev>,
+    server: Server,
+    server_schedule: ServerSchedule,
+    state: BTreeMap<String, Crdt>,
+    reference: BTreeMap<String, Crdt>,
+    retained: Vec<Option<u64>>,
+    m: Metrics,
+    end: Ms,
+    healed: bool,
+    decode_errors: u64,
+    released: Vec<u64>,
+    order_violations: u64,
+}
+
+/// Runs edgesync over the trace of `cfg`.
+pub fn run(cfg: &SimConfig) -> Outcome {
+    let agent_cfg: AgentConfig = cfg.agent.into();
+    let end = ms(cfg.hours * 3600.0);
+    let codec = match Codec::new(Default::default()) {
+        Ok(c) => c,
+        Err(e) => unreachable!("built-in schemas parse: {e}"),
+    };
+    let mut w = World {
+        cfg,
+        agent_cfg,
+        codec,
+        q: Queue::default(),
+        devs: Vec::with_capacity(cfg.devices),
+        server: Server::new(ServerConfig::default()),
+        server_schedule: ServerSchedule::new(cfg),
+        state: BTreeMap::new(),
+        reference: BTreeMap::new(),
+        retained: vec![None; cfg.devices],
+        m: Metrics::default(),
+        end,
+        healed: false,
+        decode_errors: 0,
+        released: vec![0; cfg.devices],
+        order_violations: 0,
+    };
+    for d in 0..cfg.devices {
+        let dev = new_device(&w, d);
+        w.q.push(dev.gen.next_at, Ev::Gen(d));
+        if dev.link.phase_end < end {
+            w.q.push(dev.link.phase_end, Ev::LinkFlip(d));
+        }
+        let up = dev.link.up;
+        w.devs.push(dev);
+        if up {
+            w.q.push(cfg.link.connect_ms, Ev::Connect(d, 0));
+        }
+        schedule_crash(&mut w, d, 0);
+    }
+    for &(down, up) in w.server_schedule.restarts() {
+        let _ = down; // arrivals check the schedule; the restart itself happens on the way up
+        w.q.push(up, Ev::ServerUp);
+    }
+    w.q.push(end, Ev::Heal);
+    let stop = end + ms(cfg.drain_hours * 3600.0);
+    while let Some((now, ev)) = w.q.pop() {
+        if now > stop {
+            break;
+        }
+        w.handle(now, ev);
+    }
+    if !w.healed {
+        w.m.delivered_in_window = w.m.delivered;
+    }
+    let mut unsynced = 0;
+    for dev in &mut w.devs {
+        let s = dev.agent.stats();
+        w.m.attempts += dev.past_stats.batches_sent + s.batches_sent;
+        w.m.failures +=
+            dev.past_stats.batches_failed + s.batches_failed + dev.agent.inflight() as u64;
+        unsynced += dev.state.last_seq - dev.durable_acked;
+    }
+    Outcome {
+        metrics: w.m,
+        state: w.state,
+        reference: w.reference,
+        unsynced,
+        decode_errors: w.decode_errors,
+        order_violations: w.order_violations,
+    }
+}
+
+fn new_device(w: &World<'_>, d: usize) -> Dev {
+    let cfg = w.cfg;
+    let agent = match Agent::new(w.agent_cfg, AgentDurable::default()) {
+        Ok(a) => a,
+        Err(e) => unreachable!("empty durable state is valid: {e}"),
+    };
+    Dev {
+        gen: DeviceGen::new(cfg, d),
+        state: DeviceState::new(cfg, d),
+        link: Link::new(cfg, d),
+        link_epoch: 0,
+        net: Rng::stream(cfg.seed, purpose::NET_EDGESYNC, d as u64),
+        faults: Rng::stream(cfg.seed, purpose::CRASH, d as u64),
+        crash_at: None,
+        crashed: false,
+        agent,
+        durable_acked: 0,
+        session: None,
+        sessions: 0,
+        spool: VecDeque::new(),
+        spool_first: 1,
+        gen_times: Vec::new(),
+        tick_at: None,
+        past_stats: AgentStats::default(),
+    }
+}
+
+/// Draws device `d`'s next crash after `from` (the same draws as the baseline's).
+fn schedule_crash(w: &mut World<'_>, d: usize, from: Ms) {
+    let next = next_crash(w.cfg, from, &mut w.devs[d].faults).filter(|(at, _)| *at < w.end);
+    w.devs[d].crash_at = next;
+    if let Some((at, _)) = next {
+        w.q.push(at, Ev::Crash(d));
+    }
+}
+
+/// A device's next crash after `from`, as (down at, up again at), from its fault stream.
+/// Drawn whole in advance so that whether the device is alive at a given time does not depend
+/// on the order in which simultaneous events are handled.
+pub(crate) fn next_crash(cfg: &SimConfig, from: Ms, faults: &mut Rng) -> Option<(Ms, Ms)> {
+    if cfg.faults.device_crash_mean_h <= 0.0 {
+        return None;
+    }
+    let at = from + ms(faults.exp(cfg.faults.device_crash_mean_h * 3600.0)).max(1);
+    let down = ms(faults.exp(cfg.faults.device_down_mean_s)).max(1);
+    Some((at, at + down))
+}
+
+/// Whether a device with crash window `crash_at` is alive at `t`.
+pub(crate) fn alive(crash_at: Option<(Ms, Ms)>, t: Ms) -> bool {
+    crash_at.is_none_or(|(down, up)| t < down || t >= up)
+}
+
+impl World<'_> {
+    fn handle(&mut self, now: Ms, ev: Ev) {
+        match ev {
+            Ev::Gen(d) => self.generate(now, d),
+            Ev::LinkFlip(d) => self.link_flip(now, d),
+            Ev::Detect(d, epoch) => {
+                let dev = &mut self.devs[d];
+                if epoch == dev.link_epoch && dev.session.is_some() {
+                    dev.agent.disconnected();
+                    dev.session = None;
+                }
+            }
+            Ev::Connect(d, epoch) => self.connect(now, d, epoch),
+            Ev::Crash(d) => self.crash(now, d),
+            Ev::Restart(d) => self.restart(now, d),
+            Ev::Tick(d) => {
+                let dev = &mut self.devs[d];
+                if dev.tick_at == Some(now) {
+                    dev.tick_at = None;
+                }
+                if !dev.crashed {
+                    dev.agent.on_tick(now);
+                    self.pump(now, d);
+                }
+            }
+            Ev::Uplink(d, bytes) => self.server_receive(now, d, &bytes),
+            Ev::Ack(d, session, wm) => self.ack_arrives(now, d, session, wm),
+            Ev::ServerUp => {
+                // The server process restarts from its durable state.
+                let parts: Vec<_> = self
+                    .server
+                    .replicas()
+                    .map(|(r, s)| (r.clone(), s.clone()))
+                    .collect();
+                self.server = Server::restore(ServerConfig::default(), parts);
+            }
+            Ev::Heal => self.heal(now),
+        }
+    }
+
+    fn generate(&mut self, now: Ms, d: usize) {
+        let dev = &mut self.devs[d];
+        let reading = dev.gen.tick(alive(dev.crash_at, now));
+        if dev.gen.next_at < self.end {
+            self.q.push(dev.gen.next_at, Ev::Gen(d));
+        }
+        let Some(r) = reading else { return };
+        let (event, deltas) = dev.state.append(&r);
+        let raw = self
+            .codec
+            .encode_event(&event, Framing::SingleObject)
+            .map_or(0, |b| b.len() - edgesync_schemas::SINGLE_OBJECT_HEADER_LEN);
+        self.m.generated += 1;
+        self.m.raw_bytes += raw as u64;
+        join_into(&mut self.reference, &deltas);
+        dev.gen_times.push(r.at);
+        let seq = event.dot.seq;
+        let approx = event.approx_size();
+        dev.spool.push_back(Spooled {
+            event,
+            deltas,
+            approx,
+        });
+        if let Err(e) = dev.agent.appended(seq) {
+            unreachable!("seqs are dense: {e}");
+        }
+        self.pump(now, d);
+    }
+
+    fn link_flip(&mut self, now: Ms, d: usize) {
+        if self.healed {
+            return;
+        }
+        let (detect, connect) = (self.cfg.link.detect_down_ms, self.cfg.link.connect_ms);
+        let dev = &mut self.devs[d];
+        let next = dev.link.toggle(now);
+        dev.link_epoch += 1;
+        let epoch = dev.link_epoch;
+        if dev.link.up {
+            if dev.session.take().is_some() {
+                dev.agent.disconnected(); // the old session died unnoticed
+            }
+            if !dev.crashed {
+                self.q.push(now + connect, Ev::Connect(d, epoch));
+            }
+        } else {
+            self.q.push(now + detect, Ev::Detect(d, epoch));
+        }
+        if next < self.end {
+            self.q.push(next, Ev::LinkFlip(d));
+        }
+    }
+
+    fn connect(&mut self, now: Ms, d: usize, epoch: u64) {
+        let dev = &mut self.devs[d];
+        if epoch != dev.link_epoch || !dev.link.up || dev.crashed || dev.session.is_some() {
+            return;
+        }
+        dev.sessions += 1;
+        let session = dev.sessions;
+        dev.session = Some(session);
+        dev.agent.connected(now);
+        // The broker hands the retained ack to the new subscription.
+        if let Some(wm) = self.retained[d] {
+            self.send_ack(now, d, session, wm);
+        }
+        self.pump(now, d);
+    }
+
+    fn crash(&mut self, _now: Ms, d: usize) {
+        let dev = &mut self.devs[d];
+        let Some((_, up)) = dev.crash_at else { return };
+        dev.crashed = true;
+        dev.session = None;
+        let s = dev.agent.stats();
+        dev.past_stats.batches_sent += s.batches_sent;
+        dev.past_stats.batches_failed += s.batches_failed + dev.agent.inflight() as u64;
+        self.q.push(up, Ev::Restart(d));
+    }
+
+    fn restart(&mut self, now: Ms, d: usize) {
+        let cfg = self.cfg;
+        let agent_cfg = self.agent_cfg;
+        let dev = &mut self.devs[d];
+        dev.crashed = false;
+        // Volatile state is gone: the agent starts again from what the spool persisted.
+        let durable = AgentDurable {
+            last_seq: dev.state.last_seq,
+            acked: dev.durable_acked,
+        };
+        dev.agent = match Agent::new(agent_cfg, durable) {
+            Ok(a) => a,
+            Err(e) => unreachable!("durable state is consistent: {e}"),
+        };
+        dev.tick_at = None;
+        if dev.link.up {
+            let epoch = dev.link_epoch;
+            self.q
+                .push(now + cfg.link.connect_ms, Ev::Connect(d, epoch));
+        }
+        schedule_crash(self, d, now);
+    }
+
+    fn heal(&mut self, now: Ms) {
+        self.healed = true;
+        self.m.delivered_in_window = self.m.delivered;
+        let connect = self.cfg.link.connect_ms;
+        for d in 0..self.devs.len() {
+            let dev = &mut self.devs[d];
+            if dev.link.up {
+                dev.link.heal();
+                continue;
+            }
+            dev.link.heal();
+            dev.link_epoch += 1;
+            if dev.session.take().is_some() {
+                dev.agent.disconnected();
+            }
+            if !dev.crashed {
+                self.q.push(now + connect, Ev::Connect(d, dev.link_epoch));
+            }
+        }
+    }
+
+    /// Sends whatever the agent's window allows.
+    fn pump(&mut self, now: Ms, d: usize) {
+        let cfg = self.cfg;
+        loop {
+            let dev = &mut self.devs[d];
+            let Some(req) = dev.agent.poll_send() else {
+                break;
+            };
+            let start = (req.first_seq - dev.spool_first) as usize;
+            let mut b = BatchBuilder::new(
+                dev.state.replica.clone(),
+                req.first_seq,
+                EventLimits::default(),
+            );
+            for s in dev.spool.range(start..).take(req.max_events) {
+                if !b.is_empty() && b.approx_bytes() + s.approx > req.max_bytes {
+                    break;
+                }
+                if let Err(e) = b.push(s.event.clone(), s.deltas.iter().cloned()) {
+                    unreachable!("spooled events are valid: {e}");
+                }
+            }
+            let last = req.first_seq + b.len() as u64 - 1;
+            let bytes = match b.finish().map(|batch| self.codec.encode_batch(&batch)) {
+                Ok(Ok(bytes)) => Rc::new(bytes),
+                other => unreachable!("a spooled batch encodes: {other:?}"),
+            };
+            if let Err(e) = dev.agent.sent(req.first_seq, last, now) {
+                unreachable!("the batch matches the request: {e}");
+            }
+            self.m.bytes_up += bytes.len() as u64;
+            for at in dev
+                .link
+                .send(now, bytes.len(), Dir::Up, &mut dev.net, &cfg.link)
+            {
+                self.q.push(at, Ev::Uplink(d, Rc::clone(&bytes)));
+            }
+        }
+        self.schedule_tick(d);
+    }
+
+    fn schedule_tick(&mut self, d: usize) {
+        let dev = &mut self.devs[d];
+        if let Some(t) = dev.agent.next_deadline() {
+            if dev.tick_at.is_none_or(|pending| t < pending) {
+                dev.tick_at = Some(t);
+                self.q.push(t, Ev::Tick(d));
+            }
+        }
+    }
+
+    fn server_receive(&mut self, now: Ms, d: usize, bytes: &[u8]) {
+        if self.server_schedule.is_down(now) {
+            return; // nobody is there to take it; the agent will time out and resend
+        }
+        let batch = match self.codec.decode_batch(bytes) {
+            Ok(b) => b,
+            Err(_) => {
+                self.decode_errors += 1;
+                return;
+            }
+        };
+        let applied = self.server.apply(batch, now);
+        let dev = &self.devs[d];
+        for e in &applied.released {
+            if e.dot.seq != self.released[d] + 1 {
+                self.order_violations += 1;
+            }
+            self.released[d] = e.dot.seq;
+            self.m.delivered += 1;
+            let born = dev.gen_times[(e.dot.seq - 1) as usize];
+            self.m.latencies_ms.push(now.saturating_sub(born));
+        }
+        join_into(
+            &mut self.state,
+            &applied.deltas.into_iter().collect::<Vec<_>>(),
+        );
+        let wm = applied.watermark;
+        if wm == 0 {
+            return;
+        }
+        self.retained[d] = Some(self.retained[d].map_or(wm, |r| r.max(wm)));
+        if let Some(session) = self.devs[d].session {
+            self.send_ack(now, d, session, wm);
+        }
+    }
+
+    fn send_ack(&mut self, now: Ms, d: usize, session: u64, wm: u64) {
+        let dev = &mut self.devs[d];
+        let ack = Ack {
+            replica: dev.state.replica.clone(),
+            watermark: wm,
+            acked_at_ms: now,
+        };
+        let size = self.codec.encode_ack(&ack).map_or(0, |b| b.len());
+        self.m.bytes_down += size as u64;
+        for at in dev
+            .link
+            .send(now, size, Dir::Down, &mut dev.net, &self.cfg.link)
+        {
+            self.q.push(at, Ev::Ack(d, session, wm));
+        }
+    }
+
+    fn ack_arrives(&mut self, now: Ms, d: usize, session: u64, wm: u64) {
+        let dev = &mut self.devs[d];
+        if dev.crashed || dev.session != Some(session) {
+            return; // delivered to a session that no longer exists
+        }
+        if let AckEffect::Advanced { trim_to } = dev.agent.on_ack(wm, now) {
+            dev.durable_acked = trim_to;
+            while dev.spool_first <= trim_to && dev.spool.pop_front().is_some() {
+                dev.spool_first += 1;
+            }
+        }
+        self.pump(now, d);
+    }
+}
+
+/// The server's per-key values, for the report.
+pub fn values(state: &BTreeMap<String, Crdt>) -> BTreeMap<String, ReadValue> {
+    state
+        .iter()
+        .map(|(k, c)| (k.clone(), ReadValue::of(c)))
+        .collect()
+}
+
+/// Digest of a state map.
+pub fn digest(state: &BTreeMap<String, Crdt>) -> StateDigest {
+    StateDigest::of_map(state)
+}

@@ -1,0 +1,341 @@
+//! The trace: what each device generates, when its link is up, when it crashes, when the
+//! server restarts. Each is drawn from its own random stream, so both approaches replay exactly
+//! the same trace whatever they do with the network.
+
+use std::collections::BTreeMap;
+
+use edgesync_core::crdt::{
+    GCounter, LwwRegister, MaxRegister, MvRegister, OrSet, PnCounter, RollupMap,
+};
+use edgesync_core::{Crdt, DeviceId, Dot, Event, Hlc, HlcClock, Incarnation, ReplicaId, Value};
+
+use crate::config::SimConfig;
+use crate::rng::Rng;
+
+/// Random-stream purposes.
+pub(crate) mod purpose {
+    pub const GEN: u64 = 1;
+    pub const LINK: u64 = 2;
+    pub const CRASH: u64 = 3;
+    pub const SERVER: u64 = 4;
+    pub const NET_EDGESYNC: u64 = 5;
+    pub const NET_BASELINE: u64 = 6;
+    pub const BACKOFF: u64 = 7;
+}
+
+/// Milliseconds.
+pub type Ms = u64;
+
+pub(crate) fn ms(seconds: f64) -> Ms {
+    (seconds * 1000.0).max(0.0) as Ms
+}
+
+/// One state update an event makes.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// G-counter +1.
+    Count(String),
+    /// Max register.
+    Max(String, f64),
+    /// Rollup sample in a bucket.
+    Rollup(String, Ms, f64),
+    /// LWW register write.
+    Lww(String, Value),
+    /// MV register write.
+    Mv(String, Value),
+    /// OR-set add.
+    Add(String, Value),
+    /// OR-set remove.
+    Remove(String, Value),
+    /// PN-counter change.
+    Pn(String, i64),
+}
+
+/// A generated event before it gets a seq.
+#[derive(Clone, Debug)]
+pub struct Reading {
+    /// True (virtual) time of the event.
+    pub at: Ms,
+    /// Stream name.
+    pub stream: &'static str,
+    /// Fields.
+    pub fields: BTreeMap<String, Value>,
+    /// State updates.
+    pub ops: Vec<Op>,
+}
+
+/// A device's event generator.
+#[derive(Debug)]
+pub struct DeviceGen {
+    rng: Rng,
+    device: String,
+    site: usize,
+    interval_ms: f64,
+    status_every: u64,
+    alarm_p: f64,
+    alarm_mean_ms: f64,
+    ticks: u64,
+    alarm: Option<(Ms, Value)>,
+    /// When the next event is due.
+    pub next_at: Ms,
+}
+
+impl DeviceGen {
+    /// The generator of device `idx`.
+    pub fn new(cfg: &SimConfig, idx: usize) -> Self {
+        let mut rng = Rng::stream(cfg.seed, purpose::GEN, idx as u64);
+        let interval_ms = cfg.fleet.event_interval_s * 1000.0;
+        let first = (rng.unit() * interval_ms) as Ms;
+        Self {
+            rng,
+            device: device_name(idx),
+            site: idx / cfg.fleet.devices_per_site.max(1),
+            interval_ms,
+            status_every: cfg.fleet.status_every.max(1),
+            alarm_p: cfg.fleet.alarm_probability,
+            alarm_mean_ms: cfg.fleet.alarm_mean_s * 1000.0,
+            ticks: 0,
+            alarm: None,
+            next_at: first,
+        }
+    }
+
+    /// Produces the event due at `next_at` and schedules the next one. `alive` is false while
+    /// the device is crashed: the tick passes without an event (the same in every approach).
+    pub fn tick(&mut self, alive: bool) -> Option<Reading> {
+        let at = self.next_at;
+        self.next_at = at + (self.interval_ms * self.rng.between(0.9, 1.1)) as Ms;
+        self.ticks += 1;
+        // Draw every random number whether or not the device is alive, so that a crash does not
+        // shift the rest of the device's trace.
+        let p = 100.0 + 20.0 * self.rng.unit() + if self.alarm.is_some() { 40.0 } else { 0.0 };
+        let flow = 10.0 + 5.0 * self.rng.unit();
+        let rpm = 1400 + self.rng.below(100) as i64;
+        let raise = self.rng.chance(self.alarm_p);
+        let alarm_len = self.rng.exp(self.alarm_mean_ms) as Ms;
+        let mode = ["auto", "manual", "eco"][self.rng.below(3) as usize];
+        let fw = ["1.4.2", "1.4.3", "1.5.0"][self.rng.below(3) as usize];
+        if !alive {
+            return None;
+        }
+        let site = format!("site-{:04}", self.site);
+        let mut fields = BTreeMap::new();
+        let mut ops = Vec::new();
+        let stream;
+        if let Some((_, elem)) = self.alarm.clone().filter(|(clear_at, _)| at >= *clear_at) {
+            stream = "pump.alarm";
+            fields.insert("code".to_owned(), Value::from("overpressure"));
+            fields.insert("active".to_owned(), Value::Bool(false));
+            ops.push(Op::Remove(format!("{site}/alarms"), elem));
+            ops.push(Op::Pn("fleet/active_alarms".to_owned(), -1));
+            self.alarm = None;
+        } else if self.ticks.is_multiple_of(self.status_every) {
+            stream = "pump.status";
+            fields.insert("mode".to_owned(), Value::from(mode));
+            fields.insert("firmware".to_owned(), Value::from(fw));
+            ops.push(Op::Lww(format!("{}/mode", self.device), Value::from(mode)));
+            ops.push(Op::Mv(format!("{site}/firmware"), Value::from(fw)));
+        } else if raise && self.alarm.is_none() {
+            stream = "pump.alarm";
+            let elem = Value::from(format!("{}:overpressure", self.device));
+            fields.insert("code".to_owned(), Value::from("overpressure"));
+            fields.insert("active".to_owned(), Value::Bool(true));
+            ops.push(Op::Add(format!("{site}/alarms"), elem.clone()));
+            ops.push(Op::Pn("fleet/active_alarms".to_owned(), 1));
+            self.alarm = Some((at + alarm_len, elem));
+        } else {
+            stream = "pump.telemetry";
+            fields.insert("pressure_kpa".to_owned(), Value::Double(p));
+            fields.insert("flow_lpm".to_owned(), Value::Double(flow));
+            fields.insert("rpm".to_owned(), Value::Long(rpm));
+            fields.insert("running".to_owned(), Value::Bool(true));
+            ops.push(Op::Count("fleet/readings".to_owned()));
+            ops.push(Op::Max(format!("{site}/pressure.max"), p));
+            ops.push(Op::Rollup(
+                format!("{site}/pressure.1h"),
+                at / 3_600_000 * 3_600_000,
+                p,
+            ));
+        }
+        Some(Reading {
+            at,
+            stream,
+            fields,
+            ops,
+        })
+    }
+}
+
+/// Name of device `idx`.
+pub fn device_name(idx: usize) -> String {
+    format!("pump-{idx:05}")
+}
+
+/// The replica of device `idx` (one incarnation: crashes keep the spool).
+pub fn replica_of(seed: u64, idx: usize) -> ReplicaId {
+    let device = DeviceId::new(&device_name(idx)).unwrap_or_else(|_| unreachable!());
+    let bits = Rng::stream(seed, 99, idx as u64).next_u64();
+    ReplicaId::new(device, Incarnation::from_random_bits(bits))
+}
+
+/// A device's durable application state: its CRDTs, its clock and its next seq.
+#[derive(Debug)]
+pub struct DeviceState {
+    /// The replica.
+    pub replica: ReplicaId,
+    clock: HlcClock,
+    skew_ms: i64,
+    crdts: BTreeMap<String, Crdt>,
+    /// Last seq assigned.
+    pub last_seq: u64,
+}
+
+impl DeviceState {
+    /// State of device `idx` at first boot.
+    pub fn new(cfg: &SimConfig, idx: usize) -> Self {
+        let mut r = Rng::stream(cfg.seed, purpose::GEN, 1_000_000 + idx as u64);
+        let max = cfg.fleet.clock_skew_ms as f64;
+        Self {
+            replica: replica_of(cfg.seed, idx),
+            clock: HlcClock::new(u64::MAX),
+            skew_ms: r.between(-max, max) as i64,
+            crdts: BTreeMap::new(),
+            last_seq: 0,
+        }
+    }
+
+    /// Turns a reading into the next event and the deltas it produced.
+    pub fn append(&mut self, r: &Reading) -> (Event, Vec<(String, Crdt)>) {
+        let physical = (r.at as i64 + self.skew_ms).max(0) as u64;
+        let hlc: Hlc = self.clock.now(physical);
+        self.last_seq += 1;
+        let rep = self.replica.clone();
+        let mut deltas = Vec::with_capacity(r.ops.len());
+        for op in &r.ops {
+            let (key, delta) = match op {
+                Op::Count(k) => (k, Crdt::GCounter(self.gcounter(k).inc(&rep, 1))),
+                Op::Max(k, v) => (k, Crdt::MaxRegister(self.max(k).set(Value::Double(*v)))),
+                Op::Rollup(k, b, v) => {
+                    let d = self.rollup(k).record(&rep, *b, *v).unwrap_or_default();
+                    (k, Crdt::RollupMap(d))
+                }
+                Op::Lww(k, v) => (k, Crdt::LwwRegister(self.lww(k).set(hlc, &rep, v.clone()))),
+                Op::Mv(k, v) => (k, Crdt::MvRegister(self.mv(k).write(&rep, v.clone()))),
+                Op::Add(k, v) => (k, Crdt::OrSet(self.set(k).add(&rep, v.clone()))),
+                Op::Remove(k, v) => (k, Crdt::OrSet(self.set(k).remove(v))),
+                Op::Pn(k, by) => (k, Crdt::PnCounter(self.pn(k).add(&rep, *by))),
+            };
+            deltas.push((key.clone(), delta));
+        }
+        let event = Event {
+            dot: Dot::new(rep, self.last_seq),
+            hlc,
+            stream: r.stream.to_owned(),
+            schema_version: 1,
+            fields: r.fields.clone(),
+            tags: BTreeMap::new(),
+        };
+        (event, deltas)
+    }
+
+    /// The device's own view of every key it wrote.
+    pub fn crdts(&self) -> &BTreeMap<String, Crdt> {
+        &self.crdts
+    }
+
+    /// The device's physical clock at true time `at`.
+    pub fn device_time(&self, at: Ms) -> u64 {
+        (at as i64 + self.skew_ms).max(0) as u64
+    }
+}
+
+macro_rules! accessor {
+    ($name:ident, $variant:ident, $ty:ty) => {
+        impl DeviceState {
+            fn $name(&mut self, key: &str) -> &mut $ty {
+                let slot = self
+                    .crdts
+                    .entry(key.to_owned())
+                    .or_insert_with(|| Crdt::$variant(Default::default()));
+                match slot {
+                    Crdt::$variant(x) => x,
+                    // Each key is used with one kind only (the generator's key names say which).
+                    _ => unreachable!("key {key} used with two CRDT kinds"),
+                }
+            }
+        }
+    };
+}
+
+accessor!(gcounter, GCounter, GCounter);
+accessor!(max, MaxRegister, MaxRegister<Value>);
+accessor!(rollup, RollupMap, RollupMap);
+accessor!(lww, LwwRegister, LwwRegister<Value>);
+accessor!(mv, MvRegister, MvRegister<Value>);
+accessor!(set, OrSet, OrSet<Value>);
+accessor!(pn, PnCounter, PnCounter);
+
+/// Joins `deltas` into `store`.
+pub fn join_into(store: &mut BTreeMap<String, Crdt>, deltas: &[(String, Crdt)]) {
+    for (k, d) in deltas {
+        match store.get_mut(k) {
+            Some(s) => {
+                if s.join(d).is_err() {
+                    unreachable!("key {k} used with two CRDT kinds")
+                }
+            }
+            None => {
+                store.insert(k.clone(), d.clone());
+            }
+        }
+    }
+}
+
+/// A CRDT's value as an application reads it (what the baseline stores per key).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReadValue {
+    /// Counters.
+    Counter(i128),
+    /// Registers (MV: all concurrent values).
+    Values(Vec<Value>),
+    /// Rollups: bucket -> (count, sum, min, max).
+    Rollup(Vec<(Ms, u64, f64, f64, f64)>),
+}
+
+impl ReadValue {
+    /// Reads a state.
+    pub fn of(c: &Crdt) -> Self {
+        match c {
+            Crdt::GCounter(g) => ReadValue::Counter(g.value() as i128),
+            Crdt::PnCounter(p) => ReadValue::Counter(p.value()),
+            Crdt::MaxRegister(r) => ReadValue::Values(r.get().cloned().into_iter().collect()),
+            Crdt::MinRegister(r) => ReadValue::Values(r.get().cloned().into_iter().collect()),
+            Crdt::LwwRegister(r) => ReadValue::Values(r.get().cloned().into_iter().collect()),
+            Crdt::MvRegister(r) => ReadValue::Values(r.values().into_iter().cloned().collect()),
+            Crdt::OrSet(s) => ReadValue::Values(s.elements().cloned().collect()),
+            Crdt::RollupMap(m) => ReadValue::Rollup(
+                m.buckets()
+                    .into_iter()
+                    .map(|(b, a)| (b, a.count, a.sum, a.min, a.max))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Approximate size on the wire in a snapshot (value only).
+    pub fn wire_size(&self) -> usize {
+        match self {
+            ReadValue::Counter(_) => 9,
+            ReadValue::Values(v) => {
+                v.iter()
+                    .map(|x| match x {
+                        Value::String(s) => s.len() + 2,
+                        _ => 9,
+                    })
+                    .sum::<usize>()
+                    + 1
+            }
+            ReadValue::Rollup(b) => b.len() * 40 + 1,
+        }
+    }
+}
