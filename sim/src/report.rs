@@ -68,6 +68,10 @@ pub struct ApproachReport {
     pub sync_failure_rate: f64,
     /// Payload bytes in both directions.
     pub bytes_on_wire: u64,
+    /// Of which device to server.
+    pub bytes_up: u64,
+    /// Of which server to device (acks, responses).
+    pub bytes_down: u64,
     /// Avro size of the generated events, once each.
     pub bytes_of_new_data: u64,
     /// `bytes_on_wire / bytes_of_new_data`.
@@ -132,6 +136,8 @@ impl ApproachReport {
             sync_failures: m.failures,
             sync_failure_rate: ratio(m.failures, m.attempts),
             bytes_on_wire: wire,
+            bytes_up: m.bytes_up,
+            bytes_down: m.bytes_down,
             bytes_of_new_data: m.raw_bytes,
             bandwidth_ratio: ratio(wire, m.raw_bytes),
             duplicates_applied: m.duplicates_applied,
@@ -219,8 +225,8 @@ impl Report {
         row(&mut s, "sync attempts / failed", &|r| {
             format!("{} / {}", r.sync_attempts, r.sync_failures)
         });
-        row(&mut s, "bytes on wire / of new data", &|r| {
-            format!("{} / {}", r.bytes_on_wire, r.bytes_of_new_data)
+        row(&mut s, "bytes up + down / of new data", &|r| {
+            format!("{} + {} / {}", r.bytes_up, r.bytes_down, r.bytes_of_new_data)
         });
         row(&mut s, "duplicates applied", &|r| {
             r.duplicates_applied.to_string()
