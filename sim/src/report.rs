@@ -226,7 +226,10 @@ impl Report {
             format!("{} / {}", r.sync_attempts, r.sync_failures)
         });
         row(&mut s, "bytes up + down / of new data", &|r| {
-            format!("{} + {} / {}", r.bytes_up, r.bytes_down, r.bytes_of_new_data)
+            format!(
+                "{} + {} / {}",
+                r.bytes_up, r.bytes_down, r.bytes_of_new_data
+            )
         });
         row(&mut s, "duplicates applied", &|r| {
             r.duplicates_applied.to_string()
