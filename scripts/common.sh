@@ -1,10 +1,18 @@
-# Shared by scripts/run and scripts/test. Sourced, not executed.
+# Shared by the scripts in this folder. Sourced, not executed.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# Build caches live outside the work tree so every clone (and CI) on this machine shares them.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/edgesync/target}"
+# Build caches and tools live outside the work tree so every clone (and CI) on this machine
+# shares them.
 export EDGESYNC_HOME="${EDGESYNC_HOME:-$HOME/.cache/edgesync}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$EDGESYNC_HOME/target}"
 mkdir -p "$CARGO_TARGET_DIR"
+
+# Pinned outside components (see ARCHITECTURE.md, "Brokers").
+export TANSU_VERSION=0.6.0
+export TANSU_BIN="$EDGESYNC_HOME/tools/bin/tansu"
+export EDGESYNC_PYTHON="$EDGESYNC_HOME/venv/bin/python"
+export CONFLUENT_KAFKA_VERSION=2.16.1
+export FASTAVRO_VERSION=1.13.1
 
 say() { printf '\n==> %s\n' "$*"; }

@@ -1,0 +1,80 @@
+//! # edgesync-testkit: real brokers and real faults for tests
+//!
+//! Dev-dependency only. Everything here starts real things on this machine — no mocks:
+//!
+//! - [`Mosquitto`]: a Mosquitto broker from a generated config (listener on a free port,
+//!   persistence directory, optional password and ACL files).
+//! - [`Kafka`]: the Kafka-protocol broker (`tansu`, installed by `scripts/setup`) on a free port,
+//!   on durable SQLite storage or in memory, with topic creation through the Kafka admin API.
+//! - [`FaultProxy`]: a TCP proxy between a client and a broker that can cut, blackhole, reset,
+//!   delay and throttle traffic, and counts bytes in each direction.
+//! - [`Managed`]: process control for any of these and for the project's own binaries — start,
+//!   wait until really ready, `kill -9`, restart on the same data directory.
+//!
+//! Every process is started under `setpriv --pdeathsig KILL`, so it dies with the test that
+//! started it even when that test is killed; dropping a handle kills the process; a handle
+//! dropped while its test panics prints the tail of the process's log first.
+
+mod kafka;
+mod mosquitto;
+mod names;
+mod process;
+mod proxy;
+
+pub use kafka::{Kafka, Storage};
+pub use mosquitto::{Mosquitto, MosquittoOptions};
+pub use names::unique;
+pub use process::{free_port, Managed, ProcessSpec, Ready};
+pub use proxy::FaultProxy;
+
+use std::time::Duration;
+
+/// How long anything may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong while setting up a test fixture.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A program the fixture needs is not installed.
+    #[error("{program} not found ({hint})")]
+    Missing {
+        /// The program.
+        program: String,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// A process did not become ready in time, or exited while starting.
+    #[error("{name} not ready: {reason}\n--- last lines of its log ---\n{log}")]
+    NotReady {
+        /// The process.
+        name: String,
+        /// Why.
+        reason: String,
+        /// The tail of its log.
+        log: String,
+    },
+    /// A Kafka client call failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A helper command failed.
+    #[error("{command} failed: {output}")]
+    Command {
+        /// The command.
+        command: String,
+        /// What it printed.
+        output: String,
+    },
+}
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}

@@ -1,0 +1,170 @@
+//! A real Mosquitto broker on a free port.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::process::{free_port, Managed, ProcessSpec, Ready};
+use crate::{io, Error};
+
+/// Options for the generated config.
+#[derive(Debug, Default, Clone)]
+pub struct MosquittoOptions {
+    /// Users and passwords; when non-empty, anonymous clients are refused.
+    pub users: Vec<(String, String)>,
+    /// ACL file contents (Mosquitto syntax, e.g. `pattern write edgesync/v1/%c/batch`).
+    pub acl: Option<String>,
+}
+
+/// A running Mosquitto. Dropping it kills the broker and removes its directory.
+#[derive(Debug)]
+pub struct Mosquitto {
+    process: Managed,
+    port: u16,
+    dir: TempDir,
+}
+
+/// Sends an MQTT 3.1.1 CONNECT and waits for any CONNACK: the broker is really serving.
+fn mqtt_handshake(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let id = b"edgesync-ready-probe";
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        0x02,
+        0,
+        10,
+        0,
+        id.len() as u8,
+    ];
+    body.extend_from_slice(id);
+    let mut pkt = vec![0x10, body.len() as u8];
+    pkt.extend_from_slice(&body);
+    let mut ack = [0u8; 4];
+    s.write_all(&pkt).is_ok() && s.read_exact(&mut ack).is_ok() && ack[0] == 0x20
+}
+
+impl Mosquitto {
+    /// Anonymous access, persistence on.
+    pub fn start() -> Result<Self, Error> {
+        Self::start_with(MosquittoOptions::default())
+    }
+
+    /// With the given options.
+    pub fn start_with(opts: MosquittoOptions) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("edgesync-mosquitto-")
+            .tempdir()
+            .map_err(io("create mosquitto dir"))?;
+        let port = free_port()?;
+        let d = dir.path();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\n\
+             persistence true\n\
+             persistence_location {}/\n\
+             autosave_interval 1\n\
+             autosave_on_changes true\n\
+             log_dest stdout\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             connection_messages true\n\
+             max_inflight_messages 100\n\
+             max_queued_messages 100000\n",
+            d.display()
+        );
+        if running_as_root() {
+            // Mosquitto started as root switches to the `mosquitto` user, which cannot write to
+            // this root-owned directory: stay root (a test broker on 127.0.0.1 only).
+            conf.push_str("user root\n");
+        }
+        if opts.users.is_empty() {
+            conf.push_str("allow_anonymous true\n");
+        } else {
+            let pwfile = d.join("passwd");
+            std::fs::write(&pwfile, "").map_err(io("create password file"))?;
+            for (user, pass) in &opts.users {
+                let out = Command::new("mosquitto_passwd")
+                    .arg("-b")
+                    .arg(&pwfile)
+                    .arg(user)
+                    .arg(pass)
+                    .output()
+                    .map_err(io("run mosquitto_passwd"))?;
+                if !out.status.success() {
+                    return Err(Error::Command {
+                        command: "mosquitto_passwd".into(),
+                        output: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    });
+                }
+            }
+            conf.push_str(&format!(
+                "allow_anonymous false\npassword_file {}\n",
+                pwfile.display()
+            ));
+        }
+        if let Some(acl) = &opts.acl {
+            let aclfile = d.join("acl");
+            std::fs::write(&aclfile, acl).map_err(io("write ACL file"))?;
+            conf.push_str(&format!("acl_file {}\n", aclfile.display()));
+        }
+        let conf_path = d.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).map_err(io("write mosquitto.conf"))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let spec = ProcessSpec {
+            name: format!("mosquitto :{port}"),
+            program: PathBuf::from(mosquitto_binary()),
+            args: vec!["-c".into(), conf_path.into_os_string()],
+            cwd: d.to_path_buf(),
+            env: Vec::new(),
+            log: d.join("mosquitto.log"),
+            ready: Ready::Probe(Box::new(move || mqtt_handshake(addr))),
+        };
+        let process = Managed::start(spec)?;
+        Ok(Self { process, port, dir })
+    }
+
+    /// The listener's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The process (kill -9, restart on the same persistence directory, pid, log).
+    pub fn process(&mut self) -> &mut Managed {
+        &mut self.process
+    }
+
+    /// The broker's directory (config, persistence, log).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn mosquitto_binary() -> &'static str {
+    // Debian installs the broker in /usr/sbin, which is not on every user's PATH.
+    if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    }
+}

@@ -1,0 +1,16 @@
+//! Unique names for topics, groups and client ids, so tests never see each other's data.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// `prefix` followed by the process id, a counter and the clock's nanoseconds: unique across
+/// tests, processes and runs, and valid as a Kafka topic, group or MQTT client id.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
+}
