@@ -107,6 +107,15 @@ impl Server {
         }
     }
 
+    /// What a restarted process holds: this server rebuilt from its durable parts (what
+    /// simulations and tests use for a restart).
+    pub fn reloaded(&self) -> Server {
+        Server::restore(
+            self.cfg,
+            self.replicas.iter().map(|(r, s)| (r.clone(), s.clone())),
+        )
+    }
+
     /// The durable state, per replica.
     pub fn replicas(&self) -> impl ExactSizeIterator<Item = (&ReplicaId, &ReplicaState)> {
         self.replicas.iter()

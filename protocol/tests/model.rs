@@ -191,12 +191,7 @@ impl World {
                 self.connected = false;
             }
             Action::RestartServer => {
-                let parts: Vec<_> = self
-                    .server
-                    .replicas()
-                    .map(|(r, s)| (r.clone(), s.clone()))
-                    .collect();
-                self.server = Server::restore(ServerConfig::default(), parts);
+                self.server = self.server.reloaded();
             }
             _ => {}
         }

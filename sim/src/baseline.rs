@@ -143,10 +143,7 @@ pub fn run(cfg: &SimConfig) -> Outcome {
     }
     w.q.push(end, Ev::Heal);
     let stop = end + ms(cfg.drain_hours * 3600.0);
-    while let Some((now, ev)) = w.q.pop() {
-        if now > stop {
-            break;
-        }
+    while let Some((now, ev)) = w.q.pop_until(stop) {
         w.handle(now, ev);
     }
     if !w.healed {

@@ -133,16 +133,13 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         }
         schedule_crash(&mut w, d, 0);
     }
-    for &(down, up) in w.server_schedule.restarts() {
-        let _ = down; // arrivals check the schedule; the restart itself happens on the way up
+    // Arrivals check the schedule for the down time; the process restarts on the way up.
+    for &(_, up) in w.server_schedule.restarts() {
         w.q.push(up, Ev::ServerUp);
     }
     w.q.push(end, Ev::Heal);
     let stop = end + ms(cfg.drain_hours * 3600.0);
-    while let Some((now, ev)) = w.q.pop() {
-        if now > stop {
-            break;
-        }
+    while let Some((now, ev)) = w.q.pop_until(stop) {
         w.handle(now, ev);
     }
     if !w.healed {
@@ -248,12 +245,7 @@ impl World<'_> {
             Ev::Ack(d, session, wm) => self.ack_arrives(now, d, session, wm),
             Ev::ServerUp => {
                 // The server process restarts from its durable state.
-                let parts: Vec<_> = self
-                    .server
-                    .replicas()
-                    .map(|(r, s)| (r.clone(), s.clone()))
-                    .collect();
-                self.server = Server::restore(ServerConfig::default(), parts);
+                self.server = self.server.reloaded();
             }
             Ev::Heal => self.heal(now),
         }

@@ -204,8 +204,11 @@ impl<E> Queue<E> {
         });
     }
 
-    /// The next event.
-    pub fn pop(&mut self) -> Option<(Ms, E)> {
+    /// The next event, unless it is due after `stop`.
+    pub fn pop_until(&mut self, stop: Ms) -> Option<(Ms, E)> {
+        if self.heap.peek().is_some_and(|i| i.at > stop) {
+            return None;
+        }
         self.heap.pop().map(|i| (i.at, i.ev))
     }
 }
