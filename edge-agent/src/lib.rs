@@ -1,11 +1,14 @@
 //! # edgesync-agent
 //!
-//! Runs on the device or its gateway: appends every event to a durable RocksDB spool with a per-device sequence number and HLC stamp, and publishes compressed delta batches over MQTT, resuming from the server's acknowledged watermark.
+//! The program that runs on a device or its gateway. Writes never wait for the network: every
+//! event is appended to the local durable [`spool`] with a per-device sequence number, and the
+//! uplink (driving `edgesync-protocol`'s agent state machine) sends delta batches when it can.
 //!
-//! Not built yet: this crate holds the place of the edge agent in the workspace until its issue
-//! (#5) lands. What exists today is the model it will run: `edgesync-core` and the wire
-//! contract in `edgesync-schemas`.
+//! Built so far: the spool (issue #5, in progress). The uplink, ingest endpoints, CLI, config
+//! and metrics follow.
 
-/// What this binary says when asked to run before it is built.
+pub mod spool;
+
+/// What the binary says when asked to run before the uplink exists.
 pub const NOT_BUILT: &str =
-    "the edgesync edge agent is not built yet (issue #5); see ARCHITECTURE.md";
+    "the edgesync edge agent's uplink is not built yet (issue #5, in progress); see ARCHITECTURE.md";
