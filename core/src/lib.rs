@@ -26,7 +26,7 @@ pub mod value;
 #[cfg(feature = "proptest")]
 pub mod arbitrary;
 
-pub use batch::{BatchBuilder, BatchError, DeltaBatch};
+pub use batch::{BatchBuilder, BatchError, DeltaBatch, DropReason, DroppedRange};
 pub use causal::{CausalContext, ReplicaContext, SeqRange, VersionVector};
 pub use crdt::{Crdt, CrdtKind, Lattice};
 pub use digest::StateDigest;

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use edgesync_core::causal::ReplicaContext;
-use edgesync_core::{Crdt, DeltaBatch, Event, ReplicaId, SeqRange};
+use edgesync_core::{Crdt, DeltaBatch, DropReason, Event, ReplicaId, SeqRange};
 
 /// Limits of the server side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub struct ReplicaState {
     pub pending: BTreeMap<u64, Event>,
     /// When the current gap was first seen (server time), if there is one.
     pub gap_since_ms: Option<u64>,
+    /// Seqs the agent reported as dropped at the edge, by reason (they count as seen).
+    pub dropped: BTreeMap<DropReason, u64>,
 }
 
 /// What applying one batch produced.
@@ -63,6 +65,8 @@ pub struct Applied {
     pub duplicates: usize,
     /// Events not taken because the pending limit was reached.
     pub deferred: usize,
+    /// Seqs of the batch newly accounted as dropped at the edge.
+    pub dropped: u64,
 }
 
 /// Status of one replica, for the completeness ledger.
@@ -78,6 +82,8 @@ pub struct ReplicaStatus {
     pub gap_since_ms: Option<u64>,
     /// Events held back.
     pub pending: usize,
+    /// Seqs dropped at the edge, by reason.
+    pub dropped: BTreeMap<DropReason, u64>,
 }
 
 /// The server's protocol state for the replicas it owns (one reconciler partition, or all).
@@ -134,15 +140,28 @@ impl Server {
             missing: r.ctx.missing(r.ctx.max_seen()),
             gap_since_ms: r.gap_since_ms,
             pending: r.pending.len(),
+            dropped: r.dropped.clone(),
         })
     }
 
     /// Applies one batch at server time `now_ms`.
     pub fn apply(&mut self, batch: DeltaBatch, now_ms: u64) -> Applied {
         let cap = self.cfg.max_pending_per_replica;
-        let (replica, _first, events, state) = batch.into_parts();
+        let (replica, _first, events, dropped_ranges, state) = batch.into_parts();
         let rs = self.replicas.entry(replica.clone()).or_default();
         let (mut new_events, mut duplicates, mut deferred) = (0, 0, 0);
+        // Dropped seqs count as seen (the agent will never send them): they move the watermark
+        // like delivered events, and the ledger keeps how many and why.
+        let mut dropped = 0;
+        for d in dropped_ranges {
+            let before = rs.ctx.count();
+            rs.ctx.insert_range(d.range.start, d.range.end);
+            let new = rs.ctx.count() - before;
+            if new > 0 {
+                *rs.dropped.entry(d.reason).or_insert(0) += new;
+                dropped += new;
+            }
+        }
         for e in events {
             let seq = e.dot.seq;
             if rs.ctx.contains(seq) {
@@ -183,6 +202,7 @@ impl Server {
             new_events,
             duplicates,
             deferred,
+            dropped,
         }
     }
 }
@@ -251,6 +271,38 @@ mod tests {
         assert_eq!((a.new_events, a.deferred), (2, 2));
         let a = s.apply(batch(1, 6), 0);
         assert_eq!(seqs(&a), vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn seqs_dropped_at_the_edge_move_the_watermark_and_are_counted() {
+        let mut s = Server::new(ServerConfig::default());
+        s.apply(batch(1, 2), 0);
+        let r = replica(0);
+        let only_dropped = DeltaBatch::with_dropped(
+            r.clone(),
+            3,
+            vec![],
+            vec![edgesync_core::DroppedRange {
+                range: SeqRange::new(3, 6).unwrap(),
+                reason: DropReason::Quota,
+            }],
+            Default::default(),
+            &EventLimits::default(),
+        )
+        .unwrap();
+        let a = s.apply(only_dropped.clone(), 0);
+        assert_eq!((a.watermark, a.dropped), (6, 4));
+        assert!(a.released.is_empty());
+        assert_eq!(seqs(&s.apply(batch(7, 8), 0)), vec![7, 8]);
+        assert_eq!(
+            s.apply(only_dropped, 0).dropped,
+            0,
+            "a resent drop counts once"
+        );
+        assert_eq!(
+            s.status(&r).unwrap().dropped,
+            BTreeMap::from([(DropReason::Quota, 4)])
+        );
     }
 
     #[test]

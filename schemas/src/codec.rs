@@ -349,11 +349,17 @@ impl Codec {
                 ("crdt", Avro::Bytes(self.encode_crdt(c)?)),
             ]));
         }
+        let dropped = batch
+            .dropped()
+            .iter()
+            .map(convert::dropped_to_avro)
+            .collect();
         let value = crate::value::replica_record(
             batch.replica(),
             [
                 ("first_seq", long_u64(batch.first_seq())),
                 ("events", Avro::Array(events)),
+                ("dropped", Avro::Array(dropped)),
                 ("state", Avro::Array(state)),
             ],
         );
@@ -426,14 +432,25 @@ impl Codec {
         let mut r = Rec::new("DeltaBatch", value)?;
         let replica: ReplicaId = r.replica()?;
         let first_seq = r.unsigned("first_seq")?;
+        let dropped = r
+            .array("dropped")?
+            .into_iter()
+            .map(convert::dropped_from_avro)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Events take the batch's seqs in order, skipping the dropped ranges (the two together
+        // are dense; `DeltaBatch::with_dropped` checks it).
         let raw_events = r.array("events")?;
         let mut events = Vec::with_capacity(raw_events.len());
-        for (i, v) in raw_events.into_iter().enumerate() {
-            let seq = first_seq.saturating_add(i as u64);
+        let (mut seq, mut next_drop) = (first_seq, dropped.iter().peekable());
+        for v in raw_events {
+            while let Some(d) = next_drop.next_if(|d| d.range.start <= seq) {
+                seq = seq.max(d.range.end.saturating_add(1));
+            }
             events.push(convert::batch_event_from_avro(
                 v,
                 Dot::new(replica.clone(), seq),
             )?);
+            seq = seq.saturating_add(1);
         }
         let mut state = std::collections::BTreeMap::new();
         for v in r.array("state")? {
@@ -456,10 +473,11 @@ impl Codec {
                 }
             }
         }
-        Ok(DeltaBatch::new(
+        Ok(DeltaBatch::with_dropped(
             replica,
             first_seq,
             events,
+            dropped,
             state,
             &self.limits.event,
         )?)

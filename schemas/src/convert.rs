@@ -8,7 +8,7 @@ use edgesync_core::crdt::{
     Crdt, CrdtKind, GCounter, LwwEntry, LwwRegister, MaxRegister, MinRegister, MvRegister, OrSet,
     PnCounter, RollupCell, RollupMap,
 };
-use edgesync_core::{Dot, Event, Hlc, ReplicaId, Value};
+use edgesync_core::{Dot, DropReason, DroppedRange, Event, Hlc, ReplicaId, SeqRange, Value};
 
 use crate::error::DecodeError;
 use crate::value::{
@@ -103,6 +103,45 @@ pub(crate) fn event_from_avro(v: Avro) -> Result<Event, DecodeError> {
 
 pub(crate) fn batch_event_from_avro(v: Avro, dot: Dot) -> Result<Event, DecodeError> {
     event_body_from(&mut Rec::new("BatchEvent", v)?, dot)
+}
+
+// ---- dropped ranges ------------------------------------------------------------------
+
+/// `edgesync.v1.DroppedRange`.
+pub(crate) fn dropped_to_avro(d: &DroppedRange) -> Avro {
+    let i = DropReason::ALL
+        .iter()
+        .position(|r| *r == d.reason)
+        .unwrap_or(0) as u32;
+    record(vec![
+        ("first", long_u64(d.range.start)),
+        ("last", long_u64(d.range.end)),
+        ("reason", Avro::Enum(i, d.reason.name().to_owned())),
+    ])
+}
+
+pub(crate) fn dropped_from_avro(v: Avro) -> Result<DroppedRange, DecodeError> {
+    let mut r = Rec::new("DroppedRange", v)?;
+    let (first, last) = (r.seq("first")?, r.seq("last")?);
+    let range = SeqRange::new(first, last).ok_or(DecodeError::Shape {
+        field: "dropped",
+        expected: "first <= last",
+    })?;
+    let reason = match r.take("reason")? {
+        // OTHER (a reason this release does not know) is reported as damage: the seqs are gone
+        // either way.
+        Avro::Enum(_, sym) => DropReason::ALL
+            .into_iter()
+            .find(|x| x.name() == sym)
+            .unwrap_or(DropReason::Corrupt),
+        _ => {
+            return Err(DecodeError::Shape {
+                field: "reason",
+                expected: "enum",
+            })
+        }
+    };
+    Ok(DroppedRange { range, reason })
 }
 
 // ---- CRDT states -----------------------------------------------------------------------

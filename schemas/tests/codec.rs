@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use edgesync_core::arbitrary::{self, any_value, replica, run, Model};
 use edgesync_core::crdt::Crdt;
-use edgesync_core::{BatchBuilder, DeltaBatch, Dot, Event, EventLimits, Hlc, VersionVector};
+use edgesync_core::{
+    BatchBuilder, DeltaBatch, Dot, DropReason, Event, EventLimits, Hlc, SeqRange, VersionVector,
+};
 use edgesync_schemas::{
     Ack, Codec, DeadLetter, DeadLetterReason, DecodeError, Framing, Limits, MessageKind,
     StateRecord,
@@ -94,16 +96,26 @@ fn batch() -> impl Strategy<Value = DeltaBatch> {
             Just(rep),
             Just(first),
             events,
+            // Which seqs were dropped at the edge, and why.
+            prop::collection::vec(
+                prop::option::weighted(0.2, prop::sample::select(DropReason::ALL.to_vec())),
+                n,
+            ),
             prop::collection::vec(("[a-z./-]{1,12}", crdt()), 0..4),
         )
-            .prop_map(|(rep, first, events, deltas)| {
+            .prop_map(|(rep, first, events, drops, deltas)| {
                 let mut b = BatchBuilder::new(rep, first, EventLimits::default());
                 let mut deltas = deltas.into_iter();
-                for e in events {
+                for (e, drop) in events.into_iter().zip(drops) {
+                    if let Some(reason) = drop {
+                        let seq = e.dot.seq;
+                        let one = SeqRange::new(seq, seq).expect("seq >= 1");
+                        b.push_dropped(one, reason).expect("next seq");
+                        continue;
+                    }
                     // Attach the deltas to the first event; the kinds of a key must agree.
-                    let ds: Vec<_> = deltas.by_ref().collect();
                     let mut seen: BTreeMap<String, Crdt> = BTreeMap::new();
-                    for (k, d) in ds {
+                    for (k, d) in deltas.by_ref() {
                         seen.entry(k).or_insert(d);
                     }
                     b.push(e, seen).expect("generated events are valid");
@@ -192,7 +204,8 @@ proptest! {
         if let Ok(d) = c.decode_batch(&repacked) {
             // Whatever decodes is a well-formed batch (DeltaBatch::new ran on it).
             prop_assert!(d.first_seq() >= 1);
-            prop_assert_eq!(d.events().len() as u64, d.last_seq() - d.first_seq() + 1);
+            let dropped: u64 = d.dropped().iter().map(|x| x.range.len()).sum();
+            prop_assert_eq!(d.events().len() as u64 + dropped, d.last_seq() - d.first_seq() + 1);
         }
     }
 

@@ -51,34 +51,25 @@ pub enum QuotaPolicy {
     DropNewest,
 }
 
-/// Why seqs were dropped (stored in dropped-range records and sent to the server).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DropReason {
-    /// The byte quota.
-    Quota = 1,
-    /// The age limit.
-    Age = 2,
-    /// The record failed verification and was replaced by `repair`.
-    Corrupt = 3,
+/// Why seqs were dropped: the core's reason, stored in dropped-range records and sent to the
+/// server in batches.
+pub use edgesync_core::DropReason;
+
+/// The byte a reason is stored as.
+fn reason_byte(r: DropReason) -> u8 {
+    match r {
+        DropReason::Quota => 1,
+        DropReason::Age => 2,
+        DropReason::Corrupt => 3,
+    }
 }
 
-impl DropReason {
-    fn from_byte(b: u8) -> Option<Self> {
-        match b {
-            1 => Some(DropReason::Quota),
-            2 => Some(DropReason::Age),
-            3 => Some(DropReason::Corrupt),
-            _ => None,
-        }
-    }
-
-    /// Label for metrics and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            DropReason::Quota => "quota",
-            DropReason::Age => "age",
-            DropReason::Corrupt => "corrupt",
-        }
+/// A stored byte back to its reason (an unknown byte means the record is damaged).
+fn reason_of(b: u8) -> DropReason {
+    match b {
+        1 => DropReason::Quota,
+        2 => DropReason::Age,
+        _ => DropReason::Corrupt,
     }
 }
 
@@ -446,7 +437,7 @@ impl Spool {
                     out.push(Entry::Dropped {
                         first: from,
                         last,
-                        reason: DropReason::from_byte(reason).unwrap_or(DropReason::Corrupt),
+                        reason: reason_of(reason),
                     });
                     seqs += (last - from + 1) as usize;
                     start = last + 1;
@@ -477,7 +468,7 @@ impl Spool {
                     out.push(Entry::Dropped {
                         first: seq,
                         last,
-                        reason: DropReason::from_byte(reason).unwrap_or(DropReason::Corrupt),
+                        reason: reason_of(reason),
                     });
                 }
                 // A record that does not decode is reported as what it is: corrupt.
@@ -585,7 +576,7 @@ impl Spool {
         for &seq in report.bad.keys() {
             b.put(
                 keys::event_key(seq),
-                keys::dropped_record(now, seq, DropReason::Corrupt as u8),
+                keys::dropped_record(now, seq, reason_byte(DropReason::Corrupt)),
             );
         }
         let mut w = WriteOptions::default();
@@ -846,7 +837,7 @@ impl Writer {
                 DropReason::Age
             };
             b.delete_range(keys::event_key(first), keys::event_key(last + 1));
-            let rec = keys::dropped_record(now, last, reason as u8);
+            let rec = keys::dropped_record(now, last, reason_byte(reason));
             s.bytes = s.bytes.saturating_sub(freed) + record_size(rec.len());
             b.put(keys::event_key(first), rec);
             s.events = s.events.saturating_sub(events_n);
