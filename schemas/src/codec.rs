@@ -483,6 +483,53 @@ impl Codec {
         )?)
     }
 
+    // ---- spool records -----------------------------------------------------------------
+
+    /// Encodes an event and the deltas it produced for the agent's spool (single-object, not
+    /// compressed: RocksDB compresses its blocks).
+    pub fn encode_spool_record(
+        &self,
+        event: &Event,
+        deltas: &[(String, Crdt)],
+    ) -> Result<Vec<u8>, EncodeError> {
+        let mut f: Vec<(&'static str, Avro)> = convert::batch_event_to_avro_fields(event).into();
+        let mut ds = Vec::with_capacity(deltas.len());
+        for (key, c) in deltas {
+            ds.push(crate::value::record(vec![
+                ("key", Avro::String(key.clone())),
+                ("crdt", Avro::Bytes(self.encode_crdt(c)?)),
+            ]));
+        }
+        f.push(("deltas", Avro::Array(ds)));
+        self.encode_framed(
+            MessageKind::SpoolRecord,
+            &crate::value::record(f),
+            Framing::SingleObject,
+        )
+    }
+
+    /// Decodes a spool record as the event with dot `dot` and its deltas.
+    pub fn decode_spool_record(
+        &self,
+        bytes: &[u8],
+        dot: Dot,
+    ) -> Result<(Event, Vec<(String, Crdt)>), DecodeError> {
+        let value = self.decode_framed(MessageKind::SpoolRecord, bytes)?;
+        let (event, mut r) = convert::batch_event_from_avro_rec(value, dot, "SpoolRecord")?;
+        event.validate(&self.limits.event).map_err(|source| {
+            DecodeError::Batch(edgesync_core::BatchError::Event { index: 0, source })
+        })?;
+        let mut deltas = Vec::new();
+        for v in r.array("deltas")? {
+            let mut d = Rec::new("SpoolDelta", v)?;
+            let key = d.string("key")?;
+            edgesync_core::event::validate_state_key(&key)
+                .map_err(edgesync_core::BatchError::StateKey)?;
+            deltas.push((key, self.decode_crdt(&d.bytes("crdt")?)?));
+        }
+        Ok((event, deltas))
+    }
+
     // ---- events ------------------------------------------------------------------------
 
     /// Encodes an event for the events topic.

@@ -59,6 +59,11 @@ pub(crate) fn batch_event_to_avro(e: &Event) -> Avro {
     record(event_body(e).into())
 }
 
+/// The fields of a `BatchEvent`, to embed in a larger record (the spool record).
+pub(crate) fn batch_event_to_avro_fields(e: &Event) -> [(&'static str, Avro); 6] {
+    event_body(e)
+}
+
 fn hlc_from(r: &mut Rec) -> Result<Hlc, DecodeError> {
     let wall_ms = r.unsigned("hlc_wall_ms")?;
     let logical = r.long_u32("hlc_logical")?;
@@ -103,6 +108,17 @@ pub(crate) fn event_from_avro(v: Avro) -> Result<Event, DecodeError> {
 
 pub(crate) fn batch_event_from_avro(v: Avro, dot: Dot) -> Result<Event, DecodeError> {
     event_body_from(&mut Rec::new("BatchEvent", v)?, dot)
+}
+
+/// The event fields of a larger record, and the rest of the record.
+pub(crate) fn batch_event_from_avro_rec(
+    v: Avro,
+    dot: Dot,
+    what: &'static str,
+) -> Result<(Event, Rec), DecodeError> {
+    let mut r = Rec::new(what, v)?;
+    let e = event_body_from(&mut r, dot)?;
+    Ok((e, r))
 }
 
 // ---- dropped ranges ------------------------------------------------------------------

@@ -12,6 +12,7 @@
 //! | [`StateRecord`] | `state_record.avsc` | single-object or Confluent | Kafka `edgesync.state` (compacted) |
 //! | [`DeadLetter`] | `dead_letter.avsc` | single-object or Confluent | Kafka `edgesync.dlq` |
 //! | [`edgesync_core::Crdt`] | `crdt_state.avsc` | raw datum, nested as `bytes` | inside batches and state records |
+//! | an event and its deltas | `spool_record.avsc` | single-object | an edge agent's spool (RocksDB) |
 //!
 //! Single-object encoding is `C3 01`, the 8-byte little-endian CRC-64-AVRO fingerprint of the
 //! writer schema's Parsing Canonical Form, then the datum; the Confluent wire format is `00`,
@@ -61,17 +62,20 @@ pub enum MessageKind {
     DeadLetter,
     /// `crdt_state.avsc`
     CrdtState,
+    /// `spool_record.avsc`
+    SpoolRecord,
 }
 
 impl MessageKind {
     /// Every kind.
-    pub const ALL: [MessageKind; 6] = [
+    pub const ALL: [MessageKind; 7] = [
         MessageKind::Event,
         MessageKind::DeltaBatch,
         MessageKind::Ack,
         MessageKind::StateRecord,
         MessageKind::DeadLetter,
         MessageKind::CrdtState,
+        MessageKind::SpoolRecord,
     ];
 
     /// Position in [`MessageKind::ALL`].
@@ -88,6 +92,7 @@ impl MessageKind {
             MessageKind::StateRecord => include_str!("../avro/state_record.avsc"),
             MessageKind::DeadLetter => include_str!("../avro/dead_letter.avsc"),
             MessageKind::CrdtState => include_str!("../avro/crdt_state.avsc"),
+            MessageKind::SpoolRecord => include_str!("../avro/spool_record.avsc"),
         }
     }
 
@@ -100,6 +105,7 @@ impl MessageKind {
             MessageKind::StateRecord => "state_record.avsc",
             MessageKind::DeadLetter => "dead_letter.avsc",
             MessageKind::CrdtState => "crdt_state.avsc",
+            MessageKind::SpoolRecord => "spool_record.avsc",
         }
     }
 }

@@ -150,6 +150,16 @@ proptest! {
     }
 
     #[test]
+    fn spool_record_round_trips(
+        e in event(Dot::new(replica(2), 9)),
+        deltas in prop::collection::vec(("[a-z./-]{1,12}", crdt()), 0..3),
+    ) {
+        let c = codec();
+        let bytes = c.encode_spool_record(&e, &deltas).unwrap();
+        prop_assert_eq!(c.decode_spool_record(&bytes, e.dot.clone()).unwrap(), (e, deltas));
+    }
+
+    #[test]
     fn state_record_round_trips_with_its_digest(key in "[a-z./-]{1,20}", state in crdt(), t in 0u64..1<<40) {
         let c = codec();
         let vv: VersionVector = [(replica(0), 3), (replica(2), 9)].into_iter().collect();
@@ -166,6 +176,7 @@ proptest! {
         prop_assert!(c.decode_ack(&bytes).is_err());
         prop_assert!(c.decode_state_record(&bytes).is_err());
         prop_assert!(c.decode_dead_letter(&bytes).is_err());
+        prop_assert!(c.decode_spool_record(&bytes, Dot::new(replica(0), 1)).is_err());
     }
 
     #[test]
