@@ -143,20 +143,13 @@ pub(crate) fn dropped_from_avro(v: Avro) -> Result<DroppedRange, DecodeError> {
         field: "dropped",
         expected: "first <= last",
     })?;
-    let reason = match r.take("reason")? {
-        // OTHER (a reason this release does not know) is reported as damage: the seqs are gone
-        // either way.
-        Avro::Enum(_, sym) => DropReason::ALL
-            .into_iter()
-            .find(|x| x.name() == sym)
-            .unwrap_or(DropReason::Corrupt),
-        _ => {
-            return Err(DecodeError::Shape {
-                field: "reason",
-                expected: "enum",
-            })
-        }
-    };
+    let sym = r.symbol("reason")?;
+    // OTHER (a reason this release does not know) is reported as damage: the seqs are gone
+    // either way.
+    let reason = DropReason::ALL
+        .into_iter()
+        .find(|x| x.name() == sym)
+        .unwrap_or(DropReason::Corrupt);
     Ok(DroppedRange { range, reason })
 }
 

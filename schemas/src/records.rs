@@ -237,18 +237,11 @@ impl DeadLetter {
 
     pub(crate) fn from_avro(v: Avro) -> Result<Self, DecodeError> {
         let mut r = Rec::new("DeadLetter", v)?;
-        let reason = match r.take("reason")? {
-            Avro::Enum(_, sym) => DeadLetterReason::ALL
-                .into_iter()
-                .find(|x| x.symbol() == sym)
-                .unwrap_or(DeadLetterReason::Other),
-            _ => {
-                return Err(DecodeError::Shape {
-                    field: "reason",
-                    expected: "enum",
-                })
-            }
-        };
+        let sym = r.symbol("reason")?;
+        let reason = DeadLetterReason::ALL
+            .into_iter()
+            .find(|x| x.symbol() == sym)
+            .unwrap_or(DeadLetterReason::Other);
         let device = match r.take("device")? {
             Avro::Union(_, b) => match *b {
                 Avro::String(s) => Some(s),

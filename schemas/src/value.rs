@@ -145,6 +145,17 @@ impl Rec {
         }
     }
 
+    /// The symbol of an enum field.
+    pub(crate) fn symbol(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        match self.take(field)? {
+            Avro::Enum(_, sym) => Ok(sym),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "enum",
+            }),
+        }
+    }
+
     pub(crate) fn array(&mut self, field: &'static str) -> Result<Vec<Avro>, DecodeError> {
         match self.take(field)? {
             Avro::Array(v) => Ok(v),

@@ -13,11 +13,11 @@ use std::rc::Rc;
 
 use edgesync_core::causal::ReplicaContext;
 use edgesync_core::Crdt;
-use edgesync_schemas::{Ack, Codec, Framing, SINGLE_OBJECT_HEADER_LEN};
+use edgesync_schemas::{Ack, Codec};
 
 use crate::config::SimConfig;
 use crate::edgesync::{alive, next_crash};
-use crate::fleet::{join_into, ms, purpose, DeviceGen, DeviceState, Ms, ReadValue};
+use crate::fleet::{ms, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue};
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
 use crate::rng::Rng;
@@ -229,19 +229,21 @@ impl World<'_> {
     fn generate(&mut self, now: Ms, d: usize) {
         let cap = self.cfg.baseline.queue_capacity.max(1);
         let dev = &mut self.devs[d];
-        let reading = dev.gen.tick(alive(dev.crash_at, now));
+        let alive = alive(dev.crash_at, now);
+        let produced = produce(
+            &mut dev.gen,
+            &mut dev.state,
+            alive,
+            &self.codec,
+            &mut self.m,
+            &mut self.reference,
+        );
         if dev.gen.next_at < self.end {
             self.q.push(dev.gen.next_at, Ev::Gen(d));
         }
-        let Some(r) = reading else { return };
-        let (event, deltas) = dev.state.append(&r);
-        let raw = self
-            .codec
-            .encode_event(&event, Framing::SingleObject)
-            .map_or(0, |b| b.len() - SINGLE_OBJECT_HEADER_LEN);
-        self.m.generated += 1;
-        self.m.raw_bytes += raw as u64;
-        join_into(&mut self.reference, &deltas);
+        let Some(Produced { at, event, raw, .. }) = produced else {
+            return;
+        };
         let snapshot: Vec<(String, ReadValue)> = dev
             .state
             .crdts()
@@ -256,8 +258,8 @@ impl World<'_> {
         dev.queue.push_back(Queued {
             msg: Rc::new(Msg {
                 seq: event.dot.seq,
-                born: r.at,
-                device_ts: dev.state.device_time(r.at),
+                born: at,
+                device_ts: dev.state.device_time(at),
                 size,
                 snapshot,
             }),

@@ -7,10 +7,12 @@ use std::rc::Rc;
 use edgesync_core::{BatchBuilder, Crdt, Event, EventLimits, StateDigest};
 use edgesync_protocol::agent::{AckEffect, AgentStats};
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable, Server, ServerConfig};
-use edgesync_schemas::{Ack, Codec, Framing};
+use edgesync_schemas::{Ack, Codec};
 
 use crate::config::SimConfig;
-use crate::fleet::{join_into, ms, purpose, DeviceGen, DeviceState, Ms, ReadValue};
+use crate::fleet::{
+    join_into, ms, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
+};
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
 use crate::rng::Rng;
@@ -253,20 +255,25 @@ impl World<'_> {
 
     fn generate(&mut self, now: Ms, d: usize) {
         let dev = &mut self.devs[d];
-        let reading = dev.gen.tick(alive(dev.crash_at, now));
+        let alive = alive(dev.crash_at, now);
+        let produced = produce(
+            &mut dev.gen,
+            &mut dev.state,
+            alive,
+            &self.codec,
+            &mut self.m,
+            &mut self.reference,
+        );
         if dev.gen.next_at < self.end {
             self.q.push(dev.gen.next_at, Ev::Gen(d));
         }
-        let Some(r) = reading else { return };
-        let (event, deltas) = dev.state.append(&r);
-        let raw = self
-            .codec
-            .encode_event(&event, Framing::SingleObject)
-            .map_or(0, |b| b.len() - edgesync_schemas::SINGLE_OBJECT_HEADER_LEN);
-        self.m.generated += 1;
-        self.m.raw_bytes += raw as u64;
-        join_into(&mut self.reference, &deltas);
-        dev.gen_times.push(r.at);
+        let Some(Produced {
+            at, event, deltas, ..
+        }) = produced
+        else {
+            return;
+        };
+        dev.gen_times.push(at);
         let seq = event.dot.seq;
         let approx = event.approx_size();
         dev.spool.push_back(Spooled {

@@ -275,6 +275,45 @@ accessor!(mv, MvRegister, MvRegister<Value>);
 accessor!(set, OrSet, OrSet<Value>);
 accessor!(pn, PnCounter, PnCounter);
 
+/// What one device tick produced, with the bookkeeping both approaches share done.
+pub(crate) struct Produced {
+    /// When the event happened.
+    pub at: Ms,
+    /// The event (its dot assigned).
+    pub event: Event,
+    /// The deltas it produced.
+    pub deltas: Vec<(String, Crdt)>,
+    /// Its Avro size.
+    pub raw: usize,
+}
+
+/// Runs a device's generator for its due tick: appends the event to the device state, counts
+/// it and its Avro size in `m`, and joins its deltas into the reference. `None` while the
+/// device is down.
+pub(crate) fn produce(
+    gen: &mut DeviceGen,
+    state: &mut DeviceState,
+    alive: bool,
+    codec: &edgesync_schemas::Codec,
+    m: &mut crate::report::Metrics,
+    reference: &mut BTreeMap<String, Crdt>,
+) -> Option<Produced> {
+    let r = gen.tick(alive)?;
+    let (event, deltas) = state.append(&r);
+    let raw = codec
+        .encode_event(&event, edgesync_schemas::Framing::SingleObject)
+        .map_or(0, |b| b.len() - edgesync_schemas::SINGLE_OBJECT_HEADER_LEN);
+    m.generated += 1;
+    m.raw_bytes += raw as u64;
+    join_into(reference, &deltas);
+    Some(Produced {
+        at: r.at,
+        event,
+        deltas,
+        raw,
+    })
+}
+
 /// Joins `deltas` into `store`.
 pub fn join_into(store: &mut BTreeMap<String, Crdt>, deltas: &[(String, Crdt)]) {
     for (k, d) in deltas {
