@@ -4,12 +4,13 @@
 //! event is appended to the local durable [`spool`] with a per-device sequence number, and the
 //! uplink (driving `edgesync-protocol`'s agent state machine) sends delta batches when it can.
 //!
-//! Built so far: the spool and the outbox that turns spool entries into the batches the protocol
-//! asks for (issue #5, in progress). The uplink, ingest endpoints, CLI, config
+//! Built so far: the spool, the outbox that turns spool entries into the batches the protocol
+//! asks for, and the MQTT uplink (issue #5, in progress). Persisted agent CRDT state, ingest, CLI, config
 //! and metrics follow.
 
 pub mod outbox;
 pub mod spool;
+pub mod uplink;
 
 /// What the binary says when asked to run before the uplink exists.
 pub const NOT_BUILT: &str =

@@ -3,12 +3,14 @@
 //! the protocol's server over a lossy, duplicating link; acks trim the spool.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::{fill, replica_of};
 use edgesync_agent::outbox::build_batch;
 use edgesync_agent::spool::{QuotaPolicy, Spool, SpoolConfig};
-use edgesync_core::crdt::GCounter;
-use edgesync_core::{Crdt, DeviceId, Dot, DropReason, Event, Hlc, ReplicaId, Value};
+use edgesync_core::{Crdt, DropReason, ReplicaId};
 use edgesync_protocol::agent::AckEffect;
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable, Server, ServerConfig};
 use edgesync_schemas::{Codec, Limits};
@@ -17,30 +19,6 @@ struct Synced {
     released: Vec<u64>,
     state: BTreeMap<String, Crdt>,
     server: Server,
-}
-
-/// Appends `n` events (each +1 on a counter) in requests of 100.
-fn fill(spool: &Spool, codec: &Codec, replica: &ReplicaId, n: u64) {
-    let mut counter = GCounter::default();
-    for chunk in 0..n.div_ceil(100) {
-        let bodies = (0..100.min(n - chunk * 100))
-            .map(|i| {
-                let e = Event {
-                    dot: Dot::new(replica.clone(), 0), // the spool assigns the seq
-                    hlc: Hlc::new(1_000 + chunk * 100 + i, 0),
-                    stream: "pump.telemetry".into(),
-                    schema_version: 1,
-                    fields: BTreeMap::from([("pressure_kpa".into(), Value::Double(101.5))]),
-                    tags: BTreeMap::new(),
-                };
-                let d = Crdt::GCounter(counter.inc(replica, 1));
-                codec
-                    .encode_spool_record(&e, &[("fleet/readings".into(), d)])
-                    .unwrap()
-            })
-            .collect();
-        spool.append(bodies).unwrap();
-    }
 }
 
 /// Syncs until the spool is empty; every `lose_every`-th batch is lost and every
@@ -116,16 +94,12 @@ fn sync(
     }
 }
 
-fn replica_of(spool: &Spool) -> ReplicaId {
-    ReplicaId::new(DeviceId::new("pump-1").unwrap(), spool.meta().incarnation)
-}
-
 #[test]
 fn events_appended_offline_are_all_delivered_once_and_the_spool_is_trimmed() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), SpoolConfig::default()).unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
-    let replica = replica_of(&spool);
+    let replica = replica_of(&spool, "pump-1");
     fill(&spool, &codec, &replica, 20_000);
     let s = sync(&spool, &codec, &replica, 7, 5);
     assert_eq!(
@@ -155,7 +129,7 @@ fn events_dropped_by_the_quota_reach_the_server_as_dropped_seqs() {
     };
     let spool = Spool::open(dir.path(), cfg).unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
-    let replica = replica_of(&spool);
+    let replica = replica_of(&spool, "pump-1");
     fill(&spool, &codec, &replica, 5_000);
     let dropped = spool.stats().dropped_oldest_quota;
     assert!(dropped > 0, "the quota had to drop");
