@@ -258,6 +258,27 @@ fn the_age_limit_drops_or_blocks_by_policy() {
 }
 
 #[test]
+fn agent_state_is_written_with_its_events_and_not_when_they_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path(), small(QuotaPolicy::DropNewest));
+        let st = |v: &str| vec![("fleet/readings".to_owned(), v.as_bytes().to_vec())];
+        s.append_with_state((0..10).map(|i| body("s", i)).collect(), st("v1"))
+            .unwrap();
+        assert_eq!(
+            s.append_with_state(vec![body("s", 10)], st("v2")).unwrap(),
+            Appended::Dropped { events: 1 }
+        );
+        assert_eq!(s.state().unwrap()["fleet/readings"], b"v1");
+    }
+    let s = open(dir.path(), cfg());
+    let state = s.state().unwrap();
+    assert_eq!(state.len(), 1);
+    assert_eq!(state["fleet/readings"], b"v1", "survives a reopen");
+    assert_eq!(s.meta().events, 10, "state keys are not events");
+}
+
+#[test]
 fn verify_reports_a_corrupt_record_and_repair_keeps_every_valid_one() {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -324,9 +345,12 @@ fn helper_appends_until_killed() {
             let (s, log) = (Arc::clone(&s), Arc::clone(&log));
             std::thread::spawn(move || {
                 for i in 0.. {
-                    let tag = format!("t{t}b{i}");
+                    // Unique across restarts of the helper: batch numbers start again at 0.
+                    let tag = format!("t{t}b{i}p{}", std::process::id());
                     let bodies = (0..16).map(|j| body(&tag, j)).collect();
-                    let (a, b) = stored(s.append(bodies).unwrap());
+                    // The thread's "state" is its last batch: written with the batch, atomically.
+                    let state = vec![(format!("t{t}"), tag.clone().into_bytes())];
+                    let (a, b) = stored(s.append_with_state(bodies, state).unwrap());
                     use std::io::Write;
                     writeln!(log.lock().unwrap(), "{a} {b} {tag}").unwrap();
                 }
@@ -398,6 +422,32 @@ fn kill_9_during_heavy_appends_loses_no_answered_event_and_never_reuses_a_seq() 
         s.verify(|_| Ok(())).unwrap().is_clean(),
         "dense and decodable after three kills"
     );
+    // Each thread's stored state names exactly its last stored batch (by seq), all 16 events
+    // of which are stored.
+    let mut last_batch: std::collections::BTreeMap<String, (String, usize)> = Default::default();
+    for e in s.read(1, usize::MAX, usize::MAX).unwrap() {
+        let Entry::Event { body: b, .. } = e else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&b).into_owned();
+        let tag = text.split('-').next().unwrap().to_owned(); // "t{t}b{i}p{pid}"
+        let thread = tag[..tag.find('b').unwrap()].to_owned();
+        let entry = last_batch.entry(thread).or_insert((tag.clone(), 0));
+        if entry.0 != tag {
+            *entry = (tag, 0);
+        }
+        entry.1 += 1;
+    }
+    let state = s.state().unwrap();
+    assert_eq!(state.len(), last_batch.len());
+    for (thread, (batch, events)) in &last_batch {
+        assert_eq!(*events, 16, "{thread}'s last batch {batch} is torn");
+        assert_eq!(
+            state[thread],
+            batch.as_bytes(),
+            "state of {thread} out of step with its events"
+        );
+    }
     let (next, _) = stored(s.append(vec![body("after", 0)]).unwrap());
     assert!(
         next > max_answered,

@@ -6,6 +6,8 @@
 //! m/incarnation            u64 BE
 //! m/next                   u64 BE   next seq to assign (never decreases)
 //! m/acked                  u64 BE   highest seq the server acknowledged
+//! s/<state key>            the agent's CRDT state for that key (opaque bytes), written in the
+//!                          same batch as the events whose deltas it includes
 //! e/<seq u64 BE>           record: kind u8 | appended_ms u64 BE | body
 //!                            kind 0 = event, body = the event's bytes
 //!                            kind 1 = dropped range, body = last seq u64 BE | reason u8
@@ -25,6 +27,20 @@ pub(crate) const KIND_EVENT: u8 = 0;
 pub(crate) const KIND_DROPPED: u8 = 1;
 /// Bytes of a record before its body.
 pub(crate) const RECORD_HEADER: usize = 9;
+
+const STATE_PREFIX: &[u8] = b"s/";
+
+/// Key of the agent state under `key`.
+pub(crate) fn state_key(key: &str) -> Vec<u8> {
+    let mut k = STATE_PREFIX.to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The state key of a stored key, if it is one.
+pub(crate) fn state_name(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.strip_prefix(STATE_PREFIX)?).ok()
+}
 
 /// Key of the record at `seq`.
 pub(crate) fn event_key(seq: u64) -> [u8; 10] {

@@ -259,6 +259,7 @@ struct State {
 enum Request {
     Append {
         bodies: Vec<Vec<u8>>,
+        state: Vec<(String, Vec<u8>)>,
         reply: mpsc::SyncSender<Result<Appended, SpoolError>>,
     },
     Trim {
@@ -393,9 +394,42 @@ impl Spool {
 
     /// Appends events; returns once they are durable (or dropped by policy).
     pub fn append(&self, bodies: Vec<Vec<u8>>) -> Result<Appended, SpoolError> {
+        self.append_with_state(bodies, Vec::new())
+    }
+
+    /// Appends events together with the agent's new state for some keys (the CRDT states the
+    /// events' deltas were joined into): both are written in the same batch, so after a crash
+    /// the stored state is exactly the state of the stored events. When the events are refused
+    /// or dropped, the state is not written either.
+    pub fn append_with_state(
+        &self,
+        bodies: Vec<Vec<u8>>,
+        state: Vec<(String, Vec<u8>)>,
+    ) -> Result<Appended, SpoolError> {
         let (reply, rx) = mpsc::sync_channel(1);
-        self.send(Request::Append { bodies, reply })?;
+        self.send(Request::Append {
+            bodies,
+            state,
+            reply,
+        })?;
         rx.recv().map_err(|_| SpoolError::Closed)?
+    }
+
+    /// The agent state stored by [`Spool::append_with_state`], by key.
+    pub fn state(&self) -> Result<BTreeMap<String, Vec<u8>>, SpoolError> {
+        let start = keys::state_key("");
+        let mut out = BTreeMap::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            let Some(name) = keys::state_name(&k) else {
+                break;
+            };
+            out.insert(name.to_owned(), v.to_vec());
+        }
+        Ok(out)
     }
 
     /// Forgets every seq at or below `watermark` (the server acknowledged them) and persists
@@ -700,9 +734,11 @@ impl Writer {
                 Request::Trim { watermark, reply } => {
                     Answer::Trim(reply, self.trim(&mut s, &mut b, watermark))
                 }
-                Request::Append { bodies, reply } => {
-                    Answer::Append(reply, self.append(&mut s, &mut b, bodies, now))
-                }
+                Request::Append {
+                    bodies,
+                    state,
+                    reply,
+                } => Answer::Append(reply, self.append(&mut s, &mut b, bodies, state, now)),
             })
             .collect();
         b.put(keys::NEXT, keys::u64_value(s.next));
@@ -725,6 +761,7 @@ impl Writer {
         s: &mut State,
         b: &mut WriteBatch,
         bodies: Vec<Vec<u8>>,
+        state: Vec<(String, Vec<u8>)>,
         now: u64,
     ) -> Result<Appended, SpoolError> {
         s.stats.appends += 1;
@@ -772,6 +809,9 @@ impl Writer {
             s.bytes += record_size(rec.len());
             b.put(keys::event_key(s.next), rec);
             s.next += 1;
+        }
+        for (k, v) in state {
+            b.put(keys::state_key(&k), v);
         }
         s.events += bodies.len() as u64;
         s.stats.events += bodies.len() as u64;
