@@ -8,7 +8,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use edgesync_core::crdt::Crdt;
-use edgesync_core::{DeltaBatch, Dot, Event, EventLimits, ReplicaId, StateDigest, VersionVector};
+use edgesync_core::{DeltaBatch, Dot, Event, EventLimits, ReplicaId};
 
 use crate::convert;
 use crate::error::{DecodeError, EncodeError};
@@ -591,20 +591,6 @@ impl Codec {
     pub fn decode_dead_letter(&self, bytes: &[u8]) -> Result<DeadLetter, DecodeError> {
         DeadLetter::from_avro(self.decode_framed(MessageKind::DeadLetter, bytes)?)
     }
-}
-
-/// Digest as stored in a state record.
-pub(crate) fn digest_of(key: &str, state: &Crdt) -> StateDigest {
-    StateDigest::of_state(key, state)
-}
-
-/// Version vector entries for a record.
-pub(crate) fn vv_to_avro(vv: &VersionVector) -> Avro {
-    Avro::Array(
-        vv.iter()
-            .map(|(r, seq)| crate::value::replica_record(r, [("seq", long_u64(seq))]))
-            .collect(),
-    )
 }
 
 /// zstd contexts reused per thread: creating them costs more than compressing a small batch.

@@ -8,7 +8,9 @@ use edgesync_core::crdt::{
     Crdt, CrdtKind, GCounter, LwwEntry, LwwRegister, MaxRegister, MinRegister, MvRegister, OrSet,
     PnCounter, RollupCell, RollupMap,
 };
-use edgesync_core::{Dot, DropReason, DroppedRange, Event, Hlc, ReplicaId, SeqRange, Value};
+use edgesync_core::{
+    Dot, DropReason, DroppedRange, Event, Hlc, ReplicaId, SeqRange, Value, VersionVector,
+};
 
 use crate::error::DecodeError;
 use crate::value::{
@@ -119,6 +121,17 @@ pub(crate) fn batch_event_from_avro_rec(
     let mut r = Rec::new(what, v)?;
     let e = event_body_from(&mut r, dot)?;
     Ok((e, r))
+}
+
+// ---- version vectors -----------------------------------------------------------------
+
+/// Version vector entries of a state record.
+pub(crate) fn vv_to_avro(vv: &VersionVector) -> Avro {
+    Avro::Array(
+        vv.iter()
+            .map(|(r, seq)| replica_record(r, [("seq", long_u64(seq))]))
+            .collect(),
+    )
 }
 
 // ---- dropped ranges ------------------------------------------------------------------

@@ -4,7 +4,7 @@ use apache_avro::types::Value as Avro;
 use edgesync_core::crdt::Crdt;
 use edgesync_core::{ReplicaId, StateDigest, Value, VersionVector};
 
-use crate::codec::{digest_of, vv_to_avro};
+use crate::convert::vv_to_avro;
 use crate::error::DecodeError;
 use crate::value::{long_u64, opt_scalar, record, replica_record, scalar, Rec};
 
@@ -68,7 +68,7 @@ fn saturate(v: i128) -> i64 {
 impl StateRecord {
     /// The digest written with this record.
     pub fn digest(&self) -> StateDigest {
-        digest_of(&self.key, &self.state)
+        StateDigest::of_state(&self.key, &self.state)
     }
 
     pub(crate) fn to_avro(&self, crdt: Vec<u8>) -> Avro {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
-use edgesync_core::{BatchBuilder, Crdt, Event, EventLimits, StateDigest};
+use edgesync_core::{BatchBuilder, Crdt, Event, EventLimits};
 use edgesync_protocol::agent::{AckEffect, AgentStats};
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable, Server, ServerConfig};
 use edgesync_schemas::{Ack, Codec};
@@ -507,9 +507,4 @@ pub fn values(state: &BTreeMap<String, Crdt>) -> BTreeMap<String, ReadValue> {
         .iter()
         .map(|(k, c)| (k.clone(), ReadValue::of(c)))
         .collect()
-}
-
-/// Digest of a state map.
-pub fn digest(state: &BTreeMap<String, Crdt>) -> StateDigest {
-    StateDigest::of_map(state)
 }

@@ -24,6 +24,8 @@
 //! - **state equals reference**: the reference is every generated event's CRDT deltas joined;
 //!   edgesync compares digests of full states, the baseline compares each key's read value.
 
+use edgesync_core::StateDigest;
+
 pub mod baseline;
 pub mod config;
 pub mod edgesync;
@@ -70,7 +72,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, SimError> {
     if e.order_violations > 0 {
         return Err(SimError::OrderViolations(e.order_violations));
     }
-    let reference_digest = edgesync::digest(&e.reference).to_hex();
+    let reference_digest = StateDigest::of_map(&e.reference).to_hex();
     let edgesync_values = edgesync::values(&e.state);
     let results = vec![
         report::ApproachReport::new(
@@ -78,7 +80,7 @@ pub fn run(cfg: &SimConfig) -> Result<Report, SimError> {
             e.metrics,
             &edgesync_values,
             &e.reference,
-            Some(edgesync::digest(&e.state)),
+            Some(StateDigest::of_map(&e.state)),
         ),
         report::ApproachReport::new("baseline", b.metrics, &b.values, &b.reference, None),
     ];
