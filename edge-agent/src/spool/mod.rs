@@ -168,6 +168,9 @@ pub enum SpoolError {
     /// The writer thread is gone (the spool is closing or a write failed before).
     #[error("spool writer stopped")]
     Closed,
+    /// The writer thread could not be started.
+    #[error("start the spool writer thread: {0}")]
+    Thread(#[source] std::io::Error),
     /// Reading the system's randomness for a new incarnation failed.
     #[error("read random bits for a new incarnation: {0}")]
     Random(#[source] std::io::Error),
@@ -264,6 +267,10 @@ enum Request {
     },
     Trim {
         watermark: u64,
+        reply: mpsc::SyncSender<Result<u64, SpoolError>>,
+    },
+    Repair {
+        seqs: Vec<u64>,
         reply: mpsc::SyncSender<Result<u64, SpoolError>>,
     },
 }
@@ -381,7 +388,7 @@ impl Spool {
             std::thread::Builder::new()
                 .name("spool-writer".into())
                 .spawn(move || Writer { db, state, cfg }.run(rx))
-                .map_err(|e| SpoolError::Random(std::io::Error::other(e)))?
+                .map_err(SpoolError::Thread)?
         };
         Ok(Self {
             db,
@@ -605,18 +612,12 @@ impl Spool {
     /// Replaces every record `verify` found bad by a dropped range (reason `Corrupt`), so the
     /// server is told they are gone and no valid record or seq is touched. Returns how many.
     pub fn repair(&self, report: &VerifyReport) -> Result<usize, SpoolError> {
-        let now = (self.cfg.clock)();
-        let mut b = WriteBatch::default();
-        for &seq in report.bad.keys() {
-            b.put(
-                keys::event_key(seq),
-                keys::dropped_record(now, seq, reason_byte(DropReason::Corrupt)),
-            );
-        }
-        let mut w = WriteOptions::default();
-        w.set_sync(true);
-        self.db.write_opt(b, &w)?;
-        Ok(report.bad.len())
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(Request::Repair {
+            seqs: report.bad.keys().copied().collect(),
+            reply,
+        })?;
+        Ok(rx.recv().map_err(|_| SpoolError::Closed)?? as usize)
     }
 }
 
@@ -661,7 +662,8 @@ enum Answer {
         mpsc::SyncSender<Result<Appended, SpoolError>>,
         Result<Appended, SpoolError>,
     ),
-    Trim(
+    /// Trims and repairs answer with a count of records.
+    Count(
         mpsc::SyncSender<Result<u64, SpoolError>>,
         Result<u64, SpoolError>,
     ),
@@ -672,14 +674,14 @@ impl Answer {
     fn send(self) {
         match self {
             Answer::Append(r, o) => drop(r.send(o)),
-            Answer::Trim(r, o) => drop(r.send(o)),
+            Answer::Count(r, o) => drop(r.send(o)),
         }
     }
 
     fn fail(self, e: &rocksdb::Error) {
         match self {
             Answer::Append(r, _) => drop(r.send(Err(SpoolError::Db(e.clone())))),
-            Answer::Trim(r, _) => drop(r.send(Err(SpoolError::Db(e.clone())))),
+            Answer::Count(r, _) => drop(r.send(Err(SpoolError::Db(e.clone())))),
         }
     }
 }
@@ -711,7 +713,7 @@ impl Writer {
         for r in group {
             match r {
                 Request::Append { .. } => pending.push(r),
-                Request::Trim { .. } => {
+                Request::Trim { .. } | Request::Repair { .. } => {
                     self.commit(std::mem::take(&mut pending));
                     self.commit(vec![r]);
                 }
@@ -732,7 +734,10 @@ impl Writer {
             .into_iter()
             .map(|r| match r {
                 Request::Trim { watermark, reply } => {
-                    Answer::Trim(reply, self.trim(&mut s, &mut b, watermark))
+                    Answer::Count(reply, self.trim(&mut s, &mut b, watermark))
+                }
+                Request::Repair { seqs, reply } => {
+                    Answer::Count(reply, self.repair(&mut s, &mut b, &seqs, now))
                 }
                 Request::Append {
                     bodies,
@@ -886,6 +891,49 @@ impl Writer {
             s.oldest_ms = next_oldest;
         }
         Ok(())
+    }
+
+    /// Replaces the records at `seqs` by one-seq dropped ranges (reason `Corrupt`), keeping
+    /// the counters true.
+    fn repair(
+        &self,
+        s: &mut State,
+        b: &mut WriteBatch,
+        seqs: &[u64],
+        now: u64,
+    ) -> Result<u64, SpoolError> {
+        let mut repaired = 0;
+        for &seq in seqs {
+            let Some(old) = self.db.get(keys::event_key(seq))? else {
+                continue; // trimmed meanwhile
+            };
+            if matches!(keys::decode(&old), Some(keys::Record::Event { .. })) {
+                s.events = s.events.saturating_sub(1);
+            }
+            let rec = keys::dropped_record(now, seq, reason_byte(DropReason::Corrupt));
+            s.bytes = s.bytes.saturating_sub(record_size(old.len())) + record_size(rec.len());
+            b.put(keys::event_key(seq), rec);
+            repaired += 1;
+        }
+        s.oldest_ms = self.oldest_event_after(s.acked, seqs)?;
+        Ok(repaired)
+    }
+
+    /// Append time of the first held event after `acked`, ignoring `except`.
+    fn oldest_event_after(&self, acked: u64, except: &[u64]) -> Result<Option<u64>, SpoolError> {
+        for item in self.db.iterator(IteratorMode::From(
+            &keys::event_key(acked + 1),
+            Direction::Forward,
+        )) {
+            let (k, v) = item?;
+            let Some(seq) = keys::seq_of(&k) else { break };
+            if let (false, Some(keys::Record::Event { appended_ms, .. })) =
+                (except.contains(&seq), keys::decode(&v))
+            {
+                return Ok(Some(appended_ms));
+            }
+        }
+        Ok(None)
     }
 
     fn trim(&self, s: &mut State, b: &mut WriteBatch, watermark: u64) -> Result<u64, SpoolError> {
