@@ -96,6 +96,38 @@ fn cfg(device: &str, addr: std::net::SocketAddr) -> UplinkConfig {
     }
 }
 
+/// An uplink running on its own runtime until `finish`.
+struct Running {
+    rt: tokio::runtime::Runtime,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<uplink::UplinkStats, uplink::UplinkError>>,
+}
+
+impl Running {
+    fn start(
+        device: &str,
+        broker: std::net::SocketAddr,
+        spool: &Arc<Spool>,
+        codec: Arc<Codec>,
+    ) -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = rt.spawn(uplink::run(
+            cfg(device, broker),
+            Arc::clone(spool),
+            codec,
+            Arc::new(tokio::sync::Notify::new()),
+            stopped,
+        ));
+        Self { rt, stop, task }
+    }
+
+    fn finish(self) -> uplink::UplinkStats {
+        self.stop.send(true).unwrap();
+        self.rt.block_on(self.task).unwrap().unwrap()
+    }
+}
+
 #[test]
 fn events_appended_offline_are_all_delivered_once_and_trimmed_after_connect() {
     let m = Mosquitto::start().unwrap();
@@ -107,21 +139,12 @@ fn events_appended_offline_are_all_delivered_once_and_trimmed_after_connect() {
     let replica = replica_of(&spool, "pump-7");
     fill(&spool, &codec, &replica, 100_000);
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = rt.spawn(uplink::run(
-        cfg("pump-7", m.addr()),
-        Arc::clone(&spool),
-        codec,
-        Arc::new(tokio::sync::Notify::new()),
-        stopped,
-    ));
+    let running = Running::start("pump-7", m.addr(), &spool, codec);
     let done = wait_until(Duration::from_secs(120), || {
         let meta = spool.meta();
         meta.events == 0 && meta.acked == 100_000
     });
-    stop.send(true).unwrap();
-    let stats = rt.block_on(task).unwrap().unwrap();
+    let stats = running.finish();
     assert!(done, "not synced: {:?}", spool.meta());
     let s = seen.lock().unwrap();
     assert_eq!(
@@ -145,15 +168,7 @@ fn a_cut_mid_send_resumes_from_the_watermark_with_no_gap() {
     fill(&spool, &codec, &replica, 60_000);
     proxy.set_bandwidth(Some(400_000)); // slow enough to cut in the middle
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = rt.spawn(uplink::run(
-        cfg("pump-8", proxy.addr()),
-        Arc::clone(&spool),
-        codec,
-        Arc::new(tokio::sync::Notify::new()),
-        stopped,
-    ));
+    let running = Running::start("pump-8", proxy.addr(), &spool, codec);
     assert!(wait_until(Duration::from_secs(60), || spool.meta().acked > 5_000));
     let acked_at_cut = spool.meta().acked;
     proxy.cut();
@@ -161,8 +176,7 @@ fn a_cut_mid_send_resumes_from_the_watermark_with_no_gap() {
     proxy.heal();
     proxy.set_bandwidth(None);
     let done = wait_until(Duration::from_secs(120), || spool.meta().events == 0);
-    stop.send(true).unwrap();
-    let stats = rt.block_on(task).unwrap().unwrap();
+    let stats = running.finish();
     assert!(done, "not synced: {:?}", spool.meta());
     assert!(acked_at_cut < 60_000, "the cut came too late to matter");
     assert!(stats.disconnects >= 1, "the uplink saw the cut: {stats:?}");

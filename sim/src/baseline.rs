@@ -16,8 +16,9 @@ use edgesync_core::Crdt;
 use edgesync_schemas::{Ack, Codec};
 
 use crate::config::SimConfig;
-use crate::edgesync::{alive, next_crash};
-use crate::fleet::{ms, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue};
+use crate::fleet::{
+    ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
+};
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
 use crate::rng::Rng;
@@ -229,11 +230,10 @@ impl World<'_> {
     fn generate(&mut self, now: Ms, d: usize) {
         let cap = self.cfg.baseline.queue_capacity.max(1);
         let dev = &mut self.devs[d];
-        let alive = alive(dev.crash_at, now);
         let produced = produce(
             &mut dev.gen,
             &mut dev.state,
-            alive,
+            (now, dev.crash_at),
             &self.codec,
             &mut self.m,
             &mut self.reference,

@@ -11,7 +11,7 @@ use edgesync_schemas::{Ack, Codec};
 
 use crate::config::SimConfig;
 use crate::fleet::{
-    join_into, ms, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
+    join_into, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
 };
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
@@ -201,23 +201,6 @@ fn schedule_crash(w: &mut World<'_>, d: usize, from: Ms) {
     }
 }
 
-/// A device's next crash after `from`, as (down at, up again at), from its fault stream.
-/// Drawn whole in advance so that whether the device is alive at a given time does not depend
-/// on the order in which simultaneous events are handled.
-pub(crate) fn next_crash(cfg: &SimConfig, from: Ms, faults: &mut Rng) -> Option<(Ms, Ms)> {
-    if cfg.faults.device_crash_mean_h <= 0.0 {
-        return None;
-    }
-    let at = from + ms(faults.exp(cfg.faults.device_crash_mean_h * 3600.0)).max(1);
-    let down = ms(faults.exp(cfg.faults.device_down_mean_s)).max(1);
-    Some((at, at + down))
-}
-
-/// Whether a device with crash window `crash_at` is alive at `t`.
-pub(crate) fn alive(crash_at: Option<(Ms, Ms)>, t: Ms) -> bool {
-    crash_at.is_none_or(|(down, up)| t < down || t >= up)
-}
-
 impl World<'_> {
     fn handle(&mut self, now: Ms, ev: Ev) {
         match ev {
@@ -255,11 +238,10 @@ impl World<'_> {
 
     fn generate(&mut self, now: Ms, d: usize) {
         let dev = &mut self.devs[d];
-        let alive = alive(dev.crash_at, now);
         let produced = produce(
             &mut dev.gen,
             &mut dev.state,
-            alive,
+            (now, dev.crash_at),
             &self.codec,
             &mut self.m,
             &mut self.reference,

@@ -275,6 +275,23 @@ accessor!(mv, MvRegister, MvRegister<Value>);
 accessor!(set, OrSet, OrSet<Value>);
 accessor!(pn, PnCounter, PnCounter);
 
+/// A device's next crash after `from`, as (down at, up again at), from its fault stream.
+/// Drawn whole in advance so that whether the device is alive at a given time does not depend
+/// on the order in which simultaneous events are handled.
+pub(crate) fn next_crash(cfg: &SimConfig, from: Ms, faults: &mut Rng) -> Option<(Ms, Ms)> {
+    if cfg.faults.device_crash_mean_h <= 0.0 {
+        return None;
+    }
+    let at = from + ms(faults.exp(cfg.faults.device_crash_mean_h * 3600.0)).max(1);
+    let down = ms(faults.exp(cfg.faults.device_down_mean_s)).max(1);
+    Some((at, at + down))
+}
+
+/// Whether a device with crash window `crash_at` is alive at `t`.
+fn alive(crash_at: Option<(Ms, Ms)>, t: Ms) -> bool {
+    crash_at.is_none_or(|(down, up)| t < down || t >= up)
+}
+
 /// What one device tick produced, with the bookkeeping both approaches share done.
 pub(crate) struct Produced {
     /// When the event happened.
@@ -287,18 +304,18 @@ pub(crate) struct Produced {
     pub raw: usize,
 }
 
-/// Runs a device's generator for its due tick: appends the event to the device state, counts
-/// it and its Avro size in `m`, and joins its deltas into the reference. `None` while the
-/// device is down.
+/// Runs a device's generator for its tick due at `now`: appends the event to the device state,
+/// counts it and its Avro size in `m`, and joins its deltas into the reference. `None` while
+/// the device is down (inside its crash window `crash_at`).
 pub(crate) fn produce(
     gen: &mut DeviceGen,
     state: &mut DeviceState,
-    alive: bool,
+    (now, crash_at): (Ms, Option<(Ms, Ms)>),
     codec: &edgesync_schemas::Codec,
     m: &mut crate::report::Metrics,
     reference: &mut BTreeMap<String, Crdt>,
 ) -> Option<Produced> {
-    let r = gen.tick(alive)?;
+    let r = gen.tick(alive(crash_at, now))?;
     let (event, deltas) = state.append(&r);
     let raw = codec
         .encode_event(&event, edgesync_schemas::Framing::SingleObject)
