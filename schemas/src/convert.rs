@@ -168,7 +168,8 @@ pub(crate) fn dropped_from_avro(v: Avro) -> Result<DroppedRange, DecodeError> {
 
 // ---- CRDT states -----------------------------------------------------------------------
 
-fn kind_index(k: CrdtKind) -> u32 {
+/// Position of a kind in the `CrdtState` union and the `CrdtKind` enum (both in `ALL` order).
+pub(crate) fn kind_index(k: CrdtKind) -> u32 {
     CrdtKind::ALL.iter().position(|x| *x == k).unwrap_or(0) as u32
 }
 

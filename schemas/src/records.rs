@@ -73,10 +73,7 @@ impl StateRecord {
 
     pub(crate) fn to_avro(&self, crdt: Vec<u8>) -> Avro {
         let kind = self.state.kind();
-        let kind_index = edgesync_core::CrdtKind::ALL
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(0) as u32;
+        let kind_index = crate::convert::kind_index(kind);
         let null = || Avro::Union(0, Box::new(Avro::Null));
         let (mut counter, mut register, mut values, mut buckets) =
             (null(), null(), Vec::new(), Vec::new());
