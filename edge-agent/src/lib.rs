@@ -1,17 +1,20 @@
 //! # edgesync-agent
 //!
 //! The program that runs on a device or its gateway. Writes never wait for the network: every
-//! event is appended to the local durable [`spool`] with a per-device sequence number, and the
-//! uplink (driving `edgesync-protocol`'s agent state machine) sends delta batches when it can.
-//!
-//! Built so far: the spool, the outbox that turns spool entries into the batches the protocol
-//! asks for, and the MQTT uplink (issue #5, in progress). Persisted agent CRDT state, ingest, CLI, config
-//! and metrics follow.
+//! event goes through [`ingest`] (library API, local HTTP, local MQTT) into the durable
+//! [`spool`] with a per-device sequence number and HLC stamp, and the [`uplink`] (driving
+//! `edgesync-protocol`'s agent state machine) publishes delta batches when it can, resuming
+//! from the server's acknowledged watermark. [`service`] wires them together under one
+//! cancellation token; [`config`] is the typed configuration; [`metrics`] the Prometheus
+//! metrics.
 
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod mqtt_ingest;
 pub mod outbox;
+pub mod service;
 pub mod spool;
 pub mod uplink;
-
-/// What the binary says when asked to run before the uplink exists.
-pub const NOT_BUILT: &str =
-    "the edgesync edge agent's uplink is not built yet (issue #5, in progress); see ARCHITECTURE.md";

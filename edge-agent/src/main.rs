@@ -1,6 +1,127 @@
-//! `edgesync-agent`: placeholder entry point until issue #5; exits 2 so nothing mistakes it for a service.
+//! `edgesync-agent`: run the edge agent, show its status, inspect, verify and replay its spool.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("{}", edgesync_agent::NOT_BUILT);
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use edgesync_agent::config::Config;
+use edgesync_agent::{cli, service};
+use tokio_util::sync::CancellationToken;
+
+/// The edgesync edge agent.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML configuration file (see deploy/edge-agent.toml).
+    #[arg(short, long, env = "EDGESYNC_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set uplink.port=8883` (repeatable; after the file and
+    /// EDGESYNC_AGENT__* environment variables).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent until SIGINT or SIGTERM.
+    Run(ConfigArgs),
+    /// Spool depth and bytes, oldest unacknowledged age, watermark and link state (asks the
+    /// running agent; reads the spool directly when it is not running).
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Work on the spool.
+    Spool {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SpoolCommand {
+    /// Print the spool's metadata and its records from a seq on, as JSON lines.
+    Inspect {
+        /// First seq to print (default: the first held).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Most records to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// fsck: every record decodes, seqs are dense, next-seq and watermark agree. Exits 1 when
+    /// something is wrong. Needs the agent stopped when repairing.
+    Verify {
+        /// Replace every bad record by a dropped range (reason corrupt) so the server learns
+        /// they are gone; no valid record or seq is touched.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Publish a seq range again to the broker (the server ignores what it already has).
+    Replay {
+        /// First seq.
+        #[arg(long)]
+        from: u64,
+        /// Last seq (default: the last assigned).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let load = |a: &ConfigArgs| Config::load(a.config.as_deref(), std::env::vars(), &a.set);
+    let result = match cli.command {
+        Command::Run(a) => load(&a).map_err(|e| e.to_string()).and_then(run),
+        Command::Status { config } => load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| cli::status(&c)),
+        Command::Spool { config, command } => {
+            load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|c| match command {
+                    SpoolCommand::Inspect { from, limit } => cli::inspect(&c, from, limit),
+                    SpoolCommand::Verify { repair } => cli::verify(&c, repair),
+                    SpoolCommand::Replay { from, to } => cli::replay(&c, from, to),
+                })
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgesync-agent: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cfg: Config) -> Result<ExitCode, String> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+            .await
+            .map_err(|e| format!("listen on {}: {e}", cfg.http.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cli::on_signal(shutdown.clone()));
+        service::run(cfg, listener, shutdown)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

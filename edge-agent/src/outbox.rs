@@ -25,6 +25,17 @@ pub enum OutboxError {
     Batch(#[from] BatchError),
 }
 
+/// A batch and what went into it.
+#[derive(Clone, Debug)]
+pub struct Built {
+    /// The batch.
+    pub batch: DeltaBatch,
+    /// Records sent as dropped because they no longer decode.
+    pub corrupt: usize,
+    /// Spool bytes of its events (the raw size, before batching and compression).
+    pub raw_bytes: u64,
+}
+
 /// Builds the batch for `req` from `spool`. A record that no longer decodes is sent as a
 /// dropped seq with reason `Corrupt` (and counted by the caller), never silently skipped.
 pub fn build_batch(
@@ -32,15 +43,16 @@ pub fn build_batch(
     codec: &Codec,
     replica: &ReplicaId,
     req: &BatchRequest,
-) -> Result<(DeltaBatch, usize), OutboxError> {
+) -> Result<Built, OutboxError> {
     let entries = spool.read(req.first_seq, req.max_events, req.max_bytes)?;
     let mut b = BatchBuilder::new(replica.clone(), req.first_seq, EventLimits::default());
-    let mut corrupt = 0;
+    let (mut corrupt, mut raw_bytes) = (0, 0u64);
     let cap = req.first_seq + req.max_events as u64 - 1;
     for entry in entries {
         match entry {
             Entry::Event { seq, body, .. } if seq <= cap => {
                 let dot = Dot::new(replica.clone(), seq);
+                raw_bytes += body.len() as u64;
                 match codec.decode_spool_record(&body, dot) {
                     Ok((event, deltas)) => b.push(event, deltas)?,
                     Err(_undecodable) => {
@@ -64,7 +76,11 @@ pub fn build_batch(
     if b.is_empty() {
         return Err(OutboxError::Missing(req.first_seq));
     }
-    Ok((b.finish()?, corrupt))
+    Ok(Built {
+        batch: b.finish()?,
+        corrupt,
+        raw_bytes,
+    })
 }
 
 fn one(seq: u64) -> SeqRange {

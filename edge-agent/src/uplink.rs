@@ -5,7 +5,8 @@
 //! spool's new seqs, the connection's ups and downs, the server's acks (retained, on
 //! `edgesync/v1/{device}/ack`) and the passing of time, publishes the batches it asks for
 //! (QoS 1 on `edgesync/v1/{device}/batch`), and trims the spool behind every ack. A lost
-//! connection is retried with exponential backoff and jitter.
+//! connection is retried with exponential backoff and jitter. TLS (and mutual TLS) and a
+//! per-device user name and password are optional.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +15,12 @@ use edgesync_core::{DeviceId, ReplicaId};
 use edgesync_protocol::agent::AckEffect;
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable};
 use edgesync_schemas::Codec;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::{watch, Notify};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{build_batch, OutboxError};
+use crate::metrics::AgentMetrics;
+use crate::outbox::{build_batch, Built, OutboxError};
 use crate::spool::Spool;
 
 /// Uplink settings.
@@ -37,6 +40,61 @@ pub struct UplinkConfig {
     pub backoff_min: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
+    /// TLS to the broker (PEM contents); `None` is plain TCP.
+    pub tls: Option<Tls>,
+    /// User name and password.
+    pub credentials: Option<(String, String)>,
+}
+
+impl UplinkConfig {
+    /// Plain TCP to `host:port` with the default window and backoff.
+    pub fn new(device: DeviceId, host: impl Into<String>, port: u16) -> Self {
+        Self {
+            device,
+            host: host.into(),
+            port,
+            keep_alive: Duration::from_secs(30),
+            agent: AgentConfig::default(),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(60),
+            tls: None,
+            credentials: None,
+        }
+    }
+
+    /// The MQTT options for a client `client_id` of this configuration.
+    pub fn mqtt_options(&self, client_id: &str) -> MqttOptions {
+        let mut opts = MqttOptions::new(client_id, self.host.clone(), self.port);
+        opts.set_keep_alive(self.keep_alive);
+        opts.set_clean_session(true); // the retained ack is all the state a session needs
+        opts.set_max_packet_size(4 << 20, 4 << 20);
+        if let Some((user, pass)) = &self.credentials {
+            opts.set_credentials(user.clone(), pass.clone());
+        }
+        if let Some(t) = &self.tls {
+            opts.set_transport(Transport::tls(t.ca.clone(), t.client_auth.clone(), None));
+        }
+        opts
+    }
+}
+
+/// TLS material, PEM-encoded.
+#[derive(Clone)]
+pub struct Tls {
+    /// CA certificates that may sign the broker's certificate.
+    pub ca: Vec<u8>,
+    /// Client certificate and key, for mutual TLS.
+    pub client_auth: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Tls")
+            .field("ca_bytes", &self.ca.len())
+            .field("client_auth", &self.client_auth.is_some())
+            .finish()
+    }
 }
 
 /// Topic a device publishes its batches to.
@@ -78,14 +136,31 @@ pub struct UplinkStats {
     pub corrupt: u64,
 }
 
-/// Runs until `shutdown` turns true. `appended` is notified after every append to the spool.
+/// What the uplink works with.
+#[derive(Clone, Debug)]
+pub struct UplinkDeps {
+    /// The spool it sends from and trims.
+    pub spool: Arc<Spool>,
+    /// Batch and ack codec.
+    pub codec: Arc<Codec>,
+    /// Notified after every append to the spool.
+    pub appended: Arc<Notify>,
+    /// Where it counts what it does.
+    pub metrics: Arc<AgentMetrics>,
+}
+
+/// Runs until `shutdown` is cancelled.
 pub async fn run(
     cfg: UplinkConfig,
-    spool: Arc<Spool>,
-    codec: Arc<Codec>,
-    appended: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
+    deps: UplinkDeps,
+    shutdown: CancellationToken,
 ) -> Result<UplinkStats, UplinkError> {
+    let UplinkDeps {
+        spool,
+        codec,
+        appended,
+        metrics,
+    } = deps;
     let meta = spool.meta();
     let replica = ReplicaId::new(cfg.device.clone(), meta.incarnation);
     let mut agent = Agent::new(
@@ -95,17 +170,14 @@ pub async fn run(
             acked: meta.acked,
         },
     )?;
-    let mut opts = MqttOptions::new(cfg.device.as_str(), cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(cfg.keep_alive);
-    opts.set_clean_session(true); // the retained ack is all the state a session needs
-    opts.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut events) = AsyncClient::new(opts, 64);
+    let (client, mut events) = AsyncClient::new(cfg.mqtt_options(cfg.device.as_str()), 64);
     let (batch_topic, ack_topic) = (batch_topic(&cfg.device), ack_topic(&cfg.device));
     let started = Instant::now();
     let now = || started.elapsed().as_millis() as u64;
     let mut stats = UplinkStats::default();
     let mut backoff = cfg.backoff_min;
     let mut jitter = Jitter(meta.incarnation.get() | 1);
+    let mut connected_once = false;
     loop {
         // New seqs the spool made durable since the last turn.
         let last = spool.meta().next_seq - 1;
@@ -113,13 +185,21 @@ pub async fn run(
             agent.appended(seq)?;
         }
         while let Some(req) = agent.poll_send() {
-            let (batch, corrupt) = build_batch(&spool, &codec, &replica, &req)?;
+            let Built {
+                batch,
+                corrupt,
+                raw_bytes,
+            } = build_batch(&spool, &codec, &replica, &req)?;
             stats.corrupt += corrupt as u64;
+            metrics.corrupt(corrupt as u64);
             let Ok(bytes) = codec.encode_batch(&batch) else {
                 break; // too large for the limits: the window shrinks on the next request
             };
             stats.batches += 1;
             stats.bytes += bytes.len() as u64;
+            metrics.batches.inc();
+            metrics.wire_bytes.inc_by(bytes.len() as u64);
+            metrics.raw_bytes.inc_by(raw_bytes);
             if client
                 .publish(batch_topic.as_str(), QoS::AtLeastOnce, false, bytes)
                 .await
@@ -137,11 +217,18 @@ pub async fn run(
             ev = events.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = cfg.backoff_min;
+                    metrics.link_up.set(1);
+                    if connected_once {
+                        metrics.reconnects.inc();
+                    }
+                    connected_once = true;
+                    tracing::info!(host = %cfg.host, port = cfg.port, "uplink connected");
                     agent.connected(now());
                     let _ = client.subscribe(ack_topic.as_str(), QoS::AtLeastOnce).await;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
                     stats.acks += 1;
+                    metrics.acks.inc();
                     if let Ok(ack) = codec.decode_ack(&p.payload) {
                         if ack.replica == replica {
                             if let AckEffect::Advanced { trim_to } = agent.on_ack(ack.watermark, now()) {
@@ -151,26 +238,133 @@ pub async fn run(
                     }
                 }
                 Ok(_) => {}
-                Err(_) => {
+                Err(e) => {
                     stats.disconnects += 1;
+                    metrics.disconnects.inc();
+                    metrics.link_up.set(0);
                     agent.disconnected();
                     let wait = jitter.spread(backoff);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "uplink connection lost");
                     backoff = (backoff * 2).min(cfg.backoff_max);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => {}
+                        _ = shutdown.cancelled() => {}
                     }
                 }
             },
             _ = tokio::time::sleep(tick) => agent.on_tick(now()),
             _ = appended.notified() => {}
-            _ = shutdown.changed() => {}
+            _ = shutdown.cancelled() => {}
         }
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
+            metrics.link_up.set(0);
             let _ = client.disconnect().await;
             return Ok(stats);
         }
     }
+}
+
+/// What a replay sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Batches published (and acknowledged by the broker).
+    pub batches: u64,
+    /// Seqs they covered.
+    pub seqs: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+/// Publishes seqs `from..=to` of `spool` again, as batches on the device's batch topic, and
+/// returns once the broker has acknowledged every one (QoS 1). For `spool replay`: an operator
+/// re-sends a range when downstream lost it; the server ignores what it already has. Uses its
+/// own client id (`{device}.replay`) so a running agent's session is not taken over.
+pub async fn replay(
+    cfg: &UplinkConfig,
+    spool: &Spool,
+    codec: &Codec,
+    from: u64,
+    to: u64,
+    timeout: Duration,
+) -> Result<ReplayStats, ReplayError> {
+    let replica = ReplicaId::new(cfg.device.clone(), spool.meta().incarnation);
+    let mut batches = Vec::new();
+    let mut seq = from.max(1);
+    while seq <= to {
+        let req = edgesync_protocol::BatchRequest {
+            first_seq: seq,
+            max_events: (to - seq + 1).min(cfg.agent.max_batch_events as u64) as usize,
+            max_bytes: cfg.agent.max_batch_bytes,
+        };
+        let built = build_batch(spool, codec, &replica, &req)?;
+        seq = built.batch.last_seq() + 1;
+        batches.push((
+            built.batch.last_seq() - built.batch.first_seq() + 1,
+            codec
+                .encode_batch(&built.batch)
+                .map_err(|e| ReplayError::Encode(e.to_string()))?,
+        ));
+    }
+    if batches.is_empty() {
+        return Ok(ReplayStats::default());
+    }
+    let (client, mut events) =
+        AsyncClient::new(cfg.mqtt_options(&format!("{}.replay", cfg.device)), 64);
+    let topic = batch_topic(&cfg.device);
+    let mut stats = ReplayStats::default();
+    let mut acked = 0u64;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pending = batches.into_iter();
+    loop {
+        let ev = tokio::time::timeout_at(deadline, events.poll())
+            .await
+            .map_err(|_| ReplayError::Timeout {
+                acked,
+                sent: stats.batches,
+            })?;
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                for (seqs, bytes) in pending.by_ref() {
+                    stats.batches += 1;
+                    stats.seqs += seqs;
+                    stats.bytes += bytes.len() as u64;
+                    client
+                        .publish(topic.as_str(), QoS::AtLeastOnce, false, bytes)
+                        .await
+                        .map_err(|e| ReplayError::Mqtt(e.to_string()))?;
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(e) => return Err(ReplayError::Mqtt(e.to_string())),
+        }
+        if stats.batches > 0 && acked >= stats.batches {
+            let _ = client.disconnect().await;
+            return Ok(stats);
+        }
+    }
+}
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The range is not (or no longer) in the spool.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// A batch could not be encoded.
+    #[error("encode: {0}")]
+    Encode(String),
+    /// The broker connection failed.
+    #[error("mqtt: {0}")]
+    Mqtt(String),
+    /// The broker did not acknowledge everything in time.
+    #[error("timed out: the broker acknowledged {acked} of {sent} batches")]
+    Timeout {
+        /// Batches acknowledged.
+        acked: u64,
+        /// Batches sent.
+        sent: u64,
+    },
 }
 
 /// A small xorshift for reconnect jitter (no I/O, no dependency): delays vary in [d/2, d].

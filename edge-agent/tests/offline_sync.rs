@@ -59,7 +59,8 @@ fn sync(
             agent.on_tick(now);
             continue;
         };
-        let (batch, corrupt) = build_batch(spool, codec, replica, &req).unwrap();
+        let built = build_batch(spool, codec, replica, &req).unwrap();
+        let (batch, corrupt) = (built.batch, built.corrupt);
         assert_eq!(corrupt, 0);
         agent
             .sent(batch.first_seq(), batch.last_seq(), now)

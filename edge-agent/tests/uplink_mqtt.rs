@@ -5,86 +5,20 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fill, replica_of};
+use common::{fill, replica_of, serve, wait_until, Seen};
+use edgesync_agent::metrics::AgentMetrics;
 use edgesync_agent::spool::{Spool, SpoolConfig};
-use edgesync_agent::uplink::{self, UplinkConfig};
+use edgesync_agent::uplink::{self, UplinkConfig, UplinkDeps};
 use edgesync_core::DeviceId;
-use edgesync_protocol::{AgentConfig, Server, ServerConfig};
-use edgesync_schemas::{Ack, Codec, Limits};
-use edgesync_testkit::{unique, FaultProxy, Mosquitto};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
-
-#[derive(Default)]
-struct Seen {
-    released: Vec<u64>,
-    batches: u64,
-    /// Batches that arrived wholly at or below the watermark already acknowledged.
-    stale_batches: u64,
-}
-
-/// The test's stand-in for bridge + reconciler: apply and acknowledge, retained.
-fn serve(addr: std::net::SocketAddr, seen: Arc<Mutex<Seen>>) {
-    let mut o = MqttOptions::new(unique("server"), addr.ip().to_string(), addr.port());
-    o.set_max_packet_size(4 << 20, 4 << 20);
-    o.set_keep_alive(Duration::from_secs(5));
-    let (client, mut conn) = Client::new(o, 64);
-    client
-        .subscribe("edgesync/v1/+/batch", QoS::AtLeastOnce)
-        .unwrap();
-    let codec = Codec::new(Limits::default()).unwrap();
-    let mut server = Server::new(ServerConfig::default());
-    std::thread::spawn(move || {
-        for ev in conn.iter() {
-            let Ok(Event::Incoming(Packet::Publish(p))) = ev else {
-                continue;
-            };
-            let Ok(batch) = codec.decode_batch(&p.payload) else {
-                continue;
-            };
-            let replica = batch.replica().clone();
-            let before = server.watermark(&replica);
-            let stale = batch.last_seq() <= before;
-            let a = server.apply(batch, 0);
-            {
-                let mut s = seen.lock().unwrap();
-                s.batches += 1;
-                s.stale_batches += u64::from(stale);
-                s.released.extend(a.released.iter().map(|e| e.dot.seq));
-            }
-            let ack = Ack {
-                replica: replica.clone(),
-                watermark: a.watermark,
-                acked_at_ms: 0,
-            };
-            let topic = format!("edgesync/v1/{}/ack", replica.device);
-            let _ = client.publish(
-                topic,
-                QoS::AtLeastOnce,
-                true,
-                codec.encode_ack(&ack).unwrap(),
-            );
-        }
-    });
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
+use edgesync_protocol::AgentConfig;
+use edgesync_schemas::{Codec, Limits};
+use edgesync_testkit::{FaultProxy, Mosquitto};
+use tokio_util::sync::CancellationToken;
 
 fn cfg(device: &str, addr: std::net::SocketAddr) -> UplinkConfig {
     UplinkConfig {
-        device: DeviceId::new(device).unwrap(),
-        host: addr.ip().to_string(),
-        port: addr.port(),
         keep_alive: Duration::from_secs(5),
         agent: AgentConfig {
             resend_timeout_ms: 5_000,
@@ -93,13 +27,14 @@ fn cfg(device: &str, addr: std::net::SocketAddr) -> UplinkConfig {
         },
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
+        ..UplinkConfig::new(DeviceId::new(device).unwrap(), addr.ip().to_string(), addr.port())
     }
 }
 
 /// An uplink running on its own runtime until `finish`.
 struct Running {
     rt: tokio::runtime::Runtime,
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<uplink::UplinkStats, uplink::UplinkError>>,
 }
 
@@ -111,19 +46,20 @@ impl Running {
         codec: Arc<Codec>,
     ) -> Self {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = rt.spawn(uplink::run(
-            cfg(device, broker),
-            Arc::clone(spool),
+        let stop = CancellationToken::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let deps = UplinkDeps {
+            spool: Arc::clone(spool),
             codec,
-            Arc::new(tokio::sync::Notify::new()),
-            stopped,
-        ));
+            appended: Arc::new(tokio::sync::Notify::new()),
+            metrics: Arc::new(AgentMetrics::register(&mut registry)),
+        };
+        let task = rt.spawn(uplink::run(cfg(device, broker), deps, stop.clone()));
         Self { rt, stop, task }
     }
 
     fn finish(self) -> uplink::UplinkStats {
-        self.stop.send(true).unwrap();
+        self.stop.cancel();
         self.rt.block_on(self.task).unwrap().unwrap()
     }
 }

@@ -333,6 +333,20 @@ impl Codec {
         convert::crdt_from_avro(value)
     }
 
+    /// Encodes one CRDT state on its own (single-object): an agent's persisted state per key.
+    pub fn encode_crdt_state(&self, c: &Crdt) -> Result<Vec<u8>, EncodeError> {
+        self.encode_framed(
+            MessageKind::CrdtState,
+            &convert::crdt_to_avro(c),
+            Framing::SingleObject,
+        )
+    }
+
+    /// Decodes what [`Codec::encode_crdt_state`] wrote.
+    pub fn decode_crdt_state(&self, bytes: &[u8]) -> Result<Crdt, DecodeError> {
+        convert::crdt_from_avro(self.decode_framed(MessageKind::CrdtState, bytes)?)
+    }
+
     // ---- delta batches -----------------------------------------------------------------
 
     /// Encodes a batch for MQTT: zstd over the single-object encoding.

@@ -85,6 +85,18 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// What one group write cost, reported to [`SpoolConfig::observer`] (for latency metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupWrite {
+    /// Requests (appends, trims, repairs) the write answered.
+    pub requests: usize,
+    /// Time spent in the RocksDB write, fsync included.
+    pub write: Duration,
+}
+
+/// Called after every group write; must be cheap (it runs on the writer thread).
+pub type Observer = Arc<dyn Fn(GroupWrite) + Send + Sync>;
+
 /// Spool settings.
 #[derive(Clone)]
 pub struct SpoolConfig {
@@ -100,6 +112,8 @@ pub struct SpoolConfig {
     pub max_group: usize,
     /// Time source.
     pub clock: Clock,
+    /// Told the cost of every group write.
+    pub observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for SpoolConfig {
@@ -110,6 +124,7 @@ impl std::fmt::Debug for SpoolConfig {
             .field("max_age", &self.max_age)
             .field("policy", &self.policy)
             .field("max_group", &self.max_group)
+            .field("observer", &self.observer.is_some())
             .finish()
     }
 }
@@ -123,6 +138,7 @@ impl Default for SpoolConfig {
             policy: QuotaPolicy::Block,
             max_group: 4096,
             clock: system_clock(),
+            observer: None,
         }
     }
 }
@@ -171,6 +187,9 @@ pub enum SpoolError {
     /// The writer thread could not be started.
     #[error("start the spool writer thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The directory holds no spool (opening read-only never creates one).
+    #[error("no spool in {0}")]
+    NotASpool(std::path::PathBuf),
     /// Reading the system's randomness for a new incarnation failed.
     #[error("read random bits for a new incarnation: {0}")]
     Random(#[source] std::io::Error),
@@ -320,6 +339,25 @@ impl Spool {
         opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         opts.set_compression_type(rocksdb::DBCompressionType::Zstd);
         let db = DB::open(&opts, dir)?;
+        Self::start(db, cfg, true)
+    }
+
+    /// Opens the spool in `dir` for reading only, beside a running agent (RocksDB's read-only
+    /// mode takes no lock and sees what was flushed or in the WAL when it opened). Writes,
+    /// trims and repairs fail with [`SpoolError::Closed`].
+    pub fn open_read_only(dir: &Path) -> Result<Self, SpoolError> {
+        if !dir.join("CURRENT").exists() {
+            return Err(SpoolError::NotASpool(dir.to_owned()));
+        }
+        let opts = Options::default();
+        let db = DB::open_for_read_only(&opts, dir, false)?;
+        if db.get(keys::FORMAT)?.is_none() {
+            return Err(SpoolError::NotASpool(dir.to_owned()));
+        }
+        Self::start(db, SpoolConfig::default(), false)
+    }
+
+    fn start(db: DB, cfg: SpoolConfig, writable: bool) -> Result<Self, SpoolError> {
         let meta_u64 =
             |key: &'static [u8], name: &'static str| -> Result<Option<u64>, SpoolError> {
                 match db.get(key)? {
@@ -382,6 +420,15 @@ impl Spool {
             stats: SpoolStats::default(),
         }));
         let db = Arc::new(db);
+        if !writable {
+            return Ok(Self {
+                db,
+                state,
+                tx: None,
+                writer: None,
+                cfg,
+            });
+        }
         let (tx, rx) = mpsc::channel();
         let writer = {
             let (db, state, cfg) = (Arc::clone(&db), Arc::clone(&state), cfg.clone());
@@ -749,7 +796,15 @@ impl Writer {
         b.put(keys::NEXT, keys::u64_value(s.next));
         let mut w = WriteOptions::default();
         w.set_sync(self.cfg.durability == Durability::Fsync);
-        if let Err(e) = self.db.write_opt(b, &w) {
+        let started = std::time::Instant::now();
+        let written = self.db.write_opt(b, &w);
+        if let Some(observe) = &self.cfg.observer {
+            observe(GroupWrite {
+                requests: answers.len(),
+                write: started.elapsed(),
+            });
+        }
+        if let Err(e) = written {
             // Nothing of the batch is stored: undo the in-memory changes and tell everyone.
             (s.next, s.events, s.bytes, s.oldest_ms, s.stats, s.acked) = before;
             drop(s);
@@ -801,6 +856,12 @@ impl Writer {
                 }
                 QuotaPolicy::DropNewest => {
                     s.stats.dropped_newest += bodies.len() as u64;
+                    tracing::warn!(
+                        events = bodies.len(),
+                        used_bytes = s.bytes,
+                        limit_bytes = self.cfg.max_bytes,
+                        "spool full: incoming events dropped (policy drop-newest)"
+                    );
                     return Ok(Appended::Dropped {
                         events: bodies.len(),
                     });
@@ -888,6 +949,13 @@ impl Writer {
             s.events = s.events.saturating_sub(events_n);
             s.stats.dropped_oldest_quota += quota_n;
             s.stats.dropped_oldest_age += age_n;
+            tracing::warn!(
+                first,
+                last,
+                by_quota = quota_n,
+                by_age = age_n,
+                "spool full: oldest unacknowledged events dropped (policy drop-oldest)"
+            );
             s.oldest_ms = next_oldest;
         }
         Ok(())

@@ -2,11 +2,16 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use edgesync_agent::spool::Spool;
 use edgesync_core::crdt::GCounter;
 use edgesync_core::{Crdt, DeviceId, Dot, Event, Hlc, ReplicaId, Value};
-use edgesync_schemas::Codec;
+use edgesync_protocol::{Server, ServerConfig};
+use edgesync_schemas::{Ack, Codec, Limits};
+use edgesync_testkit::unique;
+use rumqttc::{Client, MqttOptions, Packet, QoS};
 
 /// Appends `n` telemetry events (each +1 on `fleet/readings`) in requests of 100.
 pub fn fill(spool: &Spool, codec: &Codec, replica: &ReplicaId, n: u64) {
@@ -35,3 +40,68 @@ pub fn fill(spool: &Spool, codec: &Codec, replica: &ReplicaId, n: u64) {
 pub fn replica_of(spool: &Spool, device: &str) -> ReplicaId {
     ReplicaId::new(DeviceId::new(device).unwrap(), spool.meta().incarnation)
 }
+
+#[derive(Default)]
+pub struct Seen {
+    pub released: Vec<u64>,
+    pub batches: u64,
+    /// Batches that arrived wholly at or below the watermark already acknowledged.
+    pub stale_batches: u64,
+}
+
+/// The test's stand-in for bridge + reconciler: apply and acknowledge, retained.
+pub fn serve(addr: std::net::SocketAddr, seen: Arc<Mutex<Seen>>) {
+    let mut o = MqttOptions::new(unique("server"), addr.ip().to_string(), addr.port());
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(o, 64);
+    client
+        .subscribe("edgesync/v1/+/batch", QoS::AtLeastOnce)
+        .unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let mut server = Server::new(ServerConfig::default());
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            let Ok(rumqttc::Event::Incoming(Packet::Publish(p))) = ev else {
+                continue;
+            };
+            let Ok(batch) = codec.decode_batch(&p.payload) else {
+                continue;
+            };
+            let replica = batch.replica().clone();
+            let before = server.watermark(&replica);
+            let stale = batch.last_seq() <= before;
+            let a = server.apply(batch, 0);
+            {
+                let mut s = seen.lock().unwrap();
+                s.batches += 1;
+                s.stale_batches += u64::from(stale);
+                s.released.extend(a.released.iter().map(|e| e.dot.seq));
+            }
+            let ack = Ack {
+                replica: replica.clone(),
+                watermark: a.watermark,
+                acked_at_ms: 0,
+            };
+            let topic = format!("edgesync/v1/{}/ack", replica.device);
+            let _ = client.publish(
+                topic,
+                QoS::AtLeastOnce,
+                true,
+                codec.encode_ack(&ack).unwrap(),
+            );
+        }
+    });
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+

@@ -1,0 +1,508 @@
+//! Typed configuration: TOML file, then environment, then `--set` flags, each overriding the
+//! one before; unknown fields are refused at every layer, so a typo fails start-up instead of
+//! being ignored.
+//!
+//! Environment variables are `EDGESYNC_AGENT__<SECTION>__<FIELD>` (upper case, `__` between
+//! path parts), e.g. `EDGESYNC_AGENT__UPLINK__PORT=8883`. Flags are `--set uplink.port=8883`.
+//! A value is read as TOML when it parses as one (numbers, booleans, arrays) and as a string
+//! otherwise. `deploy/edge-agent.toml` documents every field with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgesync_core::{DeviceId, EventLimits};
+use edgesync_protocol::AgentConfig;
+use serde::Deserialize;
+
+use crate::ingest::IngestConfig;
+use crate::spool::{Durability, QuotaPolicy, SpoolConfig};
+
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "EDGESYNC_AGENT__";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which device this agent is.
+    pub device: DeviceSection,
+    /// The durable spool.
+    #[serde(default)]
+    pub spool: SpoolSection,
+    /// The MQTT uplink to the server.
+    #[serde(default)]
+    pub uplink: UplinkSection,
+    /// The local HTTP endpoint: ingest, `/metrics`, status.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Request and event limits.
+    #[serde(default)]
+    pub ingest: IngestSection,
+    /// Optional subscription to a local broker that sensors publish to.
+    #[serde(default)]
+    pub ingest_mqtt: Option<IngestMqttSection>,
+    /// Shutdown grace period.
+    #[serde(default = "default_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_grace_ms() -> u64 {
+    5_000
+}
+
+/// `[device]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSection {
+    /// Device id (`[a-z0-9][a-z0-9._-]{0,63}`); also the MQTT client id.
+    pub id: String,
+}
+
+/// `[spool]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// Directory of the RocksDB spool.
+    pub dir: PathBuf,
+    /// `fsync` (survives power loss) or `os-buffered` (survives a crash of the agent only).
+    pub durability: DurabilityName,
+    /// Quota in bytes.
+    pub max_bytes: u64,
+    /// Quota in age: events older than this make the spool full (0 = no age limit).
+    pub max_age_secs: u64,
+    /// `block`, `drop-oldest` or `drop-newest`.
+    pub policy: PolicyName,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("edgesync-agent-spool"),
+            durability: DurabilityName::Fsync,
+            max_bytes: 1 << 30,
+            max_age_secs: 0,
+            policy: PolicyName::Block,
+        }
+    }
+}
+
+/// Spool durability, as written in the config.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityName {
+    /// See [`Durability::Fsync`].
+    Fsync,
+    /// See [`Durability::OsBuffered`].
+    OsBuffered,
+}
+
+/// Quota policy, as written in the config.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    /// See [`QuotaPolicy::Block`].
+    Block,
+    /// See [`QuotaPolicy::DropOldest`].
+    DropOldest,
+    /// See [`QuotaPolicy::DropNewest`].
+    DropNewest,
+}
+
+/// `[uplink]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkSection {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT keep-alive.
+    pub keep_alive_secs: u64,
+    /// MQTT user name (the per-device credential).
+    pub username: Option<String>,
+    /// File holding the password (kept out of the config file).
+    pub password_file: Option<PathBuf>,
+    /// TLS to the broker; absent = plain TCP.
+    pub tls: Option<TlsSection>,
+    /// Most events per batch.
+    pub max_batch_events: usize,
+    /// Most event bytes per batch (before compression).
+    pub max_batch_bytes: usize,
+    /// Most batches in flight.
+    pub max_inflight: usize,
+    /// Re-send from the watermark when nothing was acknowledged for this long.
+    pub resend_timeout_ms: u64,
+    /// After connecting, wait this long for the retained ack before sending from the spool's
+    /// own watermark.
+    pub resume_wait_ms: u64,
+    /// First reconnect delay.
+    pub backoff_min_ms: u64,
+    /// Largest reconnect delay.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for UplinkSection {
+    fn default() -> Self {
+        let a = AgentConfig::default();
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            keep_alive_secs: 30,
+            username: None,
+            password_file: None,
+            tls: None,
+            max_batch_events: a.max_batch_events,
+            max_batch_bytes: a.max_batch_bytes,
+            max_inflight: a.max_inflight_batches,
+            resend_timeout_ms: a.resend_timeout_ms,
+            resume_wait_ms: a.resume_wait_ms,
+            backoff_min_ms: 500,
+            backoff_max_ms: 60_000,
+        }
+    }
+}
+
+/// `[uplink.tls]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file of the CA(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate, for mutual TLS (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM client key.
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Listen address (localhost by default: the endpoint has no authentication).
+    pub listen: SocketAddr,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `[ingest]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSection {
+    /// Most events per request.
+    pub max_request_events: usize,
+    /// Most operations per event.
+    pub max_ops: usize,
+    /// Most fields per event.
+    pub max_fields: usize,
+    /// Most tags per event.
+    pub max_tags: usize,
+    /// Longest string value.
+    pub max_string_bytes: usize,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        let i = IngestConfig::default();
+        Self {
+            max_request_events: i.max_request_events,
+            max_ops: i.max_ops,
+            max_fields: i.limits.max_fields,
+            max_tags: i.limits.max_tags,
+            max_string_bytes: i.limits.max_string_bytes,
+        }
+    }
+}
+
+/// `[ingest_mqtt]`: events published by sensors to a broker on the gateway.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestMqttSection {
+    /// Broker host.
+    #[serde(default = "localhost")]
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "mqtt_port")]
+    pub port: u16,
+    /// Topic filters (QoS 1); each message is one JSON event or an array of them.
+    pub topics: Vec<String>,
+    /// Client id (a persistent session, so messages published while the agent restarts wait).
+    #[serde(default = "ingest_client_id")]
+    pub client_id: String,
+}
+
+fn localhost() -> String {
+    "127.0.0.1".into()
+}
+fn mqtt_port() -> u16 {
+    1883
+}
+fn ingest_client_id() -> String {
+    "edgesync-agent-ingest".into()
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax.
+    #[error("{origin}: {message}")]
+    Syntax {
+        /// File, environment variable or flag.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Well-formed but wrong (unknown field, wrong type, missing value, bad id).
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `file` (if any), then `env` overrides (`EDGESYNC_AGENT__...` pairs), then `sets`
+    /// (`path=value` flags).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        let mut root = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Syntax {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort(); // the same environment gives the same result, whatever its order
+        for (k, v) in env {
+            let path: Vec<String> = k[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            set(&mut root, &path, &v, &k)?;
+        }
+        for s in sets {
+            let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::Syntax {
+                origin: format!("--set {s}"),
+                message: "expected path=value".into(),
+            })?;
+            let path: Vec<String> = k.trim().split('.').map(str::to_owned).collect();
+            set(&mut root, &path, v.trim(), &format!("--set {s}"))?;
+        }
+        let cfg: Config = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        DeviceId::new(&self.device.id)
+            .map_err(|e| ConfigError::Invalid(format!("device.id {:?}: {e}", self.device.id)))?;
+        let u = &self.uplink;
+        if u.max_batch_events == 0 || u.max_batch_bytes == 0 || u.max_inflight == 0 {
+            return Err(ConfigError::Invalid(
+                "uplink.max_batch_events, max_batch_bytes and max_inflight must be > 0".into(),
+            ));
+        }
+        if u.backoff_min_ms == 0 || u.backoff_min_ms > u.backoff_max_ms {
+            return Err(ConfigError::Invalid(
+                "uplink.backoff_min_ms must be > 0 and <= backoff_max_ms".into(),
+            ));
+        }
+        if let Some(t) = &u.tls {
+            if t.client_cert_file.is_some() != t.client_key_file.is_some() {
+                return Err(ConfigError::Invalid(
+                    "uplink.tls: client_cert_file and client_key_file go together".into(),
+                ));
+            }
+        }
+        if self.spool.max_bytes == 0 {
+            return Err(ConfigError::Invalid("spool.max_bytes must be > 0".into()));
+        }
+        if let Some(m) = &self.ingest_mqtt {
+            if m.topics.is_empty() {
+                return Err(ConfigError::Invalid("ingest_mqtt.topics is empty".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The device id (checked by `load`).
+    pub fn device_id(&self) -> Result<DeviceId, ConfigError> {
+        DeviceId::new(&self.device.id).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The spool's settings (clock and observer are the defaults; the service sets them).
+    pub fn spool_config(&self) -> SpoolConfig {
+        let s = &self.spool;
+        SpoolConfig {
+            durability: match s.durability {
+                DurabilityName::Fsync => Durability::Fsync,
+                DurabilityName::OsBuffered => Durability::OsBuffered,
+            },
+            max_bytes: s.max_bytes,
+            max_age: (s.max_age_secs > 0).then(|| Duration::from_secs(s.max_age_secs)),
+            policy: match s.policy {
+                PolicyName::Block => QuotaPolicy::Block,
+                PolicyName::DropOldest => QuotaPolicy::DropOldest,
+                PolicyName::DropNewest => QuotaPolicy::DropNewest,
+            },
+            ..SpoolConfig::default()
+        }
+    }
+
+    /// The protocol's send window.
+    pub fn agent_config(&self) -> AgentConfig {
+        let u = &self.uplink;
+        AgentConfig {
+            max_batch_events: u.max_batch_events,
+            max_batch_bytes: u.max_batch_bytes,
+            max_inflight_batches: u.max_inflight,
+            resend_timeout_ms: u.resend_timeout_ms,
+            resume_wait_ms: u.resume_wait_ms,
+        }
+    }
+
+    /// Ingest limits.
+    pub fn ingest_config(&self) -> IngestConfig {
+        let i = &self.ingest;
+        IngestConfig {
+            limits: EventLimits {
+                max_fields: i.max_fields,
+                max_tags: i.max_tags,
+                max_string_bytes: i.max_string_bytes,
+            },
+            max_request_events: i.max_request_events,
+            max_ops: i.max_ops,
+            ..IngestConfig::default()
+        }
+    }
+}
+
+/// Sets `path` in `root` to `raw` (TOML if it parses as a value, else a string).
+fn set(root: &mut toml::Table, path: &[String], raw: &str, origin: &str) -> Result<(), ConfigError> {
+    let bad = |message: &str| ConfigError::Syntax {
+        origin: origin.to_owned(),
+        message: message.to_owned(),
+    };
+    let (last, parents) = path.split_last().ok_or_else(|| bad("empty path"))?;
+    if path.iter().any(String::is_empty) {
+        return Err(bad("empty path part"));
+    }
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| bad(&format!("{p} is not a section")))?;
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge-agent.toml");
+        let c = Config::load(Some(&p), [], &[]).unwrap();
+        assert_eq!(c.device.id, "pump-0042");
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.toml");
+        std::fs::write(&p, "[device]\nid = \"a\"\n[uplink]\nport = 1\nhost = \"h\"\n").unwrap();
+        let c = Config::load(
+            Some(&p),
+            env(&[
+                ("EDGESYNC_AGENT__UPLINK__PORT", "2"),
+                ("EDGESYNC_AGENT__SPOOL__POLICY", "drop-oldest"),
+                ("OTHER", "x"),
+            ]),
+            &["uplink.host=broker.local".into()],
+        )
+        .unwrap();
+        assert_eq!(c.uplink.port, 2);
+        assert_eq!(c.uplink.host, "broker.local");
+        assert_eq!(c.spool.policy, PolicyName::DropOldest);
+        let c = Config::load(Some(&p), [], &["uplink.port=3".into()]).unwrap();
+        assert_eq!(c.uplink.port, 3);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_everywhere() {
+        let base = ["device.id=a".to_string()];
+        let e = Config::load(None, env(&[("EDGESYNC_AGENT__UPLINK__PROT", "1")]), &base);
+        assert!(e.unwrap_err().to_string().contains("prot"));
+        let mut sets = base.to_vec();
+        sets.push("spool.max_byte=1".into());
+        assert!(Config::load(None, [], &sets)
+            .unwrap_err()
+            .to_string()
+            .contains("max_byte"));
+        let e = Config::load(None, [], &["device.id=a".into(), "spool.policy=drop-all".into()]);
+        assert!(e.unwrap_err().to_string().contains("drop-all"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_reason() {
+        for (set, why) in [
+            ("device.id=Pump/1", "device.id"),
+            ("uplink.port=70000", "port"),
+            ("uplink.max_inflight=0", "max_inflight"),
+            ("spool.max_bytes=0", "max_bytes"),
+        ] {
+            let e = Config::load(None, [], &["device.id=a".into(), set.into()]).unwrap_err();
+            assert!(e.to_string().contains(why), "{set}: {e}");
+        }
+        let e = Config::load(None, [], &[]).unwrap_err();
+        assert!(e.to_string().contains("device"), "{e}");
+    }
+}

@@ -1,0 +1,716 @@
+//! Ingest: how events get into the spool, from the library API, HTTP and local MQTT alike.
+//!
+//! Every source calls [`Ingest::append`]. The request is validated first (stream and field
+//! names, sizes, op keys); a bad request is refused whole with the index of the first bad
+//! event and nothing of it is stored. Valid requests go to one ingest thread, which owns the
+//! agent's CRDT states and its hybrid logical clock: it takes every request that arrived while
+//! the previous write was being synced, stamps each event, applies its operations to the
+//! states, encodes event and deltas as spool records, and appends them all, with the new
+//! states, in one spool write (one fsync). Group commit therefore survives the extra step, and
+//! after a crash the stored states are exactly those of the stored events.
+//!
+//! States and the clock are changed on a copy and kept only once the spool answers `Stored`:
+//! a request refused by the quota (block) or dropped by it (drop-newest) leaves no trace.
+
+pub mod json;
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use edgesync_core::crdt::RollupMap;
+use edgesync_core::{
+    Crdt, CrdtKind, DeviceId, Dot, Event, EventLimits, Hlc, HlcClock, ReplicaId, SeqRange, Value,
+};
+use edgesync_schemas::Codec;
+use tokio::sync::{oneshot, Notify};
+
+use crate::metrics::AgentMetrics;
+use crate::spool::{Appended, Clock, Spool, SpoolError};
+
+/// An event as a producer hands it in: the agent adds the dot and the HLC stamp.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestEvent {
+    /// Stream name (`pump.telemetry`).
+    pub stream: String,
+    /// Version of the stream's schema.
+    pub schema_version: u32,
+    /// Typed fields.
+    pub fields: BTreeMap<String, Value>,
+    /// String tags.
+    pub tags: BTreeMap<String, String>,
+    /// State operations the event carries.
+    pub ops: Vec<Op>,
+}
+
+/// One operation on the CRDT state under `key`. The first operation on a key fixes its type;
+/// a later operation of another type is refused.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// G-counter: add `by`.
+    Inc {
+        /// State key.
+        key: String,
+        /// Increment.
+        by: u64,
+    },
+    /// PN-counter: add `by` (may be negative).
+    Add {
+        /// State key.
+        key: String,
+        /// Increment.
+        by: i64,
+    },
+    /// Max register.
+    Max {
+        /// State key.
+        key: String,
+        /// Candidate.
+        value: Value,
+    },
+    /// Min register.
+    Min {
+        /// State key.
+        key: String,
+        /// Candidate.
+        value: Value,
+    },
+    /// Last-writer-wins register, ordered by the event's HLC (ties by replica).
+    Lww {
+        /// State key.
+        key: String,
+        /// New value.
+        value: Value,
+    },
+    /// Multi-value register write.
+    Mv {
+        /// State key.
+        key: String,
+        /// New value.
+        value: Value,
+    },
+    /// Add-wins set: add.
+    SetAdd {
+        /// State key.
+        key: String,
+        /// Element.
+        value: Value,
+    },
+    /// Add-wins set: remove every add seen.
+    SetRemove {
+        /// State key.
+        key: String,
+        /// Element.
+        value: Value,
+    },
+    /// Rollup: record a sample in the bucket of the event's time.
+    Rollup {
+        /// State key.
+        key: String,
+        /// Sample (finite).
+        value: f64,
+        /// Bucket width.
+        bucket_ms: u64,
+    },
+}
+
+impl Op {
+    /// The state key.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Inc { key, .. }
+            | Op::Add { key, .. }
+            | Op::Max { key, .. }
+            | Op::Min { key, .. }
+            | Op::Lww { key, .. }
+            | Op::Mv { key, .. }
+            | Op::SetAdd { key, .. }
+            | Op::SetRemove { key, .. }
+            | Op::Rollup { key, .. } => key,
+        }
+    }
+
+    /// The CRDT type it applies to.
+    pub fn kind(&self) -> CrdtKind {
+        match self {
+            Op::Inc { .. } => CrdtKind::GCounter,
+            Op::Add { .. } => CrdtKind::PnCounter,
+            Op::Max { .. } => CrdtKind::MaxRegister,
+            Op::Min { .. } => CrdtKind::MinRegister,
+            Op::Lww { .. } => CrdtKind::LwwRegister,
+            Op::Mv { .. } => CrdtKind::MvRegister,
+            Op::SetAdd { .. } | Op::SetRemove { .. } => CrdtKind::OrSet,
+            Op::Rollup { .. } => CrdtKind::RollupMap,
+        }
+    }
+
+    fn check(&self, limits: &EventLimits) -> Result<(), String> {
+        edgesync_core::event::validate_state_key(self.key()).map_err(|e| e.to_string())?;
+        match self {
+            Op::Rollup { value, .. } if !value.is_finite() => {
+                Err(format!("rollup sample {value} is not finite"))
+            }
+            Op::Rollup { bucket_ms: 0, .. } => Err("rollup bucket_ms must be > 0".into()),
+            Op::Max { value, .. }
+            | Op::Min { value, .. }
+            | Op::Lww { value, .. }
+            | Op::Mv { value, .. }
+            | Op::SetAdd { value, .. }
+            | Op::SetRemove { value, .. } => match value {
+                Value::String(s) if s.len() > limits.max_string_bytes => Err(format!(
+                    "value of {} bytes exceeds {}",
+                    s.len(),
+                    limits.max_string_bytes
+                )),
+                Value::Double(d) if !d.is_finite() => Err(format!("value {d} is not finite")),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Applies the op to `state` for `replica` at `hlc` and returns the delta.
+    fn apply(&self, state: &mut Crdt, replica: &ReplicaId, hlc: Hlc) -> Crdt {
+        // `check` and the kind test ran first: a mismatch here cannot happen, and the
+        // fallback (an empty delta of the op's type) would only ever send nothing.
+        match (self, state) {
+            (Op::Inc { by, .. }, Crdt::GCounter(c)) => Crdt::GCounter(c.inc(replica, *by)),
+            (Op::Add { by, .. }, Crdt::PnCounter(c)) => Crdt::PnCounter(c.add(replica, *by)),
+            (Op::Max { value, .. }, Crdt::MaxRegister(r)) => {
+                Crdt::MaxRegister(r.set(value.clone()))
+            }
+            (Op::Min { value, .. }, Crdt::MinRegister(r)) => {
+                Crdt::MinRegister(r.set(value.clone()))
+            }
+            (Op::Lww { value, .. }, Crdt::LwwRegister(r)) => {
+                Crdt::LwwRegister(r.set(hlc, replica, value.clone()))
+            }
+            (Op::Mv { value, .. }, Crdt::MvRegister(r)) => {
+                Crdt::MvRegister(r.write(replica, value.clone()))
+            }
+            (Op::SetAdd { value, .. }, Crdt::OrSet(s)) => {
+                Crdt::OrSet(s.add(replica, value.clone()))
+            }
+            (Op::SetRemove { value, .. }, Crdt::OrSet(s)) => Crdt::OrSet(s.remove(value)),
+            (
+                Op::Rollup {
+                    value, bucket_ms, ..
+                },
+                Crdt::RollupMap(m),
+            ) => {
+                let bucket = hlc.wall_ms - hlc.wall_ms % bucket_ms;
+                m.record(replica, bucket, *value)
+                    .map(Crdt::RollupMap)
+                    .unwrap_or_else(|_| Crdt::RollupMap(RollupMap::default()))
+            }
+            (op, _) => op.kind().bottom(),
+        }
+    }
+}
+
+/// What happened to an accepted request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// Durable, with these seqs.
+    Stored(SeqRange),
+    /// Dropped by the drop-newest quota policy (counted and logged by the spool).
+    Dropped {
+        /// How many events.
+        events: usize,
+    },
+    /// The request held no events.
+    Empty,
+}
+
+/// Why ingest refused a request. Nothing of a refused request is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// An event is malformed (the producer must fix it).
+    #[error("event {index}: {reason}")]
+    Invalid {
+        /// Which event of the request (0-based).
+        index: usize,
+        /// Why.
+        reason: String,
+    },
+    /// More events in one request than allowed.
+    #[error("{count} events in one request, the limit is {limit}")]
+    TooMany {
+        /// Events sent.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The spool is full and the policy is block: retry later.
+    #[error("spool full: {bytes} of {limit} bytes used, oldest unacknowledged event {oldest_age_ms} ms old; retry after the uplink catches up")]
+    Full {
+        /// Bytes used.
+        bytes: u64,
+        /// The quota.
+        limit: u64,
+        /// Age of the oldest unacknowledged event.
+        oldest_age_ms: u64,
+    },
+    /// The request alone is larger than the spool's quota.
+    #[error("request of {len} spool bytes exceeds the spool's quota of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        len: u64,
+        /// The quota.
+        limit: u64,
+    },
+    /// The spool failed or the agent is stopping.
+    #[error("spool unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl IngestError {
+    /// Short reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Invalid { .. } | IngestError::TooMany { .. } => "invalid",
+            IngestError::Full { .. } => "full",
+            IngestError::TooLarge { .. } => "too_large",
+            IngestError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Ingest settings.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Per-event limits.
+    pub limits: EventLimits,
+    /// Most events in one request.
+    pub max_request_events: usize,
+    /// Most operations per event.
+    pub max_ops: usize,
+    /// Most events joined into one spool write.
+    pub max_group_events: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            limits: EventLimits::default(),
+            max_request_events: 10_000,
+            max_ops: 64,
+            max_group_events: 20_000,
+        }
+    }
+}
+
+/// Why ingest could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Reading the stored states failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// A stored state does not decode.
+    #[error("stored state {key:?} does not decode: {reason}")]
+    State {
+        /// Which key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The ingest thread could not be started.
+    #[error("start the ingest thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+struct Job {
+    source: &'static str,
+    events: Vec<IngestEvent>,
+    arrived: Instant,
+    reply: oneshot::Sender<Result<Accepted, IngestError>>,
+}
+
+/// The handle every source appends through. Cheap to clone; the ingest thread stops when the
+/// last handle is dropped, after answering what is queued.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    tx: mpsc::SyncSender<Job>,
+    cfg: Arc<IngestConfig>,
+    replica: ReplicaId,
+}
+
+/// Spool state names: the clock, and one entry per CRDT key.
+const HLC_STATE: &str = "hlc";
+const CRDT_PREFIX: &str = "crdt/";
+
+impl Ingest {
+    /// Starts the ingest thread for `device` on `spool`; `appended` is notified after every
+    /// stored write (the uplink waits on it).
+    pub fn start(
+        spool: Arc<Spool>,
+        codec: Arc<Codec>,
+        device: DeviceId,
+        cfg: IngestConfig,
+        clock: Clock,
+        metrics: Arc<AgentMetrics>,
+        appended: Arc<Notify>,
+    ) -> Result<(Self, JoinHandle<()>), StartError> {
+        let mut states = BTreeMap::new();
+        let mut last = Hlc::default();
+        for (name, bytes) in spool.state()? {
+            if name == HLC_STATE {
+                last = decode_hlc(&bytes).ok_or_else(|| StartError::State {
+                    key: name.clone(),
+                    reason: "not 12 bytes".into(),
+                })?;
+            } else if let Some(key) = name.strip_prefix(CRDT_PREFIX) {
+                let c = codec
+                    .decode_crdt_state(&bytes)
+                    .map_err(|e| StartError::State {
+                        key: key.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+                states.insert(key.to_owned(), c);
+            }
+        }
+        let replica = ReplicaId::new(device, spool.meta().incarnation);
+        let cfg = Arc::new(cfg);
+        let (tx, rx) = mpsc::sync_channel(1024);
+        let worker = Worker {
+            spool,
+            codec,
+            replica: replica.clone(),
+            states,
+            // A local clock is never merged with remote stamps here: the bound is moot.
+            hlc: HlcClock::resume(last, u64::MAX),
+            clock,
+            metrics,
+            appended,
+            max_group_events: cfg.max_group_events,
+        };
+        let handle = std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || worker.run(rx))
+            .map_err(StartError::Thread)?;
+        Ok((Self { tx, cfg, replica }, handle))
+    }
+
+    /// The limits requests are checked against.
+    pub fn config(&self) -> &IngestConfig {
+        &self.cfg
+    }
+
+    /// Validates and appends `events` from `source` (a metrics label: `api`, `http`, `mqtt`);
+    /// returns once they are durable, dropped by policy, or refused.
+    pub async fn append(
+        &self,
+        source: &'static str,
+        events: Vec<IngestEvent>,
+    ) -> Result<Accepted, IngestError> {
+        let rx = self.submit(source, events)?;
+        rx.await
+            .map_err(|_| IngestError::Unavailable("ingest stopped".into()))?
+    }
+
+    /// [`Ingest::append`] for threads outside an async runtime.
+    pub fn append_blocking(
+        &self,
+        source: &'static str,
+        events: Vec<IngestEvent>,
+    ) -> Result<Accepted, IngestError> {
+        let rx = self.submit(source, events)?;
+        rx.blocking_recv()
+            .map_err(|_| IngestError::Unavailable("ingest stopped".into()))?
+    }
+
+    fn submit(
+        &self,
+        source: &'static str,
+        events: Vec<IngestEvent>,
+    ) -> Result<oneshot::Receiver<Result<Accepted, IngestError>>, IngestError> {
+        self.validate(&events)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                source,
+                events,
+                arrived: Instant::now(),
+                reply,
+            })
+            .map_err(|_| IngestError::Unavailable("ingest stopped".into()))?;
+        Ok(rx)
+    }
+
+    /// Everything that can be checked without the states.
+    pub fn validate(&self, events: &[IngestEvent]) -> Result<(), IngestError> {
+        if events.len() > self.cfg.max_request_events {
+            return Err(IngestError::TooMany {
+                count: events.len(),
+                limit: self.cfg.max_request_events,
+            });
+        }
+        for (index, e) in events.iter().enumerate() {
+            let invalid = |reason: String| IngestError::Invalid { index, reason };
+            if e.ops.len() > self.cfg.max_ops {
+                return Err(invalid(format!(
+                    "{} ops, the limit is {}",
+                    e.ops.len(),
+                    self.cfg.max_ops
+                )));
+            }
+            for (i, op) in e.ops.iter().enumerate() {
+                op.check(&self.cfg.limits)
+                    .map_err(|why| invalid(format!("op {i}: {why}")))?;
+            }
+            let ev = Event {
+                dot: Dot::new(self.replica.clone(), 0),
+                hlc: Hlc::default(),
+                stream: e.stream.clone(),
+                schema_version: e.schema_version,
+                fields: e.fields.clone(),
+                tags: e.tags.clone(),
+            };
+            ev.validate(&self.cfg.limits)
+                .map_err(|err| invalid(err.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_hlc(h: Hlc) -> Vec<u8> {
+    let mut v = h.wall_ms.to_be_bytes().to_vec();
+    v.extend_from_slice(&h.logical.to_be_bytes());
+    v
+}
+
+fn decode_hlc(b: &[u8]) -> Option<Hlc> {
+    let (wall, logical) = b.split_first_chunk::<8>()?;
+    let logical: [u8; 4] = logical.try_into().ok()?;
+    Some(Hlc::new(u64::from_be_bytes(*wall), u32::from_be_bytes(logical)))
+}
+
+struct Worker {
+    spool: Arc<Spool>,
+    codec: Arc<Codec>,
+    replica: ReplicaId,
+    states: BTreeMap<String, Crdt>,
+    hlc: HlcClock,
+    clock: Clock,
+    metrics: Arc<AgentMetrics>,
+    appended: Arc<Notify>,
+    max_group_events: usize,
+}
+
+/// A group being prepared: changed states and the clock, on copies.
+struct Draft {
+    states: BTreeMap<String, Crdt>,
+    hlc: HlcClock,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut events = first.events.len();
+            let mut group = vec![first];
+            while events < self.max_group_events {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        events += j.events.len();
+                        group.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.write(group);
+        }
+    }
+
+    fn write(&mut self, jobs: Vec<Job>) {
+        let mut draft = Draft {
+            states: BTreeMap::new(),
+            hlc: self.hlc.clone(),
+            bodies: Vec::new(),
+        };
+        let mut ready = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.prepare(&job.events, &mut draft) {
+                Ok(()) => ready.push(job),
+                Err(e) => self.answer(job, Err(e)),
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        if draft.bodies.is_empty() {
+            ready
+                .into_iter()
+                .for_each(|j| self.answer(j, Ok(Accepted::Empty)));
+            return;
+        }
+        let mut state: Vec<(String, Vec<u8>)> = Vec::with_capacity(draft.states.len() + 1);
+        for (k, c) in &draft.states {
+            match self.codec.encode_crdt_state(c) {
+                Ok(b) => state.push((format!("{CRDT_PREFIX}{k}"), b)),
+                Err(e) => {
+                    let why = format!("encode state {k:?}: {e}");
+                    ready.into_iter().for_each(|j| {
+                        self.answer(j, Err(IngestError::Unavailable(why.clone())))
+                    });
+                    return;
+                }
+            }
+        }
+        state.push((HLC_STATE.into(), encode_hlc(draft.hlc.last())));
+        match self.spool.append_with_state(draft.bodies, state) {
+            Ok(Appended::Stored(range)) => {
+                self.states.extend(draft.states);
+                self.hlc = draft.hlc;
+                let mut next = range.start;
+                for job in ready {
+                    let n = job.events.len() as u64;
+                    let a = match n {
+                        0 => Accepted::Empty,
+                        _ => Accepted::Stored(SeqRange {
+                            start: next,
+                            end: next + n - 1,
+                        }),
+                    };
+                    next += n;
+                    self.metrics.stored(job.source, n);
+                    self.answer(job, Ok(a));
+                }
+                self.appended.notify_one();
+            }
+            Ok(Appended::Dropped { .. }) | Ok(Appended::Empty) => {
+                for job in ready {
+                    let events = job.events.len();
+                    self.answer(job, Ok(Accepted::Dropped { events }));
+                }
+            }
+            Err(SpoolError::TooLarge { .. }) if ready.len() > 1 => {
+                // The group as a whole is larger than the quota: each request on its own may fit.
+                for job in ready {
+                    self.write(vec![job]);
+                }
+            }
+            Err(e) => {
+                for job in ready {
+                    let err = match &e {
+                        SpoolError::Full {
+                            bytes,
+                            limit,
+                            oldest_age_ms,
+                        } => IngestError::Full {
+                            bytes: *bytes,
+                            limit: *limit,
+                            oldest_age_ms: *oldest_age_ms,
+                        },
+                        SpoolError::TooLarge { len, limit } => IngestError::TooLarge {
+                            len: *len,
+                            limit: *limit,
+                        },
+                        other => IngestError::Unavailable(other.to_string()),
+                    };
+                    self.answer(job, Err(err));
+                }
+            }
+        }
+    }
+
+    /// Stamps the job's events, applies their ops to the draft's states and encodes them; on
+    /// error the draft is unchanged.
+    fn prepare(&self, events: &[IngestEvent], draft: &mut Draft) -> Result<(), IngestError> {
+        // Types first, so that applying cannot fail half-way.
+        let mut kinds: BTreeMap<&str, CrdtKind> = BTreeMap::new();
+        for (index, e) in events.iter().enumerate() {
+            for op in &e.ops {
+                let have = kinds.get(op.key()).copied().or_else(|| {
+                    draft
+                        .states
+                        .get(op.key())
+                        .or_else(|| self.states.get(op.key()))
+                        .map(Crdt::kind)
+                });
+                match have {
+                    Some(k) if k != op.kind() => {
+                        return Err(IngestError::Invalid {
+                            index,
+                            reason: format!(
+                                "state {:?} is a {}, not a {}",
+                                op.key(),
+                                k.name(),
+                                op.kind().name()
+                            ),
+                        })
+                    }
+                    _ => {
+                        kinds.insert(op.key(), op.kind());
+                    }
+                }
+            }
+        }
+        let mut states: BTreeMap<String, Crdt> = BTreeMap::new();
+        let mut hlc = draft.hlc.clone();
+        let mut bodies = Vec::with_capacity(events.len());
+        for (index, e) in events.iter().enumerate() {
+            let stamp = hlc.now((self.clock)());
+            let mut deltas: Vec<(String, Crdt)> = Vec::with_capacity(e.ops.len());
+            for op in &e.ops {
+                let key = op.key();
+                if !states.contains_key(key) {
+                    let current = draft
+                        .states
+                        .get(key)
+                        .or_else(|| self.states.get(key))
+                        .cloned()
+                        .unwrap_or_else(|| op.kind().bottom());
+                    states.insert(key.to_owned(), current);
+                }
+                let Some(state) = states.get_mut(key) else {
+                    continue; // inserted just above
+                };
+                let delta = op.apply(state, &self.replica, stamp);
+                // Deltas of one event on one key are joined: one entry per key.
+                match deltas.iter_mut().find(|(k, _)| k == key) {
+                    Some((_, d)) => {
+                        let _ = d.join(&delta);
+                    }
+                    None => deltas.push((key.to_owned(), delta)),
+                }
+            }
+            let event = Event {
+                dot: Dot::new(self.replica.clone(), 0), // the spool assigns the seq
+                hlc: stamp,
+                stream: e.stream.clone(),
+                schema_version: e.schema_version,
+                fields: e.fields.clone(),
+                tags: e.tags.clone(),
+            };
+            let body = self
+                .codec
+                .encode_spool_record(&event, &deltas)
+                .map_err(|err| IngestError::Invalid {
+                    index,
+                    reason: err.to_string(),
+                })?;
+            bodies.push(body);
+        }
+        draft.states.extend(states);
+        draft.hlc = hlc;
+        draft.bodies.extend(bodies);
+        Ok(())
+    }
+
+    fn answer(&self, job: Job, result: Result<Accepted, IngestError>) {
+        match &result {
+            Ok(Accepted::Stored(_)) => self
+                .metrics
+                .append_latency
+                .observe(job.arrived.elapsed().as_secs_f64()),
+            Err(e) => self
+                .metrics
+                .refused(job.source, e.reason(), job.events.len() as u64),
+            _ => {}
+        }
+        let _ = job.reply.send(result); // a producer that stopped waiting is not an error
+    }
+}

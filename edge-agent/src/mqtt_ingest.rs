@@ -1,0 +1,98 @@
+//! Ingest from a local MQTT broker that sensors on the gateway publish to.
+//!
+//! A persistent session (clean session off) with manual acknowledgements: a message is
+//! acknowledged to the broker only after its events are durable in the spool, so a message
+//! published while the agent is down or restarting waits in the broker. A message that is not
+//! a valid event is acknowledged (it would never become valid), counted as refused and logged
+//! with its reason. While the spool is full under the block policy the message is retried,
+//! not acknowledged: the broker's in-flight window turns that into back-pressure on sensors.
+//! Delivery from the local broker is at least once: a crash between the spool write and the
+//! broker ack stores the message's events again, with new seqs.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::json::parse_json;
+use crate::ingest::{Ingest, IngestError};
+use crate::metrics::AgentMetrics;
+
+/// Local subscription settings.
+#[derive(Clone, Debug)]
+pub struct MqttIngestConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Topic filters.
+    pub topics: Vec<String>,
+    /// Client id of the persistent session.
+    pub client_id: String,
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    cfg: MqttIngestConfig,
+    ingest: Ingest,
+    metrics: std::sync::Arc<AgentMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    loop {
+        let ev = tokio::select! {
+            ev = events.poll() => ev,
+            _ = shutdown.cancelled() => break,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(session_present = ack.session_present, "local MQTT ingest connected");
+                for t in &cfg.topics {
+                    let _ = client.subscribe(t.as_str(), QoS::AtLeastOnce).await;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let events = match parse_json(&p.payload) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        metrics.refused("mqtt", "invalid", 1);
+                        tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
+                        let _ = client.ack(&p).await;
+                        continue;
+                    }
+                };
+                loop {
+                    match ingest.append("mqtt", events.clone()).await {
+                        Ok(_) => break,
+                        Err(e @ (IngestError::Invalid { .. } | IngestError::TooMany { .. } | IngestError::TooLarge { .. })) => {
+                            tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(reason = %e, "local MQTT message waits for room in the spool");
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                _ = shutdown.cancelled() => return,
+                            }
+                        }
+                    }
+                }
+                let _ = client.ack(&p).await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "local MQTT ingest connection lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+}

@@ -1,0 +1,242 @@
+//! The agent as a service: spool, ingest, uplink, HTTP and the local MQTT subscription wired
+//! together, running until a cancellation token fires, then stopping within a grace period.
+//!
+//! Shutdown order: stop taking new work (HTTP, local MQTT), let the ingest thread answer what
+//! is queued, stop the uplink (it disconnects cleanly), then close the spool. Every answered
+//! event is durable before its answer, so a shutdown that overruns the grace period, or a
+//! `kill -9`, loses nothing that was acknowledged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgesync_schemas::{Codec, Limits};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::http::{router, HttpState};
+use crate::ingest::{Ingest, StartError};
+use crate::metrics::AgentMetrics;
+use crate::mqtt_ingest::{self, MqttIngestConfig};
+use crate::spool::{system_clock, Spool, SpoolError};
+use crate::uplink::{self, Tls, UplinkConfig, UplinkDeps};
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad configuration (including unreadable TLS or password files).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The spool could not be opened.
+    #[error("spool {dir}: {source}")]
+    Spool {
+        /// Its directory.
+        dir: String,
+        /// Why.
+        source: SpoolError,
+    },
+    /// Ingest could not start.
+    #[error("ingest: {0}")]
+    Ingest(#[from] StartError),
+    /// The uplink stopped with an error.
+    #[error("uplink: {0}")]
+    Uplink(#[from] uplink::UplinkError),
+    /// The codec could not be built.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The HTTP server failed.
+    #[error("http: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// The uplink settings of a configuration, with TLS and password files read.
+pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
+    let u = &cfg.uplink;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| ConfigError::Read {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let tls = match &u.tls {
+        None => None,
+        Some(t) => Some(Tls {
+            ca: read(&t.ca_file)?,
+            client_auth: match (&t.client_cert_file, &t.client_key_file) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        }),
+    };
+    let credentials = match (&u.username, &u.password_file) {
+        (Some(user), Some(p)) => {
+            let pass = String::from_utf8_lossy(&read(p)?).trim_end().to_owned();
+            Some((user.clone(), pass))
+        }
+        (Some(user), None) => Some((user.clone(), String::new())),
+        _ => None,
+    };
+    Ok(UplinkConfig {
+        device: cfg.device_id()?,
+        host: u.host.clone(),
+        port: u.port,
+        keep_alive: Duration::from_secs(u.keep_alive_secs.max(1)),
+        agent: cfg.agent_config(),
+        backoff_min: Duration::from_millis(u.backoff_min_ms),
+        backoff_max: Duration::from_millis(u.backoff_max_ms),
+        tls,
+        credentials,
+    })
+}
+
+fn policy_name(cfg: &Config) -> &'static str {
+    match cfg.spool.policy {
+        crate::config::PolicyName::Block => "block",
+        crate::config::PolicyName::DropOldest => "drop-oldest",
+        crate::config::PolicyName::DropNewest => "drop-newest",
+    }
+}
+
+/// Runs the agent on `listener` (the HTTP endpoint) until `shutdown` is cancelled.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(AgentMetrics::register(&mut registry));
+    let registry = Arc::new(registry);
+    let codec = Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
+    let clock = system_clock();
+    let uplink_cfg = uplink_config(&cfg)?;
+    let device = cfg.device_id()?;
+
+    let mut spool_cfg = cfg.spool_config();
+    spool_cfg.clock = clock.clone();
+    let observed = Arc::clone(&metrics);
+    spool_cfg.observer = Some(Arc::new(move |w| {
+        observed.spool_write.observe(w.write.as_secs_f64())
+    }));
+    let dir = cfg.spool.dir.clone();
+    let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, spool_cfg))
+        .await
+        .map_err(|e| ServiceError::Codec(e.to_string()))?
+        .map_err(|source| ServiceError::Spool {
+            dir: cfg.spool.dir.display().to_string(),
+            source,
+        })?;
+    let spool = Arc::new(spool);
+    let meta = spool.meta();
+    tracing::info!(
+        device = %device,
+        incarnation = meta.incarnation.get(),
+        next_seq = meta.next_seq,
+        acked = meta.acked,
+        events = meta.events,
+        "spool open"
+    );
+
+    let appended = Arc::new(Notify::new());
+    let (ingest, ingest_thread) = Ingest::start(
+        Arc::clone(&spool),
+        Arc::clone(&codec),
+        device.clone(),
+        cfg.ingest_config(),
+        clock.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&appended),
+    )?;
+
+    let uplink_stop = CancellationToken::new();
+    let uplink_task = tokio::spawn(uplink::run(
+        uplink_cfg,
+        UplinkDeps {
+            spool: Arc::clone(&spool),
+            codec: Arc::clone(&codec),
+            appended,
+            metrics: Arc::clone(&metrics),
+        },
+        uplink_stop.clone(),
+    ));
+
+    let intake_stop = CancellationToken::new();
+    let mqtt_task = cfg.ingest_mqtt.as_ref().map(|m| {
+        tokio::spawn(mqtt_ingest::run(
+            MqttIngestConfig {
+                host: m.host.clone(),
+                port: m.port,
+                topics: m.topics.clone(),
+                client_id: m.client_id.clone(),
+            },
+            ingest.clone(),
+            Arc::clone(&metrics),
+            intake_stop.clone(),
+        ))
+    });
+
+    let app = router(
+        HttpState {
+            ingest,
+            spool: Arc::clone(&spool),
+            registry,
+            metrics,
+            clock,
+            device: device.to_string(),
+            policy: policy_name(&cfg),
+        },
+        cfg.http.max_body_bytes,
+    );
+    tracing::info!(listen = %listener.local_addr().map_err(ServiceError::Http)?, "http listening");
+    let http_stop = intake_stop.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+
+    // An uplink that fails is fatal: without it nothing leaves the device.
+    let mut uplink_task = uplink_task;
+    let uplink_early = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        r = &mut uplink_task => Some(r),
+    };
+    tracing::info!("stopping");
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    intake_stop.cancel();
+    let stopped = async {
+        let http = http_task.await;
+        if let Some(t) = mqtt_task {
+            let _ = t.await;
+        }
+        // The HTTP router and the MQTT task held the last ingest handles: the thread now
+        // answers what is queued and exits.
+        let _ = tokio::task::spawn_blocking(move || ingest_thread.join()).await;
+        uplink_stop.cancel();
+        let up = match uplink_early {
+            Some(r) => r,
+            None => uplink_task.await,
+        };
+        (http, up)
+    };
+    match tokio::time::timeout(grace, stopped).await {
+        Ok((http, up)) => {
+            if let Ok(Err(e)) = http {
+                return Err(ServiceError::Http(e));
+            }
+            match up {
+                Ok(Ok(stats)) => {
+                    tracing::info!(batches = stats.batches, acks = stats.acks, "uplink stopped");
+                }
+                Ok(Err(e)) => return Err(ServiceError::Uplink(e)),
+                Err(e) => tracing::error!(error = %e, "uplink task failed"),
+            }
+        }
+        Err(_) => tracing::warn!(
+            grace_ms = cfg.shutdown_grace_ms,
+            "shutdown grace period over; every answered event is already durable"
+        ),
+    }
+    Ok(())
+}
