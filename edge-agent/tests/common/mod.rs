@@ -47,6 +47,10 @@ pub struct Seen {
     pub batches: u64,
     /// Batches that arrived wholly at or below the watermark already acknowledged.
     pub stale_batches: u64,
+    /// Seqs the agent reported dropped at the edge.
+    pub dropped: u64,
+    /// The joined state deltas, by key.
+    pub state: BTreeMap<String, Crdt>,
 }
 
 /// The test's stand-in for bridge + reconciler: apply and acknowledge, retained.
@@ -77,6 +81,15 @@ pub fn serve(addr: std::net::SocketAddr, seen: Arc<Mutex<Seen>>) {
                 s.batches += 1;
                 s.stale_batches += u64::from(stale);
                 s.released.extend(a.released.iter().map(|e| e.dot.seq));
+                s.dropped += a.dropped;
+                for (k, d) in &a.deltas {
+                    match s.state.get_mut(k) {
+                        Some(c) => c.join(d).unwrap(),
+                        None => {
+                            s.state.insert(k.clone(), d.clone());
+                        }
+                    }
+                }
             }
             let ack = Ack {
                 replica: replica.clone(),
@@ -105,3 +118,44 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+
+/// One HTTP/1.1 request; returns status, headers (lower-cased names) and body.
+pub fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// `n` NDJSON events, each +1 on the G-counter `readings` and a rollup sample.
+pub fn ndjson(n: usize, start: usize) -> Vec<u8> {
+    let mut out = String::new();
+    for i in start..start + n {
+        out.push_str(&format!(
+            "{{\"stream\":\"pump.telemetry\",\"fields\":{{\"i\":{i},\"pressure_kpa\":101.5}},\"tags\":{{\"site\":\"north\"}},\"ops\":[{{\"op\":\"inc\",\"key\":\"readings\",\"by\":1}},{{\"op\":\"rollup\",\"key\":\"pressure\",\"value\":101.5,\"bucket_ms\":60000}}]}}\n"
+        ));
+    }
+    out.into_bytes()
+}
