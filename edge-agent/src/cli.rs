@@ -60,7 +60,8 @@ fn policy(cfg: &Config) -> &'static str {
 }
 
 fn open_read_only(cfg: &Config) -> Result<Spool, String> {
-    Spool::open_read_only(&cfg.spool.dir).map_err(|e| format!("spool {}: {e}", cfg.spool.dir.display()))
+    Spool::open_read_only(&cfg.spool.dir)
+        .map_err(|e| format!("spool {}: {e}", cfg.spool.dir.display()))
 }
 
 /// `status`: from the running agent, or from the spool when it is not running.
@@ -70,7 +71,13 @@ pub fn status(cfg: &Config) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let spool = open_read_only(cfg)?;
-    let doc = status_json(&spool, &cfg.device.id, policy(cfg), None, (system_clock())());
+    let doc = status_json(
+        &spool,
+        &cfg.device.id,
+        policy(cfg),
+        None,
+        (system_clock())(),
+    );
     println!("{doc}");
     Ok(ExitCode::SUCCESS)
 }
@@ -120,13 +127,17 @@ fn entry_json(codec: &Codec, replica: &ReplicaId, e: &Entry) -> serde_json::Valu
                 "deltas": deltas.iter().map(|(k, c)| serde_json::json!({"key": k, "type": c.kind().name()})).collect::<Vec<_>>(),
                 "bytes": body.len(),
             }),
-            Err(err) => serde_json::json!({"seq": seq, "error": err.to_string(), "bytes": body.len()}),
+            Err(err) => {
+                serde_json::json!({"seq": seq, "error": err.to_string(), "bytes": body.len()})
+            }
         },
         Entry::Dropped {
             first,
             last,
             reason,
-        } => serde_json::json!({"dropped": {"first": first, "last": last, "reason": reason.name()}}),
+        } => {
+            serde_json::json!({"dropped": {"first": first, "last": last, "reason": reason.name()}})
+        }
     }
 }
 

@@ -408,7 +408,12 @@ impl Config {
 }
 
 /// Sets `path` in `root` to `raw` (TOML if it parses as a value, else a string).
-fn set(root: &mut toml::Table, path: &[String], raw: &str, origin: &str) -> Result<(), ConfigError> {
+fn set(
+    root: &mut toml::Table,
+    path: &[String],
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
     let bad = |message: &str| ConfigError::Syntax {
         origin: origin.to_owned(),
         message: message.to_owned(),
@@ -458,7 +463,11 @@ mod tests {
     fn file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.toml");
-        std::fs::write(&p, "[device]\nid = \"a\"\n[uplink]\nport = 1\nhost = \"h\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "[device]\nid = \"a\"\n[uplink]\nport = 1\nhost = \"h\"\n",
+        )
+        .unwrap();
         let c = Config::load(
             Some(&p),
             env(&[
@@ -487,7 +496,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("max_byte"));
-        let e = Config::load(None, [], &["device.id=a".into(), "spool.policy=drop-all".into()]);
+        let e = Config::load(
+            None,
+            [],
+            &["device.id=a".into(), "spool.policy=drop-all".into()],
+        );
         assert!(e.unwrap_err().to_string().contains("drop-all"));
     }
 

@@ -20,11 +20,11 @@ struct Cli {
 #[derive(Debug, Args)]
 struct ConfigArgs {
     /// TOML configuration file (see deploy/edge-agent.toml).
-    #[arg(short, long, env = "EDGESYNC_AGENT_CONFIG")]
+    #[arg(short, long, env = "EDGESYNC_AGENT_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Override one setting, e.g. `--set uplink.port=8883` (repeatable; after the file and
     /// EDGESYNC_AGENT__* environment variables).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
+    #[arg(long = "set", value_name = "PATH=VALUE", global = true)]
     set: Vec<String>,
 }
 
@@ -87,21 +87,20 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let load = |a: &ConfigArgs| Config::load(a.config.as_deref(), std::env::vars(), &a.set);
-    let result = match cli.command {
-        Command::Run(a) => load(&a).map_err(|e| e.to_string()).and_then(run),
-        Command::Status { config } => load(&config)
-            .map_err(|e| e.to_string())
-            .and_then(|c| cli::status(&c)),
-        Command::Spool { config, command } => {
-            load(&config)
+    let result =
+        match cli.command {
+            Command::Run(a) => load(&a).map_err(|e| e.to_string()).and_then(run),
+            Command::Status { config } => load(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|c| cli::status(&c)),
+            Command::Spool { config, command } => load(&config)
                 .map_err(|e| e.to_string())
                 .and_then(|c| match command {
                     SpoolCommand::Inspect { from, limit } => cli::inspect(&c, from, limit),
                     SpoolCommand::Verify { repair } => cli::verify(&c, repair),
                     SpoolCommand::Replay { from, to } => cli::replay(&c, from, to),
-                })
-        }
-    };
+                }),
+        };
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -104,14 +104,26 @@ impl AgentMetrics {
             last_stats: Mutex::new(SpoolStats::default()),
         };
         let r = registry.sub_registry_with_prefix("edgesync_agent");
-        r.register("spool_events", "Event records held in the spool", m.spool_events.clone());
-        r.register("spool_bytes", "Bytes of records held in the spool", m.spool_bytes.clone());
+        r.register(
+            "spool_events",
+            "Event records held in the spool",
+            m.spool_events.clone(),
+        );
+        r.register(
+            "spool_bytes",
+            "Bytes of records held in the spool",
+            m.spool_bytes.clone(),
+        );
         r.register(
             "oldest_unacked_age_seconds",
             "Age of the oldest event the server has not acknowledged",
             m.oldest_unacked_age.clone(),
         );
-        r.register("acked_watermark", "Highest seq the server acknowledged", m.acked_watermark.clone());
+        r.register(
+            "acked_watermark",
+            "Highest seq the server acknowledged",
+            m.acked_watermark.clone(),
+        );
         r.register("last_seq", "Highest seq assigned", m.last_seq.clone());
         r.register(
             "append_latency_seconds",
@@ -123,20 +135,44 @@ impl AgentMetrics {
             "One group write to the spool, fsync included",
             m.spool_write.clone(),
         );
-        r.register("ingested_events", "Events stored, by source", m.ingested.clone());
-        r.register("rejected_events", "Events refused, by source and reason", m.rejected.clone());
-        r.register("dropped_events", "Events dropped at the edge, by reason", m.dropped.clone());
+        r.register(
+            "ingested_events",
+            "Events stored, by source",
+            m.ingested.clone(),
+        );
+        r.register(
+            "rejected_events",
+            "Events refused, by source and reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "dropped_events",
+            "Events dropped at the edge, by reason",
+            m.dropped.clone(),
+        );
         r.register("published_batches", "Batches published", m.batches.clone());
-        r.register("published_wire_bytes", "Bytes published on the wire", m.wire_bytes.clone());
+        r.register(
+            "published_wire_bytes",
+            "Bytes published on the wire",
+            m.wire_bytes.clone(),
+        );
         r.register(
             "published_raw_bytes",
             "Spool bytes of the published events, before batching and compression",
             m.raw_bytes.clone(),
         );
         r.register("acks", "Acknowledgements received", m.acks.clone());
-        r.register("reconnects", "Connections established after the first", m.reconnects.clone());
+        r.register(
+            "reconnects",
+            "Connections established after the first",
+            m.reconnects.clone(),
+        );
         r.register("disconnects", "Connection losses", m.disconnects.clone());
-        r.register("link_up", "1 while connected to the broker", m.link_up.clone());
+        r.register(
+            "link_up",
+            "1 while connected to the broker",
+            m.link_up.clone(),
+        );
         m
     }
 
@@ -159,14 +195,24 @@ impl AgentMetrics {
                 .inc_by(new.saturating_sub(old));
         };
         add("quota_newest", now.dropped_newest, last.dropped_newest);
-        add("quota_oldest", now.dropped_oldest_quota, last.dropped_oldest_quota);
-        add("age_oldest", now.dropped_oldest_age, last.dropped_oldest_age);
+        add(
+            "quota_oldest",
+            now.dropped_oldest_quota,
+            last.dropped_oldest_quota,
+        );
+        add(
+            "age_oldest",
+            now.dropped_oldest_age,
+            last.dropped_oldest_age,
+        );
         *last = now;
     }
 
     /// Counts `n` stored events from `source`.
     pub fn stored(&self, source: &'static str, n: u64) {
-        self.ingested.get_or_create(&SourceLabel { source }).inc_by(n);
+        self.ingested
+            .get_or_create(&SourceLabel { source })
+            .inc_by(n);
     }
 
     /// Counts `n` refused events from `source`.

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::json::parse_json;
@@ -32,6 +32,10 @@ pub struct MqttIngestConfig {
 }
 
 /// Runs until `shutdown` is cancelled.
+///
+/// The MQTT event loop only receives and hands messages to a worker task, which appends and
+/// acknowledges them in order: an event loop that is not polled while a message is being
+/// stored stalls rumqttc's outgoing acknowledgements.
 pub async fn run(
     cfg: MqttIngestConfig,
     ingest: Ingest,
@@ -43,7 +47,10 @@ pub async fn run(
     opts.set_manual_acks(true);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut events) = AsyncClient::new(opts, 64);
+    let (client, mut events) = AsyncClient::new(opts, 1024);
+    // The broker's in-flight window bounds unacknowledged QoS 1 messages; this bounds the rest.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Publish>(4096);
+    let worker = tokio::spawn(store(rx, client.clone(), ingest, metrics, shutdown.clone()));
     loop {
         let ev = tokio::select! {
             ev = events.poll() => ev,
@@ -51,38 +58,18 @@ pub async fn run(
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                tracing::info!(session_present = ack.session_present, "local MQTT ingest connected");
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "local MQTT ingest connected"
+                );
                 for t in &cfg.topics {
                     let _ = client.subscribe(t.as_str(), QoS::AtLeastOnce).await;
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let events = match parse_json(&p.payload) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        metrics.refused("mqtt", "invalid", 1);
-                        tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
-                        let _ = client.ack(&p).await;
-                        continue;
-                    }
-                };
-                loop {
-                    match ingest.append("mqtt", events.clone()).await {
-                        Ok(_) => break,
-                        Err(e @ (IngestError::Invalid { .. } | IngestError::TooMany { .. } | IngestError::TooLarge { .. })) => {
-                            tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::debug!(reason = %e, "local MQTT message waits for room in the spool");
-                            tokio::select! {
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                                _ = shutdown.cancelled() => return,
-                            }
-                        }
-                    }
+                if tx.send(p).await.is_err() {
+                    break;
                 }
-                let _ = client.ack(&p).await;
             }
             Ok(_) => {}
             Err(e) => {
@@ -94,5 +81,50 @@ pub async fn run(
             }
         }
     }
+    drop(tx);
+    let _ = worker.await;
     let _ = client.disconnect().await;
+}
+
+/// Appends each message's events and acknowledges it once they are durable.
+async fn store(
+    mut rx: tokio::sync::mpsc::Receiver<Publish>,
+    client: AsyncClient,
+    ingest: Ingest,
+    metrics: std::sync::Arc<AgentMetrics>,
+    shutdown: CancellationToken,
+) {
+    while let Some(p) = rx.recv().await {
+        let events = match parse_json(&p.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                metrics.refused("mqtt", "invalid", 1);
+                tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
+                let _ = client.ack(&p).await;
+                continue;
+            }
+        };
+        loop {
+            match ingest.append("mqtt", events.clone()).await {
+                Ok(_) => break,
+                Err(
+                    e @ (IngestError::Invalid { .. }
+                    | IngestError::TooMany { .. }
+                    | IngestError::TooLarge { .. }),
+                ) => {
+                    tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e, "local MQTT message waits for room in the spool");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        // Not acknowledged: the broker delivers it again after a restart.
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+        let _ = client.ack(&p).await;
+    }
 }

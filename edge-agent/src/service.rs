@@ -108,7 +108,8 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Arc::new(AgentMetrics::register(&mut registry));
     let registry = Arc::new(registry);
-    let codec = Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
+    let codec =
+        Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
     let clock = system_clock();
     let uplink_cfg = uplink_config(&cfg)?;
     let device = cfg.device_id()?;

@@ -55,7 +55,10 @@ impl Agent {
 
     /// Every event and joined state the spool holds, as the server sees them.
     fn sync(&self) -> (Vec<edgesync_core::Event>, BTreeMap<String, Crdt>) {
-        let replica = ReplicaId::new(DeviceId::new("pump-1").unwrap(), self.spool.meta().incarnation);
+        let replica = ReplicaId::new(
+            DeviceId::new("pump-1").unwrap(),
+            self.spool.meta().incarnation,
+        );
         let mut server = Server::new(ServerConfig::default());
         let (mut events, mut state) = (Vec::new(), BTreeMap::<String, Crdt>::new());
         let last = self.spool.meta().next_seq - 1;
@@ -126,17 +129,26 @@ fn operations_survive_restart_and_the_clock_never_goes_back() {
     let a = Agent::open(dir.path(), SpoolConfig::default(), clock.clone());
     let r = a
         .append(vec![
-            event(vec![inc("starts", 2), Op::Mv {
-                key: "mode".into(),
-                value: Value::String("auto".into()),
-            }]),
-            event(vec![inc("starts", 3), Op::SetAdd {
-                key: "alarms".into(),
-                value: Value::String("overheat".into()),
-            }]),
+            event(vec![
+                inc("starts", 2),
+                Op::Mv {
+                    key: "mode".into(),
+                    value: Value::String("auto".into()),
+                },
+            ]),
+            event(vec![
+                inc("starts", 3),
+                Op::SetAdd {
+                    key: "alarms".into(),
+                    value: Value::String("overheat".into()),
+                },
+            ]),
         ])
         .unwrap();
-    assert_eq!(r, Accepted::Stored(edgesync_core::SeqRange { start: 1, end: 2 }));
+    assert_eq!(
+        r,
+        Accepted::Stored(edgesync_core::SeqRange { start: 1, end: 2 })
+    );
     let spool = a.close();
     drop(spool);
 
@@ -157,10 +169,17 @@ fn operations_survive_restart_and_the_clock_never_goes_back() {
     .unwrap();
     let (events, state) = a.sync();
     assert_eq!(events.len(), 3);
-    assert!(events.windows(2).all(|w| w[0].hlc < w[1].hlc), "HLC went back across restart");
+    assert!(
+        events.windows(2).all(|w| w[0].hlc < w[1].hlc),
+        "HLC went back across restart"
+    );
     assert_eq!(counter(&state, "starts"), 10);
     match &state["alarms"] {
-        Crdt::OrSet(s) => assert_eq!(s.elements().count(), 0, "remove after restart lost the add's dot"),
+        Crdt::OrSet(s) => assert_eq!(
+            s.elements().count(),
+            0,
+            "remove after restart lost the add's dot"
+        ),
         other => panic!("{other:?}"),
     }
     match &state["mode"] {
@@ -180,12 +199,22 @@ fn a_bad_event_refuses_the_whole_request_and_stores_nothing() {
     let cases: Vec<(Vec<IngestEvent>, usize, &str)> = vec![
         (vec![event(vec![]), bad_stream], 1, "stream"),
         (
-            vec![event(vec![inc("x", 1)]), event(vec![Op::Add { key: "starts".into(), by: 1 }])],
+            vec![
+                event(vec![inc("x", 1)]),
+                event(vec![Op::Add {
+                    key: "starts".into(),
+                    by: 1,
+                }]),
+            ],
             1,
             "is a G_COUNTER",
         ),
         (
-            vec![event(vec![Op::Rollup { key: "p".into(), value: f64::NAN, bucket_ms: 1000 }])],
+            vec![event(vec![Op::Rollup {
+                key: "p".into(),
+                value: f64::NAN,
+                bucket_ms: 1000,
+            }])],
             0,
             "finite",
         ),
@@ -201,12 +230,22 @@ fn a_bad_event_refuses_the_whole_request_and_stores_nothing() {
         }
     }
     let too_many = (0..10_001).map(|_| event(vec![])).collect();
-    assert!(matches!(a.append(too_many), Err(IngestError::TooMany { .. })));
-    assert_eq!(a.spool.meta().next_seq, 2, "a refused request consumed seqs");
+    assert!(matches!(
+        a.append(too_many),
+        Err(IngestError::TooMany { .. })
+    ));
+    assert_eq!(
+        a.spool.meta().next_seq,
+        2,
+        "a refused request consumed seqs"
+    );
     let (events, state) = a.sync();
     assert_eq!(events.len(), 1);
     assert_eq!(counter(&state, "starts"), 1);
-    assert!(!state.contains_key("x"), "state of a refused request was kept");
+    assert!(
+        !state.contains_key("x"),
+        "state of a refused request was kept"
+    );
 }
 
 #[test]

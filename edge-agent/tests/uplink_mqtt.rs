@@ -27,7 +27,11 @@ fn cfg(device: &str, addr: std::net::SocketAddr) -> UplinkConfig {
         },
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
-        ..UplinkConfig::new(DeviceId::new(device).unwrap(), addr.ip().to_string(), addr.port())
+        ..UplinkConfig::new(
+            DeviceId::new(device).unwrap(),
+            addr.ip().to_string(),
+            addr.port(),
+        )
     }
 }
 

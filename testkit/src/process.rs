@@ -178,6 +178,26 @@ impl Managed {
         }
     }
 
+    /// SIGTERM (setpriv execs the program, so the child's pid is the program's), then waits
+    /// up to `timeout` for it to exit; returns its exit status, or `None` if it had to be
+    /// killed.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     /// Starts the process again with the same spec (same data directory) and waits until ready.
     pub fn restart(&mut self) -> Result<(), Error> {
         self.kill9();

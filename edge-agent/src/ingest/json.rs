@@ -77,7 +77,11 @@ enum JsonOp {
         value: serde_json::Value,
     },
     /// Rollup sample into the bucket of the event's time.
-    Rollup { key: String, value: f64, bucket_ms: u64 },
+    Rollup {
+        key: String,
+        value: f64,
+        bucket_ms: u64,
+    },
 }
 
 /// A JSON scalar as a typed value.
@@ -110,12 +114,30 @@ impl TryFrom<JsonOp> for Op {
         Ok(match o {
             JsonOp::Inc { key, by } => Op::Inc { key, by },
             JsonOp::Add { key, by } => Op::Add { key, by },
-            JsonOp::Max { key, value: v } => Op::Max { key, value: value(v)? },
-            JsonOp::Min { key, value: v } => Op::Min { key, value: value(v)? },
-            JsonOp::Lww { key, value: v } => Op::Lww { key, value: value(v)? },
-            JsonOp::Mv { key, value: v } => Op::Mv { key, value: value(v)? },
-            JsonOp::SetAdd { key, value: v } => Op::SetAdd { key, value: value(v)? },
-            JsonOp::SetRemove { key, value: v } => Op::SetRemove { key, value: value(v)? },
+            JsonOp::Max { key, value: v } => Op::Max {
+                key,
+                value: value(v)?,
+            },
+            JsonOp::Min { key, value: v } => Op::Min {
+                key,
+                value: value(v)?,
+            },
+            JsonOp::Lww { key, value: v } => Op::Lww {
+                key,
+                value: value(v)?,
+            },
+            JsonOp::Mv { key, value: v } => Op::Mv {
+                key,
+                value: value(v)?,
+            },
+            JsonOp::SetAdd { key, value: v } => Op::SetAdd {
+                key,
+                value: value(v)?,
+            },
+            JsonOp::SetRemove { key, value: v } => Op::SetRemove {
+                key,
+                value: value(v)?,
+            },
             JsonOp::Rollup {
                 key,
                 value,
@@ -220,10 +242,22 @@ mod tests {
             (r#"{"stream":"s","feilds":{}}"#, "unknown field"),
             (r#"{"stream":"s","fields":{"a":null}}"#, "null"),
             (r#"{"stream":"s","fields":{"a":[1]}}"#, "array"),
-            (r#"{"stream":"s","fields":{"a":18446744073709551615}}"#, "64-bit"),
-            (r#"{"stream":"s","ops":[{"op":"inc","key":"k","by":-1}]}"#, "invalid value"),
-            (r#"{"stream":"s","ops":[{"op":"frobnicate","key":"k"}]}"#, "unknown variant"),
-            (r#"{"stream":"s","ops":[{"op":"inc","key":"k","by":1,"x":2}]}"#, "unknown field"),
+            (
+                r#"{"stream":"s","fields":{"a":18446744073709551615}}"#,
+                "64-bit",
+            ),
+            (
+                r#"{"stream":"s","ops":[{"op":"inc","key":"k","by":-1}]}"#,
+                "invalid value",
+            ),
+            (
+                r#"{"stream":"s","ops":[{"op":"frobnicate","key":"k"}]}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"stream":"s","ops":[{"op":"inc","key":"k","by":1,"x":2}]}"#,
+                "unknown field",
+            ),
             (r#"{"fields":{}}"#, "missing field"),
         ];
         for (input, why) in bad {
@@ -232,7 +266,10 @@ mod tests {
             assert_eq!(err.index, 1, "{input}");
             assert!(err.reason.contains(why), "{input}: {}", err.reason);
         }
-        assert!(parse_json(b"{not json").unwrap_err().reason.contains("not JSON"));
+        assert!(parse_json(b"{not json")
+            .unwrap_err()
+            .reason
+            .contains("not JSON"));
     }
 
     #[test]

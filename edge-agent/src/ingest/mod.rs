@@ -484,7 +484,10 @@ fn encode_hlc(h: Hlc) -> Vec<u8> {
 fn decode_hlc(b: &[u8]) -> Option<Hlc> {
     let (wall, logical) = b.split_first_chunk::<8>()?;
     let logical: [u8; 4] = logical.try_into().ok()?;
-    Some(Hlc::new(u64::from_be_bytes(*wall), u32::from_be_bytes(logical)))
+    Some(Hlc::new(
+        u64::from_be_bytes(*wall),
+        u32::from_be_bytes(logical),
+    ))
 }
 
 struct Worker {
@@ -552,9 +555,9 @@ impl Worker {
                 Ok(b) => state.push((format!("{CRDT_PREFIX}{k}"), b)),
                 Err(e) => {
                     let why = format!("encode state {k:?}: {e}");
-                    ready.into_iter().for_each(|j| {
-                        self.answer(j, Err(IngestError::Unavailable(why.clone())))
-                    });
+                    ready
+                        .into_iter()
+                        .for_each(|j| self.answer(j, Err(IngestError::Unavailable(why.clone()))));
                     return;
                 }
             }

@@ -118,7 +118,6 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-
 /// One HTTP/1.1 request; returns status, headers (lower-cased names) and body.
 pub fn http(
     addr: std::net::SocketAddr,
