@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::{http, ndjson, serve, wait_until, Seen};
 use edgesync_core::Crdt;
-use edgesync_testkit::{free_port, FaultProxy, Managed, Mosquitto, ProcessSpec, Ready};
+use edgesync_testkit::{
+    free_port, FaultProxy, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready, TestPki,
+};
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync-agent");
@@ -538,4 +540,52 @@ fn sensors_on_the_local_broker_are_ingested_and_bad_messages_counted() {
         100.0
     );
     assert_eq!(seen.lock().unwrap().released.len(), 100);
+}
+
+#[test]
+fn uplink_over_mutual_tls_delivers_and_a_wrong_ca_never_connects() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(certs.path(), "pump-tls").unwrap();
+    let m = Mosquitto::start_with(MosquittoOptions {
+        tls: Some((pki.clone(), true)),
+        ..MosquittoOptions::default()
+    })
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    serve(m.addr(), Arc::clone(&seen)); // the stand-in server uses the plain listener
+    let tls = m.tls_addr().unwrap();
+    let ca = format!("uplink.tls.ca_file={:?}", pki.ca.display().to_string());
+    let cert = format!(
+        "uplink.tls.client_cert_file={:?}",
+        pki.client_cert.display().to_string()
+    );
+    let key = format!(
+        "uplink.tls.client_key_file={:?}",
+        pki.client_key.display().to_string()
+    );
+    let a = AgentProc::start("pump-tls", tls, &[&ca, &cert, &key]);
+    assert_eq!(a.post("application/x-ndjson", &ndjson(100, 0)).0, 200);
+    assert!(
+        wait_until(Duration::from_secs(30), || a.status()["acked_watermark"]
+            == 100),
+        "{}\n{}",
+        a.status(),
+        a.log()
+    );
+    assert_eq!(seen.lock().unwrap().released.len(), 100);
+
+    // Another CA: the broker's certificate is refused and nothing is sent.
+    let other = tempfile::tempdir().unwrap();
+    let other_pki = TestPki::create(other.path(), "pump-tls2").unwrap();
+    let ca = format!(
+        "uplink.tls.ca_file={:?}",
+        other_pki.ca.display().to_string()
+    );
+    let b = AgentProc::start("pump-tls2", tls, &[&ca, &cert, &key]);
+    assert_eq!(b.post("application/x-ndjson", &ndjson(10, 0)).0, 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let st = b.status();
+    assert_eq!(st["link_up"], false, "{st}");
+    assert_eq!(st["acked_watermark"], 0, "{st}");
+    assert!(b.log().contains("uplink connection lost"), "{}", b.log());
 }

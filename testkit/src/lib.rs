@@ -20,12 +20,14 @@ mod mosquitto;
 mod names;
 mod process;
 mod proxy;
+mod tls;
 
 pub use kafka::{Kafka, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::unique;
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use proxy::FaultProxy;
+pub use tls::TestPki;
 
 use std::time::Duration;
 

@@ -18,6 +18,9 @@ pub struct MosquittoOptions {
     pub users: Vec<(String, String)>,
     /// ACL file contents (Mosquitto syntax, e.g. `pattern write edgesync/v1/%c/batch`).
     pub acl: Option<String>,
+    /// A second listener, TLS with these files (see [`Mosquitto::tls_addr`]);
+    /// `require_client_cert` makes it mutual TLS.
+    pub tls: Option<(crate::TestPki, bool)>,
 }
 
 /// A running Mosquitto. Dropping it kills the broker and removes its directory.
@@ -25,6 +28,7 @@ pub struct MosquittoOptions {
 pub struct Mosquitto {
     process: Managed,
     port: u16,
+    tls_port: Option<u16>,
     dir: TempDir,
 }
 
@@ -70,8 +74,23 @@ impl Mosquitto {
             .map_err(io("create mosquitto dir"))?;
         let port = free_port()?;
         let d = dir.path();
-        let mut conf = format!(
-            "listener {port} 127.0.0.1\n\
+        let mut conf = format!("listener {port} 127.0.0.1\n");
+        let tls_port = match opts.tls {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
+        if let (Some((pki, require_client_cert)), Some(tls_port)) = (&opts.tls, tls_port) {
+            // Security settings apply to the listener defined last.
+            conf.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\n\
+                 cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_client_cert}\n",
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display()
+            ));
+        }
+        conf.push_str(&format!(
+            "\
              persistence true\n\
              persistence_location {}/\n\
              autosave_interval 1\n\
@@ -82,7 +101,7 @@ impl Mosquitto {
              max_inflight_messages 100\n\
              max_queued_messages 100000\n",
             d.display()
-        );
+        ));
         if running_as_root() {
             // Mosquitto started as root switches to the `mosquitto` user, which cannot write to
             // this root-owned directory: stay root (a test broker on 127.0.0.1 only).
@@ -131,7 +150,12 @@ impl Mosquitto {
             ready: Ready::Probe(Box::new(move || mqtt_handshake(addr))),
         };
         let process = Managed::start(spec)?;
-        Ok(Self { process, port, dir })
+        Ok(Self {
+            process,
+            port,
+            tls_port,
+            dir,
+        })
     }
 
     /// The listener's port.
@@ -142,6 +166,11 @@ impl Mosquitto {
     /// The listener's address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The TLS listener's address, when configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
     }
 
     /// The process (kill -9, restart on the same persistence directory, pid, log).
