@@ -1,55 +1,16 @@
 //! What the `status` and `spool` commands do (the binary only parses arguments).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use edgesync_core::{Dot, ReplicaId};
 use edgesync_schemas::{Codec, Limits};
-use tokio_util::sync::CancellationToken;
+use edgesync_servicekit::http_get;
 
 use crate::config::Config;
 use crate::http::status_json;
 use crate::service::uplink_config;
 use crate::spool::{system_clock, Entry, Spool, SpoolError};
-
-/// Cancels `token` on SIGINT or SIGTERM.
-pub async fn on_signal(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            token.cancel();
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    token.cancel();
-}
-
-/// A minimal HTTP/1.1 GET against the local endpoint (no client library for one request).
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_owned()))
-}
 
 fn policy(cfg: &Config) -> &'static str {
     match cfg.spool.policy {

@@ -250,29 +250,7 @@ fn ingest_client_id() -> String {
     "edgesync-agent-ingest".into()
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("read {path}: {source}")]
-    Read {
-        /// Which file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// TOML syntax.
-    #[error("{origin}: {message}")]
-    Syntax {
-        /// File, environment variable or flag.
-        origin: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// Well-formed but wrong (unknown field, wrong type, missing value, bad id).
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use edgesync_servicekit::config::ConfigError;
 
 impl Config {
     /// Loads `file` (if any), then `env` overrides (`EDGESYNC_AGENT__...` pairs), then `sets`
@@ -282,43 +260,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Self, ConfigError> {
-        let mut root = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::Syntax {
-                        origin: path.display().to_string(),
-                        message: e.to_string(),
-                    })?
-            }
-            None => toml::Table::new(),
-        };
-        let mut env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect();
-        env.sort(); // the same environment gives the same result, whatever its order
-        for (k, v) in env {
-            let path: Vec<String> = k[ENV_PREFIX.len()..]
-                .split("__")
-                .map(str::to_ascii_lowercase)
-                .collect();
-            set(&mut root, &path, &v, &k)?;
-        }
-        for s in sets {
-            let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::Syntax {
-                origin: format!("--set {s}"),
-                message: "expected path=value".into(),
-            })?;
-            let path: Vec<String> = k.trim().split('.').map(str::to_owned).collect();
-            set(&mut root, &path, v.trim(), &format!("--set {s}"))?;
-        }
-        let cfg: Config = toml::Value::Table(root)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        let cfg: Config = edgesync_servicekit::config::load(file, env, ENV_PREFIX, sets)?;
         cfg.check()?;
         Ok(cfg)
     }
@@ -407,39 +349,6 @@ impl Config {
     }
 }
 
-/// Sets `path` in `root` to `raw` (TOML if it parses as a value, else a string).
-fn set(
-    root: &mut toml::Table,
-    path: &[String],
-    raw: &str,
-    origin: &str,
-) -> Result<(), ConfigError> {
-    let bad = |message: &str| ConfigError::Syntax {
-        origin: origin.to_owned(),
-        message: message.to_owned(),
-    };
-    let (last, parents) = path.split_last().ok_or_else(|| bad("empty path"))?;
-    if path.iter().any(String::is_empty) {
-        return Err(bad("empty path part"));
-    }
-    let mut table = root;
-    for p in parents {
-        let entry = table
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| bad(&format!("{p} is not a section")))?;
-    }
-    let value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
-    table.insert(last.clone(), value);
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -457,32 +366,6 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge-agent.toml");
         let c = Config::load(Some(&p), [], &[]).unwrap();
         assert_eq!(c.device.id, "pump-0042");
-    }
-
-    #[test]
-    fn file_then_env_then_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.toml");
-        std::fs::write(
-            &p,
-            "[device]\nid = \"a\"\n[uplink]\nport = 1\nhost = \"h\"\n",
-        )
-        .unwrap();
-        let c = Config::load(
-            Some(&p),
-            env(&[
-                ("EDGESYNC_AGENT__UPLINK__PORT", "2"),
-                ("EDGESYNC_AGENT__SPOOL__POLICY", "drop-oldest"),
-                ("OTHER", "x"),
-            ]),
-            &["uplink.host=broker.local".into()],
-        )
-        .unwrap();
-        assert_eq!(c.uplink.port, 2);
-        assert_eq!(c.uplink.host, "broker.local");
-        assert_eq!(c.spool.policy, PolicyName::DropOldest);
-        let c = Config::load(Some(&p), [], &["uplink.port=3".into()]).unwrap();
-        assert_eq!(c.uplink.port, 3);
     }
 
     #[test]

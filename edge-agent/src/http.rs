@@ -25,8 +25,9 @@ use serde_json::json;
 
 use crate::ingest::json::{parse_json, parse_ndjson};
 use crate::ingest::{Accepted, Ingest, IngestError};
-use crate::metrics::{render, AgentMetrics};
+use crate::metrics::AgentMetrics;
 use crate::spool::{Clock, Spool};
+use edgesync_servicekit::{render_metrics, METRICS_CONTENT_TYPE};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -171,11 +172,8 @@ pub fn status_json(
 async fn metrics(State(s): State<HttpState>) -> Response {
     s.metrics.refresh(&s.spool, (s.clock)());
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        render(&s.registry),
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        render_metrics(&s.registry),
     )
         .into_response()
 }

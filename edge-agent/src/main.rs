@@ -117,7 +117,7 @@ fn run(cfg: Config) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("listen on {}: {e}", cfg.http.listen))?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(cli::on_signal(shutdown.clone()));
+        tokio::spawn(edgesync_servicekit::on_signal(shutdown.clone()));
         service::run(cfg, listener, shutdown)
             .await
             .map_err(|e| e.to_string())?;

@@ -229,11 +229,3 @@ impl AgentMetrics {
             .inc_by(n);
     }
 }
-
-/// Renders the registry in the OpenMetrics text format.
-pub fn render(registry: &Registry) -> String {
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
-    out
-}

@@ -1,0 +1,65 @@
+//! # edgesync-servicekit
+//!
+//! The plumbing every edgesync service (agent, bridge, reconciler) shares, so that they behave
+//! the same for operators: configuration in three layers with unknown fields refused
+//! ([`config`]), shutdown on SIGINT/SIGTERM through a cancellation token ([`on_signal`]),
+//! Prometheus text rendering ([`render_metrics`]) and a minimal HTTP GET for CLIs that ask a
+//! running service for its status ([`http_get`]).
+
+pub mod config;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub async fn on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            token.cancel();
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    token.cancel();
+}
+
+/// Renders `registry` in the OpenMetrics text format.
+pub fn render_metrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
+
+/// Content type of [`render_metrics`]' output.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A minimal HTTP/1.1 GET against a local endpoint: status code and body (no client library
+/// for one request from a CLI).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_owned()))
+}
