@@ -1,10 +1,20 @@
 //! # edgesync-bridge
 //!
-//! Subscribes to the MQTT broker and produces batches into Kafka keyed by device, acknowledging MQTT only after Kafka has the data; dead-letters bad input; carries acknowledgements back to devices.
+//! The one place where MQTT meets Kafka, in both directions:
 //!
-//! Not built yet: this crate holds the place of the bridge in the workspace until its issue
-//! (#6) lands. What exists today is the model it will run: `edgesync-core` and the wire
-//! contract in `edgesync-schemas`.
+//! - [`mqtt_in`]: a persistent, shared MQTT subscription to `edgesync/v1/+/batch`; each
+//!   batch is validated ([`validate`]) and produced to the deltas topic keyed by device (or
+//!   to the dead-letter topic with its reason), and acknowledged to MQTT only after Kafka's
+//!   delivery report;
+//! - [`acks`]: the acks topic back to devices as retained messages on their ack topics.
+//!
+//! [`service::run`] wires them under one cancellation token; [`config`] is the typed
+//! configuration; [`metrics`] the Prometheus metrics.
 
-/// What this binary says when asked to run before it is built.
-pub const NOT_BUILT: &str = "the edgesync bridge is not built yet (issue #6); see ARCHITECTURE.md";
+pub mod acks;
+pub mod config;
+pub mod kafka;
+pub mod metrics;
+pub mod mqtt_in;
+pub mod service;
+pub mod validate;

@@ -1,6 +1,72 @@
-//! `edgesync-bridge`: placeholder entry point until issue #6; exits 2 so nothing mistakes it for a service.
+//! `edgesync-bridge`: MQTT → Kafka for device batches, Kafka → MQTT for acknowledgements.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("{}", edgesync_bridge::NOT_BUILT);
-    std::process::ExitCode::from(2)
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use edgesync_bridge::config::Config;
+use edgesync_bridge::service;
+use tokio_util::sync::CancellationToken;
+
+/// The edgesync bridge: subscribes to devices' batches on MQTT (shared subscription,
+/// persistent session), produces each valid batch to Kafka keyed by device and acknowledges
+/// it to MQTT only once Kafka has it, dead-letters bad input with its reason, and publishes the
+/// reconciler's acknowledgements back to devices (retained). Runs until SIGINT or SIGTERM,
+/// then drains in-flight messages.
+///
+/// Every setting is in the TOML configuration (see deploy/bridge.toml, which documents each
+/// field and its default), overridable by EDGESYNC_BRIDGE__<SECTION>__<FIELD> environment
+/// variables and then by --set flags. Unknown fields are refused.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(short, long, env = "EDGESYNC_BRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set kafka.bootstrap_servers=kafka-1:9092` or
+    /// `--set mqtt.shared_group=` (repeatable; applied after the file and the environment).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.set) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("edgesync-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edgesync-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+            .await
+            .map_err(|e| format!("listen on {}: {e}", cfg.http.listen))?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(edgesync_servicekit::on_signal(shutdown.clone()));
+        service::run(cfg, listener, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgesync-bridge: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

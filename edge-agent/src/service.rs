@@ -21,7 +21,8 @@ use crate::ingest::{Ingest, StartError};
 use crate::metrics::AgentMetrics;
 use crate::mqtt_ingest::{self, MqttIngestConfig};
 use crate::spool::{system_clock, Spool, SpoolError};
-use crate::uplink::{self, Tls, UplinkConfig, UplinkDeps};
+use crate::uplink::{self, UplinkConfig, UplinkDeps};
+use edgesync_servicekit::mqtt::{MqttSecurity, MqttSecurityFiles};
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -54,30 +55,14 @@ pub enum ServiceError {
 /// The uplink settings of a configuration, with TLS and password files read.
 pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
     let u = &cfg.uplink;
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|source| ConfigError::Read {
-            path: p.to_owned(),
-            source,
-        })
-    };
-    let tls = match &u.tls {
-        None => None,
-        Some(t) => Some(Tls {
-            ca: read(&t.ca_file)?,
-            client_auth: match (&t.client_cert_file, &t.client_key_file) {
-                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-                _ => None,
-            },
-        }),
-    };
-    let credentials = match (&u.username, &u.password_file) {
-        (Some(user), Some(p)) => {
-            let pass = String::from_utf8_lossy(&read(p)?).trim_end().to_owned();
-            Some((user.clone(), pass))
-        }
-        (Some(user), None) => Some((user.clone(), String::new())),
-        _ => None,
-    };
+    let tls = u.tls.as_ref();
+    let security = MqttSecurity::load(&MqttSecurityFiles {
+        username: u.username.as_deref(),
+        password_file: u.password_file.as_deref(),
+        ca_file: tls.map(|t| t.ca_file.as_path()),
+        client_cert_file: tls.and_then(|t| t.client_cert_file.as_deref()),
+        client_key_file: tls.and_then(|t| t.client_key_file.as_deref()),
+    })?;
     Ok(UplinkConfig {
         device: cfg.device_id()?,
         host: u.host.clone(),
@@ -86,8 +71,7 @@ pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
         agent: cfg.agent_config(),
         backoff_min: Duration::from_millis(u.backoff_min_ms),
         backoff_max: Duration::from_millis(u.backoff_max_ms),
-        tls,
-        credentials,
+        security,
     })
 }
 

@@ -15,7 +15,8 @@ use edgesync_core::{DeviceId, ReplicaId};
 use edgesync_protocol::agent::AckEffect;
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable};
 use edgesync_schemas::Codec;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+use edgesync_servicekit::mqtt::MqttSecurity;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -40,10 +41,8 @@ pub struct UplinkConfig {
     pub backoff_min: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
-    /// TLS to the broker (PEM contents); `None` is plain TCP.
-    pub tls: Option<Tls>,
-    /// User name and password.
-    pub credentials: Option<(String, String)>,
+    /// TLS and credentials.
+    pub security: MqttSecurity,
 }
 
 impl UplinkConfig {
@@ -57,8 +56,7 @@ impl UplinkConfig {
             agent: AgentConfig::default(),
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
-            tls: None,
-            credentials: None,
+            security: MqttSecurity::default(),
         }
     }
 
@@ -68,32 +66,8 @@ impl UplinkConfig {
         opts.set_keep_alive(self.keep_alive);
         opts.set_clean_session(true); // the retained ack is all the state a session needs
         opts.set_max_packet_size(4 << 20, 4 << 20);
-        if let Some((user, pass)) = &self.credentials {
-            opts.set_credentials(user.clone(), pass.clone());
-        }
-        if let Some(t) = &self.tls {
-            opts.set_transport(Transport::tls(t.ca.clone(), t.client_auth.clone(), None));
-        }
+        self.security.apply(&mut opts);
         opts
-    }
-}
-
-/// TLS material, PEM-encoded.
-#[derive(Clone)]
-pub struct Tls {
-    /// CA certificates that may sign the broker's certificate.
-    pub ca: Vec<u8>,
-    /// Client certificate and key, for mutual TLS.
-    pub client_auth: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for Tls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print key material.
-        f.debug_struct("Tls")
-            .field("ca_bytes", &self.ca.len())
-            .field("client_auth", &self.client_auth.is_some())
-            .finish()
     }
 }
 

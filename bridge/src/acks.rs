@@ -1,0 +1,110 @@
+//! Kafka → MQTT: the reconciler's acknowledgements back to devices.
+//!
+//! Consumes the acks topic and publishes each device's latest watermark, retained, QoS 1, on
+//! `edgesync/v1/{device}/ack`, so an agent that connects later finds it at once. A watermark
+//! not newer than the one already published for the same replica is skipped (after a consumer
+//! rewind or from another bridge); a new incarnation replaces the old one. Offsets are
+//! committed automatically after the publish is queued: a crash can lose one ack publish, and
+//! then the agent re-sends after its timeout and the server acknowledges again — at least once,
+//! harmless, because agents ignore stale acks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgesync_core::Incarnation;
+use edgesync_schemas::Codec;
+use edgesync_servicekit::mqtt::MqttSecurity;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::BridgeMetrics;
+
+/// Runs until `shutdown` is cancelled.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    consumer: StreamConsumer,
+    acks_topic: String,
+    host: String,
+    port: u16,
+    client_id: String,
+    security: MqttSecurity,
+    codec: Arc<Codec>,
+    metrics: Arc<BridgeMetrics>,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = consumer.subscribe(&[acks_topic.as_str()]) {
+        tracing::error!(error = %e, "subscribe to the acks topic");
+        return;
+    }
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_clean_session(true);
+    opts.set_keep_alive(Duration::from_secs(30));
+    security.apply(&mut opts);
+    let (client, mut events) = AsyncClient::new(opts, 1024);
+    let loop_stop = shutdown.clone();
+    let event_loop = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                ev = events.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => tracing::info!("ack path connected to MQTT"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ack path MQTT connection lost");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                },
+                _ = loop_stop.cancelled() => break,
+            }
+        }
+    });
+    let mut latest: HashMap<String, (Incarnation, u64)> = HashMap::new();
+    loop {
+        let msg = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.cancelled() => break,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "acks consumer");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let Some(payload) = msg.payload() else {
+            continue;
+        };
+        let ack = match codec.decode_ack(payload) {
+            Ok(a) => a,
+            Err(e) => {
+                metrics.acks_undecodable.inc();
+                tracing::warn!(error = %e, partition = msg.partition(), offset = msg.offset(), "undecodable ack skipped");
+                continue;
+            }
+        };
+        let device = ack.replica.device.to_string();
+        let inc = ack.replica.incarnation;
+        match latest.get(&device) {
+            Some((i, w)) if *i == inc && *w >= ack.watermark => {
+                metrics.acks_stale.inc();
+                continue;
+            }
+            _ => {}
+        }
+        let topic = format!("edgesync/v1/{device}/ack");
+        if client
+            .publish(topic, QoS::AtLeastOnce, true, payload.to_vec())
+            .await
+            .is_err()
+        {
+            break;
+        }
+        latest.insert(device, (inc, ack.watermark));
+        metrics.acks_published.inc();
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), event_loop).await;
+}

@@ -1,0 +1,123 @@
+//! The bridge's Prometheus metrics (prefix `edgesync_bridge_`), registered in a registry the
+//! caller passes in. No device labels: per-device detail belongs to the reconciler's ledger.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Why a message was dead-lettered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The dead-letter reason symbol, lower case.
+    pub reason: String,
+}
+
+/// Every metric of the bridge.
+#[derive(Debug)]
+pub struct BridgeMetrics {
+    /// MQTT messages received.
+    pub received: Counter,
+    /// MQTT messages received again (DUP flag: a redelivery after a bridge or link failure).
+    pub redelivered: Counter,
+    /// Batches Kafka confirmed on the deltas topic.
+    pub forwarded: Counter,
+    /// Messages Kafka confirmed on the dead-letter topic, by reason.
+    pub dead_lettered: Family<ReasonLabel, Counter>,
+    /// MQTT acknowledgements sent (each after Kafka's delivery report).
+    pub mqtt_acked: Counter,
+    /// Messages received and not yet acknowledged.
+    pub inflight: Gauge,
+    /// Receive → Kafka delivery report.
+    pub produce_latency: Histogram,
+    /// Produce attempts that failed and were retried.
+    pub produce_retries: Counter,
+    /// MQTT connections after the first (devices' side).
+    pub mqtt_reconnects: Counter,
+    /// Acknowledgements published to devices (retained).
+    pub acks_published: Counter,
+    /// Acknowledgements skipped because a newer watermark was already published.
+    pub acks_stale: Counter,
+    /// Ack records that did not decode (skipped; the reconciler wrote them).
+    pub acks_undecodable: Counter,
+}
+
+impl BridgeMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            received: Counter::default(),
+            redelivered: Counter::default(),
+            forwarded: Counter::default(),
+            dead_lettered: Family::default(),
+            mqtt_acked: Counter::default(),
+            inflight: Gauge::default(),
+            produce_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            produce_retries: Counter::default(),
+            mqtt_reconnects: Counter::default(),
+            acks_published: Counter::default(),
+            acks_stale: Counter::default(),
+            acks_undecodable: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("edgesync_bridge");
+        r.register("received", "MQTT messages received", m.received.clone());
+        r.register(
+            "redelivered",
+            "MQTT messages received again (DUP flag)",
+            m.redelivered.clone(),
+        );
+        r.register(
+            "forwarded",
+            "Batches confirmed by Kafka on the deltas topic",
+            m.forwarded.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Messages confirmed on the dead-letter topic, by reason",
+            m.dead_lettered.clone(),
+        );
+        r.register(
+            "mqtt_acked",
+            "MQTT acknowledgements sent after Kafka confirmed",
+            m.mqtt_acked.clone(),
+        );
+        r.register(
+            "inflight",
+            "Messages received and not yet acknowledged",
+            m.inflight.clone(),
+        );
+        r.register(
+            "produce_latency_seconds",
+            "Receive to Kafka delivery report",
+            m.produce_latency.clone(),
+        );
+        r.register(
+            "produce_retries",
+            "Failed produce attempts, retried",
+            m.produce_retries.clone(),
+        );
+        r.register(
+            "mqtt_reconnects",
+            "MQTT connections after the first",
+            m.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "acks_published",
+            "Acknowledgements published to devices",
+            m.acks_published.clone(),
+        );
+        r.register(
+            "acks_stale",
+            "Acknowledgements older than one already published",
+            m.acks_stale.clone(),
+        );
+        r.register(
+            "acks_undecodable",
+            "Ack records that did not decode",
+            m.acks_undecodable.clone(),
+        );
+        m
+    }
+}

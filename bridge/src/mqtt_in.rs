@@ -1,0 +1,319 @@
+//! MQTT → Kafka: every batch is acknowledged to MQTT only after Kafka's delivery report.
+//!
+//! Three tasks, connected by bounded channels, so the MQTT event loop is never blocked by
+//! Kafka (an unpolled rumqttc event loop stalls its own acknowledgements):
+//!
+//! 1. the **event loop** keeps the session (persistent, manual acks, shared subscription) and
+//!    hands each PUBLISH to the producer task;
+//! 2. the **producer** classifies it (forward or dead-letter, see [`crate::validate`]) and
+//!    enqueues the Kafka record, passing the delivery future on in receive order;
+//! 3. the **acker** awaits the delivery reports in that order and sends each PUBACK once its
+//!    record is in Kafka (MQTT wants acknowledgements in the order messages arrived). A failed
+//!    delivery is produced again after a pause, never skipped.
+//!
+//! Back-pressure: at most `max_inflight` messages are between receipt and PUBACK. When Kafka
+//! is slow or down, acknowledgements stop, the broker's own in-flight window fills and it
+//! stops sending: nothing is dropped and nothing is buffered without bound. On shutdown the
+//! event loop stops taking new messages (those stay unacknowledged and the broker delivers
+//! them again to the session) while the in-flight ones are delivered and acknowledged.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edgesync_schemas::{Codec, DeadLetter, Framing};
+use edgesync_servicekit::mqtt::MqttSecurity;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{BridgeMetrics, ReasonLabel};
+use crate::validate::{classify, Verdict};
+
+/// MQTT side settings.
+#[derive(Clone, Debug)]
+pub struct MqttIn {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Persistent session's client id.
+    pub client_id: String,
+    /// Shared-subscription group; empty = plain subscription.
+    pub shared_group: String,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// Most messages between receipt and PUBACK.
+    pub max_inflight: usize,
+    /// TLS and credentials.
+    pub security: MqttSecurity,
+}
+
+/// The batch topic filter, shared or not.
+pub fn subscription(shared_group: &str) -> String {
+    const BATCHES: &str = "edgesync/v1/+/batch";
+    if shared_group.is_empty() {
+        BATCHES.to_owned()
+    } else {
+        format!("$share/{shared_group}/{BATCHES}")
+    }
+}
+
+/// Kafka side of the forwarding path.
+#[derive(Clone)]
+pub struct KafkaOut {
+    /// The producer.
+    pub producer: FutureProducer,
+    /// Batches go here, keyed by device.
+    pub deltas_topic: String,
+    /// Dead letters go here.
+    pub dlq_topic: String,
+    /// Largest accepted payload.
+    pub max_payload: usize,
+    /// Decodes batches for validation, encodes dead letters.
+    pub codec: Arc<Codec>,
+    /// Counters.
+    pub metrics: Arc<BridgeMetrics>,
+}
+
+impl std::fmt::Debug for KafkaOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaOut")
+            .field("deltas_topic", &self.deltas_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One message on its way: what to produce, and the delivery it waits for.
+struct Pending {
+    publish: Publish,
+    received: Instant,
+    record: Outgoing,
+    delivery: DeliveryFuture,
+}
+
+/// A Kafka record, kept so it can be produced again after a failed delivery.
+struct Outgoing {
+    topic: String,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    dead: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs until `shutdown` is cancelled, then drains in-flight messages for at most `grace`.
+pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace: Duration) {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(cfg.keep_alive);
+    opts.set_max_packet_size(out.max_payload + 1024, out.max_payload + 1024);
+    // rumqttc's outgoing window; incoming QoS 1 is bounded by the broker's window and ours.
+    opts.set_inflight(100);
+    cfg.security.apply(&mut opts);
+    let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight.max(16));
+    let (to_producer, from_loop) = mpsc::channel::<(Publish, Instant)>(cfg.max_inflight);
+    let (to_acker, from_producer) = mpsc::channel::<Pending>(cfg.max_inflight);
+    let stop_intake = CancellationToken::new();
+    let producer = tokio::spawn(produce(from_loop, to_acker, out.clone()));
+    let acker = tokio::spawn(ack(from_producer, client.clone(), out.clone()));
+    let filter = subscription(&cfg.shared_group);
+    let mut connected_once = false;
+    let mut to_producer = Some(to_producer);
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut acker = acker;
+    loop {
+        let ev = tokio::select! {
+            ev = events.poll() => ev,
+            _ = shutdown.cancelled(), if drain_deadline.is_none() => {
+                // Stop taking messages; what is in flight is delivered and acknowledged.
+                tracing::info!("bridge stopping: draining in-flight messages");
+                drop(to_producer.take());
+                stop_intake.cancel();
+                drain_deadline = Some(tokio::time::Instant::now() + grace);
+                continue;
+            }
+            _ = &mut acker, if drain_deadline.is_some() => break,
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {
+                tracing::warn!("grace period over: unacknowledged messages will be redelivered to the session");
+                break;
+            }
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if connected_once {
+                    out.metrics.mqtt_reconnects.inc();
+                }
+                connected_once = true;
+                tracing::info!(session_present = ack.session_present, filter = %filter, "bridge connected to MQTT");
+                if !ack.session_present {
+                    let _ = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Some(tx) = &to_producer else {
+                    continue; // stopping: left unacknowledged, redelivered later
+                };
+                out.metrics.received.inc();
+                if p.dup {
+                    out.metrics.redelivered.inc();
+                }
+                out.metrics.inflight.inc();
+                if tx.send((p, Instant::now())).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT connection lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled(), if drain_deadline.is_none() => {}
+                }
+            }
+        }
+    }
+    producer.abort();
+    let _ = client.disconnect().await;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Ok(ev) = events.poll().await {
+            if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Classifies each message and enqueues its record; hands the deliveries on in order.
+async fn produce(
+    mut rx: mpsc::Receiver<(Publish, Instant)>,
+    tx: mpsc::Sender<Pending>,
+    out: KafkaOut,
+) {
+    while let Some((publish, received)) = rx.recv().await {
+        let record = match classify(
+            &publish.topic,
+            &publish.payload,
+            &out.codec,
+            out.max_payload,
+        ) {
+            Verdict::Forward { device, .. } => Outgoing {
+                topic: out.deltas_topic.clone(),
+                key: device.as_str().as_bytes().to_vec(),
+                payload: publish.payload.to_vec(),
+                dead: None,
+            },
+            Verdict::Dead {
+                reason,
+                detail,
+                device,
+            } => {
+                tracing::warn!(topic = %publish.topic, reason = reason.symbol(), detail = %detail, "dead-lettered");
+                let dl = DeadLetter {
+                    reason,
+                    detail,
+                    source: format!("mqtt:{}", publish.topic),
+                    device: device.clone(),
+                    received_at_ms: now_ms(),
+                    payload: publish.payload.to_vec(),
+                };
+                let payload = match out.codec.encode_dead_letter(&dl, Framing::SingleObject) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Cannot happen for a well-formed record; keep the message unacknowledged.
+                        tracing::error!(error = %e, "encode dead letter");
+                        continue;
+                    }
+                };
+                Outgoing {
+                    topic: out.dlq_topic.clone(),
+                    key: device.unwrap_or_else(|| publish.topic.clone()).into_bytes(),
+                    payload,
+                    dead: Some(reason.symbol().to_ascii_lowercase()),
+                }
+            }
+        };
+        let delivery = send(&out.producer, &record, &publish.topic).await;
+        if tx
+            .send(Pending {
+                publish,
+                received,
+                record,
+                delivery,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Enqueues a record in librdkafka, waiting while its queue is full.
+async fn send(producer: &FutureProducer, r: &Outgoing, mqtt_topic: &str) -> DeliveryFuture {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "mqtt_topic",
+        value: Some(mqtt_topic),
+    });
+    loop {
+        let rec = FutureRecord::to(&r.topic)
+            .key(&r.key)
+            .payload(&r.payload)
+            .headers(headers.clone());
+        match producer.send_result(rec) {
+            Ok(d) => return d,
+            Err((e, _)) => {
+                tracing::debug!(error = %e, "producer queue full; waiting");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Awaits deliveries in receive order and acknowledges each message once Kafka has it.
+async fn ack(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, out: KafkaOut) {
+    while let Some(mut p) = rx.recv().await {
+        loop {
+            match (&mut p.delivery).await {
+                Ok(Ok(_)) => break,
+                Ok(Err((e, _))) => {
+                    out.metrics.produce_retries.inc();
+                    tracing::error!(error = %e, topic = %p.record.topic, "Kafka delivery failed; producing again");
+                }
+                Err(_canceled) => {
+                    out.metrics.produce_retries.inc();
+                    tracing::error!("Kafka delivery report lost; producing again");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            p.delivery = send(&out.producer, &p.record, &p.publish.topic).await;
+        }
+        out.metrics
+            .produce_latency
+            .observe(p.received.elapsed().as_secs_f64());
+        match &p.record.dead {
+            None => out.metrics.forwarded.inc(),
+            Some(reason) => out
+                .metrics
+                .dead_lettered
+                .get_or_create(&ReasonLabel {
+                    reason: reason.clone(),
+                })
+                .inc(),
+        };
+        if client.ack(&p.publish).await.is_err() {
+            return; // the event loop is gone
+        }
+        out.metrics.mqtt_acked.inc();
+        out.metrics.inflight.dec();
+    }
+}

@@ -1,0 +1,141 @@
+//! The bridge as a service: topics ensured, the MQTT → Kafka path and the ack path running
+//! under one cancellation token, `/metrics` served, in-flight work drained on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use edgesync_schemas::{Codec, Limits};
+use edgesync_servicekit::mqtt::{MqttSecurity, MqttSecurityFiles};
+use edgesync_servicekit::{render_metrics, METRICS_CONTENT_TYPE};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::BridgeMetrics;
+use crate::mqtt_in::{self, KafkaOut, MqttIn};
+use crate::{acks, kafka};
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad configuration or unreadable files.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A Kafka client could not be created or topics not ensured.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The codec could not be built.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The HTTP server failed.
+    #[error("http: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Runs the bridge until `shutdown` is cancelled; `listener` serves `/metrics`.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(BridgeMetrics::register(&mut registry));
+    let registry = Arc::new(registry);
+    let codec =
+        Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
+    let m = &cfg.mqtt;
+    let security = MqttSecurity::load(&MqttSecurityFiles {
+        username: m.username.as_deref(),
+        password_file: m.password_file.as_deref(),
+        ca_file: m.tls_ca_file.as_deref(),
+        client_cert_file: m.tls_client_cert_file.as_deref(),
+        client_key_file: m.tls_client_key_file.as_deref(),
+    })?;
+    if cfg.kafka.create_topics {
+        kafka::ensure_topics(&cfg.kafka).await?;
+    }
+    let producer = kafka::producer(&cfg.kafka)?;
+    let consumer = kafka::acks_consumer(&cfg.kafka)?;
+
+    let http_stop = CancellationToken::new();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get({
+                let registry = Arc::clone(&registry);
+                move || async move {
+                    (
+                        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+                        render_metrics(&registry),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tracing::info!(listen = %listener.local_addr().map_err(ServiceError::Http)?, "http listening");
+    let stop = http_stop.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+
+    let ack_path = tokio::spawn(acks::run(
+        consumer,
+        cfg.kafka.acks_topic.clone(),
+        m.host.clone(),
+        m.port,
+        format!("{}.acks", m.client_id),
+        security.clone(),
+        Arc::clone(&codec),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    mqtt_in::run(
+        MqttIn {
+            host: m.host.clone(),
+            port: m.port,
+            client_id: m.client_id.clone(),
+            shared_group: m.shared_group.clone(),
+            keep_alive: Duration::from_secs(m.keep_alive_secs.max(1)),
+            max_inflight: m.max_inflight,
+            security,
+        },
+        KafkaOut {
+            producer: producer.clone(),
+            deltas_topic: cfg.kafka.deltas_topic.clone(),
+            dlq_topic: cfg.kafka.dlq_topic.clone(),
+            max_payload: cfg.max_payload_bytes,
+            codec,
+            metrics,
+        },
+        shutdown.clone(),
+        grace,
+    )
+    .await;
+    let _ = tokio::time::timeout(grace, ack_path).await;
+    // Deliveries were awaited before every MQTT ack; flush what the ack path may have queued.
+    let flushed = tokio::task::spawn_blocking(move || {
+        rdkafka::producer::Producer::flush(
+            &producer,
+            rdkafka::util::Timeout::After(Duration::from_secs(5)),
+        )
+    })
+    .await;
+    if let Ok(Err(e)) = flushed {
+        tracing::warn!(error = %e, "producer flush at shutdown");
+    }
+    http_stop.cancel();
+    if let Ok(Err(e)) = http.await {
+        return Err(ServiceError::Http(e));
+    }
+    tracing::info!("bridge stopped");
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! What the bridge does with one MQTT message, decided without I/O: forward it to Kafka keyed
+//! by its device, or dead-letter it with a reason.
+//!
+//! The device id comes from the topic (which the broker's ACL ties to the device's
+//! credentials) and must follow the grammar; the payload must be within the size limit,
+//! decode as a delta batch, and name the same device. Decoding is bounded and total (the
+//! codec's limits), so no input can crash the bridge.
+
+use edgesync_core::DeviceId;
+use edgesync_schemas::{Codec, DeadLetterReason};
+
+/// The verdict on one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A valid batch of `device`.
+    Forward {
+        /// The device (from the topic, confirmed by the batch).
+        device: DeviceId,
+        /// Seqs the batch covers, for metrics and logs.
+        seqs: u64,
+    },
+    /// Bad input: goes to the dead-letter topic.
+    Dead {
+        /// Why.
+        reason: DeadLetterReason,
+        /// Detail for humans.
+        detail: String,
+        /// The device, when the topic named a valid one.
+        device: Option<String>,
+    },
+}
+
+/// The device id of a batch topic `edgesync/v1/{device}/batch`.
+pub fn device_of_topic(topic: &str) -> Result<DeviceId, (DeadLetterReason, String)> {
+    let id = topic
+        .strip_prefix("edgesync/v1/")
+        .and_then(|rest| rest.strip_suffix("/batch"))
+        .ok_or_else(|| {
+            (
+                DeadLetterReason::BadTopic,
+                format!("topic {topic:?} is not edgesync/v1/{{device}}/batch"),
+            )
+        })?;
+    DeviceId::new(id).map_err(|e| {
+        (
+            DeadLetterReason::BadDeviceId,
+            format!("device id {id:?}: {e}"),
+        )
+    })
+}
+
+/// Classifies one message.
+pub fn classify(topic: &str, payload: &[u8], codec: &Codec, max_payload: usize) -> Verdict {
+    let dead = |reason, detail: String, device: Option<&DeviceId>| Verdict::Dead {
+        reason,
+        detail,
+        device: device.map(|d| d.to_string()),
+    };
+    let device = match device_of_topic(topic) {
+        Ok(d) => d,
+        Err((reason, detail)) => return dead(reason, detail, None),
+    };
+    if payload.len() > max_payload {
+        return dead(
+            DeadLetterReason::Oversize,
+            format!("{} bytes, the limit is {max_payload}", payload.len()),
+            Some(&device),
+        );
+    }
+    let batch = match codec.decode_batch(payload) {
+        Ok(b) => b,
+        Err(e) => return dead(DeadLetterReason::Undecodable, e.to_string(), Some(&device)),
+    };
+    if batch.replica().device != device {
+        return dead(
+            DeadLetterReason::DeviceMismatch,
+            format!(
+                "topic names {device}, the batch names {}",
+                batch.replica().device
+            ),
+            Some(&device),
+        );
+    }
+    Verdict::Forward {
+        seqs: batch.last_seq() - batch.first_seq() + 1,
+        device,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use edgesync_core::{DeltaBatch, Incarnation, ReplicaId};
+    use edgesync_schemas::Limits;
+
+    fn batch_of(device: &str, codec: &Codec) -> Vec<u8> {
+        let r = ReplicaId::new(DeviceId::new(device).unwrap(), Incarnation::new(7).unwrap());
+        let b = DeltaBatch::with_dropped(
+            r,
+            1,
+            vec![],
+            vec![edgesync_core::DroppedRange {
+                range: edgesync_core::SeqRange { start: 1, end: 3 },
+                reason: edgesync_core::DropReason::Quota,
+            }],
+            Default::default(),
+            &edgesync_core::EventLimits::default(),
+        )
+        .unwrap();
+        codec.encode_batch(&b).unwrap()
+    }
+
+    #[test]
+    fn every_bad_input_has_its_reason() {
+        let codec = Codec::new(Limits::default()).unwrap();
+        let good = batch_of("pump-1", &codec);
+        assert_eq!(
+            classify("edgesync/v1/pump-1/batch", &good, &codec, 1 << 20),
+            Verdict::Forward {
+                device: DeviceId::new("pump-1").unwrap(),
+                seqs: 3
+            }
+        );
+        let reason =
+            |topic: &str, payload: &[u8], max: usize| match classify(topic, payload, &codec, max) {
+                Verdict::Dead { reason, .. } => reason,
+                v => panic!("{topic}: {v:?}"),
+            };
+        assert_eq!(
+            reason("edgesync/v1/pump-1/other", &good, 1 << 20),
+            DeadLetterReason::BadTopic
+        );
+        assert_eq!(
+            reason("edgesync/v1/Pump 1/batch", &good, 1 << 20),
+            DeadLetterReason::BadDeviceId
+        );
+        assert_eq!(
+            reason("edgesync/v1/pump-2/batch", &good, 1 << 20),
+            DeadLetterReason::DeviceMismatch
+        );
+        assert_eq!(
+            reason("edgesync/v1/pump-1/batch", &good, 10),
+            DeadLetterReason::Oversize
+        );
+        assert_eq!(
+            reason("edgesync/v1/pump-1/batch", b"garbage", 1 << 20),
+            DeadLetterReason::Undecodable
+        );
+        assert_eq!(
+            reason("edgesync/v1/pump-1/batch", &[], 1 << 20),
+            DeadLetterReason::Undecodable
+        );
+    }
+}
