@@ -60,6 +60,12 @@ pub fn subscription(shared_group: &str) -> String {
     }
 }
 
+/// Largest MQTT packet the bridge reads: well above the batch limit, so oversize batches are
+/// dead-lettered instead of breaking the session.
+pub fn incoming_limit(max_payload: usize) -> usize {
+    (max_payload * 4).max(16 << 20)
+}
+
 /// Kafka side of the forwarding path.
 #[derive(Clone)]
 pub struct KafkaOut {
@@ -114,7 +120,11 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
     opts.set_keep_alive(cfg.keep_alive);
-    opts.set_max_packet_size(out.max_payload + 1024, out.max_payload + 1024);
+    // Oversize batches must arrive to be dead-lettered: a packet over rumqttc's own limit
+    // would drop the connection and come back forever. The broker's message size limit
+    // (deploy/mosquitto.conf) must stay below this.
+    let incoming = incoming_limit(out.max_payload);
+    opts.set_max_packet_size(incoming, incoming);
     // rumqttc's outgoing window; incoming QoS 1 is bounded by the broker's window and ours.
     opts.set_inflight(100);
     cfg.security.apply(&mut opts);

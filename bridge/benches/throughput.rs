@@ -1,0 +1,262 @@
+//! Bridge throughput against a raw forwarding loop, over the same brokers and messages, in the
+//! same run.
+//!
+//! `cargo bench -p edgesync-bridge --bench throughput` starts Mosquitto and the Kafka-protocol
+//! broker (tansu), queues N real delta batches (50 events each) for an offline persistent
+//! session, then lets a consumer drain them into Kafka and times it:
+//!
+//! - **raw**: subscribe, produce, nothing else (automatic MQTT acks, no validation, no
+//!   waiting for delivery before acknowledging), in this process;
+//! - **bridge**: the `edgesync-bridge` binary (validation, dead-letter check, manual MQTT
+//!   acks after each Kafka delivery report), timed until it has acknowledged all N.
+//!
+//! Prints messages/s of both, the ratio (target >= 0.9) and the CPU seconds each spent per
+//! 10k messages/s. `BRIDGE_BENCH_MSGS` sets N (default 20,000).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgesync_core::{
+    DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
+};
+use edgesync_schemas::{Codec, Limits};
+use edgesync_testkit::{free_port, unique, Kafka, Managed, Mosquitto, ProcessSpec, Ready};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
+
+const DEVICES: u64 = 100;
+
+fn batches(n: u64) -> Vec<(String, Vec<u8>)> {
+    let codec = Codec::new(Limits::default()).unwrap();
+    (0..n)
+        .map(|i| {
+            let dev = format!("pump-{}", i % DEVICES);
+            let r = ReplicaId::new(DeviceId::new(&dev).unwrap(), Incarnation::new(9).unwrap());
+            let first = i / DEVICES * 50 + 1;
+            let events = (0..50)
+                .map(|k| Event {
+                    dot: Dot::new(r.clone(), first + k),
+                    hlc: Hlc::new(1_700_000_000_000 + i * 50 + k, 0),
+                    stream: "pump.telemetry".into(),
+                    schema_version: 1,
+                    fields: BTreeMap::from([
+                        (
+                            "pressure_kpa".into(),
+                            Value::Double(101.0 + k as f64 / 10.0),
+                        ),
+                        ("rpm".into(), Value::Long(1400 + k as i64)),
+                    ]),
+                    tags: BTreeMap::new(),
+                })
+                .collect();
+            let b = DeltaBatch::new(r, first, events, BTreeMap::new(), &EventLimits::default())
+                .unwrap();
+            (
+                format!("edgesync/v1/{dev}/batch"),
+                codec.encode_batch(&b).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Creates the persistent session `client_id` subscribed to `filter`, then leaves.
+fn make_session(mqtt: SocketAddr, client_id: &str, filter: &str) {
+    let mut o = MqttOptions::new(client_id, mqtt.ip().to_string(), mqtt.port());
+    o.set_clean_session(false);
+    let (client, mut conn) = Client::new(o, 10);
+    client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    for ev in conn.iter() {
+        if let Ok(MqttEvent::Incoming(Packet::SubAck(_))) = ev {
+            break;
+        }
+    }
+    client.disconnect().unwrap();
+    for ev in conn.iter() {
+        if ev.is_err() {
+            break;
+        }
+    }
+}
+
+/// Publishes every message (QoS 1) and waits for the broker to have them all.
+fn publish_all(mqtt: SocketAddr, msgs: &[(String, Vec<u8>)]) {
+    let mut o = MqttOptions::new(unique("feeder"), mqtt.ip().to_string(), mqtt.port());
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut conn) = Client::new(o, 1000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let a = Arc::clone(&acked);
+    let n = msgs.len() as u64;
+    let t = std::thread::spawn(move || {
+        for ev in conn.iter() {
+            if let Ok(MqttEvent::Incoming(Packet::PubAck(_))) = ev {
+                if a.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                    break;
+                }
+            }
+        }
+    });
+    for (topic, payload) in msgs {
+        client
+            .publish(topic.as_str(), QoS::AtLeastOnce, false, payload.clone())
+            .unwrap();
+    }
+    t.join().unwrap();
+}
+
+/// CPU seconds (user + system) of process `pid`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn raw(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -> (f64, f64) {
+    let id = "raw-forwarder";
+    make_session(mqtt, id, "edgesync/v1/+/batch");
+    publish_all(mqtt, msgs);
+    let producer: FutureProducer = kafka
+        .client_config()
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cpu0 = cpu_secs(std::process::id());
+    let mut started = Instant::now();
+    rt.block_on(async {
+        let mut o = MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
+        o.set_clean_session(false);
+        o.set_max_packet_size(4 << 20, 4 << 20);
+        let (_client, mut events) = rumqttc::AsyncClient::new(o, 1000);
+        let delivered = Arc::new(AtomicU64::new(0));
+        let mut received = 0u64;
+        while received < n {
+            if let Ok(MqttEvent::Incoming(Packet::Publish(p))) = events.poll().await {
+                if received == 0 {
+                    started = Instant::now();
+                }
+                received += 1;
+                let key = p.topic.split('/').nth(2).unwrap_or_default().to_owned();
+                loop {
+                    let rec = FutureRecord::to("raw.deltas")
+                        .key(&key)
+                        .payload(&p.payload[..]);
+                    match producer.send_result(rec) {
+                        Ok(f) => {
+                            let d = Arc::clone(&delivered);
+                            tokio::spawn(async move {
+                                if let Ok(Ok(_)) = f.await {
+                                    d.fetch_add(1, Ordering::SeqCst);
+                                }
+                            });
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            }
+        }
+        while delivered.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    (n as f64 / secs, cpu_secs(std::process::id()) - cpu0)
+}
+
+fn bridge(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -> (f64, f64) {
+    let id = "bench-bridge";
+    // The same plain subscription as the raw loop: a session queued while offline.
+    make_session(mqtt, id, "edgesync/v1/+/batch");
+    publish_all(mqtt, msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let sets = [
+        format!("mqtt.port={}", mqtt.port()),
+        format!("mqtt.client_id={id}"),
+        "mqtt.shared_group=".into(),
+        format!("kafka.bootstrap_servers={}", kafka.bootstrap()),
+        "kafka.partitions=4".into(),
+        format!("http.listen=\"{http}\""),
+    ];
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for s in &sets {
+        args.push("--set".into());
+        args.push(s.into());
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_edgesync-bridge"));
+    let process = Managed::start(ProcessSpec {
+        name: "bench bridge".into(),
+        program: bin,
+        args,
+        cwd: dir.path().to_owned(),
+        env: vec![("RUST_LOG".into(), "warn".into())],
+        log: dir.path().join("bridge.log"),
+        ready: Ready::Http {
+            addr: http,
+            path: "/healthz".into(),
+        },
+    })
+    .unwrap();
+    let pid = process.pid().unwrap();
+    let metric = |name: &str| -> u64 {
+        let (_, text) = edgesync_servicekit::http_get(http, "/metrics").unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    // Timed from the first message received, like the raw loop (start-up excluded).
+    while metric("edgesync_bridge_received_total") == 0 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let started = Instant::now();
+    while metric("edgesync_bridge_mqtt_acked_total") < n {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (n as f64 / secs, cpu_secs(pid))
+}
+
+fn main() {
+    let n: u64 = std::env::var("BRIDGE_BENCH_MSGS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let msgs = batches(n);
+    let bytes: usize = msgs.iter().map(|(_, p)| p.len()).sum();
+    let m = Mosquitto::start().unwrap();
+    let k = Kafka::start().unwrap();
+    k.create_topic("raw.deltas", 4, &[]).unwrap();
+    let (raw_rate, raw_cpu) = raw(m.addr(), &k, n, &msgs);
+    let (bridge_rate, bridge_cpu) = bridge(m.addr(), &k, n, &msgs);
+    let per10k = |cpu: f64, rate: f64| cpu / (n as f64 / rate) * (10_000.0 / rate);
+    println!(
+        "{n} batches of 50 events ({:.0} B average) from {DEVICES} devices",
+        bytes as f64 / n as f64
+    );
+    println!("| | batches/s | events/s | CPU s | CPU cores per 10k msg/s |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| raw forward (subscribe, produce) | {raw_rate:.0} | {:.0} | {raw_cpu:.2} | {:.2} |",
+        raw_rate * 50.0,
+        per10k(raw_cpu, raw_rate)
+    );
+    println!(
+        "| edgesync-bridge | {bridge_rate:.0} | {:.0} | {bridge_cpu:.2} | {:.2} |",
+        bridge_rate * 50.0,
+        per10k(bridge_cpu, bridge_rate)
+    );
+    println!(
+        "ratio bridge / raw: {:.2} (target >= 0.9)",
+        bridge_rate / raw_rate
+    );
+}
