@@ -14,7 +14,9 @@ use edgesync_core::{
     DeltaBatch, DeviceId, DropReason, DroppedRange, EventLimits, Incarnation, ReplicaId, SeqRange,
 };
 use edgesync_schemas::{Ack, Codec, DeadLetterReason, Limits};
-use edgesync_testkit::{free_port, unique, Kafka, Managed, Mosquitto, ProcessSpec, Ready};
+use edgesync_testkit::{
+    free_port, unique, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::Message;
@@ -467,4 +469,64 @@ fn the_ack_path_leaves_the_latest_watermark_retained_for_devices_that_connect_la
         assert!(p.retain);
         assert_eq!(codec.decode_ack(&p.payload).unwrap().watermark, want);
     }
+}
+
+#[test]
+fn the_shipped_acl_keeps_each_device_to_its_own_topics() {
+    let acl = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto.acl"),
+    )
+    .unwrap();
+    let users = ["pump-1", "pump-2", "edgesync-bridge"]
+        .map(|u| (u.to_string(), format!("pw-{u}")))
+        .to_vec();
+    let m = Mosquitto::start_with(MosquittoOptions {
+        users,
+        acl: Some(acl),
+        ..MosquittoOptions::default()
+    })
+    .unwrap();
+    let k = Kafka::start().unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let pw = secrets.path().join("bridge-password");
+    std::fs::write(&pw, "pw-edgesync-bridge\n").unwrap();
+    let user = "mqtt.username=edgesync-bridge".to_string();
+    let pass = format!("mqtt.password_file={:?}", pw.display().to_string());
+    let bridge = BridgeProc::start(m.addr(), &k, "bridge-acl", &[&user, &pass]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut o = MqttOptions::new("pump-1", m.addr().ip().to_string(), m.addr().port());
+    o.set_credentials("pump-1", "pw-pump-1");
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(o, 10);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    // pump-1 forging a batch on pump-2's topic (named in the batch too, so only the ACL can
+    // stop it), then its own.
+    client
+        .publish(
+            "edgesync/v1/pump-2/batch",
+            QoS::AtLeastOnce,
+            false,
+            batch(&codec, "pump-2", 1, 3),
+        )
+        .unwrap();
+    client
+        .publish(
+            "edgesync/v1/pump-1/batch",
+            QoS::AtLeastOnce,
+            false,
+            batch(&codec, "pump-1", 1, 3),
+        )
+        .unwrap();
+    let recs = read_topic(&k, "edgesync.deltas", Duration::from_secs(20), |r| {
+        !r.is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2)); // a forged batch would have arrived by now
+    let more = read_topic(&k, "edgesync.deltas", Duration::from_secs(3), |r| {
+        r.len() > 1
+    });
+    assert_eq!(batches_of(&codec, &recs), vec![("pump-1".to_string(), 1)]);
+    assert_eq!(more.len(), 1, "the forged batch got through");
+    assert_eq!(bridge.metric("edgesync_bridge_received_total", ""), 1.0);
 }
