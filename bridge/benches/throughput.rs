@@ -25,7 +25,9 @@ use edgesync_core::{
     DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{free_port, unique, Kafka, Managed, Mosquitto, ProcessSpec, Ready};
+use edgesync_testkit::{
+    free_port, unique, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready,
+};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
 
@@ -233,7 +235,11 @@ fn main() {
         .unwrap_or(20_000);
     let msgs = batches(n);
     let bytes: usize = msgs.iter().map(|(_, p)| p.len()).sum();
-    let m = Mosquitto::start().unwrap();
+    let m = Mosquitto::start_with(MosquittoOptions {
+        lazy_persistence: true,
+        ..MosquittoOptions::default()
+    })
+    .unwrap();
     let k = Kafka::start().unwrap();
     k.create_topic("raw.deltas", 4, &[]).unwrap();
     let (raw_rate, raw_cpu) = raw(m.addr(), &k, n, &msgs);

@@ -1,7 +1,9 @@
 //! MQTT → Kafka: every batch is acknowledged to MQTT only after Kafka's delivery report.
 //!
-//! Three tasks, connected by bounded channels, so the MQTT event loop is never blocked by
-//! Kafka (an unpolled rumqttc event loop stalls its own acknowledgements):
+//! MQTT 5, so that the broker honours our *receive maximum*: it never has more than
+//! `max_inflight` unacknowledged batches out to us. Three tasks, so that the MQTT event loop
+//! is never blocked by Kafka (an event loop that waits cannot send the PUBACKs the rest of the
+//! pipeline is waiting for):
 //!
 //! 1. the **event loop** keeps the session (persistent, manual acks, shared subscription) and
 //!    hands each PUBLISH to the producer task;
@@ -11,8 +13,8 @@
 //!    record is in Kafka (MQTT wants acknowledgements in the order messages arrived). A failed
 //!    delivery is produced again after a pause, never skipped.
 //!
-//! Back-pressure: at most `max_inflight` messages are between receipt and PUBACK. When Kafka
-//! is slow or down, acknowledgements stop, the broker's own in-flight window fills and it
+//! Back-pressure: at most `max_inflight` messages are between receipt and PUBACK (the receive
+//! maximum). When Kafka is slow or down, acknowledgements stop, the window fills and the broker
 //! stops sending: nothing is dropped and nothing is buffered without bound. On shutdown the
 //! event loop stops taking new messages (those stay unacknowledged and the broker delivers
 //! them again to the session) while the in-flight ones are delivered and acknowledged.
@@ -24,7 +26,9 @@ use edgesync_schemas::{Codec, DeadLetter, Framing};
 use edgesync_servicekit::mqtt::MqttSecurity;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -95,6 +99,7 @@ impl std::fmt::Debug for KafkaOut {
 /// One message on its way: what to produce, and the delivery it waits for.
 struct Pending {
     publish: Publish,
+    topic: String,
     received: Instant,
     record: Outgoing,
     delivery: DeliveryFuture,
@@ -117,19 +122,21 @@ fn now_ms() -> u64 {
 /// Runs until `shutdown` is cancelled, then drains in-flight messages for at most `grace`.
 pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace: Duration) {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    opts.set_clean_session(false);
+    // A persistent session: what arrives while the bridge restarts waits for it.
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(7 * 24 * 3600));
+    opts.set_receive_maximum(Some(cfg.max_inflight.min(usize::from(u16::MAX)) as u16));
     opts.set_manual_acks(true);
     opts.set_keep_alive(cfg.keep_alive);
     // Oversize batches must arrive to be dead-lettered: a packet over rumqttc's own limit
     // would drop the connection and come back forever. The broker's message size limit
     // (deploy/mosquitto.conf) must stay below this.
-    let incoming = incoming_limit(out.max_payload);
-    opts.set_max_packet_size(incoming, incoming);
-    // rumqttc's outgoing window; incoming QoS 1 is bounded by the broker's window and ours.
-    opts.set_inflight(100);
-    cfg.security.apply(&mut opts);
-    let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight.max(16));
-    let (to_producer, from_loop) = mpsc::channel::<(Publish, Instant)>(cfg.max_inflight);
+    opts.set_max_packet_size(Some(incoming_limit(out.max_payload) as u32));
+    cfg.security.apply_v5(&mut opts);
+    // At most max_inflight PUBACKs can be pending: never a reason for the acker to wait.
+    let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight + 64);
+    // Unbounded on purpose: the receive maximum bounds it, and the event loop must not wait.
+    let (to_producer, from_loop) = mpsc::unbounded_channel::<(Publish, Instant)>();
     let (to_acker, from_producer) = mpsc::channel::<Pending>(cfg.max_inflight);
     let stop_intake = CancellationToken::new();
     let producer = tokio::spawn(produce(from_loop, to_acker, out.clone()));
@@ -176,7 +183,7 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
                     out.metrics.redelivered.inc();
                 }
                 out.metrics.inflight.inc();
-                if tx.send((p, Instant::now())).await.is_err() {
+                if tx.send((p, Instant::now())).is_err() {
                     break;
                 }
             }
@@ -205,17 +212,13 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
 
 /// Classifies each message and enqueues its record; hands the deliveries on in order.
 async fn produce(
-    mut rx: mpsc::Receiver<(Publish, Instant)>,
+    mut rx: mpsc::UnboundedReceiver<(Publish, Instant)>,
     tx: mpsc::Sender<Pending>,
     out: KafkaOut,
 ) {
     while let Some((publish, received)) = rx.recv().await {
-        let record = match classify(
-            &publish.topic,
-            &publish.payload,
-            &out.codec,
-            out.max_payload,
-        ) {
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let record = match classify(&topic, &publish.payload, &out.codec, out.max_payload) {
             Verdict::Forward { device, .. } => Outgoing {
                 topic: out.deltas_topic.clone(),
                 key: device.as_str().as_bytes().to_vec(),
@@ -227,11 +230,11 @@ async fn produce(
                 detail,
                 device,
             } => {
-                tracing::warn!(topic = %publish.topic, reason = reason.symbol(), detail = %detail, "dead-lettered");
+                tracing::warn!(topic = %topic, reason = reason.symbol(), detail = %detail, "dead-lettered");
                 let dl = DeadLetter {
                     reason,
                     detail,
-                    source: format!("mqtt:{}", publish.topic),
+                    source: format!("mqtt:{topic}"),
                     device: device.clone(),
                     received_at_ms: now_ms(),
                     payload: publish.payload.to_vec(),
@@ -246,16 +249,17 @@ async fn produce(
                 };
                 Outgoing {
                     topic: out.dlq_topic.clone(),
-                    key: device.unwrap_or_else(|| publish.topic.clone()).into_bytes(),
+                    key: device.unwrap_or_else(|| topic.clone()).into_bytes(),
                     payload,
                     dead: Some(reason.symbol().to_ascii_lowercase()),
                 }
             }
         };
-        let delivery = send(&out.producer, &record, &publish.topic).await;
+        let delivery = send(&out.producer, &record, &topic).await;
         if tx
             .send(Pending {
                 publish,
+                topic,
                 received,
                 record,
                 delivery,
@@ -305,7 +309,7 @@ async fn ack(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, out: KafkaOut
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            p.delivery = send(&out.producer, &p.record, &p.publish.topic).await;
+            p.delivery = send(&out.producer, &p.record, &p.topic).await;
         }
         out.metrics
             .produce_latency

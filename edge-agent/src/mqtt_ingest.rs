@@ -47,7 +47,9 @@ pub async fn run(
     opts.set_manual_acks(true);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut events) = AsyncClient::new(opts, 1024);
+    // Larger than the worker's queue: acks must never wait for the event loop while the event
+    // loop waits for the worker.
+    let (client, mut events) = AsyncClient::new(opts, 16 * 1024);
     // The broker's in-flight window bounds unacknowledged QoS 1 messages; this bounds the rest.
     let (tx, rx) = tokio::sync::mpsc::channel::<Publish>(4096);
     let worker = tokio::spawn(store(rx, client.clone(), ingest, metrics, shutdown.clone()));

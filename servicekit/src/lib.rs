@@ -7,6 +7,7 @@
 //! minimal HTTP GET for CLIs that ask a running service for its status ([`http_get`]).
 
 pub mod config;
+pub mod kafka;
 pub mod mqtt;
 
 use std::io::{Read, Write};

@@ -100,6 +100,16 @@ impl MqttSecurity {
         Ok(Self { tls, credentials })
     }
 
+    /// Applies TLS and credentials to MQTT 5 options.
+    pub fn apply_v5(&self, opts: &mut rumqttc::v5::MqttOptions) {
+        if let Some((user, pass)) = &self.credentials {
+            opts.set_credentials(user.clone(), pass.clone());
+        }
+        if let Some(t) = &self.tls {
+            opts.set_transport(Transport::tls(t.ca.clone(), t.client_auth.clone(), None));
+        }
+    }
+
     /// Applies TLS and credentials to `opts`.
     pub fn apply(&self, opts: &mut MqttOptions) {
         if let Some((user, pass)) = &self.credentials {

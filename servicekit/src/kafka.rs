@@ -1,0 +1,74 @@
+//! Kafka plumbing shared by the services: client configs with pass-through properties, and
+//! topic creation at start-up.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// A client config: `defaults` first, then the bootstrap servers and every pass-through
+/// property (which win, so operators can override anything, e.g. SASL/SSL settings).
+pub fn client_config(
+    defaults: &[(&str, &str)],
+    bootstrap: &str,
+    properties: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    c.set("bootstrap.servers", bootstrap);
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A topic to create if missing.
+#[derive(Clone, Debug)]
+pub struct TopicSpec<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Partitions.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication: i32,
+    /// Topic configs (e.g. `cleanup.policy=compact`).
+    pub config: Vec<(&'a str, &'a str)>,
+}
+
+/// Creates every topic of `specs` that does not exist yet.
+pub async fn ensure_topics(
+    config: &ClientConfig,
+    specs: &[TopicSpec<'_>],
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let topics: Vec<NewTopic> = specs
+        .iter()
+        .map(|s| {
+            let mut t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(s.replication));
+            for (k, v) in &s.config {
+                t = t.set(k, v);
+            }
+            t
+        })
+        .collect();
+    let results = admin
+        .create_topics(
+            &topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}
