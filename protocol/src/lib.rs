@@ -26,4 +26,4 @@ pub mod agent;
 pub mod server;
 
 pub use agent::{Agent, AgentConfig, AgentDurable, BatchRequest};
-pub use server::{Applied, Server, ServerConfig};
+pub use server::{Applied, ReplicaState, ReplicaStatus, Server, ServerConfig};

@@ -127,6 +127,11 @@ impl Server {
         self.replicas.iter()
     }
 
+    /// The durable state of `replica`, if known.
+    pub fn state(&self, replica: &ReplicaId) -> Option<&ReplicaState> {
+        self.replicas.get(replica)
+    }
+
     /// The watermark of `replica` (0 if unknown).
     pub fn watermark(&self, replica: &ReplicaId) -> u64 {
         self.replicas.get(replica).map_or(0, |r| r.ctx.watermark())

@@ -1,11 +1,39 @@
 //! # edgesync-reconciler
 //!
-//! A Kafka consumer group that de-duplicates by causal context, merges delta-state CRDTs into RocksDB state stores and emits deduplicated events and converged state as Avro.
+//! The Kafka consumer that turns at-least-once batches into exactly-once events and converged
+//! state, in two stages run by one binary (each a consumer group, so several processes split
+//! the partitions):
 //!
-//! Not built yet: this crate holds the place of the reconciler in the workspace until its issue
-//! (#7) lands. What exists today is the model it will run: `edgesync-core` and the wire
-//! contract in `edgesync-schemas`.
+//! - [`device`]: batches partitioned by device → the protocol's `Server` (causal
+//!   de-duplication, in-order release) → events, re-keyed state deltas, acks;
+//! - [`key`]: state deltas partitioned by CRDT key → joined in the RocksDB [`store`] →
+//!   converged values on the compacted state topic.
+//!
+//! [`ledger`] is the completeness ledger behind `/v1/status`; [`service::run`] wires it all
+//! under one cancellation token.
 
-/// What this binary says when asked to run before it is built.
-pub const NOT_BUILT: &str =
-    "the edgesync reconciler is not built yet (issue #7); see ARCHITECTURE.md";
+pub mod config;
+pub mod device;
+pub mod key;
+pub mod ledger;
+pub mod metrics;
+pub mod service;
+pub mod stage;
+pub mod store;
+
+/// Why a stage stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kafka failed (a client could not be created, or a delivery failed for good).
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// An output could not be encoded (a bug: inputs were decoded and validated).
+    #[error("encode: {0}")]
+    Encode(#[from] edgesync_schemas::EncodeError),
+    /// Replaying a partition range failed.
+    #[error("replay: {0}")]
+    Replay(String),
+}

@@ -1,0 +1,164 @@
+//! Typed configuration (TOML file, `EDGESYNC_RECONCILER__<SECTION>__<FIELD>` variables,
+//! `--set` flags; unknown fields refused). `deploy/reconciler.toml` documents every field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use edgesync_servicekit::config::ConfigError;
+
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "EDGESYNC_RECONCILER__";
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The RocksDB state store (one per reconciler process).
+    #[serde(default = "default_dir")]
+    pub state_dir: PathBuf,
+    /// The Kafka cluster and topics.
+    #[serde(default)]
+    pub kafka: KafkaSection,
+    /// `/metrics`, `/v1/status`, `/healthz`.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// Most records processed per group (one state write, one fsync, per group).
+    #[serde(default = "default_group")]
+    pub max_group_records: usize,
+    /// Most events held back above a gap per replica.
+    #[serde(default = "default_pending")]
+    pub max_pending_per_replica: usize,
+    /// A device whose clock is off by more than this is flagged (metric and status).
+    #[serde(default = "default_skew")]
+    pub clock_skew_bound_ms: u64,
+    /// Shutdown grace period.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("edgesync-reconciler-state")
+}
+fn default_group() -> usize {
+    2000
+}
+fn default_pending() -> usize {
+    100_000
+}
+fn default_skew() -> u64 {
+    300_000
+}
+fn default_grace() -> u64 {
+    10_000
+}
+
+/// `[kafka]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSection {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Input: batches keyed by device (from the bridge).
+    pub deltas_topic: String,
+    /// Output: de-duplicated events, in dot order per replica.
+    pub events_topic: String,
+    /// Internal: state deltas keyed by CRDT key (device stage → key stage).
+    pub state_deltas_topic: String,
+    /// Output: converged state per key (compacted).
+    pub state_topic: String,
+    /// Output: watermarks for the bridge to carry back to devices.
+    pub acks_topic: String,
+    /// Output: records that could not be processed.
+    pub dlq_topic: String,
+    /// Consumer group of the device stage.
+    pub device_group: String,
+    /// Consumer group of the key stage.
+    pub key_group: String,
+    /// Create missing topics (the deltas topic's partition count is used for the events topic,
+    /// which must match it).
+    pub create_topics: bool,
+    /// Partitions of created topics (when the deltas topic does not exist yet).
+    pub partitions: i32,
+    /// Replication factor of created topics.
+    pub replication_factor: i32,
+    /// Any librdkafka property, passed through.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            deltas_topic: "edgesync.deltas".into(),
+            events_topic: "edgesync.events".into(),
+            state_deltas_topic: "edgesync.state-deltas".into(),
+            state_topic: "edgesync.state".into(),
+            acks_topic: "edgesync.acks".into(),
+            dlq_topic: "edgesync.dlq".into(),
+            device_group: "edgesync-reconciler-device".into(),
+            key_group: "edgesync-reconciler-key".into(),
+            create_topics: true,
+            partitions: 12,
+            replication_factor: 1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Listen address (localhost by default).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9466)),
+        }
+    }
+}
+
+impl Config {
+    /// Loads file, environment and flags.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        let cfg: Config = edgesync_servicekit::config::load(file, env, ENV_PREFIX, sets)?;
+        if cfg.max_group_records == 0 || cfg.max_pending_per_replica == 0 {
+            return Err(ConfigError::Invalid(
+                "max_group_records and max_pending_per_replica must be > 0".into(),
+            ));
+        }
+        if cfg.kafka.partitions < 1 || cfg.kafka.replication_factor < 1 {
+            return Err(ConfigError::Invalid(
+                "kafka.partitions and replication_factor must be >= 1".into(),
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_loads_and_typos_are_refused() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/reconciler.toml");
+        let c = Config::load(Some(&p), [], &[]).unwrap();
+        assert_eq!(c.kafka.state_topic, "edgesync.state");
+        let e = Config::load(None, [], &["kafka.evnts_topic=x".into()]).unwrap_err();
+        assert!(e.to_string().contains("evnts_topic"), "{e}");
+        let e = Config::load(None, [], &["max_group_records=0".into()]).unwrap_err();
+        assert!(e.to_string().contains("max_group_records"), "{e}");
+    }
+}

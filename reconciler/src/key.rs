@@ -1,0 +1,238 @@
+//! Key stage: state deltas (partitioned by CRDT key) joined into the RocksDB state store; the
+//! converged value of every key touched, with its version vector and digest, goes to the
+//! compacted state topic. Joins are idempotent, commutative and associative, so replays,
+//! duplicates and any arrival order converge to the same value; emitting the same converged
+//! value twice is harmless (compaction keeps the latest).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use edgesync_schemas::{Codec, DeadLetter, DeadLetterReason, Framing, StateRecord};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ReconcilerMetrics;
+use crate::stage::{self, Change, Ctx, Out};
+use crate::store::{Batch, Stage, Store};
+use crate::Error;
+
+/// Topic names and limits of the stage.
+#[derive(Clone, Debug)]
+pub struct KeyConfig {
+    /// Input.
+    pub state_deltas_topic: String,
+    /// Output (compacted).
+    pub state_topic: String,
+    /// Bad records.
+    pub dlq_topic: String,
+    /// Records per group.
+    pub max_group: usize,
+}
+
+/// What the stage works with.
+#[allow(missing_debug_implementations)]
+pub struct KeyStage {
+    /// Settings.
+    pub cfg: KeyConfig,
+    /// Codec.
+    pub codec: Arc<Codec>,
+    /// State store.
+    pub store: Arc<Store>,
+    /// Producer.
+    pub producer: FutureProducer,
+    /// Group consumer of the state-deltas topic.
+    pub consumer: BaseConsumer<Ctx>,
+    /// Its rebalance reports.
+    pub ctx: Ctx,
+    /// Reader for replays.
+    pub reader: BaseConsumer,
+    /// Metrics.
+    pub metrics: Arc<ReconcilerMetrics>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl KeyStage {
+    /// Runs until `shutdown` is cancelled (finishing the group in hand).
+    pub fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Replay(e.to_string()))?;
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        while !shutdown.is_cancelled() {
+            let mut msgs = Vec::new();
+            while msgs.len() < self.cfg.max_group {
+                let timeout = if msgs.is_empty() { 100 } else { 0 };
+                match self
+                    .consumer
+                    .poll(std::time::Duration::from_millis(timeout))
+                {
+                    Some(Ok(m)) => msgs.push(m.detach()),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "state-deltas consumer");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            for change in self.ctx.take() {
+                match change {
+                    Change::Revoked(ps) => ps.iter().for_each(|p| {
+                        next.remove(p);
+                    }),
+                    Change::Assigned(ps) => {
+                        for p in ps {
+                            self.assign(p, &mut next, &rt)?;
+                        }
+                    }
+                }
+            }
+            if !msgs.is_empty() {
+                self.process(msgs, &mut next, &rt)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn assign(
+        &self,
+        p: i32,
+        next: &mut HashMap<i32, i64>,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<(), Error> {
+        let c = &self.cfg;
+        let (low, _) = stage::watermarks(&self.reader, &c.state_deltas_topic, p)?;
+        let local = self.store.offset(Stage::Key, p)?.unwrap_or(low).max(low);
+        next.insert(p, local);
+        let start = stage::committed(&self.consumer, &c.state_deltas_topic, p)?.unwrap_or(low);
+        tracing::info!(
+            partition = p,
+            local,
+            committed = start,
+            "key partition assigned"
+        );
+        if start > local {
+            stage::read_range(
+                &self.reader,
+                &c.state_deltas_topic,
+                p,
+                local,
+                start,
+                c.max_group,
+                |msgs| self.process(msgs, next, rt),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn process(
+        &self,
+        msgs: Vec<OwnedMessage>,
+        next: &mut HashMap<i32, i64>,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<(), Error> {
+        let c = &self.cfg;
+        let now = now_ms();
+        let mut out = Out::default();
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut dirty: BTreeMap<String, StateRecord> = BTreeMap::new();
+        for m in msgs {
+            let p = m.partition();
+            let Some(n) = next.get_mut(&p) else { continue };
+            if m.offset() < *n {
+                continue;
+            }
+            *n = m.offset() + 1;
+            offsets.insert(p, *n);
+            let delta = match self
+                .codec
+                .decode_state_record(m.payload().unwrap_or_default())
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    self.dead(&mut out, &m, DeadLetterReason::Undecodable, e.to_string());
+                    continue;
+                }
+            };
+            let current = match dirty.remove(&delta.key) {
+                Some(s) => Some(s),
+                None => self.store.state(&self.codec, &delta.key)?,
+            };
+            let mut merged = match current {
+                Some(s) => s,
+                None => StateRecord {
+                    key: delta.key.clone(),
+                    state: delta.state.kind().bottom(),
+                    version_vector: Default::default(),
+                    emitted_at_ms: now,
+                },
+            };
+            if let Err(e) = merged.state.join(&delta.state) {
+                let why = format!("key {}: {e}", delta.key);
+                dirty.insert(merged.key.clone(), merged);
+                self.dead(&mut out, &m, DeadLetterReason::KindMismatch, why);
+                continue;
+            }
+            merged.version_vector.merge(&delta.version_vector);
+            self.metrics
+                .convergence
+                .observe(now.saturating_sub(delta.emitted_at_ms) as f64 / 1000.0);
+            self.metrics.merges.inc();
+            dirty.insert(merged.key.clone(), merged);
+        }
+        let mut b = Batch::default();
+        for (key, mut s) in dirty {
+            s.emitted_at_ms = now;
+            let bytes = self.codec.encode_state_record(&s, Framing::SingleObject)?;
+            out.send(
+                &self.producer,
+                &c.state_topic,
+                None,
+                key.as_bytes(),
+                &bytes,
+                false,
+            );
+            b.state(&self.codec, &s)?;
+            self.metrics.states.inc();
+        }
+        out.wait(rt)?;
+        for (p, n) in &offsets {
+            b.offset(Stage::Key, *p, *n);
+        }
+        self.store.commit(b)?;
+        stage::commit(&self.consumer, &c.state_deltas_topic, &offsets);
+        Ok(())
+    }
+
+    fn dead(&self, out: &mut Out, m: &OwnedMessage, reason: DeadLetterReason, detail: String) {
+        tracing::warn!(partition = m.partition(), offset = m.offset(), reason = reason.symbol(), %detail, "dead-lettered");
+        let d = DeadLetter {
+            reason,
+            detail,
+            source: format!("kafka:{}/{}@{}", m.topic(), m.partition(), m.offset()),
+            device: None,
+            received_at_ms: now_ms(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+        };
+        if let Ok(bytes) = self.codec.encode_dead_letter(&d, Framing::SingleObject) {
+            out.send(
+                &self.producer,
+                &self.cfg.dlq_topic,
+                None,
+                m.key().unwrap_or_default(),
+                &bytes,
+                false,
+            );
+            self.metrics.dead(reason);
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The completeness ledger: per replica the watermark, the exact missing ranges and the age
+//! of the current gap, kept up to date by the device stage and read by `/v1/status` and the
+//! metrics. Per-device detail lives here, never in metric labels.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use edgesync_core::{ReplicaId, SeqRange};
+use edgesync_protocol::ReplicaState;
+use serde_json::json;
+
+/// One replica's line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Contiguous watermark (released in order).
+    pub watermark: u64,
+    /// Highest seq seen.
+    pub max_seen: u64,
+    /// Missing ranges below `max_seen`.
+    pub missing: Vec<SeqRange>,
+    /// Since when a gap has been open (server time).
+    pub gap_since_ms: Option<u64>,
+    /// Events held back above the gap.
+    pub pending: usize,
+    /// Seqs dropped at the edge (by the agent's quota policy), all reasons.
+    pub dropped: u64,
+}
+
+impl Entry {
+    fn of(s: &ReplicaState) -> Self {
+        let max_seen = s.ctx.max_seen();
+        Self {
+            watermark: s.ctx.watermark(),
+            max_seen,
+            missing: s.ctx.missing(max_seen),
+            gap_since_ms: s.gap_since_ms,
+            pending: s.pending.len(),
+            dropped: s.dropped.values().sum(),
+        }
+    }
+
+    /// Seen / highest seen (1.0 without gaps).
+    pub fn completeness(&self) -> f64 {
+        if self.max_seen == 0 {
+            return 1.0;
+        }
+        let missing: u64 = self.missing.iter().map(SeqRange::len).sum();
+        (self.max_seen - missing) as f64 / self.max_seen as f64
+    }
+}
+
+/// The ledger of the replicas this process owns.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    entries: Mutex<HashMap<ReplicaId, Entry>>,
+}
+
+impl Ledger {
+    /// Records the current state of some replicas.
+    pub fn update(&self, states: impl IntoIterator<Item = (ReplicaId, ReplicaState)>) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for (r, s) in states {
+            e.insert(r, Entry::of(&s));
+        }
+    }
+
+    /// Forgets replicas (their partition moved to another process).
+    pub fn forget<'a>(&self, replicas: impl IntoIterator<Item = &'a ReplicaId>) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for r in replicas {
+            e.remove(r);
+        }
+    }
+
+    /// A copy of every entry.
+    pub fn snapshot(&self) -> Vec<(ReplicaId, Entry)> {
+        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        e.iter().map(|(r, x)| (r.clone(), x.clone())).collect()
+    }
+
+    /// The status document: replicas with gaps first, least complete first.
+    pub fn status_json(&self, now_ms: u64, limit: usize) -> serde_json::Value {
+        let mut all = self.snapshot();
+        all.sort_by(|a, b| {
+            a.1.completeness()
+                .total_cmp(&b.1.completeness())
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        let with_gaps = all.iter().filter(|(_, e)| !e.missing.is_empty()).count();
+        let devices: Vec<_> = all
+            .iter()
+            .take(limit)
+            .map(|(r, e)| {
+                json!({
+                    "device": r.device.as_str(),
+                    "incarnation": r.incarnation.get(),
+                    "watermark": e.watermark,
+                    "max_seen": e.max_seen,
+                    "completeness": e.completeness(),
+                    "missing": e.missing.iter().map(|m| [m.start, m.end]).collect::<Vec<_>>(),
+                    "gap_age_ms": e.gap_since_ms.map(|g| now_ms.saturating_sub(g)),
+                    "pending": e.pending,
+                    "dropped_at_edge": e.dropped,
+                })
+            })
+            .collect();
+        json!({"replicas": all.len(), "with_gaps": with_gaps, "devices": devices})
+    }
+}

@@ -1,0 +1,222 @@
+//! The reconciler as a service: topics ensured, both stages on their own threads, the ledger
+//! and metrics served over HTTP, everything stopped by one cancellation token.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use edgesync_protocol::ServerConfig;
+use edgesync_schemas::{Codec, Limits};
+use edgesync_servicekit::kafka::{client_config, ensure_topics, TopicSpec};
+use edgesync_servicekit::{render_metrics, METRICS_CONTENT_TYPE};
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::device::{DeviceConfig, DeviceStage};
+use crate::key::{KeyConfig, KeyStage};
+use crate::ledger::Ledger;
+use crate::metrics::ReconcilerMetrics;
+use crate::stage;
+use crate::store::Store;
+use crate::Error;
+
+/// Why the reconciler stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A stage failed.
+    #[error(transparent)]
+    Stage(#[from] Error),
+    /// The codec could not be built.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The HTTP server failed.
+    #[error("http: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The deltas topic's partition count, if it exists.
+fn partitions_of(base: &rdkafka::ClientConfig, topic: &str) -> Result<Option<i32>, Error> {
+    let c: BaseConsumer = base.create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .filter(|n| *n > 0))
+}
+
+/// Runs the reconciler until `shutdown` is cancelled; `listener` serves HTTP.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let k = &cfg.kafka;
+    let base = client_config(&[], &k.bootstrap_servers, &k.properties);
+    if k.create_topics {
+        let n = partitions_of(&base, &k.deltas_topic)?.unwrap_or(k.partitions);
+        let spec = |name, config: Vec<(&'static str, &'static str)>| TopicSpec {
+            name,
+            partitions: n,
+            replication: k.replication_factor,
+            config,
+        };
+        let specs = vec![
+            spec(&k.deltas_topic, vec![]),
+            spec(&k.events_topic, vec![]),
+            spec(&k.state_deltas_topic, vec![]),
+            spec(&k.state_topic, vec![("cleanup.policy", "compact")]),
+            spec(&k.acks_topic, vec![]),
+            spec(&k.dlq_topic, vec![]),
+        ];
+        ensure_topics(&base, &specs).await.map_err(Error::from)?;
+    }
+    let mut registry = Registry::default();
+    let metrics = Arc::new(ReconcilerMetrics::register(&mut registry));
+    let registry = Arc::new(registry);
+    let codec =
+        Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
+    let store = Arc::new(Store::open(&cfg.state_dir).map_err(Error::from)?);
+    let ledger = Arc::new(Ledger::default());
+    let producer: FutureProducer = client_config(
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("partitioner", "murmur2_random"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "2"),
+            ("message.timeout.ms", "0"),
+        ],
+        &k.bootstrap_servers,
+        &k.properties,
+    )
+    .create()
+    .map_err(Error::from)?;
+
+    let (dc, dctx) =
+        stage::group_consumer(&base, &k.device_group, &k.deltas_topic).map_err(Error::from)?;
+    let device = DeviceStage {
+        cfg: DeviceConfig {
+            deltas_topic: k.deltas_topic.clone(),
+            events_topic: k.events_topic.clone(),
+            state_deltas_topic: k.state_deltas_topic.clone(),
+            acks_topic: k.acks_topic.clone(),
+            dlq_topic: k.dlq_topic.clone(),
+            max_group: cfg.max_group_records,
+            server: ServerConfig {
+                max_pending_per_replica: cfg.max_pending_per_replica,
+            },
+            skew_bound_ms: cfg.clock_skew_bound_ms,
+        },
+        codec: Arc::clone(&codec),
+        store: Arc::clone(&store),
+        producer: producer.clone(),
+        consumer: dc,
+        ctx: dctx,
+        reader: stage::reader(&base).map_err(Error::from)?,
+        ledger: Arc::clone(&ledger),
+        metrics: Arc::clone(&metrics),
+    };
+    let (kc, kctx) =
+        stage::group_consumer(&base, &k.key_group, &k.state_deltas_topic).map_err(Error::from)?;
+    let keys = KeyStage {
+        cfg: KeyConfig {
+            state_deltas_topic: k.state_deltas_topic.clone(),
+            state_topic: k.state_topic.clone(),
+            dlq_topic: k.dlq_topic.clone(),
+            max_group: cfg.max_group_records,
+        },
+        codec,
+        store,
+        producer,
+        consumer: kc,
+        ctx: kctx,
+        reader: stage::reader(&base).map_err(Error::from)?,
+        metrics: Arc::clone(&metrics),
+    };
+    // A failing stage stops the whole process: a half-running reconciler would hold
+    // partitions it does not serve.
+    let stop = shutdown.child_token();
+    let spawn = |name: &str, f: Box<dyn FnOnce(CancellationToken) -> Result<(), Error> + Send>| {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let r = f(stop.clone());
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "stage failed");
+                }
+                stop.cancel();
+                r
+            })
+    };
+    let device_thread =
+        spawn("device-stage", Box::new(move |s| device.run(s))).map_err(ServiceError::Http)?;
+    let key_thread =
+        spawn("key-stage", Box::new(move |s| keys.run(s))).map_err(ServiceError::Http)?;
+
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get({
+                let (registry, metrics, ledger) = (Arc::clone(&registry), Arc::clone(&metrics), Arc::clone(&ledger));
+                move || async move {
+                    metrics.refresh(&ledger, now_ms());
+                    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], render_metrics(&registry)).into_response()
+                }
+            }),
+        )
+        .route(
+            "/v1/status",
+            get({
+                let ledger = Arc::clone(&ledger);
+                move || async move { axum::Json(ledger.status_json(now_ms(), 1000)).into_response() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tracing::info!(listen = %listener.local_addr().map_err(ServiceError::Http)?, "http listening");
+    let http_stop = stop.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+    stop.cancelled().await;
+    tracing::info!("stopping");
+    let joined = tokio::task::spawn_blocking(move || (device_thread.join(), key_thread.join()));
+    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    let result = match tokio::time::timeout(grace, joined).await {
+        Ok(Ok((d, k))) => {
+            let first_err = [d, k].into_iter().find_map(|r| match r {
+                Ok(Err(e)) => Some(e),
+                _ => None,
+            });
+            match first_err {
+                Some(e) => Err(ServiceError::Stage(e)),
+                None => Ok(()),
+            }
+        }
+        _ => {
+            tracing::warn!(
+                "grace period over; progress is in the state store, work resumes from it"
+            );
+            Ok(())
+        }
+    };
+    let _ = http.await;
+    result
+}

@@ -1,0 +1,233 @@
+//! What both stages share: a group consumer whose rebalances are reported to the processing
+//! loop, a reader for replaying a partition range, and producing with a wait for Kafka.
+//!
+//! Progress lives in the state store, not in Kafka: each stage writes the next input offset
+//! of a partition in the same RocksDB batch as the state it produced. Kafka's committed
+//! offsets are written after that (for lag monitoring and as the group's start position).
+//! On assignment the stage compares the two: if the group starts past what the local store
+//! holds (another process worked on the partition), the gap is replayed from the topic with
+//! the reader before anything else; records the store already reflects are skipped.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// A change of the partitions a stage owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Newly assigned.
+    Assigned(Vec<i32>),
+    /// Taken away.
+    Revoked(Vec<i32>),
+}
+
+/// Records rebalances for the processing loop (which handles them between groups, so nothing
+/// is in flight when partitions move).
+#[derive(Clone, Debug, Default)]
+pub struct Ctx {
+    changes: Arc<Mutex<Vec<Change>>>,
+}
+
+impl Ctx {
+    /// Takes the changes recorded since the last call.
+    pub fn take(&self) -> Vec<Change> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        let change = match r {
+            Rebalance::Assign(tpl) => Change::Assigned(partitions(tpl)),
+            Rebalance::Revoke(tpl) => Change::Revoked(partitions(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        tracing::info!(?change, "rebalance");
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(change);
+    }
+}
+
+/// A consumer in `group` subscribed to `topic`, committing only when told.
+pub fn group_consumer(
+    base: &ClientConfig,
+    group: &str,
+    topic: &str,
+) -> Result<(BaseConsumer<Ctx>, Ctx), KafkaError> {
+    let ctx = Ctx::default();
+    let mut c = base.clone();
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx.clone())?;
+    consumer.subscribe(&[topic])?;
+    Ok((consumer, ctx))
+}
+
+/// A consumer for reading partition ranges by assignment (no group membership).
+pub fn reader(base: &ClientConfig) -> Result<BaseConsumer, KafkaError> {
+    let mut c = base.clone();
+    c.set("group.id", "edgesync-reconciler-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    c.create()
+}
+
+/// The group's committed offset of `topic`/`p`, if any.
+pub fn committed(c: &BaseConsumer<Ctx>, topic: &str, p: i32) -> Result<Option<i64>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, p);
+    let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(got.find_partition(topic, p).and_then(|e| match e.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }))
+}
+
+/// Low and high watermarks of `topic`/`p`.
+pub fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> Result<(i64, i64), KafkaError> {
+    c.fetch_watermarks(topic, p, Duration::from_secs(10))
+}
+
+/// Reads `topic`/`p` from `from` up to `to` (exclusive), handing records to `f` in groups of
+/// at most `group`.
+pub fn read_range(
+    r: &BaseConsumer,
+    topic: &str,
+    p: i32,
+    from: i64,
+    to: i64,
+    group: usize,
+    mut f: impl FnMut(Vec<OwnedMessage>) -> Result<(), crate::Error>,
+) -> Result<(), crate::Error> {
+    if from >= to {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, Offset::Offset(from))?;
+    r.assign(&tpl)?;
+    let mut next = from;
+    let mut buf = Vec::new();
+    let mut idle = Instant::now();
+    while next < to {
+        match r.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                idle = Instant::now();
+                next = m.offset() + 1;
+                buf.push(m.detach());
+                if buf.len() >= group {
+                    f(std::mem::take(&mut buf))?;
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None if idle.elapsed() > Duration::from_secs(30) => {
+                return Err(crate::Error::Replay(format!(
+                    "{topic}/{p}: stuck at {next} of {to}"
+                )))
+            }
+            None => {}
+        }
+    }
+    if !buf.is_empty() {
+        f(buf)?;
+    }
+    r.unassign()?;
+    Ok(())
+}
+
+/// Records to produce, and a wait for all of them.
+#[derive(Default)]
+pub struct Out {
+    pending: Vec<(DeliveryFuture, Option<i32>)>,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Out").field("pending", &self.pending.len()).finish()
+    }
+}
+
+impl Out {
+    /// Enqueues a record (waiting while librdkafka's queue is full); `track` marks records
+    /// whose partition/offset the caller wants back.
+    pub fn send(
+        &mut self,
+        producer: &FutureProducer,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: &[u8],
+        track: bool,
+    ) {
+        loop {
+            let mut rec = FutureRecord::to(topic).key(key).payload(payload);
+            if let Some(p) = partition {
+                rec = rec.partition(p);
+            }
+            match producer.send_result(rec) {
+                Ok(d) => {
+                    self.pending
+                        .push((d, track.then_some(partition.unwrap_or(-1))));
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Waits for every delivery; returns the highest offset per tracked partition.
+    pub fn wait(
+        self,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<std::collections::BTreeMap<i32, i64>, crate::Error> {
+        rt.block_on(async {
+            let mut last = std::collections::BTreeMap::new();
+            for (d, track) in self.pending {
+                match d.await {
+                    Ok(Ok(delivery)) => {
+                        if track.is_some() {
+                            let e = last.entry(delivery.partition).or_insert(delivery.offset);
+                            *e = (*e).max(delivery.offset);
+                        }
+                    }
+                    Ok(Err((e, _))) => return Err(crate::Error::Kafka(e)),
+                    Err(_) => return Err(crate::Error::Replay("delivery report lost".into())),
+                }
+            }
+            Ok(last)
+        })
+    }
+}
+
+/// Commits `offsets` (next to read, per partition of `topic`) to the group, without waiting.
+pub fn commit(c: &BaseConsumer<Ctx>, topic: &str, offsets: &std::collections::BTreeMap<i32, i64>) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in offsets {
+        let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(*o));
+    }
+    if let Err(e) = c.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+        tracing::debug!(error = %e, "commit offsets");
+    }
+}

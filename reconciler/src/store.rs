@@ -1,0 +1,396 @@
+//! The reconciler's RocksDB store: per input partition the next offset to read and the
+//! replicas' protocol state (device stage), per CRDT key the converged state (key stage),
+//! written together in one synced batch so that progress and state never disagree.
+//!
+//! Keys: `o/<stage>/<partition>` next input offset; `c/<partition>` next offset of the events
+//! partition after the last event this store knows was emitted; `r/<partition>/<device>\0
+//! <incarnation>` a replica's state; `s/<key>` a key's converged state record.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use edgesync_core::{DeviceId, DropReason, Incarnation, ReplicaContext, ReplicaId};
+use edgesync_protocol::ReplicaState;
+use edgesync_schemas::{Codec, Framing, StateRecord};
+use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB failed.
+    #[error("state store: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// A stored value does not decode (the store is damaged or from another version).
+    #[error("state store: {what} does not decode: {why}")]
+    Corrupt {
+        /// Which value.
+        what: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Which consumer stage an offset belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Deltas topic, partitioned by device.
+    Device,
+    /// State-deltas topic, partitioned by key.
+    Key,
+}
+
+impl Stage {
+    fn tag(self) -> u8 {
+        match self {
+            Stage::Device => b'd',
+            Stage::Key => b'k',
+        }
+    }
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    db: DB,
+}
+
+fn offset_key(stage: Stage, p: i32) -> Vec<u8> {
+    let mut k = vec![b'o', b'/', stage.tag(), b'/'];
+    k.extend_from_slice(&p.to_be_bytes());
+    k
+}
+
+fn checkpoint_key(p: i32) -> Vec<u8> {
+    let mut k = b"c/".to_vec();
+    k.extend_from_slice(&p.to_be_bytes());
+    k
+}
+
+fn replica_prefix(p: i32) -> Vec<u8> {
+    let mut k = b"r/".to_vec();
+    k.extend_from_slice(&p.to_be_bytes());
+    k.push(b'/');
+    k
+}
+
+fn replica_key(p: i32, r: &ReplicaId) -> Vec<u8> {
+    let mut k = replica_prefix(p);
+    k.extend_from_slice(r.device.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&r.incarnation.get().to_be_bytes());
+    k
+}
+
+fn state_key(key: &str) -> Vec<u8> {
+    let mut k = b"s/".to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn u64_of(v: &[u8]) -> Option<u64> {
+    v.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// Pending writes, committed together by [`Store::commit`].
+#[derive(Default)]
+pub struct Batch {
+    wb: WriteBatch,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("len", &self.wb.len())
+            .finish()
+    }
+}
+
+impl Batch {
+    /// The next offset to read from `p` in `stage`.
+    pub fn offset(&mut self, stage: Stage, p: i32, next: i64) {
+        self.wb
+            .put(offset_key(stage, p), (next as u64).to_be_bytes());
+    }
+
+    /// The events partition `p` holds everything this store released up to `next` (exclusive).
+    pub fn checkpoint(&mut self, p: i32, next: i64) {
+        self.wb.put(checkpoint_key(p), (next as u64).to_be_bytes());
+    }
+
+    /// A replica's protocol state.
+    pub fn replica(
+        &mut self,
+        codec: &Codec,
+        p: i32,
+        r: &ReplicaId,
+        s: &ReplicaState,
+    ) -> Result<(), StoreError> {
+        self.wb.put(replica_key(p, r), encode_replica(codec, s)?);
+        Ok(())
+    }
+
+    /// A key's converged state.
+    pub fn state(&mut self, codec: &Codec, s: &StateRecord) -> Result<(), StoreError> {
+        let v = codec
+            .encode_state_record(s, Framing::SingleObject)
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("state {}", s.key),
+                why: e.to_string(),
+            })?;
+        self.wb.put(state_key(&s.key), v);
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        opts.set_compression_type(rocksdb::DBCompressionType::Zstd);
+        Ok(Self {
+            db: DB::open(&opts, dir)?,
+        })
+    }
+
+    /// Writes `b` durably (one fsync).
+    pub fn commit(&self, b: Batch) -> Result<(), StoreError> {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db.write_opt(b.wb, &w)?;
+        Ok(())
+    }
+
+    /// The next offset to read from `p`, if this store has processed it before.
+    pub fn offset(&self, stage: Stage, p: i32) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .db
+            .get(offset_key(stage, p))?
+            .and_then(|v| u64_of(&v))
+            .map(|o| o as i64))
+    }
+
+    /// The events checkpoint of partition `p`.
+    pub fn checkpoint(&self, p: i32) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .db
+            .get(checkpoint_key(p))?
+            .and_then(|v| u64_of(&v))
+            .map(|o| o as i64))
+    }
+
+    /// Every replica state stored for partition `p`.
+    pub fn replicas(
+        &self,
+        codec: &Codec,
+        p: i32,
+    ) -> Result<Vec<(ReplicaId, ReplicaState)>, StoreError> {
+        let prefix = replica_prefix(p);
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let corrupt = |why: &str| StoreError::Corrupt {
+                what: format!("replica key {:?}", String::from_utf8_lossy(&k)),
+                why: why.into(),
+            };
+            let (dev, inc) = rest
+                .split_last_chunk::<8>()
+                .ok_or_else(|| corrupt("short key"))?;
+            let dev = dev
+                .strip_suffix(&[0])
+                .ok_or_else(|| corrupt("no separator"))?;
+            let device = std::str::from_utf8(dev)
+                .ok()
+                .and_then(|d| DeviceId::new(d).ok())
+                .ok_or_else(|| corrupt("bad device id"))?;
+            let inc =
+                Incarnation::new(u64::from_be_bytes(*inc)).map_err(|e| corrupt(&e.to_string()))?;
+            let r = ReplicaId::new(device, inc);
+            let s = decode_replica(codec, &r, &v)?;
+            out.push((r, s));
+        }
+        Ok(out)
+    }
+
+    /// The converged state of `key`.
+    pub fn state(&self, codec: &Codec, key: &str) -> Result<Option<StateRecord>, StoreError> {
+        match self.db.get(state_key(key))? {
+            None => Ok(None),
+            Some(v) => codec
+                .decode_state_record(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    what: format!("state {key}"),
+                    why: e.to_string(),
+                }),
+        }
+    }
+}
+
+const REPLICA_FORMAT: u8 = 1;
+
+fn reason_byte(r: DropReason) -> u8 {
+    match r {
+        DropReason::Quota => 1,
+        DropReason::Age => 2,
+        DropReason::Corrupt => 3,
+    }
+}
+
+fn encode_replica(codec: &Codec, s: &ReplicaState) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![REPLICA_FORMAT];
+    out.extend_from_slice(&s.ctx.watermark().to_be_bytes());
+    let ranges: Vec<_> = s.ctx.ranges().collect();
+    out.extend_from_slice(&(ranges.len() as u32).to_be_bytes());
+    for r in ranges {
+        out.extend_from_slice(&r.start.to_be_bytes());
+        out.extend_from_slice(&r.end.to_be_bytes());
+    }
+    out.extend_from_slice(&s.gap_since_ms.map_or(u64::MAX, |g| g).to_be_bytes());
+    out.push(s.dropped.len() as u8);
+    for (reason, n) in &s.dropped {
+        out.push(reason_byte(*reason));
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    out.extend_from_slice(&(s.pending.len() as u32).to_be_bytes());
+    for e in s.pending.values() {
+        let b = codec
+            .encode_event(e, Framing::SingleObject)
+            .map_err(|err| StoreError::Corrupt {
+                what: format!("pending event {}", e.dot),
+                why: err.to_string(),
+            })?;
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take::<8>().map(u64::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take::<4>().map(u32::from_be_bytes)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+}
+
+fn decode_replica(codec: &Codec, r: &ReplicaId, v: &[u8]) -> Result<ReplicaState, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt {
+        what: format!("replica {r}"),
+        why,
+    };
+    let short = || corrupt("truncated".into());
+    let mut rd = Reader(v);
+    if rd.u8().ok_or_else(short)? != REPLICA_FORMAT {
+        return Err(corrupt("unknown format".into()));
+    }
+    let watermark = rd.u64().ok_or_else(short)?;
+    let n = rd.u32().ok_or_else(short)?;
+    let mut ranges = Vec::new();
+    for _ in 0..n {
+        ranges.push((rd.u64().ok_or_else(short)?, rd.u64().ok_or_else(short)?));
+    }
+    let ctx =
+        ReplicaContext::from_parts(r, watermark, ranges).map_err(|e| corrupt(e.to_string()))?;
+    let gap = rd.u64().ok_or_else(short)?;
+    let mut dropped = BTreeMap::new();
+    for _ in 0..rd.u8().ok_or_else(short)? {
+        let reason = match rd.u8().ok_or_else(short)? {
+            1 => DropReason::Quota,
+            2 => DropReason::Age,
+            _ => DropReason::Corrupt,
+        };
+        dropped.insert(reason, rd.u64().ok_or_else(short)?);
+    }
+    let mut pending = BTreeMap::new();
+    for _ in 0..rd.u32().ok_or_else(short)? {
+        let len = rd.u32().ok_or_else(short)? as usize;
+        let e = codec
+            .decode_event(rd.bytes(len).ok_or_else(short)?)
+            .map_err(|e| corrupt(e.to_string()))?;
+        pending.insert(e.dot.seq, e);
+    }
+    Ok(ReplicaState {
+        ctx,
+        pending,
+        gap_since_ms: (gap != u64::MAX).then_some(gap),
+        dropped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use edgesync_core::{Dot, Event, Hlc};
+    use edgesync_schemas::Limits;
+
+    #[test]
+    fn replica_states_and_offsets_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let codec = Codec::new(Limits::default()).unwrap();
+        let r = ReplicaId::new(
+            DeviceId::new("pump-1").unwrap(),
+            Incarnation::new(77).unwrap(),
+        );
+        let mut s = ReplicaState {
+            ctx: ReplicaContext::from_parts(&r, 5, [(8, 9)]).unwrap(),
+            gap_since_ms: Some(1234),
+            ..ReplicaState::default()
+        };
+        s.dropped.insert(DropReason::Quota, 3);
+        for seq in [8, 9] {
+            s.pending.insert(
+                seq,
+                Event {
+                    dot: Dot::new(r.clone(), seq),
+                    hlc: Hlc::new(1, 0),
+                    stream: "s".into(),
+                    schema_version: 1,
+                    fields: BTreeMap::new(),
+                    tags: BTreeMap::new(),
+                },
+            );
+        }
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            b.replica(&codec, 3, &r, &s).unwrap();
+            b.offset(Stage::Device, 3, 42);
+            b.checkpoint(3, 17);
+            store.commit(b).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.replicas(&codec, 3).unwrap(), vec![(r, s)]);
+        assert!(store.replicas(&codec, 4).unwrap().is_empty());
+        assert_eq!(store.offset(Stage::Device, 3).unwrap(), Some(42));
+        assert_eq!(store.offset(Stage::Key, 3).unwrap(), None);
+        assert_eq!(store.checkpoint(3).unwrap(), Some(17));
+    }
+}
