@@ -162,7 +162,9 @@ pub struct Out {
 
 impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Out").field("pending", &self.pending.len()).finish()
+        f.debug_struct("Out")
+            .field("pending", &self.pending.len())
+            .finish()
     }
 }
 
