@@ -2,9 +2,12 @@
 //! by its device, or dead-letter it with a reason.
 //!
 //! The device id comes from the topic (which the broker's ACL ties to the device's
-//! credentials) and must follow the grammar; the payload must be within the size limit,
-//! decode as a delta batch, and name the same device. Decoding is bounded and total (the
-//! codec's limits), so no input can crash the bridge.
+//! credentials) and must follow the grammar; the payload must be within the size limit, be a
+//! well-formed delta batch (decompressed, known schema, every length and branch checked by
+//! `Codec::check_batch` without building values), and name the same device. The checks are
+//! bounded and total, so no input can crash the bridge. The batch's content (dense seqs,
+//! event limits, CRDT datums) is validated by the reconciler's full decode, which
+//! dead-letters what fails it.
 
 use edgesync_core::DeviceId;
 use edgesync_schemas::{Codec, DeadLetterReason};
@@ -16,8 +19,8 @@ pub enum Verdict {
     Forward {
         /// The device (from the topic, confirmed by the batch).
         device: DeviceId,
-        /// Seqs the batch covers, for metrics and logs.
-        seqs: u64,
+        /// The batch's first seq, for logs.
+        first_seq: u64,
     },
     /// Bad input: goes to the dead-letter topic.
     Dead {
@@ -67,24 +70,18 @@ pub fn classify(topic: &str, payload: &[u8], codec: &Codec, max_payload: usize) 
             Some(&device),
         );
     }
-    let batch = match codec.decode_batch(payload) {
-        Ok(b) => b,
+    let (replica, first_seq) = match codec.check_batch(payload) {
+        Ok(x) => x,
         Err(e) => return dead(DeadLetterReason::Undecodable, e.to_string(), Some(&device)),
     };
-    if batch.replica().device != device {
+    if replica.device != device {
         return dead(
             DeadLetterReason::DeviceMismatch,
-            format!(
-                "topic names {device}, the batch names {}",
-                batch.replica().device
-            ),
+            format!("topic names {device}, the batch names {}", replica.device),
             Some(&device),
         );
     }
-    Verdict::Forward {
-        seqs: batch.last_seq() - batch.first_seq() + 1,
-        device,
-    }
+    Verdict::Forward { device, first_seq }
 }
 
 #[cfg(test)]
@@ -119,7 +116,7 @@ mod tests {
             classify("edgesync/v1/pump-1/batch", &good, &codec, 1 << 20),
             Verdict::Forward {
                 device: DeviceId::new("pump-1").unwrap(),
-                seqs: 3
+                first_seq: 1
             }
         );
         let reason =

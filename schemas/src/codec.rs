@@ -90,6 +90,14 @@ fn build_error(kind: MessageKind) -> impl FnOnce(apache_avro::Error) -> SchemaEr
 struct Known {
     kind: MessageKind,
     reader: GenericDatumReader<'static>,
+    /// The writer schema and its named types, for checking data without decoding it.
+    schema: &'static Schema,
+    names: crate::walk::Names,
+}
+
+fn names_of(kind: MessageKind, schema: &'static Schema) -> Result<crate::walk::Names, SchemaError> {
+    let resolved = apache_avro::schema::ResolvedSchema::new(schema).map_err(build_error(kind))?;
+    Ok(resolved.get_names().clone())
 }
 
 /// The current schema of one kind.
@@ -150,7 +158,16 @@ impl Codec {
             let reader = GenericDatumReader::builder(schema)
                 .build()
                 .map_err(build_error(kind))?;
-            codec.writers.insert(fingerprint, Known { kind, reader });
+            let names = names_of(kind, schema)?;
+            codec.writers.insert(
+                fingerprint,
+                Known {
+                    kind,
+                    reader,
+                    schema,
+                    names,
+                },
+            );
             codec.current.push(Current {
                 fingerprint,
                 schema,
@@ -194,7 +211,16 @@ impl Codec {
             .reader_schema(current)
             .build()
             .map_err(build_error(kind))?;
-        self.writers.insert(fingerprint, Known { kind, reader });
+        let names = names_of(kind, schema)?;
+        self.writers.insert(
+            fingerprint,
+            Known {
+                kind,
+                reader,
+                schema,
+                names,
+            },
+        );
         Ok(fingerprint)
     }
 
@@ -348,6 +374,80 @@ impl Codec {
     }
 
     // ---- delta batches -----------------------------------------------------------------
+
+    /// Checks a batch without decoding it: within the size limits, decompresses, a known
+    /// `DeltaBatch` writer schema, a datum that is well-formed against it with nothing after
+    /// it; returns the replica and first seq it names. Much cheaper than
+    /// [`Codec::decode_batch`] (no values are built); what it does not check is the batch's
+    /// content (dense seqs, event limits, the CRDT datums), which the full decode does.
+    pub fn check_batch(&self, bytes: &[u8]) -> Result<(ReplicaId, u64), DecodeError> {
+        self.with_decompressed(bytes, |plain| {
+            let (fp, mut datum) = match plain {
+                [0xC3, 0x01, rest @ ..] => {
+                    rest.split_first_chunk::<8>()
+                        .ok_or(DecodeError::Truncated {
+                            len: plain.len(),
+                            needed: SINGLE_OBJECT_HEADER_LEN,
+                        })?
+                }
+                _ => {
+                    return Err(DecodeError::BadFraming {
+                        found: plain.iter().take(2).copied().collect(),
+                    })
+                }
+            };
+            let fp = u64::from_le_bytes(*fp);
+            let writer = self
+                .writers
+                .get(&fp)
+                .ok_or(DecodeError::UnknownFingerprint(fp))?;
+            if writer.kind != MessageKind::DeltaBatch {
+                return Err(DecodeError::WrongKind {
+                    expected: MessageKind::DeltaBatch,
+                    found: writer.kind,
+                });
+            }
+            let Schema::Record(r) = writer.schema else {
+                return Err(DecodeError::Shape {
+                    field: "DeltaBatch",
+                    expected: "a record schema",
+                });
+            };
+            let (mut device, mut incarnation, mut first_seq) = (None, None, None);
+            for f in &r.fields {
+                match (f.name.as_str(), &f.schema) {
+                    ("device", Schema::String) => device = Some(crate::walk::string(&mut datum)?),
+                    ("incarnation", Schema::Long) => {
+                        incarnation = Some(crate::walk::long(&mut datum)?)
+                    }
+                    ("first_seq", Schema::Long) => first_seq = Some(crate::walk::long(&mut datum)?),
+                    (_, schema) => crate::walk::skip(schema, &writer.names, &mut datum, 0)?,
+                }
+            }
+            if !datum.is_empty() {
+                return Err(DecodeError::TrailingBytes(datum.len()));
+            }
+            let missing = |field| DecodeError::Shape {
+                field,
+                expected: "present",
+            };
+            let device = edgesync_core::DeviceId::new(device.ok_or_else(|| missing("device"))?)?;
+            let inc = incarnation.ok_or_else(|| missing("incarnation"))?;
+            let inc = u64::try_from(inc).map_err(|_| DecodeError::Negative {
+                field: "incarnation",
+                value: inc,
+            })?;
+            let first = first_seq.ok_or_else(|| missing("first_seq"))?;
+            let first = u64::try_from(first).map_err(|_| DecodeError::Negative {
+                field: "first_seq",
+                value: first,
+            })?;
+            Ok((
+                ReplicaId::new(device, edgesync_core::Incarnation::new(inc)?),
+                first,
+            ))
+        })
+    }
 
     /// Encodes a batch for MQTT: zstd over the single-object encoding.
     pub fn encode_batch(&self, batch: &DeltaBatch) -> Result<Vec<u8>, EncodeError> {

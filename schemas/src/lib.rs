@@ -39,6 +39,7 @@ mod encode;
 mod error;
 mod records;
 mod value;
+mod walk;
 
 pub use codec::{
     Codec, Framing, Limits, CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, SINGLE_OBJECT_HEADER_LEN,

@@ -221,6 +221,35 @@ proptest! {
     }
 
     #[test]
+    fn checking_a_batch_agrees_with_decoding_it(
+        b in batch(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..3),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let c = codec();
+        let packed = c.encode_batch(&b).unwrap();
+        prop_assert_eq!(c.check_batch(&packed).unwrap(), (b.replica().clone(), b.first_seq()));
+        let mut plain = zstd::stream::decode_all(&packed[..]).unwrap();
+        let flipped = !flips.is_empty();
+        for (i, x) in flips {
+            let at = i.index(plain.len());
+            plain[at] ^= x;
+        }
+        if !flipped {
+            // A truncated datum is never well-formed.
+            plain.truncate(cut.index(plain.len()));
+        }
+        let repacked = zstd::bulk::compress(&plain, 1).unwrap();
+        // Never a panic; whatever decodes also checks, with the same identity.
+        let checked = c.check_batch(&repacked);
+        if let Ok(d) = c.decode_batch(&repacked) {
+            prop_assert_eq!(checked.unwrap(), (d.replica().clone(), d.first_seq()));
+        } else if !flipped {
+            prop_assert!(checked.is_err(), "a truncated batch passed the check");
+        }
+    }
+
+    #[test]
     fn every_truncation_is_rejected(e in event(Dot::new(replica(0), 7))) {
         let c = codec();
         let bytes = c.encode_event(&e, Framing::SingleObject).unwrap();
