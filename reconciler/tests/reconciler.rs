@@ -23,6 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_edgesync-reconciler");
 
 struct Proc {
     process: Managed,
+    http: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -57,7 +58,11 @@ fn start(k: &Kafka, name: &str) -> Proc {
         },
     })
     .unwrap();
-    Proc { process, _dir: dir }
+    Proc {
+        process,
+        http,
+        _dir: dir,
+    }
 }
 
 /// Batches of `per` events for `device`, each event +1 on `fleet/readings` and on its own
@@ -287,4 +292,57 @@ fn kill_9_mid_stream_and_a_second_process_leave_no_dot_missing_or_doubled() {
     );
     assert_eq!(latest_state(&codec, &k, expect.len(), &expect), expect);
     assert!(second.is_some());
+}
+
+#[test]
+fn the_ledger_shows_a_gap_with_its_exact_missing_range_until_it_is_filled() {
+    let k = Kafka::start().unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let p = producer(&k);
+    let r = start(&k, "ledger");
+    let bs = batches(&codec, "pump-gap", 4, 10);
+    // Seqs 1..=10 and 21..=40 arrive; 11..=20 are missing.
+    for i in [0, 2, 3] {
+        send(&p, "pump-gap", &bs[i]);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let status = |r: &Proc| -> serde_json::Value {
+        let (code, body) = edgesync_servicekit::http_get(r.http, "/v1/status").unwrap();
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut st = status(&r);
+    while Instant::now() < deadline && st["with_gaps"] != 1 {
+        std::thread::sleep(Duration::from_millis(200));
+        st = status(&r);
+    }
+    let dev = &st["devices"][0];
+    assert_eq!(dev["device"], "pump-gap", "{st}");
+    assert_eq!(dev["watermark"], 10);
+    assert_eq!(dev["max_seen"], 40);
+    assert_eq!(dev["missing"], serde_json::json!([[11, 20]]));
+    assert_eq!(dev["pending"], 20, "events above the gap are held back");
+    assert!(dev["gap_age_ms"].as_u64().is_some());
+    let (_, metrics) = edgesync_servicekit::http_get(r.http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("edgesync_reconciler_replicas_with_gaps 1"),
+        "{metrics}"
+    );
+    // Only 1..=10 are released so far.
+    let early = read(&k, "edgesync.events", Duration::from_secs(5), |r| {
+        r.len() > 10
+    });
+    assert_eq!(early.len(), 10);
+    send(&p, "pump-gap", &bs[1]);
+    p.flush(Duration::from_secs(10)).unwrap();
+    let recs = read(&k, "edgesync.events", Duration::from_secs(30), |r| {
+        r.len() >= 40
+    });
+    check_events(&dots(&codec, &recs), &["pump-gap"], 40);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && status(&r)["with_gaps"] != 0 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(status(&r)["devices"][0]["watermark"], 40);
 }
