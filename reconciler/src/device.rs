@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use edgesync_core::{ReplicaId, VersionVector};
 use edgesync_protocol::{Server, ServerConfig};
 use edgesync_schemas::{Ack, Codec, DeadLetter, DeadLetterReason, Framing, StateRecord};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
@@ -235,6 +235,7 @@ impl DeviceStage {
         let mut acks: BTreeMap<ReplicaId, u64> = BTreeMap::new();
         let mut touched: BTreeSet<(i32, ReplicaId)> = BTreeSet::new();
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut skews: BTreeMap<ReplicaId, i64> = BTreeMap::new();
         for m in msgs {
             let p = m.partition();
             let Some(o) = owned.get_mut(&p) else {
@@ -270,6 +271,7 @@ impl DeviceStage {
             let a = o.server.apply(batch, now);
             self.metrics.duplicates.inc_by(a.duplicates as u64);
             let done = skip.get(&replica).copied().unwrap_or(0);
+            let mut last_skew = None;
             let device = replica.device.as_str().as_bytes();
             for e in &a.released {
                 if e.dot.seq <= done {
@@ -278,6 +280,7 @@ impl DeviceStage {
                 }
                 let skew_ms = now as i64 - e.hlc.wall_ms as i64;
                 self.metrics.observe_skew(skew_ms, c.skew_bound_ms);
+                last_skew = Some(skew_ms);
                 let bytes = self.codec.encode_event(e, Framing::SingleObject)?;
                 out.send(
                     &self.producer,
@@ -317,6 +320,9 @@ impl DeviceStage {
                 self.metrics.deltas.inc();
             }
             acks.insert(replica.clone(), a.watermark);
+            if let Some(s) = last_skew {
+                skews.insert(replica.clone(), s);
+            }
             touched.insert((p, replica));
         }
         // Events, deltas and dead letters durable in Kafka before anything else.
@@ -359,7 +365,9 @@ impl DeviceStage {
                 .and_then(|o| o.server.state(r))
                 .map(|s| (r.clone(), s.clone()))
         }));
-        let _ = self.consumer.position(); // keeps the consumer's view fresh for lag metrics
+        for (r, s) in &skews {
+            self.ledger.skew(r, *s);
+        }
         Ok(())
     }
 

@@ -24,6 +24,8 @@ pub struct Entry {
     pub pending: usize,
     /// Seqs dropped at the edge (by the agent's quota policy), all reasons.
     pub dropped: u64,
+    /// Receive time minus HLC of the replica's latest released event, if any.
+    pub clock_skew_ms: Option<i64>,
 }
 
 impl Entry {
@@ -36,6 +38,7 @@ impl Entry {
             gap_since_ms: s.gap_since_ms,
             pending: s.pending.len(),
             dropped: s.dropped.values().sum(),
+            clock_skew_ms: None,
         }
     }
 
@@ -53,15 +56,40 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct Ledger {
     entries: Mutex<HashMap<ReplicaId, Entry>>,
+    /// Devices whose clock is off by more than this are flagged.
+    skew_bound_ms: u64,
 }
 
 impl Ledger {
-    /// Records the current state of some replicas.
+    /// An empty ledger flagging clocks off by more than `skew_bound_ms`.
+    pub fn new(skew_bound_ms: u64) -> Self {
+        Self {
+            entries: Mutex::default(),
+            skew_bound_ms,
+        }
+    }
+
+    /// Records the current state of some replicas (keeping their last clock skew).
     pub fn update(&self, states: impl IntoIterator<Item = (ReplicaId, ReplicaState)>) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         for (r, s) in states {
-            e.insert(r, Entry::of(&s));
+            let mut entry = Entry::of(&s);
+            entry.clock_skew_ms = e.get(&r).and_then(|x| x.clock_skew_ms);
+            e.insert(r, entry);
         }
+    }
+
+    /// Records a replica's latest clock skew (receive time minus event HLC).
+    pub fn skew(&self, replica: &ReplicaId, skew_ms: i64) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(x) = e.get_mut(replica) {
+            x.clock_skew_ms = Some(skew_ms);
+        }
+    }
+
+    /// Whether a skew is beyond the bound.
+    pub fn flagged(&self, skew_ms: Option<i64>) -> bool {
+        skew_ms.is_some_and(|s| s.unsigned_abs() > self.skew_bound_ms)
     }
 
     /// Forgets replicas (their partition moved to another process).
@@ -87,6 +115,10 @@ impl Ledger {
                 .then_with(|| a.0.cmp(&b.0))
         });
         let with_gaps = all.iter().filter(|(_, e)| !e.missing.is_empty()).count();
+        let skewed = all
+            .iter()
+            .filter(|(_, e)| self.flagged(e.clock_skew_ms))
+            .count();
         let devices: Vec<_> = all
             .iter()
             .take(limit)
@@ -101,9 +133,17 @@ impl Ledger {
                     "gap_age_ms": e.gap_since_ms.map(|g| now_ms.saturating_sub(g)),
                     "pending": e.pending,
                     "dropped_at_edge": e.dropped,
+                    "clock_skew_ms": e.clock_skew_ms,
+                    "clock_skew_flagged": self.flagged(e.clock_skew_ms),
                 })
             })
             .collect();
-        json!({"replicas": all.len(), "with_gaps": with_gaps, "devices": devices})
+        json!({
+            "replicas": all.len(),
+            "with_gaps": with_gaps,
+            "clock_skew_flagged": skewed,
+            "clock_skew_bound_ms": self.skew_bound_ms,
+            "devices": devices,
+        })
     }
 }

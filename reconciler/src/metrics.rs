@@ -63,6 +63,8 @@ pub struct ReconcilerMetrics {
     pub missing_seqs: Gauge,
     /// Age of the oldest open gap.
     pub oldest_gap_age: Gauge<f64, AtomicU64>,
+    /// Replicas whose latest clock skew is beyond the bound.
+    pub replicas_skew_flagged: Gauge,
     /// Replicas at most `le` complete (cumulative).
     pub completeness: Family<LeLabel, Gauge<f64, AtomicU64>>,
 }
@@ -90,6 +92,7 @@ impl ReconcilerMetrics {
             missing_seqs: Gauge::default(),
             oldest_gap_age: Gauge::default(),
             completeness: Family::default(),
+            replicas_skew_flagged: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("edgesync_reconciler");
         r.register("batches", "Batches consumed", m.batches.clone());
@@ -157,6 +160,11 @@ impl ReconcilerMetrics {
             "Replicas at most le complete",
             m.completeness.clone(),
         );
+        r.register(
+            "replicas_clock_skew_flagged",
+            "Replicas whose clock is off beyond the bound",
+            m.replicas_skew_flagged.clone(),
+        );
         m
     }
 
@@ -184,6 +192,11 @@ impl ReconcilerMetrics {
         self.replicas.set(all.len() as i64);
         let gaps: Vec<_> = all.iter().filter(|(_, e)| !e.missing.is_empty()).collect();
         self.replicas_with_gaps.set(gaps.len() as i64);
+        self.replicas_skew_flagged.set(
+            all.iter()
+                .filter(|(_, e)| ledger.flagged(e.clock_skew_ms))
+                .count() as i64,
+        );
         self.missing_seqs.set(
             all.iter()
                 .flat_map(|(_, e)| e.missing.iter().map(|m| m.len()))

@@ -91,7 +91,7 @@ pub async fn run(
     let codec =
         Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
     let store = Arc::new(Store::open(&cfg.state_dir).map_err(Error::from)?);
-    let ledger = Arc::new(Ledger::default());
+    let ledger = Arc::new(Ledger::new(cfg.clock_skew_bound_ms));
     let producer: FutureProducer = client_config(
         &[
             ("enable.idempotence", "true"),

@@ -324,9 +324,16 @@ fn the_ledger_shows_a_gap_with_its_exact_missing_range_until_it_is_filled() {
     assert_eq!(dev["missing"], serde_json::json!([[11, 20]]));
     assert_eq!(dev["pending"], 20, "events above the gap are held back");
     assert!(dev["gap_age_ms"].as_u64().is_some());
+    // The test's events are stamped in 2023: far beyond the default 5-minute skew bound.
+    assert_eq!(dev["clock_skew_flagged"], true, "{st}");
+    assert!(dev["clock_skew_ms"].as_i64().unwrap() > 300_000);
     let (_, metrics) = edgesync_servicekit::http_get(r.http, "/metrics").unwrap();
     assert!(
         metrics.contains("edgesync_reconciler_replicas_with_gaps 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edgesync_reconciler_replicas_clock_skew_flagged 1"),
         "{metrics}"
     );
     // Only 1..=10 are released so far.

@@ -1,0 +1,211 @@
+//! Reconciler throughput against a raw consume-and-produce passthrough of the same records,
+//! over the same broker, in the same run.
+//!
+//! `cargo bench -p edgesync-reconciler --bench throughput` starts the Kafka-protocol broker
+//! (tansu), writes N delta batches (100 devices, 100 events each, with G-counter and rollup
+//! deltas) to a deltas topic, then times:
+//!
+//! - **passthrough**: a consumer group reads the batch records and an idempotent `acks=all`
+//!   producer writes each one, unchanged, to another topic (what any Kafka stream job costs);
+//! - **reconciler**: the `edgesync-reconciler` binary — decode, causal de-duplication, release
+//!   in dot order, one Avro record per event, re-keyed deltas, acks, RocksDB state with fsync,
+//!   and the key stage joining and emitting converged state — timed until every event is in
+//!   the events topic.
+//!
+//! Prints events/s of both and the ratio (targets: >= 150k events/s and >= 0.5x).
+//! `RECONCILER_BENCH_BATCHES` sets N (default 2,000 = 200k events).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgesync_core::crdt::{GCounter, RollupMap};
+use edgesync_core::{
+    Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
+};
+use edgesync_schemas::{Codec, Limits};
+use edgesync_testkit::{free_port, unique, Kafka, Managed, ProcessSpec, Ready};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
+};
+use rdkafka::Message;
+
+const DEVICES: u64 = 100;
+const PER: u64 = 100;
+
+fn write_batches(k: &Kafka, topic: &str, n: u64) {
+    let codec = Codec::new(Limits::default()).unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> = k
+        .client_config()
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let mut counters: BTreeMap<u64, (GCounter, RollupMap)> = BTreeMap::new();
+    for i in 0..n {
+        let d = i % DEVICES;
+        let dev = format!("pump-{d}");
+        let r = ReplicaId::new(DeviceId::new(&dev).unwrap(), Incarnation::new(3).unwrap());
+        let first = i / DEVICES * PER + 1;
+        let (g, roll) = counters.entry(d).or_default();
+        let mut state = BTreeMap::new();
+        let events = (0..PER)
+            .map(|k| {
+                let t = 1_700_000_000_000 + (first + k) * 1000;
+                state.insert("fleet/readings".to_string(), Crdt::GCounter(g.inc(&r, 1)));
+                state.insert(
+                    format!("{dev}/pressure"),
+                    Crdt::RollupMap(roll.record(&r, t - t % 60_000, 101.5).unwrap()),
+                );
+                Event {
+                    dot: Dot::new(r.clone(), first + k),
+                    hlc: Hlc::new(t, 0),
+                    stream: "pump.telemetry".into(),
+                    schema_version: 1,
+                    fields: BTreeMap::from([
+                        ("pressure_kpa".into(), Value::Double(101.5)),
+                        ("rpm".into(), Value::Long(1450)),
+                    ]),
+                    tags: BTreeMap::new(),
+                }
+            })
+            .collect();
+        let b = DeltaBatch::new(r, first, events, state, &EventLimits::default()).unwrap();
+        let bytes = codec.encode_batch(&b).unwrap();
+        loop {
+            match p.send(BaseRecord::to(topic).key(&dev).payload(&bytes)) {
+                Ok(()) => break,
+                Err(_) => {
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+fn passthrough(k: &Kafka, n: u64) -> f64 {
+    let c: BaseConsumer = k
+        .client_config()
+        .set("group.id", unique("passthrough"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&["bench.deltas"]).unwrap();
+    let p: FutureProducer = k
+        .client_config()
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut started = None;
+    let mut seen = 0;
+    while seen < n {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            seen += 1;
+            let f = loop {
+                let rec = FutureRecord::to("bench.passthrough")
+                    .key(m.key().unwrap_or_default())
+                    .payload(m.payload().unwrap_or_default());
+                match p.send_result(rec) {
+                    Ok(f) => break f,
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            };
+            let d = Arc::clone(&delivered);
+            rt.spawn(async move {
+                if let Ok(Ok(_)) = f.await {
+                    d.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    }
+    while delivered.load(Ordering::SeqCst) < n {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let secs = started.unwrap().elapsed().as_secs_f64();
+    (n * PER) as f64 / secs
+}
+
+fn reconciler(k: &Kafka, n: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let sets = [
+        format!("kafka.bootstrap_servers={}", k.bootstrap()),
+        format!(
+            "state_dir={:?}",
+            dir.path().join("state").display().to_string()
+        ),
+        format!("http.listen=\"{http}\""),
+    ];
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for s in &sets {
+        args.push("--set".into());
+        args.push(s.into());
+    }
+    let _process = Managed::start(ProcessSpec {
+        name: "bench reconciler".into(),
+        program: PathBuf::from(env!("CARGO_BIN_EXE_edgesync-reconciler")),
+        args,
+        cwd: dir.path().to_owned(),
+        env: vec![("RUST_LOG".into(), "warn".into())],
+        log: dir.path().join("reconciler.log"),
+        ready: Ready::Http {
+            addr: http,
+            path: "/healthz".into(),
+        },
+    })
+    .unwrap();
+    let metric = |name: &str| -> u64 {
+        let (_, text) = edgesync_servicekit::http_get(http, "/metrics").unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    while metric("edgesync_reconciler_batches_total") == 0 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let started = Instant::now();
+    while metric("edgesync_reconciler_events_total") < n * PER {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (n * PER) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let n: u64 = std::env::var("RECONCILER_BENCH_BATCHES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000);
+    let k = Kafka::start().unwrap();
+    for t in ["bench.deltas", "bench.passthrough"] {
+        k.create_topic(t, 4, &[]).unwrap();
+    }
+    k.create_topic("edgesync.deltas", 4, &[]).unwrap();
+    write_batches(&k, "bench.deltas", n);
+    write_batches(&k, "edgesync.deltas", n);
+    let raw = passthrough(&k, n);
+    let rec = reconciler(&k, n);
+    println!("{n} batches x {PER} events from {DEVICES} devices (200k events by default)");
+    println!("| | events/s |");
+    println!("|---|---|");
+    println!("| passthrough (consume, produce the batch record) | {raw:.0} |");
+    println!("| edgesync-reconciler (both stages, one record per event) | {rec:.0} |");
+    println!(
+        "ratio reconciler / passthrough: {:.2} (target >= 0.5); reconciler >= 150k events/s: {}",
+        rec / raw,
+        if rec >= 150_000.0 { "yes" } else { "no" }
+    );
+}
