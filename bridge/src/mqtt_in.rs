@@ -170,9 +170,10 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
                 }
                 connected_once = true;
                 tracing::info!(session_present = ack.session_present, filter = %filter, "bridge connected to MQTT");
-                if !ack.session_present {
-                    let _ = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await;
-                }
+                // Subscribe on every connect, even with a session present: a broker restored
+                // from persistence may keep the session but not its shared subscription
+                // (seen with Mosquitto), and subscribing again is harmless.
+                let _ = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(tx) = &to_producer else {

@@ -20,6 +20,7 @@ mod mosquitto;
 mod names;
 mod process;
 mod proxy;
+mod services;
 mod tls;
 
 pub use kafka::{Kafka, Storage};
@@ -27,6 +28,7 @@ pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::unique;
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use proxy::FaultProxy;
+pub use services::{http, workspace_binary, Service};
 pub use tls::TestPki;
 
 use std::time::Duration;

@@ -1,0 +1,137 @@
+//! edgesync's own binaries as managed processes for integration tests: each configured by
+//! `--set` flags only, with its HTTP endpoint on a free port and readiness on `/healthz`.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tempfile::TempDir;
+
+use crate::process::{free_port, Managed, ProcessSpec, Ready};
+use crate::{io, Error};
+
+/// The path of workspace binary `name`, next to the running test's `deps` directory (cargo
+/// builds every binary of the packages under test there).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    dir.join(name)
+}
+
+/// A running edgesync service with its own directory and HTTP address.
+#[derive(Debug)]
+pub struct Service {
+    /// The process (kill -9, restart on the same directory, log).
+    pub process: Managed,
+    /// Its HTTP endpoint.
+    pub http: SocketAddr,
+    dir: TempDir,
+}
+
+impl Service {
+    /// Starts `program` (`run` first when `subcommand` is given) with `--set http.listen=...`
+    /// and every `sets` flag; ready when `/healthz` answers.
+    pub fn start(
+        program: PathBuf,
+        subcommand: Option<&str>,
+        name: &str,
+        sets: &[String],
+    ) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("edgesync-service-")
+            .tempdir()
+            .map_err(io("create service dir"))?;
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut args: Vec<OsString> = subcommand.map(OsString::from).into_iter().collect();
+        let listen = format!("http.listen=\"{http}\"");
+        for s in std::iter::once(&listen).chain(sets) {
+            args.push("--set".into());
+            args.push(s.replace("{dir}", &dir.path().display().to_string()).into());
+        }
+        let process = Managed::start(ProcessSpec {
+            name: name.to_owned(),
+            program,
+            args,
+            cwd: dir.path().to_owned(),
+            env: vec![("RUST_LOG".into(), "info,rdkafka=warn".into())],
+            log: dir.path().join("service.log"),
+            ready: Ready::Http {
+                addr: http,
+                path: "/healthz".into(),
+            },
+        })?;
+        Ok(Self { process, http, dir })
+    }
+
+    /// The service's directory (`{dir}` in its flags).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// GET `path`: status and body.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http(self.http, "GET", path, "text/plain", b"").map(|(c, _, b)| (c, b))
+    }
+
+    /// POST `body` to `path`.
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, String)> {
+        http(self.http, "POST", path, content_type, body).map(|(c, _, b)| (c, b))
+    }
+
+    /// The sum of the samples of metric `name` whose line contains `labels`.
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
+        let Ok((200, text)) = self.get("/metrics") else {
+            return f64::NAN;
+        };
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// One HTTP/1.1 request; returns status, head (lower case) and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, head.to_ascii_lowercase(), body.to_owned()))
+}
