@@ -14,9 +14,7 @@ use edgesync_core::{
     DeltaBatch, DeviceId, DropReason, DroppedRange, EventLimits, Incarnation, ReplicaId, SeqRange,
 };
 use edgesync_schemas::{Ack, Codec, DeadLetterReason, Limits};
-use edgesync_testkit::{
-    free_port, unique, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready,
-};
+use edgesync_testkit::{unique, Kafka, Mosquitto, MosquittoOptions, Service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::Message;
@@ -24,63 +22,19 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync-bridge");
 
-struct BridgeProc {
-    process: Managed,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl BridgeProc {
-    fn start(mqtt: SocketAddr, kafka: &Kafka, client_id: &str, sets: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-        let mut args: Vec<std::ffi::OsString> = Vec::new();
-        let base = [
-            format!("mqtt.host={}", mqtt.ip()),
-            format!("mqtt.port={}", mqtt.port()),
-            format!("mqtt.client_id={client_id}"),
-            "mqtt.keep_alive_secs=5".into(),
-            format!("kafka.bootstrap_servers={}", kafka.bootstrap()),
-            "kafka.partitions=4".into(),
-            format!("http.listen=\"{http}\""),
-        ];
-        for s in base.iter().map(String::as_str).chain(sets.iter().copied()) {
-            args.push("--set".into());
-            args.push(s.into());
-        }
-        let process = Managed::start(ProcessSpec {
-            name: format!("edgesync-bridge {client_id}"),
-            program: PathBuf::from(BIN),
-            args,
-            cwd: dir.path().to_owned(),
-            env: vec![("RUST_LOG".into(), "info,rdkafka=warn".into())],
-            log: dir.path().join("bridge.log"),
-            ready: Ready::Http {
-                addr: http,
-                path: "/healthz".into(),
-            },
-        })
-        .unwrap();
-        Self {
-            process,
-            http,
-            _dir: dir,
-        }
-    }
-
-    fn metric(&self, name: &str, labels: &str) -> f64 {
-        let (code, text) = edgesync_servicekit::http_get(self.http, "/metrics").unwrap();
-        assert_eq!(code, 200);
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn log(&self) -> String {
-        self.process.log_tail(60)
-    }
+/// The bridge binary against `mqtt` and `kafka`, plus `sets` flags.
+fn start_bridge(mqtt: SocketAddr, kafka: &Kafka, client_id: &str, sets: &[&str]) -> Service {
+    let mut all = vec![
+        format!("mqtt.host={}", mqtt.ip()),
+        format!("mqtt.port={}", mqtt.port()),
+        format!("mqtt.client_id={client_id}"),
+        "mqtt.keep_alive_secs=5".into(),
+        format!("kafka.bootstrap_servers={}", kafka.bootstrap()),
+        "kafka.partitions=4".into(),
+    ];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    let name = format!("edgesync-bridge {client_id}");
+    Service::start(PathBuf::from(BIN), None, &name, &all).unwrap()
 }
 
 fn replica(device: &str) -> ReplicaId {
@@ -203,8 +157,8 @@ fn batches_from_many_devices_land_once_keyed_by_device_in_order_across_shared_br
     let m = Mosquitto::start().unwrap();
     let k = Kafka::start().unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
-    let a = BridgeProc::start(m.addr(), &k, "bridge-a", &[]);
-    let b = BridgeProc::start(m.addr(), &k, "bridge-b", &[]);
+    let a = start_bridge(m.addr(), &k, "bridge-a", &[]);
+    let b = start_bridge(m.addr(), &k, "bridge-b", &[]);
     std::thread::sleep(Duration::from_millis(500)); // both subscriptions in place
     let p = publisher(m.addr());
     let (devices, per_device) = (20u64, 10u64);
@@ -262,7 +216,7 @@ fn every_bad_input_is_dead_lettered_with_its_reason_and_the_stream_goes_on() {
     let m = Mosquitto::start().unwrap();
     let k = Kafka::start().unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
-    let bridge = BridgeProc::start(m.addr(), &k, "bridge-dlq", &["max_payload_bytes=2000"]);
+    let bridge = start_bridge(m.addr(), &k, "bridge-dlq", &["max_payload_bytes=2000"]);
     std::thread::sleep(Duration::from_millis(300));
     let p = publisher(m.addr());
     let cases: Vec<(&str, Vec<u8>, DeadLetterReason)> = vec![
@@ -340,7 +294,7 @@ fn kill_9_mid_stream_loses_nothing() {
     let m = Mosquitto::start().unwrap();
     let k = Kafka::start().unwrap();
     let codec = Arc::new(Codec::new(Limits::default()).unwrap());
-    let mut bridge = BridgeProc::start(m.addr(), &k, "bridge-kill", &[]);
+    let mut bridge = start_bridge(m.addr(), &k, "bridge-kill", &[]);
     std::thread::sleep(Duration::from_millis(300));
     let p = publisher(m.addr());
     let n = 3000u64;
@@ -380,7 +334,11 @@ fn kill_9_mid_stream_loses_nothing() {
     let got = batches_of(&codec, &recs);
     let unique: BTreeSet<(String, u64)> = got.iter().cloned().collect();
     let missing: Vec<_> = want.difference(&unique).take(5).collect();
-    assert!(missing.is_empty(), "lost: {missing:?}\n{}", bridge.log());
+    assert!(
+        missing.is_empty(),
+        "lost: {missing:?}\n{}",
+        bridge.process.log_tail(60)
+    );
     let duplicates = got.len() - unique.len();
     eprintln!("kill -9 mid-stream: {n} batches, {duplicates} duplicates in Kafka");
 }
@@ -391,7 +349,7 @@ fn with_kafka_down_nothing_is_acknowledged_or_lost() {
     let mut k = Kafka::start().unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
     // A window of 10: the broker may have at most 10 unacknowledged batches out to the bridge.
-    let bridge = BridgeProc::start(m.addr(), &k, "bridge-down", &["mqtt.max_inflight=10"]);
+    let bridge = start_bridge(m.addr(), &k, "bridge-down", &["mqtt.max_inflight=10"]);
     std::thread::sleep(Duration::from_millis(300));
     k.process().kill9();
     let p = publisher(m.addr());
@@ -418,7 +376,12 @@ fn with_kafka_down_nothing_is_acknowledged_or_lost() {
         r.len() >= 50
     });
     let got: BTreeSet<(String, u64)> = batches_of(&codec, &recs).into_iter().collect();
-    assert_eq!(got.len(), 50, "lost while Kafka was down\n{}", bridge.log());
+    assert_eq!(
+        got.len(),
+        50,
+        "lost while Kafka was down\n{}",
+        bridge.process.log_tail(60)
+    );
     assert!(wait_until(Duration::from_secs(20), || {
         bridge.metric("edgesync_bridge_mqtt_acked_total", "") == 50.0
     }));
@@ -429,7 +392,7 @@ fn the_ack_path_leaves_the_latest_watermark_retained_for_devices_that_connect_la
     let m = Mosquitto::start().unwrap();
     let k = Kafka::start().unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
-    let bridge = BridgeProc::start(m.addr(), &k, "bridge-acks", &[]);
+    let bridge = start_bridge(m.addr(), &k, "bridge-acks", &[]);
     let producer: ThreadedProducer<DefaultProducerContext> = k.client_config().create().unwrap();
     for (device, wm) in [
         ("pump-x", 5u64),
@@ -453,7 +416,7 @@ fn the_ack_path_leaves_the_latest_watermark_retained_for_devices_that_connect_la
             bridge.metric("edgesync_bridge_acks_published_total", "") == 3.0
         }),
         "{}",
-        bridge.log()
+        bridge.process.log_tail(60)
     );
     assert_eq!(bridge.metric("edgesync_bridge_acks_stale_total", ""), 1.0);
     // A device connecting now gets its latest watermark at once, retained.
@@ -496,7 +459,7 @@ fn the_shipped_acl_keeps_each_device_to_its_own_topics() {
     std::fs::write(&pw, "pw-edgesync-bridge\n").unwrap();
     let user = "mqtt.username=edgesync-bridge".to_string();
     let pass = format!("mqtt.password_file={:?}", pw.display().to_string());
-    let bridge = BridgeProc::start(m.addr(), &k, "bridge-acl", &[&user, &pass]);
+    let bridge = start_bridge(m.addr(), &k, "bridge-acl", &[&user, &pass]);
     std::thread::sleep(Duration::from_millis(300));
 
     let mut o = MqttOptions::new("pump-1", m.addr().ip().to_string(), m.addr().port());

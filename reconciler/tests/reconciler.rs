@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,55 +13,23 @@ use edgesync_core::{
     Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, DeadLetterReason, Limits};
-use edgesync_testkit::{free_port, unique, Kafka, Managed, ProcessSpec, Ready};
+use edgesync_testkit::{unique, Kafka, Service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync-reconciler");
 
-struct Proc {
-    process: Managed,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-fn start(k: &Kafka, name: &str) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+/// The reconciler binary on `k` with its own state directory.
+fn start(k: &Kafka, name: &str) -> Service {
     let sets = [
         format!("kafka.bootstrap_servers={}", k.bootstrap()),
         "kafka.partitions=4".into(),
-        format!(
-            "state_dir={:?}",
-            dir.path().join("state").display().to_string()
-        ),
-        format!("http.listen=\"{http}\""),
+        "state_dir=\"{dir}/state\"".into(),
         "max_group_records=200".into(),
     ];
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for s in &sets {
-        args.push("--set".into());
-        args.push(s.into());
-    }
-    let process = Managed::start(ProcessSpec {
-        name: format!("edgesync-reconciler {name}"),
-        program: PathBuf::from(BIN),
-        args,
-        cwd: dir.path().to_owned(),
-        env: vec![("RUST_LOG".into(), "info,rdkafka=warn".into())],
-        log: dir.path().join("reconciler.log"),
-        ready: Ready::Http {
-            addr: http,
-            path: "/healthz".into(),
-        },
-    })
-    .unwrap();
-    Proc {
-        process,
-        http,
-        _dir: dir,
-    }
+    let name = format!("edgesync-reconciler {name}");
+    Service::start(PathBuf::from(BIN), None, &name, &sets).unwrap()
 }
 
 /// Batches of `per` events for `device`, each event +1 on `fleet/readings` and on its own
@@ -306,7 +273,7 @@ fn the_ledger_shows_a_gap_with_its_exact_missing_range_until_it_is_filled() {
         send(&p, "pump-gap", &bs[i]);
     }
     p.flush(Duration::from_secs(10)).unwrap();
-    let status = |r: &Proc| -> serde_json::Value {
+    let status = |r: &Service| -> serde_json::Value {
         let (code, body) = edgesync_servicekit::http_get(r.http, "/v1/status").unwrap();
         assert_eq!(code, 200);
         serde_json::from_str(&body).unwrap()
