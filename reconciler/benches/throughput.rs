@@ -148,6 +148,8 @@ fn reconciler(k: &Kafka, n: u64) -> f64 {
             dir.path().join("state").display().to_string()
         ),
         format!("http.listen=\"{http}\""),
+        // Tuning runs: e.g. RECONCILER_BENCH_SET='kafka.properties={ "linger.ms" = "10" }'.
+        std::env::var("RECONCILER_BENCH_SET").unwrap_or_else(|_| "max_group_records=2000".into()),
     ];
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     for s in &sets {
