@@ -496,3 +496,36 @@ fn the_shipped_acl_keeps_each_device_to_its_own_topics() {
     assert_eq!(more.len(), 1, "the forged batch got through");
     assert_eq!(bridge.metric("edgesync_bridge_received_total", ""), 1.0);
 }
+
+#[test]
+fn sigterm_drains_in_flight_batches_and_a_restart_takes_the_rest() {
+    let m = Mosquitto::start().unwrap();
+    let k = Kafka::start().unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let mut bridge = start_bridge(m.addr(), &k, "bridge-term", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let p = publisher(m.addr());
+    for i in 0..300u64 {
+        p.publish(
+            "edgesync/v1/pump-t/batch",
+            batch(&codec, "pump-t", i * 2 + 1, 2),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let status = bridge.process.terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        bridge.process.log_tail(20)
+    );
+    bridge.process.restart().unwrap();
+    let recs = read_topic(&k, "edgesync.deltas", Duration::from_secs(60), |r| {
+        batches_of(&codec, r)
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= 300
+    });
+    let got: BTreeSet<(String, u64)> = batches_of(&codec, &recs).into_iter().collect();
+    assert_eq!(got.len(), 300, "batches lost across a graceful restart");
+}

@@ -320,3 +320,38 @@ fn the_ledger_shows_a_gap_with_its_exact_missing_range_until_it_is_filled() {
     }
     assert_eq!(status(&r)["devices"][0]["watermark"], 40);
 }
+
+#[test]
+fn sigterm_stops_cleanly_and_a_restart_resumes_without_doubling() {
+    let k = Kafka::start().unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let p = producer(&k);
+    let mut r = start(&k, "term");
+    let bs = batches(&codec, "pump-t", 10, 10);
+    for b in &bs[..5] {
+        send(&p, "pump-t", b);
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    read(&k, "edgesync.events", Duration::from_secs(30), |r| {
+        r.len() >= 50
+    });
+    let status = r.process.terminate(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        r.process.log_tail(20)
+    );
+    r.process.restart().unwrap();
+    for b in &bs {
+        send(&p, "pump-t", b); // the first half again, then the rest
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    let recs = read(&k, "edgesync.events", Duration::from_secs(60), |r| {
+        r.len() >= 100
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let all = read(&k, "edgesync.events", Duration::from_secs(5), |r| {
+        r.len() > recs.len()
+    });
+    check_events(&dots(&codec, &all), &["pump-t"], 100);
+}
