@@ -236,4 +236,40 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
         bridge.metric("edgesync_bridge_dead_lettered_total", ""),
         0.0
     );
+
+    // The outside reader: PyPI's confluent-kafka and fastavro with only the .avsc files.
+    let python = std::env::var("EDGESYNC_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/edgesync/venv/bin/python")
+    });
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/python/read_outputs.py"))
+        .args(["--bootstrap", &k.bootstrap()])
+        .arg("--schemas")
+        .arg(root.join("schemas/avro"))
+        .args(["--events", &total.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for d in devices {
+        let want: Vec<u64> = answered[d].iter().copied().collect();
+        assert_eq!(
+            read["events"][d],
+            serde_json::json!(want),
+            "{d} as the outside reader sees it"
+        );
+    }
+    for (key, value) in &expect {
+        assert_eq!(
+            read["state"][key],
+            serde_json::json!(*value as u64),
+            "{key} as the outside reader sees it"
+        );
+    }
 }
