@@ -40,6 +40,8 @@ pub fn acks_consumer(k: &KafkaSection) -> Result<StreamConsumer, KafkaError> {
             ("group.id", &k.acks_group),
             ("enable.auto.commit", "true"),
             ("auto.offset.reset", "earliest"),
+            // Acks reach devices without waiting out librdkafka's 500 ms default.
+            ("fetch.wait.max.ms", "10"),
         ],
         &k.bootstrap_servers,
         &k.properties,

@@ -77,7 +77,10 @@ pub fn group_consumer(
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // An idle fetch returns after at most this long (librdkafka waits 500 ms by default,
+        // which would be the pipeline's latency floor); operators can raise it back.
+        .set("fetch.wait.max.ms", "10");
     let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx.clone())?;
     consumer.subscribe(&[topic])?;
     Ok((consumer, ctx))
