@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use edgesync_bridge::config::Config;
 use edgesync_bridge::service;
-use tokio_util::sync::CancellationToken;
 
 /// The edgesync bridge: subscribes to devices' batches on MQTT (shared subscription,
 /// persistent session), produces each valid batch to Kafka keyed by device and acknowledges
@@ -31,13 +30,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edgesync_servicekit::init_logging();
     let cfg = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.set) {
         Ok(c) => c,
         Err(e) => {
@@ -45,28 +38,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("edgesync-bridge: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-            .await
-            .map_err(|e| format!("listen on {}: {e}", cfg.http.listen))?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(edgesync_servicekit::on_signal(shutdown.clone()));
-        service::run(cfg, listener, shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("edgesync-bridge: {e}");
-            ExitCode::from(2)
-        }
-    }
+    let listen = cfg.http.listen;
+    edgesync_servicekit::serve("edgesync-bridge", listen, |l, s| service::run(cfg, l, s))
 }

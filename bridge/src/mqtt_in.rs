@@ -20,10 +20,11 @@
 //! them again to the session) while the in-flight ones are delivered and acknowledged.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use edgesync_schemas::{Codec, DeadLetter, Framing};
 use edgesync_servicekit::mqtt::MqttSecurity;
+use edgesync_servicekit::now_ms;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -111,12 +112,6 @@ struct Outgoing {
     key: Vec<u8>,
     payload: Vec<u8>,
     dead: Option<String>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs until `shutdown` is cancelled, then drains in-flight messages for at most `grace`.

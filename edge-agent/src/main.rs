@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use edgesync_agent::config::Config;
 use edgesync_agent::{cli, service};
-use tokio_util::sync::CancellationToken;
 
 /// The edgesync edge agent.
 #[derive(Debug, Parser)]
@@ -79,17 +78,19 @@ enum SpoolCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edgesync_servicekit::init_logging();
     let load = |a: &ConfigArgs| Config::load(a.config.as_deref(), std::env::vars(), &a.set);
     let result =
         match cli.command {
-            Command::Run(a) => load(&a).map_err(|e| e.to_string()).and_then(run),
+            Command::Run(a) => match load(&a) {
+                Ok(cfg) => {
+                    let listen = cfg.http.listen;
+                    return edgesync_servicekit::serve("edgesync-agent", listen, |l, s| {
+                        service::run(cfg, l, s)
+                    });
+                }
+                Err(e) => Err(e.to_string()),
+            },
             Command::Status { config } => load(&config)
                 .map_err(|e| e.to_string())
                 .and_then(|c| cli::status(&c)),
@@ -108,19 +109,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn run(cfg: Config) -> Result<ExitCode, String> {
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-            .await
-            .map_err(|e| format!("listen on {}: {e}", cfg.http.listen))?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(edgesync_servicekit::on_signal(shutdown.clone()));
-        service::run(cfg, listener, shutdown)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(ExitCode::SUCCESS)
-    })
 }

@@ -15,11 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use edgesync_core::Crdt;
 use edgesync_schemas::{Codec, Limits};
+use edgesync_servicekit::now_ms;
 use edgesync_testkit::{unique, workspace_binary, FaultProxy, Kafka, Mosquitto, Service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -44,12 +45,6 @@ struct Args {
     /// How long a cut lasts.
     #[arg(long, default_value_t = 4)]
     outage_secs: u64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {

@@ -20,11 +20,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use edgesync_core::{ReplicaId, VersionVector};
 use edgesync_protocol::{Server, ServerConfig};
 use edgesync_schemas::{Ack, Codec, DeadLetter, DeadLetterReason, Framing, StateRecord};
+use edgesync_servicekit::now_ms;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
@@ -85,12 +85,6 @@ struct Owned {
     server: Server,
     /// Next input offset this process's state reflects.
     next: i64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl DeviceStage {

@@ -6,9 +6,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use edgesync_schemas::{Codec, DeadLetter, DeadLetterReason, Framing, StateRecord};
+use edgesync_servicekit::now_ms;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
@@ -52,12 +52,6 @@ pub struct KeyStage {
     pub reader: BaseConsumer,
     /// Metrics.
     pub metrics: Arc<ReconcilerMetrics>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl KeyStage {

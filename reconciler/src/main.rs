@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use edgesync_reconciler::config::Config;
 use edgesync_reconciler::service;
-use tokio_util::sync::CancellationToken;
 
 /// The edgesync reconciler: consumes device batches (edgesync.deltas), releases each event
 /// once, in dot order per device, to edgesync.events; joins state deltas into RocksDB and emits
@@ -32,13 +31,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    edgesync_servicekit::init_logging();
     let cfg = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.set) {
         Ok(c) => c,
         Err(e) => {
@@ -46,28 +39,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("edgesync-reconciler: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-            .await
-            .map_err(|e| format!("listen on {}: {e}", cfg.http.listen))?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(edgesync_servicekit::on_signal(shutdown.clone()));
-        service::run(cfg, listener, shutdown)
-            .await
-            .map_err(|e| e.to_string())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("edgesync-reconciler: {e}");
-            ExitCode::from(2)
-        }
-    }
+    let listen = cfg.http.listen;
+    edgesync_servicekit::serve("edgesync-reconciler", listen, |l, s| {
+        service::run(cfg, l, s)
+    })
 }

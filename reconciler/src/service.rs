@@ -2,7 +2,7 @@
 //! and metrics served over HTTP, everything stopped by one cancellation token.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -11,6 +11,7 @@ use axum::Router;
 use edgesync_protocol::ServerConfig;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::kafka::{client_config, ensure_topics, TopicSpec};
+use edgesync_servicekit::now_ms;
 use edgesync_servicekit::{render_metrics, METRICS_CONTENT_TYPE};
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -39,12 +40,6 @@ pub enum ServiceError {
     /// The HTTP server failed.
     #[error("http: {0}")]
     Http(#[source] std::io::Error),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The deltas topic's partition count, if it exists.

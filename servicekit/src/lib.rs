@@ -10,12 +10,62 @@ pub mod config;
 pub mod kafka;
 pub mod mqtt;
 
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The body of a service's `main`: binds `listen`, cancels a token on SIGINT/SIGTERM, runs
+/// `run(listener, token)` to completion on a tokio runtime, and turns an error into a message
+/// prefixed with `name` and exit code 2.
+pub fn serve<F, Fut, E>(name: &str, listen: SocketAddr, run: F) -> ExitCode
+where
+    F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| format!("listen on {listen}: {e}"))?;
+                let shutdown = CancellationToken::new();
+                tokio::spawn(on_signal(shutdown.clone()));
+                run(listener, shutdown).await.map_err(|e| e.to_string())
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// Cancels `token` on SIGINT or SIGTERM.
 pub async fn on_signal(token: CancellationToken) {
