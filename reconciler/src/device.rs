@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use edgesync_core::{ReplicaId, VersionVector};
 use edgesync_protocol::{Server, ServerConfig};
-use edgesync_schemas::{Ack, Codec, DeadLetter, DeadLetterReason, Framing, StateRecord};
+use edgesync_schemas::{Ack, Codec, DeadLetterReason, Framing, StateRecord};
 use edgesync_servicekit::now_ms;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
@@ -90,28 +90,11 @@ struct Owned {
 impl DeviceStage {
     /// Runs until `shutdown` is cancelled (finishing the group in hand).
     pub fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Replay(e.to_string()))?;
+        let rt = stage::runtime()?;
         let mut owned: HashMap<i32, Owned> = HashMap::new();
         let mut skip: HashMap<ReplicaId, u64> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let mut msgs = Vec::new();
-            while msgs.len() < self.cfg.max_group {
-                let timeout = if msgs.is_empty() { 100 } else { 0 };
-                match self
-                    .consumer
-                    .poll(std::time::Duration::from_millis(timeout))
-                {
-                    Some(Ok(m)) => msgs.push(m.detach()),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "deltas consumer");
-                        break;
-                    }
-                    None => break,
-                }
-            }
+            let msgs = stage::poll_group(&self.consumer, self.cfg.max_group, "deltas");
             // Rebalances happen inside poll: handle them before the records they precede.
             for change in self.ctx.take() {
                 self.change(change, &mut owned, &mut skip, &rt)?;
@@ -366,28 +349,18 @@ impl DeviceStage {
     }
 
     fn dead(&self, out: &mut Out, m: &OwnedMessage, reason: DeadLetterReason, detail: String) {
-        tracing::warn!(partition = m.partition(), offset = m.offset(), reason = reason.symbol(), %detail, "dead-lettered");
-        let d = DeadLetter {
+        let device = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        let c = &self.cfg;
+        if out.dead_letter(
+            &self.producer,
+            &self.codec,
+            &c.dlq_topic,
+            m,
             reason,
             detail,
-            source: format!("kafka:{}/{}@{}", m.topic(), m.partition(), m.offset()),
-            device: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            received_at_ms: now_ms(),
-            payload: m.payload().unwrap_or_default().to_vec(),
-        };
-        match self.codec.encode_dead_letter(&d, Framing::SingleObject) {
-            Ok(bytes) => {
-                out.send(
-                    &self.producer,
-                    &self.cfg.dlq_topic,
-                    None,
-                    m.key().unwrap_or_default(),
-                    &bytes,
-                    false,
-                );
-                self.metrics.dead(reason);
-            }
-            Err(e) => tracing::error!(error = %e, "encode dead letter"),
+            device,
+        ) {
+            self.metrics.dead(reason);
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use edgesync_schemas::{Codec, DeadLetter, DeadLetterReason, Framing, StateRecord};
+use edgesync_schemas::{Codec, DeadLetterReason, Framing, StateRecord};
 use edgesync_servicekit::now_ms;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
@@ -57,27 +57,10 @@ pub struct KeyStage {
 impl KeyStage {
     /// Runs until `shutdown` is cancelled (finishing the group in hand).
     pub fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Replay(e.to_string()))?;
+        let rt = stage::runtime()?;
         let mut next: HashMap<i32, i64> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let mut msgs = Vec::new();
-            while msgs.len() < self.cfg.max_group {
-                let timeout = if msgs.is_empty() { 100 } else { 0 };
-                match self
-                    .consumer
-                    .poll(std::time::Duration::from_millis(timeout))
-                {
-                    Some(Ok(m)) => msgs.push(m.detach()),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "state-deltas consumer");
-                        break;
-                    }
-                    None => break,
-                }
-            }
+            let msgs = stage::poll_group(&self.consumer, self.cfg.max_group, "state-deltas");
             for change in self.ctx.take() {
                 match change {
                     Change::Revoked(ps) => ps.iter().for_each(|p| {
@@ -208,24 +191,17 @@ impl KeyStage {
     }
 
     fn dead(&self, out: &mut Out, m: &OwnedMessage, reason: DeadLetterReason, detail: String) {
-        tracing::warn!(partition = m.partition(), offset = m.offset(), reason = reason.symbol(), %detail, "dead-lettered");
-        let d = DeadLetter {
+        let device = None;
+        let c = &self.cfg;
+        if out.dead_letter(
+            &self.producer,
+            &self.codec,
+            &c.dlq_topic,
+            m,
             reason,
             detail,
-            source: format!("kafka:{}/{}@{}", m.topic(), m.partition(), m.offset()),
-            device: None,
-            received_at_ms: now_ms(),
-            payload: m.payload().unwrap_or_default().to_vec(),
-        };
-        if let Ok(bytes) = self.codec.encode_dead_letter(&d, Framing::SingleObject) {
-            out.send(
-                &self.producer,
-                &self.cfg.dlq_topic,
-                None,
-                m.key().unwrap_or_default(),
-                &bytes,
-                false,
-            );
+            device,
+        ) {
             self.metrics.dead(reason);
         }
     }

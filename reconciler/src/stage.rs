@@ -236,3 +236,72 @@ pub fn commit(c: &BaseConsumer<Ctx>, topic: &str, offsets: &std::collections::BT
         tracing::debug!(error = %e, "commit offsets");
     }
 }
+
+/// A current-thread runtime for a stage thread to wait on deliveries with.
+pub fn runtime() -> Result<tokio::runtime::Runtime, crate::Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Replay(e.to_string()))
+}
+
+/// Up to `max` records: waits up to 100 ms for the first, then takes what is already there.
+pub fn poll_group(c: &BaseConsumer<Ctx>, max: usize, what: &str) -> Vec<OwnedMessage> {
+    let mut msgs = Vec::new();
+    while msgs.len() < max {
+        let timeout = if msgs.is_empty() { 100 } else { 0 };
+        match c.poll(Duration::from_millis(timeout)) {
+            Some(Ok(m)) => msgs.push(m.detach()),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, consumer = what, "poll");
+                break;
+            }
+            None => break,
+        }
+    }
+    msgs
+}
+
+impl Out {
+    /// Logs `m` as dead-lettered and enqueues its dead letter (reason, detail, source
+    /// `kafka:<topic>/<partition>@<offset>`, original bytes) on `dlq_topic`. False when it
+    /// could not be encoded.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dead_letter(
+        &mut self,
+        producer: &FutureProducer,
+        codec: &edgesync_schemas::Codec,
+        dlq_topic: &str,
+        m: &OwnedMessage,
+        reason: edgesync_schemas::DeadLetterReason,
+        detail: String,
+        device: Option<String>,
+    ) -> bool {
+        tracing::warn!(partition = m.partition(), offset = m.offset(), reason = reason.symbol(), %detail, "dead-lettered");
+        let d = edgesync_schemas::DeadLetter {
+            reason,
+            detail,
+            source: format!("kafka:{}/{}@{}", m.topic(), m.partition(), m.offset()),
+            device,
+            received_at_ms: edgesync_servicekit::now_ms(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+        };
+        match codec.encode_dead_letter(&d, edgesync_schemas::Framing::SingleObject) {
+            Ok(bytes) => {
+                self.send(
+                    producer,
+                    dlq_topic,
+                    None,
+                    m.key().unwrap_or_default(),
+                    &bytes,
+                    false,
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "encode dead letter");
+                false
+            }
+        }
+    }
+}
