@@ -14,10 +14,8 @@ use edgesync_core::{
     DeltaBatch, DeviceId, DropReason, DroppedRange, EventLimits, Incarnation, ReplicaId, SeqRange,
 };
 use edgesync_schemas::{Ack, Codec, DeadLetterReason, Limits};
-use edgesync_testkit::{unique, Kafka, Mosquitto, MosquittoOptions, Service};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use edgesync_testkit::{unique, Kafka, Mosquitto, MosquittoOptions, Record as Rec, Service};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::Message;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync-bridge");
@@ -95,39 +93,14 @@ impl Publisher {
     }
 }
 
-struct Rec {
-    key: String,
-    partition: i32,
-    payload: Vec<u8>,
-}
-
-/// Everything in `topic` until `done` says so or `timeout` passes.
+/// Everything in `topic` until `done` or the timeout.
 fn read_topic(
     k: &Kafka,
     topic: &str,
     timeout: Duration,
     done: impl Fn(&[Rec]) -> bool,
 ) -> Vec<Rec> {
-    let c: BaseConsumer = k
-        .client_config()
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while Instant::now() < deadline && !done(&out) {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push(Rec {
-                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                partition: m.partition(),
-                payload: m.payload().unwrap_or_default().to_vec(),
-            });
-        }
-    }
-    out
+    k.read_topic(topic, timeout, done).unwrap()
 }
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {

@@ -13,10 +13,8 @@ use edgesync_core::{
     Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, DeadLetterReason, Limits};
-use edgesync_testkit::{unique, Kafka, Service};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use edgesync_testkit::{Kafka, Record, Service};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync-reconciler");
 
@@ -78,38 +76,20 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, key: &str, payload: &[u8])
         .unwrap();
 }
 
-/// Reads `topic` from the start until `done` or the timeout.
+/// Everything in `topic` until `done` or the timeout.
 fn read(
     k: &Kafka,
     topic: &str,
     timeout: Duration,
-    done: impl Fn(&[(String, Vec<u8>)]) -> bool,
-) -> Vec<(String, Vec<u8>)> {
-    let c: BaseConsumer = k
-        .client_config()
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while Instant::now() < deadline && !done(&out) {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
-        }
-    }
-    out
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    k.read_topic(topic, timeout, done).unwrap()
 }
 
 /// Every dot in the events topic: (device, seq) in topic order.
-fn dots(codec: &Codec, recs: &[(String, Vec<u8>)]) -> Vec<(String, u64)> {
+fn dots(codec: &Codec, recs: &[Record]) -> Vec<(String, u64)> {
     recs.iter()
-        .map(|(_, b)| {
+        .map(|Record { payload: b, .. }| {
             let e = codec.decode_event(b).unwrap();
             (e.dot.replica.device.to_string(), e.dot.seq)
         })
@@ -147,7 +127,10 @@ fn latest_state(
 ) -> BTreeMap<String, u128> {
     let recs = read(k, "edgesync.state", Duration::from_secs(60), |r| {
         let mut last = BTreeMap::new();
-        for (key, b) in r {
+        for Record {
+            key, payload: b, ..
+        } in r
+        {
             if let Ok(s) = codec.decode_state_record(b) {
                 if let Crdt::GCounter(c) = s.state {
                     last.insert(key.clone(), c.value());
@@ -157,7 +140,10 @@ fn latest_state(
         last.len() >= want_keys && &last == expect
     });
     let mut last = BTreeMap::new();
-    for (key, b) in recs {
+    for Record {
+        key, payload: b, ..
+    } in recs
+    {
         let s = codec.decode_state_record(&b).unwrap();
         if let Crdt::GCounter(c) = s.state {
             last.insert(key, c.value());
@@ -206,7 +192,7 @@ fn duplicated_and_reordered_batches_give_each_event_once_in_order_and_converged_
     let dlq = read(&k, "edgesync.dlq", Duration::from_secs(20), |r| {
         !r.is_empty()
     });
-    let d = codec.decode_dead_letter(&dlq[0].1).unwrap();
+    let d = codec.decode_dead_letter(&dlq[0].payload).unwrap();
     assert_eq!(d.reason, DeadLetterReason::Undecodable);
     assert_eq!(d.payload, b"not a batch");
     drop(r);

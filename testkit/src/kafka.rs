@@ -143,6 +143,36 @@ impl Kafka {
         Ok(())
     }
 
+    /// Reads `topic` from the start, as a fresh consumer group, until `done` says the records
+    /// so far are enough or `timeout` passes.
+    pub fn read_topic(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        done: impl Fn(&[Record]) -> bool,
+    ) -> Result<Vec<Record>, Error> {
+        use rdkafka::Message;
+        let c: BaseConsumer = self
+            .client_config()
+            .set("group.id", crate::unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        c.subscribe(&[topic])?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while std::time::Instant::now() < deadline && !done(&out) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                out.push(Record {
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    partition: m.partition(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// The process (kill -9, restart on the same storage, pid, log).
     pub fn process(&mut self) -> &mut Managed {
         &mut self.process
@@ -152,4 +182,15 @@ impl Kafka {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+}
+
+/// One record read by [`Kafka::read_topic`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Key (lossy UTF-8).
+    pub key: String,
+    /// Partition.
+    pub partition: i32,
+    /// Value.
+    pub payload: Vec<u8>,
 }

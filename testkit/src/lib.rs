@@ -23,7 +23,7 @@ mod proxy;
 mod services;
 mod tls;
 
-pub use kafka::{Kafka, Storage};
+pub use kafka::{Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::unique;
 pub use process::{free_port, Managed, ProcessSpec, Ready};

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use edgesync_core::Crdt;
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{unique, workspace_binary, Kafka, Mosquitto, Service};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message;
+use edgesync_testkit::{workspace_binary, Kafka, Mosquitto, Record, Service};
 
 const FAST_GROUPS: &str =
     r#"kafka.properties={ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }"#;
@@ -63,31 +61,14 @@ fn status(agent: &Service) -> serde_json::Value {
     }
 }
 
+/// Everything in `topic` until `done` or the timeout.
 fn read(
     k: &Kafka,
     topic: &str,
     timeout: Duration,
-    done: impl Fn(&[(String, Vec<u8>)]) -> bool,
-) -> Vec<(String, Vec<u8>)> {
-    let c: BaseConsumer = k
-        .client_config()
-        .set("group.id", unique("e2e-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    c.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while Instant::now() < deadline && !done(&out) {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push((
-                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
-        }
-    }
-    out
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    k.read_topic(topic, timeout, done).unwrap()
 }
 
 #[test]
@@ -194,7 +175,7 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
         r.len() >= total
     });
     let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for (_, b) in &recs {
+    for Record { payload: b, .. } in &recs {
         let e = codec.decode_event(b).unwrap();
         got.entry(e.dot.replica.device.to_string())
             .or_default()
@@ -217,9 +198,12 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
         .map(|d| (format!("{d}/readings"), answered[d].len() as u128))
         .collect();
     expect.insert("fleet/readings".into(), total as u128);
-    let latest = |r: &[(String, Vec<u8>)]| {
+    let latest = |r: &[Record]| {
         let mut last = BTreeMap::new();
-        for (key, b) in r {
+        for Record {
+            key, payload: b, ..
+        } in r
+        {
             if let Ok(s) = codec.decode_state_record(b) {
                 if let Crdt::GCounter(c) = s.state {
                     last.insert(key.clone(), c.value());
