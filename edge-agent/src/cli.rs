@@ -12,14 +12,6 @@ use crate::http::status_json;
 use crate::service::uplink_config;
 use crate::spool::{system_clock, Entry, Spool, SpoolError};
 
-fn policy(cfg: &Config) -> &'static str {
-    match cfg.spool.policy {
-        crate::config::PolicyName::Block => "block",
-        crate::config::PolicyName::DropOldest => "drop-oldest",
-        crate::config::PolicyName::DropNewest => "drop-newest",
-    }
-}
-
 fn open_read_only(cfg: &Config) -> Result<Spool, String> {
     Spool::open_read_only(&cfg.spool.dir)
         .map_err(|e| format!("spool {}: {e}", cfg.spool.dir.display()))
@@ -35,7 +27,7 @@ pub fn status(cfg: &Config) -> Result<ExitCode, String> {
     let doc = status_json(
         &spool,
         &cfg.device.id,
-        policy(cfg),
+        cfg.spool.policy.name(),
         None,
         (system_clock())(),
     );

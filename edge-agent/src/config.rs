@@ -87,6 +87,17 @@ impl Default for SpoolSection {
     }
 }
 
+impl PolicyName {
+    /// As written in the config (and shown in status).
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyName::Block => "block",
+            PolicyName::DropOldest => "drop-oldest",
+            PolicyName::DropNewest => "drop-newest",
+        }
+    }
+}
+
 /// Spool durability, as written in the config.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]

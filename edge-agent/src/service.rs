@@ -75,14 +75,6 @@ pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
     })
 }
 
-fn policy_name(cfg: &Config) -> &'static str {
-    match cfg.spool.policy {
-        crate::config::PolicyName::Block => "block",
-        crate::config::PolicyName::DropOldest => "drop-oldest",
-        crate::config::PolicyName::DropNewest => "drop-newest",
-    }
-}
-
 /// Runs the agent on `listener` (the HTTP endpoint) until `shutdown` is cancelled.
 pub async fn run(
     cfg: Config,
@@ -169,7 +161,7 @@ pub async fn run(
             metrics,
             clock,
             device: device.to_string(),
-            policy: policy_name(&cfg),
+            policy: cfg.spool.policy.name(),
         },
         cfg.http.max_body_bytes,
     );

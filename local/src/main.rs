@@ -344,12 +344,9 @@ fn run(args: &Args) -> Result<bool, String> {
     let dropped: f64 = agents
         .iter()
         .map(|a| a.2.metric("edgesync_agent_dropped_events_total", ""))
-        .sum::<f64>()
-        + 0.0;
-    // `+ 0.0`: an empty float sum is -0.0.
+        .sum();
     let dead = bridge.metric("edgesync_bridge_dead_lettered_total", "")
-        + reconciler.metric("edgesync_reconciler_dead_lettered_total", "")
-        + 0.0;
+        + reconciler.metric("edgesync_reconciler_dead_lettered_total", "");
     let ok = missing == 0 && duplicates == 0 && counters_ok && all_drained && dropped == 0.0;
     println!(
         "\n==> report ({} agents, {} s of feeding, {cuts} link cuts, {} s in all)",

@@ -102,7 +102,8 @@ impl Service {
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            // Not `sum()`: an empty float sum is -0.0, which prints as "-0".
+            .fold(0.0, |a, x| a + x)
     }
 }
 
