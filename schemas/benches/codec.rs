@@ -1,4 +1,5 @@
-//! Batch encode+compress and decompress+decode throughput, in events/s and bytes/s.
+//! Batch encode+compress, decompress+decode and check (the bridge's validation) throughput, in
+//! events/s, with decompression alone as the floor of a check.
 //!
 //! A realistic batch: 500 telemetry events of one pump (6 typed fields, 2 tags) plus the joined
 //! state deltas they produced (a counter, a max register, a rollup).
@@ -83,6 +84,13 @@ fn codec(c: &mut Criterion) {
     });
     g.bench_function("decompress_decode", |b| {
         b.iter(|| black_box(codec.decode_batch(black_box(&bytes)).unwrap()))
+    });
+    // What the bridge does per batch, against decompression alone (its floor).
+    g.bench_function("check", |b| {
+        b.iter(|| black_box(codec.check_batch(black_box(&bytes)).unwrap()))
+    });
+    g.bench_function("decompress_only", |b| {
+        b.iter(|| black_box(zstd::bulk::decompress(black_box(&bytes), 1 << 24).unwrap()))
     });
     g.finish();
 

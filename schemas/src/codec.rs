@@ -90,14 +90,17 @@ fn build_error(kind: MessageKind) -> impl FnOnce(apache_avro::Error) -> SchemaEr
 struct Known {
     kind: MessageKind,
     reader: GenericDatumReader<'static>,
-    /// The writer schema and its named types, for checking data without decoding it.
+    /// The writer schema, and its plan for checking data without decoding it.
     schema: &'static Schema,
-    names: crate::walk::Names,
+    plan: crate::walk::Plan,
 }
 
-fn names_of(kind: MessageKind, schema: &'static Schema) -> Result<crate::walk::Names, SchemaError> {
+fn plan_of(kind: MessageKind, schema: &'static Schema) -> Result<crate::walk::Plan, SchemaError> {
     let resolved = apache_avro::schema::ResolvedSchema::new(schema).map_err(build_error(kind))?;
-    Ok(resolved.get_names().clone())
+    crate::walk::Plan::compile(schema, resolved.get_names()).map_err(|e| SchemaError::Check {
+        kind,
+        detail: e.to_string(),
+    })
 }
 
 /// The current schema of one kind.
@@ -158,14 +161,14 @@ impl Codec {
             let reader = GenericDatumReader::builder(schema)
                 .build()
                 .map_err(build_error(kind))?;
-            let names = names_of(kind, schema)?;
+            let plan = plan_of(kind, schema)?;
             codec.writers.insert(
                 fingerprint,
                 Known {
                     kind,
                     reader,
                     schema,
-                    names,
+                    plan,
                 },
             );
             codec.current.push(Current {
@@ -211,14 +214,14 @@ impl Codec {
             .reader_schema(current)
             .build()
             .map_err(build_error(kind))?;
-        let names = names_of(kind, schema)?;
+        let plan = plan_of(kind, schema)?;
         self.writers.insert(
             fingerprint,
             Known {
                 kind,
                 reader,
                 schema,
-                names,
+                plan,
             },
         );
         Ok(fingerprint)
@@ -414,14 +417,15 @@ impl Codec {
                 });
             };
             let (mut device, mut incarnation, mut first_seq) = (None, None, None);
-            for f in &r.fields {
+            let nodes = writer.plan.fields(crate::walk::ROOT);
+            for (f, &node) in r.fields.iter().zip(nodes) {
                 match (f.name.as_str(), &f.schema) {
                     ("device", Schema::String) => device = Some(crate::walk::string(&mut datum)?),
                     ("incarnation", Schema::Long) => {
                         incarnation = Some(crate::walk::long(&mut datum)?)
                     }
                     ("first_seq", Schema::Long) => first_seq = Some(crate::walk::long(&mut datum)?),
-                    (_, schema) => crate::walk::skip(schema, &writer.names, &mut datum, 0)?,
+                    _ => writer.plan.skip(node, &mut datum, 0)?,
                 }
             }
             if !datum.is_empty() {

@@ -122,4 +122,12 @@ pub enum SchemaError {
         /// The parser's error.
         source: Box<apache_avro::Error>,
     },
+    /// The schema parses but cannot be compiled for checking (too deeply nested, unknown name).
+    #[error("schema for {kind:?} cannot be compiled for checking: {detail}")]
+    Check {
+        /// Which message kind.
+        kind: MessageKind,
+        /// Why.
+        detail: String,
+    },
 }
