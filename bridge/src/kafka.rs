@@ -33,6 +33,60 @@ pub fn producer(k: &KafkaSection) -> Result<FutureProducer, KafkaError> {
     .create()
 }
 
+/// Waits until `topic` has a leader for every partition, asking through the producer itself so
+/// that its first records do not wait on a metadata lookup; retries every second. The bridge
+/// takes no MQTT message before this: a batch it cannot forward would only sit in its window.
+/// Returns false when `shutdown` comes first.
+pub async fn wait_ready(
+    producer: &FutureProducer,
+    topic: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
+    use rdkafka::producer::Producer;
+    let mut logged = false;
+    loop {
+        let (p, t) = (producer.clone(), topic.to_owned());
+        let ready = tokio::task::spawn_blocking(move || {
+            let md = p
+                .client()
+                .fetch_metadata(Some(&t), std::time::Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            let topic = md
+                .topics()
+                .iter()
+                .find(|x| x.name() == t)
+                .ok_or_else(|| format!("topic {t} not in metadata"))?;
+            if let Some(e) = topic.error() {
+                return Err(format!("topic {t}: {e:?}"));
+            }
+            if topic.partitions().is_empty() || topic.partitions().iter().any(|p| p.leader() < 0) {
+                return Err(format!("topic {t}: a partition has no leader"));
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match ready {
+            Ok(()) => {
+                if logged {
+                    tracing::info!(topic, "Kafka ready");
+                }
+                return true;
+            }
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(error = %e, "waiting for Kafka before taking MQTT messages");
+                    logged = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return false,
+        }
+    }
+}
+
 /// The consumer of the acks topic.
 pub fn acks_consumer(k: &KafkaSection) -> Result<StreamConsumer, KafkaError> {
     client_config(

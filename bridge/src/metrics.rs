@@ -30,6 +30,11 @@ pub struct BridgeMetrics {
     pub mqtt_acked: Counter,
     /// Messages received and not yet acknowledged.
     pub inflight: Gauge,
+    /// Their payload bytes.
+    pub inflight_bytes: Gauge,
+    /// The most messages ever in flight at once: above `max_inflight` only when the broker
+    /// ignored the receive maximum.
+    pub inflight_peak: Gauge,
     /// Receive → Kafka delivery report.
     pub produce_latency: Histogram,
     /// Produce attempts that failed and were retried.
@@ -54,6 +59,8 @@ impl BridgeMetrics {
             dead_lettered: Family::default(),
             mqtt_acked: Counter::default(),
             inflight: Gauge::default(),
+            inflight_bytes: Gauge::default(),
+            inflight_peak: Gauge::default(),
             produce_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             produce_retries: Counter::default(),
             mqtt_reconnects: Counter::default(),
@@ -87,6 +94,16 @@ impl BridgeMetrics {
             "inflight",
             "Messages received and not yet acknowledged",
             m.inflight.clone(),
+        );
+        r.register(
+            "inflight_bytes",
+            "Payload bytes received and not yet acknowledged",
+            m.inflight_bytes.clone(),
+        );
+        r.register(
+            "inflight_peak",
+            "Most messages in flight at once since start",
+            m.inflight_peak.clone(),
         );
         r.register(
             "produce_latency_seconds",

@@ -13,11 +13,17 @@
 //!    record is in Kafka (MQTT wants acknowledgements in the order messages arrived). A failed
 //!    delivery is produced again after a pause, never skipped.
 //!
-//! Back-pressure: at most `max_inflight` messages are between receipt and PUBACK (the receive
-//! maximum). When Kafka is slow or down, acknowledgements stop, the window fills and the broker
-//! stops sending: nothing is dropped and nothing is buffered without bound. On shutdown the
-//! event loop stops taking new messages (those stay unacknowledged and the broker delivers
-//! them again to the session) while the in-flight ones are delivered and acknowledged.
+//! Back-pressure: at most `max_inflight` messages are between receipt and PUBACK: the MQTT 5
+//! receive maximum, which the broker honours when acknowledgements stop (Kafka slow or down):
+//! the window fills, the broker stops sending and keeps the rest; nothing is dropped. The
+//! event loop itself never waits (it is what sends the PUBACKs), so the bound is the broker's
+//! to keep. Mosquitto 2.0.11 exceeds it while draining a restored session's backlog with
+//! acknowledgements flowing (75k in flight against a receive maximum of 10k, measured by the
+//! throughput benchmark); then its per-session queue limits (`max_queued_messages`,
+//! `max_queued_bytes` in `deploy/mosquitto.conf`) bound what can arrive, and
+//! `edgesync_bridge_inflight_peak` / `inflight_bytes` show it. On shutdown the event loop stops
+//! taking new messages (those stay unacknowledged and the broker delivers them again to the
+//! session) while the in-flight ones are delivered and acknowledged.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +31,6 @@ use std::time::{Duration, Instant};
 use edgesync_schemas::{Codec, DeadLetter, Framing};
 use edgesync_servicekit::mqtt::MqttSecurity;
 use edgesync_servicekit::now_ms;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
@@ -97,10 +102,24 @@ impl std::fmt::Debug for KafkaOut {
     }
 }
 
+/// Messages and payload bytes between receipt and PUBACK, for the metrics.
+fn inflight_change(m: &BridgeMetrics, bytes: usize, taken: bool) {
+    if taken {
+        m.inflight.inc();
+        m.inflight_bytes.inc_by(bytes as i64);
+        let n = m.inflight.get();
+        if n > m.inflight_peak.get() {
+            m.inflight_peak.set(n);
+        }
+    } else {
+        m.inflight.dec();
+        m.inflight_bytes.dec_by(bytes as i64);
+    }
+}
+
 /// One message on its way: what to produce, and the delivery it waits for.
 struct Pending {
     publish: Publish,
-    topic: String,
     received: Instant,
     record: Outgoing,
     delivery: DeliveryFuture,
@@ -110,7 +129,8 @@ struct Pending {
 struct Outgoing {
     topic: String,
     key: Vec<u8>,
-    payload: Vec<u8>,
+    /// The MQTT payload itself for a batch (no copy), the encoded record for a dead letter.
+    payload: bytes::Bytes,
     dead: Option<String>,
 }
 
@@ -178,7 +198,7 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
                 if p.dup {
                     out.metrics.redelivered.inc();
                 }
-                out.metrics.inflight.inc();
+                inflight_change(&out.metrics, p.payload.len(), true);
                 if tx.send((p, Instant::now())).is_err() {
                     break;
                 }
@@ -218,7 +238,7 @@ async fn produce(
             Verdict::Forward { device, .. } => Outgoing {
                 topic: out.deltas_topic.clone(),
                 key: device.as_str().as_bytes().to_vec(),
-                payload: publish.payload.to_vec(),
+                payload: publish.payload.clone(),
                 dead: None,
             },
             Verdict::Dead {
@@ -246,16 +266,15 @@ async fn produce(
                 Outgoing {
                     topic: out.dlq_topic.clone(),
                     key: device.unwrap_or_else(|| topic.clone()).into_bytes(),
-                    payload,
+                    payload: payload.into(),
                     dead: Some(reason.symbol().to_ascii_lowercase()),
                 }
             }
         };
-        let delivery = send(&out.producer, &record, &topic).await;
+        let delivery = send(&out.producer, &record).await;
         if tx
             .send(Pending {
                 publish,
-                topic,
                 received,
                 record,
                 delivery,
@@ -268,17 +287,13 @@ async fn produce(
     }
 }
 
-/// Enqueues a record in librdkafka, waiting while its queue is full.
-async fn send(producer: &FutureProducer, r: &Outgoing, mqtt_topic: &str) -> DeliveryFuture {
-    let headers = OwnedHeaders::new().insert(Header {
-        key: "mqtt_topic",
-        value: Some(mqtt_topic),
-    });
+/// Enqueues a record in librdkafka, waiting while its queue is full. No headers: the key names
+/// the device and the MQTT topic follows from it (a header per record cost the broker ~20 %).
+async fn send(producer: &FutureProducer, r: &Outgoing) -> DeliveryFuture {
     loop {
         let rec = FutureRecord::to(&r.topic)
             .key(&r.key)
-            .payload(&r.payload)
-            .headers(headers.clone());
+            .payload(&r.payload[..]);
         match producer.send_result(rec) {
             Ok(d) => return d,
             Err((e, _)) => {
@@ -305,7 +320,7 @@ async fn ack(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, out: KafkaOut
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            p.delivery = send(&out.producer, &p.record, &p.topic).await;
+            p.delivery = send(&out.producer, &p.record).await;
         }
         out.metrics
             .produce_latency
@@ -324,6 +339,6 @@ async fn ack(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, out: KafkaOut
             return; // the event loop is gone
         }
         out.metrics.mqtt_acked.inc();
-        out.metrics.inflight.dec();
+        inflight_change(&out.metrics, p.publish.payload.len(), false);
     }
 }

@@ -98,28 +98,30 @@ pub async fn run(
         shutdown.clone(),
     ));
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-    mqtt_in::run(
-        MqttIn {
-            host: m.host.clone(),
-            port: m.port,
-            client_id: m.client_id.clone(),
-            shared_group: m.shared_group.clone(),
-            keep_alive: Duration::from_secs(m.keep_alive_secs.max(1)),
-            max_inflight: m.max_inflight,
-            security,
-        },
-        KafkaOut {
-            producer: producer.clone(),
-            deltas_topic: cfg.kafka.deltas_topic.clone(),
-            dlq_topic: cfg.kafka.dlq_topic.clone(),
-            max_payload: cfg.max_payload_bytes,
-            codec,
-            metrics,
-        },
-        shutdown.clone(),
-        grace,
-    )
-    .await;
+    if kafka::wait_ready(&producer, &cfg.kafka.deltas_topic, &shutdown).await {
+        mqtt_in::run(
+            MqttIn {
+                host: m.host.clone(),
+                port: m.port,
+                client_id: m.client_id.clone(),
+                shared_group: m.shared_group.clone(),
+                keep_alive: Duration::from_secs(m.keep_alive_secs.max(1)),
+                max_inflight: m.max_inflight,
+                security,
+            },
+            KafkaOut {
+                producer: producer.clone(),
+                deltas_topic: cfg.kafka.deltas_topic.clone(),
+                dlq_topic: cfg.kafka.dlq_topic.clone(),
+                max_payload: cfg.max_payload_bytes,
+                codec,
+                metrics,
+            },
+            shutdown.clone(),
+            grace,
+        )
+        .await;
+    }
     let _ = tokio::time::timeout(grace, ack_path).await;
     // Deliveries were awaited before every MQTT ack; flush what the ack path may have queued.
     let flushed = tokio::task::spawn_blocking(move || {
