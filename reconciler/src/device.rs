@@ -213,6 +213,7 @@ impl DeviceStage {
         let mut touched: BTreeSet<(i32, ReplicaId)> = BTreeSet::new();
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut skews: BTreeMap<ReplicaId, i64> = BTreeMap::new();
+        let (mut n_events, mut n_deltas) = (0u64, 0u64);
         for m in msgs {
             let p = m.partition();
             let Some(o) = owned.get_mut(&p) else {
@@ -267,7 +268,7 @@ impl DeviceStage {
                     &bytes,
                     true,
                 );
-                self.metrics.events.inc();
+                n_events += 1;
             }
             if a.watermark >= done {
                 skip.remove(&replica);
@@ -294,7 +295,7 @@ impl DeviceStage {
                     &bytes,
                     false,
                 );
-                self.metrics.deltas.inc();
+                n_deltas += 1;
             }
             acks.insert(replica.clone(), a.watermark);
             if let Some(s) = last_skew {
@@ -304,6 +305,9 @@ impl DeviceStage {
         }
         // Events, deltas and dead letters durable in Kafka before anything else.
         let last_event = out.wait(rt)?;
+        // Counted once Kafka has them.
+        self.metrics.events.inc_by(n_events);
+        self.metrics.deltas.inc_by(n_deltas);
         let mut acks_out = Out::default();
         for (replica, watermark) in &acks {
             let bytes = self.codec.encode_ack(&Ack {

@@ -37,9 +37,9 @@ pub struct ReconcilerMetrics {
     pub duplicates: Counter,
     /// Events released but not produced because the events topic already had them.
     pub suppressed: Counter,
-    /// Events produced to the events topic.
+    /// Events in the events topic (counted once Kafka confirmed them).
     pub events: Counter,
-    /// State deltas produced to the state-deltas topic.
+    /// State deltas in the state-deltas topic (counted once Kafka confirmed them).
     pub deltas: Counter,
     /// Acknowledgements produced.
     pub acks: Counter,
@@ -108,10 +108,14 @@ impl ReconcilerMetrics {
         );
         r.register(
             "events",
-            "Events produced, once each in dot order",
+            "Events confirmed by Kafka on the events topic, once each in dot order",
             m.events.clone(),
         );
-        r.register("deltas", "State deltas produced", m.deltas.clone());
+        r.register(
+            "deltas",
+            "State deltas confirmed by Kafka",
+            m.deltas.clone(),
+        );
         r.register("acks", "Acknowledgements produced", m.acks.clone());
         r.register(
             "merges",
