@@ -24,8 +24,11 @@ pub fn status(cfg: &Config) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let spool = open_read_only(cfg)?;
+    let codec = edgesync_schemas::Codec::new(edgesync_schemas::Limits::default())
+        .map_err(|e| format!("codec: {e}"))?;
     let doc = status_json(
         &spool,
+        &codec,
         &cfg.device.id,
         cfg.spool.policy.name(),
         None,

@@ -46,6 +46,8 @@ pub struct HttpState {
     pub device: String,
     /// The quota policy, for status.
     pub policy: &'static str,
+    /// Decodes the stored states for their digests in status.
+    pub codec: Arc<edgesync_schemas::Codec>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -130,6 +132,7 @@ fn error(code: StatusCode, index: Option<usize>, reason: &str) -> Response {
 async fn status(State(s): State<HttpState>) -> Response {
     Json(status_json(
         &s.spool,
+        &s.codec,
         &s.device,
         s.policy,
         Some(s.metrics.link_up.get() == 1),
@@ -142,6 +145,7 @@ async fn status(State(s): State<HttpState>) -> Response {
 /// with `link_up` unknown).
 pub fn status_json(
     spool: &Spool,
+    codec: &edgesync_schemas::Codec,
     device: &str,
     policy: &str,
     link_up: Option<bool>,
@@ -166,6 +170,7 @@ pub fn status_json(
             "age_oldest": st.dropped_oldest_age,
         },
         "refused_appends": st.refused,
+        "state_digests": crate::ingest::state_digests(spool, codec),
     })
 }
 

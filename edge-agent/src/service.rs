@@ -162,6 +162,7 @@ pub async fn run(
             clock,
             device: device.to_string(),
             policy: cfg.spool.policy.name(),
+            codec: Arc::clone(&codec),
         },
         cfg.http.max_body_bytes,
     );

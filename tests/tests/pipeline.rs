@@ -1,17 +1,20 @@
 //! The whole pipeline as processes on real brokers: edge agents → Mosquitto → bridge → Kafka
 //! (tansu on SQLite) → reconciler → events and converged state, acknowledgements back to the
-//! agents — while the bridge, the reconciler, one agent and Mosquitto are each killed with
-//! `kill -9` and restarted. Checked by history: every event an agent answered appears in the
-//! events topic exactly once, in seq order per device; the converged counters equal the
-//! reference; every spool ends empty behind its acknowledged watermark.
+//! agents. Six agents reach Mosquitto through fault proxies that add latency, throttle
+//! bandwidth and cut links, while the bridge, the reconciler, one agent, Mosquitto and the
+//! Kafka broker are each killed with `kill -9` and restarted. Checked by history: every event
+//! an agent answered appears in the events topic exactly once, in seq order per device; the
+//! converged counters equal the reference; every spool ends empty behind its acknowledged
+//! watermark; each agent's own state digest equals the converged record's of the same key.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use edgesync_core::Crdt;
+use edgesync_schemas::StateRecord;
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{workspace_binary, Kafka, Mosquitto, Record, Service};
+use edgesync_testkit::{workspace_binary, FaultProxy, Kafka, Mosquitto, Record, Service};
 
 const FAST_GROUPS: &str =
     r#"kafka.properties={ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }"#;
@@ -74,7 +77,7 @@ fn read(
 #[test]
 fn agents_to_converged_state_through_kill_9_of_every_component() {
     let mut m = Mosquitto::start().unwrap();
-    let k = Kafka::start().unwrap();
+    let mut k = Kafka::start().unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
     let kafka = format!("kafka.bootstrap_servers={}", k.bootstrap());
     let mut reconciler = Service::start(
@@ -103,10 +106,23 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
         ],
     )
     .unwrap();
-    let devices = ["e2e-pump-1", "e2e-pump-2", "e2e-pump-3"];
+    let devices = [
+        "e2e-pump-1",
+        "e2e-pump-2",
+        "e2e-pump-3",
+        "e2e-pump-4",
+        "e2e-pump-5",
+        "e2e-pump-6",
+    ];
+    // Each agent's uplink goes through its own proxy: the links the faults are applied to.
+    let links: Vec<FaultProxy> = devices
+        .iter()
+        .map(|_| FaultProxy::start(m.addr()).unwrap())
+        .collect();
     let mut agents: Vec<Service> = devices
         .iter()
-        .map(|d| {
+        .zip(&links)
+        .map(|(d, link)| {
             Service::start(
                 binary("edgesync-agent"),
                 Some("run"),
@@ -114,7 +130,7 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
                 &[
                     format!("device.id={d}"),
                     "spool.dir=\"{dir}/spool\"".into(),
-                    format!("uplink.port={}", m.port()),
+                    format!("uplink.port={}", link.addr().port()),
                     "uplink.keep_alive_secs=5".into(),
                     "uplink.backoff_min_ms=100".into(),
                     "uplink.backoff_max_ms=1000".into(),
@@ -127,24 +143,47 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
 
     let mut answered: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
     let mut sent = BTreeMap::new();
-    for round in 0..10u64 {
+    // Link quality for the whole run: a slow link, a throttled one, one with both.
+    links[1].set_latency(Duration::from_millis(80));
+    links[2].set_bandwidth(Some(16 * 1024));
+    links[4].set_latency(Duration::from_millis(40));
+    links[4].set_bandwidth(Some(32 * 1024));
+    for round in 0..12u64 {
+        // Cuts: link 3 down for rounds 1-3, link 5 for rounds 5-7.
+        match round {
+            1 => links[3].cut(),
+            4 => links[3].heal(),
+            5 => links[5].cut(),
+            8 => links[5].heal(),
+            _ => {}
+        }
         for (d, a) in devices.iter().zip(&agents) {
             let n = sent.entry(*d).or_insert(0u64);
             let (first, last) = post(a, &events(d, *n, 30));
             *n += 30;
             answered.entry(d).or_default().extend(first..=last);
         }
-        // E2E_ONLY=bridge|reconciler|agent|mosquitto restricts the kills (for diagnosis).
+        // E2E_ONLY=bridge,reconciler,agent,mosquitto,kafka restricts the kills (diagnosis).
         let only = std::env::var("E2E_ONLY").ok();
-        let kill = |what: &str| only.as_deref().is_none_or(|o| o == what);
+        let kill = |what: &str| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|x| x == what))
+        };
         match round {
-            2 if kill("bridge") => bridge.process.restart().unwrap(),
-            4 if kill("reconciler") => reconciler.process.restart().unwrap(),
-            6 if kill("agent") => agents[0].process.restart().unwrap(),
-            8 if kill("mosquitto") => m.process().restart().unwrap(),
+            2 if kill("kafka") => k.process().restart().unwrap(),
+            4 if kill("bridge") => bridge.process.restart().unwrap(),
+            6 if kill("reconciler") => reconciler.process.restart().unwrap(),
+            8 if kill("agent") => agents[0].process.restart().unwrap(),
+            10 if kill("mosquitto") => m.process().restart().unwrap(),
             _ => {}
         }
         std::thread::sleep(Duration::from_millis(300));
+    }
+
+    for link in &links {
+        link.heal();
+        link.set_latency(Duration::ZERO);
+        link.set_bandwidth(None);
     }
 
     // Every agent ends acknowledged up to its last seq with an empty spool.
@@ -161,11 +200,47 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
     {
         std::thread::sleep(Duration::from_millis(500));
     }
+    if let Ok(dir) = std::env::var("E2E_LOGS") {
+        // Diagnosis: every log in full.
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            format!("{dir}/bridge.log"),
+            bridge.process.log_tail(100_000),
+        );
+        for (name, svc) in [("bridge", &bridge), ("reconciler", &reconciler)] {
+            if let Ok((_, text)) = svc.get("/metrics") {
+                let _ = std::fs::write(format!("{dir}/{name}.metrics"), text);
+            }
+        }
+        let _ = std::fs::write(
+            format!("{dir}/reconciler.log"),
+            reconciler.process.log_tail(100_000),
+        );
+        for (d, a) in devices.iter().zip(&agents) {
+            let _ = std::fs::write(format!("{dir}/{d}.log"), a.process.log_tail(100_000));
+        }
+        let _ = std::fs::write(format!("{dir}/tansu.log"), k.process().log_tail(100_000));
+        for topic in ["edgesync.deltas", "edgesync.events", "edgesync.acks"] {
+            let recs = read(&k, topic, Duration::from_secs(5), |_| false);
+            let mut per: BTreeMap<i32, usize> = BTreeMap::new();
+            for r in &recs {
+                *per.entry(r.partition).or_default() += 1;
+            }
+            let _ = std::fs::write(format!("{dir}/{topic}.count"), format!("{per:?}\n"));
+        }
+        let _ = std::fs::write(
+            format!("{dir}/mosquitto.log"),
+            m.process().log_tail(100_000),
+        );
+    }
     for (d, a) in devices.iter().zip(&agents) {
         assert!(
             synced(a, *answered[d].last().unwrap()),
-            "{d} not synced: {}",
-            status(a)
+            "{d} not synced: {}\nagent log:\n{}\nbridge log:\n{}\nreconciler log:\n{}",
+            status(a),
+            a.process.log_tail(15),
+            bridge.process.log_tail(15),
+            reconciler.process.log_tail(15)
         );
     }
 
@@ -216,6 +291,24 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
         latest(r) == expect
     });
     assert_eq!(latest(&states), expect);
+    // Edge and server agree: a device's own counter is written by that device alone, so its
+    // converged record carries the digest of the agent's local state.
+    let mut server_digest = BTreeMap::new();
+    for Record {
+        key, payload: b, ..
+    } in &states
+    {
+        let rec: StateRecord = codec.decode_state_record(b).unwrap();
+        server_digest.insert(key.clone(), rec.digest().to_hex());
+    }
+    for (d, a) in devices.iter().zip(&agents) {
+        let key = format!("{d}/readings");
+        assert_eq!(
+            status(a)["state_digests"][&key].as_str(),
+            server_digest.get(&key).map(String::as_str),
+            "{key}: edge and server digests differ"
+        );
+    }
     assert_eq!(
         bridge.metric("edgesync_bridge_dead_lettered_total", ""),
         0.0

@@ -341,6 +341,25 @@ pub struct Ingest {
 const HLC_STATE: &str = "hlc";
 const CRDT_PREFIX: &str = "crdt/";
 
+/// The digest (hex) of every CRDT state the agent holds, by key: what the converged record of
+/// the same key carries once the server has every contribution. Unreadable states are left
+/// out (the agent refuses to start on them anyway).
+pub fn state_digests(spool: &Spool, codec: &Codec) -> BTreeMap<String, String> {
+    spool
+        .state()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, bytes)| {
+            let key = name.strip_prefix(CRDT_PREFIX)?;
+            let c = codec.decode_crdt_state(&bytes).ok()?;
+            Some((
+                key.to_owned(),
+                edgesync_core::StateDigest::of_state(key, &c).to_hex(),
+            ))
+        })
+        .collect()
+}
+
 impl Ingest {
     /// Starts the ingest thread for `device` on `spool`; `appended` is notified after every
     /// stored write (the uplink waits on it).
