@@ -43,6 +43,8 @@ pub struct ReconcilerMetrics {
     pub deltas: Counter,
     /// Acknowledgements produced.
     pub acks: Counter,
+    /// Acknowledgements whose delivery failed (the agent sends again and is acknowledged then).
+    pub acks_failed: Counter,
     /// Deltas joined into the state store.
     pub merges: Counter,
     /// Converged states emitted.
@@ -81,6 +83,7 @@ impl ReconcilerMetrics {
             events: Counter::default(),
             deltas: Counter::default(),
             acks: Counter::default(),
+            acks_failed: Counter::default(),
             merges: Counter::default(),
             states: Counter::default(),
             dead_lettered: Family::default(),
@@ -117,6 +120,11 @@ impl ReconcilerMetrics {
             m.deltas.clone(),
         );
         r.register("acks", "Acknowledgements produced", m.acks.clone());
+        r.register(
+            "acks_failed",
+            "Acknowledgements whose delivery failed",
+            m.acks_failed.clone(),
+        );
         r.register(
             "merges",
             "Deltas joined into the state store",

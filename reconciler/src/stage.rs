@@ -223,6 +223,31 @@ impl Out {
     }
 }
 
+impl Out {
+    /// Lets the deliveries finish in the background, logging and counting failures (in
+    /// `failed`): for records whose loss costs only a repeat, such as acknowledgements (a lost
+    /// one makes the agent send again and be acknowledged again), so that the stage does not
+    /// wait a broker round trip for them.
+    pub fn detach(
+        self,
+        rt: &tokio::runtime::Runtime,
+        what: &'static str,
+        failed: prometheus_client::metrics::counter::Counter,
+    ) {
+        rt.spawn(async move {
+            for (d, _) in self.pending {
+                if !matches!(d.await, Ok(Ok(_))) {
+                    failed.inc();
+                    tracing::warn!(
+                        what,
+                        "delivery failed; the record will be produced again when its source is"
+                    );
+                }
+            }
+        });
+    }
+}
+
 /// Commits `offsets` (next to read, per partition of `topic`) to the group, without waiting.
 pub fn commit(c: &BaseConsumer<Ctx>, topic: &str, offsets: &std::collections::BTreeMap<i32, i64>) {
     if offsets.is_empty() {
