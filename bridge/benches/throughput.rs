@@ -257,7 +257,7 @@ fn bridge(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -
 static PEAK: AtomicU64 = AtomicU64::new(0);
 
 /// Fresh brokers for one phase, so that neither side runs on a broker already holding the
-/// other's records (tansu slows down as its in-memory log grows: measured 15-20 %).
+/// other's records (tansu slows down as its log grows: the side that ran second lost 15-20 %).
 fn brokers() -> (Mosquitto, Kafka) {
     let m = Mosquitto::start_with(MosquittoOptions {
         lazy_persistence: true,

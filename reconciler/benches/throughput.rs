@@ -229,7 +229,7 @@ fn record_ceiling(n: u64, size: usize) -> f64 {
 }
 
 /// A fresh broker holding the N batches on `topic`, so that neither side runs on a broker
-/// already holding the other's records (tansu's in-memory log slows down as it grows).
+/// already holding the other's records (tansu slows down as its log grows).
 fn broker_with(topic: &str, n: u64) -> Kafka {
     let k = Kafka::start().unwrap();
     k.create_topic(topic, 4, &[]).unwrap();
