@@ -48,6 +48,12 @@ struct Args {
     /// How long a cut lasts.
     #[arg(long, default_value_t = 4)]
     outage_secs: u64,
+    /// Latency added to every agent's link, each way (ms).
+    #[arg(long, default_value_t = 0)]
+    link_latency_ms: u64,
+    /// Bandwidth of every agent's link, each way (KiB/s; 0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    link_kib_per_s: u64,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -130,13 +136,23 @@ fn run(args: &Args) -> Result<bool, String> {
     )
     .map_err(|x| e(&x))?;
     println!(
-        "==> starting {} edge agents, each behind a fault proxy",
-        args.agents
+        "==> starting {} edge agents, each behind a fault proxy (latency {} ms, bandwidth {})",
+        args.agents,
+        args.link_latency_ms,
+        if args.link_kib_per_s == 0 {
+            "unlimited".to_owned()
+        } else {
+            format!("{} KiB/s", args.link_kib_per_s)
+        }
     );
     let mut agents = Vec::new();
     for i in 0..args.agents {
         let device = format!("pump-{i:04}");
         let proxy = FaultProxy::start(m.addr()).map_err(|x| e(&x))?;
+        proxy.set_latency(Duration::from_millis(args.link_latency_ms));
+        if args.link_kib_per_s > 0 {
+            proxy.set_bandwidth(Some(args.link_kib_per_s * 1024));
+        }
         let agent = Service::start(
             bin("edgesync-agent")?,
             Some("run"),
