@@ -77,6 +77,31 @@ fn events_body(device: &str, start: u64, n: u64) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// The upper bound of the histogram bucket holding quantile `q` of Prometheus histogram
+/// `name` in a `/metrics` text, in milliseconds (bucket resolution: an estimate).
+fn bucket_quantile_ms(metrics: &str, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last()?.1;
+    (total > 0.0).then_some(())?;
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| le * 1000.0)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -474,6 +499,28 @@ fn run(args: &Args) -> Result<bool, String> {
         percentile(&to_converged, 0.99),
         to_converged.last().copied().unwrap_or(0),
         to_converged.len()
+    );
+    // Where the time goes, from the services' own histograms (bucket upper bounds).
+    let hist = |svc: &Service, name: &str| -> String {
+        let text = svc.get("/metrics").map(|(_, t)| t).unwrap_or_default();
+        match (
+            bucket_quantile_ms(&text, name, 0.5),
+            bucket_quantile_ms(&text, name, 0.99),
+        ) {
+            (Some(a), Some(b)) => format!("p50 ≤ {a:.1} ms, p99 ≤ {b:.1} ms"),
+            _ => "no samples".into(),
+        }
+    };
+    println!(
+        "| bridge: MQTT receive → Kafka confirmed (its histogram) | {} |",
+        hist(&bridge, "edgesync_bridge_produce_latency_seconds")
+    );
+    println!(
+        "| reconciler: event HLC → converged emit (its histogram) | {} |",
+        hist(
+            &reconciler,
+            "edgesync_reconciler_convergence_latency_seconds"
+        )
     );
     for (name, us) in &raw_hops {
         println!(
