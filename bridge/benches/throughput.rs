@@ -31,7 +31,7 @@ use edgesync_core::{
 };
 use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{
-    free_port, unique, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready,
+    free_port, knob, unique, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
@@ -270,14 +270,8 @@ fn brokers() -> (Mosquitto, Kafka) {
 }
 
 fn main() {
-    let n: u64 = std::env::var("BRIDGE_BENCH_MSGS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
-    let rounds: usize = std::env::var("BRIDGE_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let n: u64 = knob("BRIDGE_BENCH_MSGS", 20_000);
+    let rounds: usize = knob("BRIDGE_BENCH_ROUNDS", 2);
     let msgs = batches(n);
     let bytes: usize = msgs.iter().map(|(_, p)| p.len()).sum();
     // Alternating order (raw, bridge, bridge, raw, ...) so drift on the machine hits both.

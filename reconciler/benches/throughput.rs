@@ -30,7 +30,7 @@ use edgesync_core::{
     Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{free_port, unique, Kafka, Managed, ProcessSpec, Ready};
+use edgesync_testkit::{free_port, knob, unique, Kafka, Managed, ProcessSpec, Ready};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
@@ -241,14 +241,8 @@ fn broker_with(topic: &str, n: u64) -> Kafka {
 }
 
 fn main() {
-    let n: u64 = std::env::var("RECONCILER_BENCH_BATCHES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000);
-    let rounds: usize = std::env::var("RECONCILER_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let n: u64 = knob("RECONCILER_BENCH_BATCHES", 2_000);
+    let rounds: usize = knob("RECONCILER_BENCH_ROUNDS", 2);
     // Alternating order (passthrough, reconciler, reconciler, passthrough, ...).
     let (mut raws, mut recs) = (Vec::new(), Vec::new());
     for round in 0..rounds {

@@ -66,9 +66,9 @@ fn length(data: &mut &[u8]) -> Result<usize, DecodeError> {
     usize::try_from(n).map_err(|_| malformed("a non-negative length"))
 }
 
-/// A string's bytes (UTF-8 checked).
+/// A length-prefixed run of bytes (strings, bytes).
 #[inline]
-pub(crate) fn string<'a>(data: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
+fn prefixed<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     let n = length(data)?;
     if data.len() < n {
         return Err(DecodeError::Truncated {
@@ -78,7 +78,13 @@ pub(crate) fn string<'a>(data: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
     }
     let (s, rest) = data.split_at(n);
     *data = rest;
-    std::str::from_utf8(s).map_err(|_| malformed("UTF-8"))
+    Ok(s)
+}
+
+/// A string's bytes (UTF-8 checked).
+#[inline]
+pub(crate) fn string<'a>(data: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(prefixed(data)?).map_err(|_| malformed("UTF-8"))
 }
 
 /// A writer schema compiled for skipping: named types resolved to node indexes once, so a
@@ -213,10 +219,7 @@ impl Plan {
             },
             Node::Long => long(data).map(drop),
             Node::Fixed(n) => skip_bytes(data, *n),
-            Node::Bytes => {
-                let n = length(data)?;
-                skip_bytes(data, n)
-            }
+            Node::Bytes => prefixed(data).map(drop),
             Node::String => skip_string(data),
             Node::Enum(symbols) => {
                 let i = long(data)?;
@@ -251,15 +254,7 @@ impl Plan {
 /// Skips a string, checking that it is UTF-8 (ASCII, the common case, without a call).
 #[inline]
 fn skip_string(data: &mut &[u8]) -> Result<(), DecodeError> {
-    let n = length(data)?;
-    if data.len() < n {
-        return Err(DecodeError::Truncated {
-            len: data.len(),
-            needed: n,
-        });
-    }
-    let (s, rest) = data.split_at(n);
-    *data = rest;
+    let s = prefixed(data)?;
     if s.is_ascii() || std::str::from_utf8(s).is_ok() {
         Ok(())
     } else {

@@ -25,7 +25,7 @@ mod tls;
 
 pub use kafka::{Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
-pub use names::unique;
+pub use names::{knob, unique};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use proxy::FaultProxy;
 pub use services::{http, workspace_binary, Service};

@@ -14,3 +14,12 @@ pub fn unique(prefix: &str) -> String {
         .map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
 }
+
+/// A benchmark or test knob: environment variable `name` parsed as `T`, or `default` when it
+/// is unset or does not parse.
+pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
