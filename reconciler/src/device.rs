@@ -23,18 +23,15 @@ use std::sync::Arc;
 
 use edgesync_core::{ReplicaId, VersionVector};
 use edgesync_protocol::{Server, ServerConfig};
-use edgesync_schemas::{Ack, Codec, DeadLetterReason, Framing, StateRecord};
+use edgesync_schemas::{Ack, DeadLetterReason, Framing, StateRecord};
 use edgesync_servicekit::now_ms;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::Ledger;
-use crate::metrics::ReconcilerMetrics;
-use crate::stage::{self, Change, Ctx, Out};
-use crate::store::{Batch, Stage, Store};
+use crate::stage::{self, Change, Io, Out};
+use crate::store::{Batch, Stage};
 use crate::Error;
 
 /// Topic names and limits of the stage.
@@ -63,22 +60,10 @@ pub struct DeviceConfig {
 pub struct DeviceStage {
     /// Settings.
     pub cfg: DeviceConfig,
-    /// Codec.
-    pub codec: Arc<Codec>,
-    /// State store.
-    pub store: Arc<Store>,
-    /// Producer.
-    pub producer: FutureProducer,
-    /// Group consumer of the deltas topic.
-    pub consumer: BaseConsumer<Ctx>,
-    /// Its rebalance reports.
-    pub ctx: Ctx,
-    /// Reader for replays and the events tail.
-    pub reader: BaseConsumer,
+    /// Codec, store, Kafka clients (the group consumer reads the deltas topic), metrics.
+    pub io: Io,
     /// Completeness ledger.
     pub ledger: Arc<Ledger>,
-    /// Metrics.
-    pub metrics: Arc<ReconcilerMetrics>,
 }
 
 struct Owned {
@@ -94,9 +79,9 @@ impl DeviceStage {
         let mut owned: HashMap<i32, Owned> = HashMap::new();
         let mut skip: HashMap<ReplicaId, u64> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let msgs = stage::poll_group(&self.consumer, self.cfg.max_group, "deltas");
+            let msgs = stage::poll_group(&self.io.consumer, self.cfg.max_group, "deltas");
             // Rebalances happen inside poll: handle them before the records they precede.
-            for change in self.ctx.take() {
+            for change in self.io.ctx.take() {
                 self.change(change, &mut owned, &mut skip, &rt)?;
             }
             if !msgs.is_empty() {
@@ -138,15 +123,14 @@ impl DeviceStage {
         rt: &tokio::runtime::Runtime,
     ) -> Result<(), Error> {
         let c = &self.cfg;
-        let server = Server::restore(c.server, self.store.replicas(&self.codec, p)?);
-        let (low, _) = stage::watermarks(&self.reader, &c.deltas_topic, p)?;
-        let local = self.store.offset(Stage::Device, p)?.unwrap_or(low).max(low);
+        let server = Server::restore(c.server, self.io.store.replicas(&self.io.codec, p)?);
+        let (local, start) = self.io.resume_points(Stage::Device, &c.deltas_topic, p)?;
         // Events this partition already holds beyond what the local state knows it released.
-        let (elow, ehigh) = stage::watermarks(&self.reader, &c.events_topic, p)?;
-        let from = self.store.checkpoint(p)?.unwrap_or(elow).max(elow);
-        let codec = &self.codec;
+        let (elow, ehigh) = stage::watermarks(&self.io.reader, &c.events_topic, p)?;
+        let from = self.io.store.checkpoint(p)?.unwrap_or(elow).max(elow);
+        let codec = &self.io.codec;
         stage::read_range(
-            &self.reader,
+            &self.io.reader,
             &c.events_topic,
             p,
             from,
@@ -176,7 +160,6 @@ impl DeviceStage {
                 .map(|(r, s)| (r.clone(), s.clone())),
         );
         // The group starts at its committed offset: replay what lies between.
-        let start = stage::committed(&self.consumer, &c.deltas_topic, p)?.unwrap_or(low);
         tracing::info!(
             partition = p,
             local,
@@ -187,7 +170,7 @@ impl DeviceStage {
         );
         if start > local {
             stage::read_range(
-                &self.reader,
+                &self.io.reader,
                 &c.deltas_topic,
                 p,
                 local,
@@ -224,9 +207,9 @@ impl DeviceStage {
             }
             o.next = m.offset() + 1;
             offsets.insert(p, o.next);
-            self.metrics.batches.inc();
+            self.io.metrics.batches.inc();
             let payload = m.payload().unwrap_or_default();
-            let batch = match self.codec.decode_batch(payload) {
+            let batch = match self.io.codec.decode_batch(payload) {
                 Ok(b) => b,
                 Err(e) => {
                     self.dead(&mut out, &m, DeadLetterReason::Undecodable, e.to_string());
@@ -247,21 +230,21 @@ impl DeviceStage {
             let oldest_hlc = batch.events().iter().map(|e| e.hlc.wall_ms).min();
             let replica = batch.replica().clone();
             let a = o.server.apply(batch, now);
-            self.metrics.duplicates.inc_by(a.duplicates as u64);
+            self.io.metrics.duplicates.inc_by(a.duplicates as u64);
             let done = skip.get(&replica).copied().unwrap_or(0);
             let mut last_skew = None;
             let device = replica.device.as_str().as_bytes();
             for e in &a.released {
                 if e.dot.seq <= done {
-                    self.metrics.suppressed.inc();
+                    self.io.metrics.suppressed.inc();
                     continue;
                 }
                 let skew_ms = now as i64 - e.hlc.wall_ms as i64;
-                self.metrics.observe_skew(skew_ms, c.skew_bound_ms);
+                self.io.metrics.observe_skew(skew_ms, c.skew_bound_ms);
                 last_skew = Some(skew_ms);
-                let bytes = self.codec.encode_event(e, Framing::SingleObject)?;
+                let bytes = self.io.codec.encode_event(e, Framing::SingleObject)?;
                 out.send(
-                    &self.producer,
+                    &self.io.producer,
                     &c.events_topic,
                     Some(p),
                     device,
@@ -285,10 +268,11 @@ impl DeviceStage {
                     emitted_at_ms: oldest_hlc.unwrap_or(now),
                 };
                 let bytes = self
+                    .io
                     .codec
                     .encode_state_record(&rec, Framing::SingleObject)?;
                 out.send(
-                    &self.producer,
+                    &self.io.producer,
                     &c.state_deltas_topic,
                     None,
                     key.as_bytes(),
@@ -306,17 +290,17 @@ impl DeviceStage {
         // Events, deltas and dead letters durable in Kafka before anything else.
         let last_event = out.wait(rt)?;
         // Counted once Kafka has them.
-        self.metrics.events.inc_by(n_events);
-        self.metrics.deltas.inc_by(n_deltas);
+        self.io.metrics.events.inc_by(n_events);
+        self.io.metrics.deltas.inc_by(n_deltas);
         let mut acks_out = Out::default();
         for (replica, watermark) in &acks {
-            let bytes = self.codec.encode_ack(&Ack {
+            let bytes = self.io.codec.encode_ack(&Ack {
                 replica: replica.clone(),
                 watermark: *watermark,
                 acked_at_ms: now,
             })?;
             acks_out.send(
-                &self.producer,
+                &self.io.producer,
                 &c.acks_topic,
                 None,
                 replica.device.as_str().as_bytes(),
@@ -326,12 +310,12 @@ impl DeviceStage {
         }
         // Not awaited: the events they acknowledge are durable already, and a lost ack only
         // makes the agent send again (saves a broker round trip per group).
-        acks_out.detach(rt, "ack", self.metrics.acks_failed.clone());
-        self.metrics.acks.inc_by(acks.len() as u64);
+        acks_out.detach(rt, "ack", self.io.metrics.acks_failed.clone());
+        self.io.metrics.acks.inc_by(acks.len() as u64);
         let mut b = Batch::default();
         for (p, r) in &touched {
             if let Some(s) = owned.get(p).and_then(|o| o.server.state(r)) {
-                b.replica(&self.codec, *p, r, s)?;
+                b.replica(&self.io.codec, *p, r, s)?;
             }
         }
         for (p, next) in &offsets {
@@ -340,8 +324,8 @@ impl DeviceStage {
         for (p, off) in &last_event {
             b.checkpoint(*p, off + 1);
         }
-        self.store.commit(b)?;
-        stage::commit(&self.consumer, &c.deltas_topic, &offsets);
+        self.io.store.commit(b)?;
+        stage::commit(&self.io.consumer, &c.deltas_topic, &offsets);
         self.ledger.update(touched.iter().filter_map(|(p, r)| {
             owned
                 .get(p)
@@ -356,17 +340,7 @@ impl DeviceStage {
 
     fn dead(&self, out: &mut Out, m: &OwnedMessage, reason: DeadLetterReason, detail: String) {
         let device = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-        let c = &self.cfg;
-        if out.dead_letter(
-            &self.producer,
-            &self.codec,
-            &c.dlq_topic,
-            m,
-            reason,
-            detail,
-            device,
-        ) {
-            self.metrics.dead(reason);
-        }
+        self.io
+            .dead(out, &self.cfg.dlq_topic, m, reason, detail, device);
     }
 }

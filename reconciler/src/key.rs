@@ -5,19 +5,15 @@
 //! value twice is harmless (compaction keeps the latest).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
-use edgesync_schemas::{Codec, DeadLetterReason, Framing, StateRecord};
+use edgesync_schemas::{DeadLetterReason, Framing, StateRecord};
 use edgesync_servicekit::now_ms;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::ReconcilerMetrics;
-use crate::stage::{self, Change, Ctx, Out};
-use crate::store::{Batch, Stage, Store};
+use crate::stage::{self, Change, Io, Out};
+use crate::store::{Batch, Stage};
 use crate::Error;
 
 /// Topic names and limits of the stage.
@@ -38,20 +34,8 @@ pub struct KeyConfig {
 pub struct KeyStage {
     /// Settings.
     pub cfg: KeyConfig,
-    /// Codec.
-    pub codec: Arc<Codec>,
-    /// State store.
-    pub store: Arc<Store>,
-    /// Producer.
-    pub producer: FutureProducer,
-    /// Group consumer of the state-deltas topic.
-    pub consumer: BaseConsumer<Ctx>,
-    /// Its rebalance reports.
-    pub ctx: Ctx,
-    /// Reader for replays.
-    pub reader: BaseConsumer,
-    /// Metrics.
-    pub metrics: Arc<ReconcilerMetrics>,
+    /// Codec, store, Kafka clients (the group consumer reads the state-deltas topic), metrics.
+    pub io: Io,
 }
 
 impl KeyStage {
@@ -60,8 +44,8 @@ impl KeyStage {
         let rt = stage::runtime()?;
         let mut next: HashMap<i32, i64> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let msgs = stage::poll_group(&self.consumer, self.cfg.max_group, "state-deltas");
-            for change in self.ctx.take() {
+            let msgs = stage::poll_group(&self.io.consumer, self.cfg.max_group, "state-deltas");
+            for change in self.io.ctx.take() {
                 match change {
                     Change::Revoked(ps) => ps.iter().for_each(|p| {
                         next.remove(p);
@@ -87,10 +71,10 @@ impl KeyStage {
         rt: &tokio::runtime::Runtime,
     ) -> Result<(), Error> {
         let c = &self.cfg;
-        let (low, _) = stage::watermarks(&self.reader, &c.state_deltas_topic, p)?;
-        let local = self.store.offset(Stage::Key, p)?.unwrap_or(low).max(low);
+        let (local, start) = self
+            .io
+            .resume_points(Stage::Key, &c.state_deltas_topic, p)?;
         next.insert(p, local);
-        let start = stage::committed(&self.consumer, &c.state_deltas_topic, p)?.unwrap_or(low);
         tracing::info!(
             partition = p,
             local,
@@ -99,7 +83,7 @@ impl KeyStage {
         );
         if start > local {
             stage::read_range(
-                &self.reader,
+                &self.io.reader,
                 &c.state_deltas_topic,
                 p,
                 local,
@@ -131,6 +115,7 @@ impl KeyStage {
             *n = m.offset() + 1;
             offsets.insert(p, *n);
             let delta = match self
+                .io
                 .codec
                 .decode_state_record(m.payload().unwrap_or_default())
             {
@@ -142,7 +127,7 @@ impl KeyStage {
             };
             let current = match dirty.remove(&delta.key) {
                 Some(s) => Some(s),
-                None => self.store.state(&self.codec, &delta.key)?,
+                None => self.io.store.state(&self.io.codec, &delta.key)?,
             };
             let mut merged = match current {
                 Some(s) => s,
@@ -160,49 +145,42 @@ impl KeyStage {
                 continue;
             }
             merged.version_vector.merge(&delta.version_vector);
-            self.metrics
+            self.io
+                .metrics
                 .convergence
                 .observe(now.saturating_sub(delta.emitted_at_ms) as f64 / 1000.0);
-            self.metrics.merges.inc();
+            self.io.metrics.merges.inc();
             dirty.insert(merged.key.clone(), merged);
         }
         let mut b = Batch::default();
         for (key, mut s) in dirty {
             s.emitted_at_ms = now;
-            let bytes = self.codec.encode_state_record(&s, Framing::SingleObject)?;
+            let bytes = self
+                .io
+                .codec
+                .encode_state_record(&s, Framing::SingleObject)?;
             out.send(
-                &self.producer,
+                &self.io.producer,
                 &c.state_topic,
                 None,
                 key.as_bytes(),
                 &bytes,
                 false,
             );
-            b.state(&self.codec, &s)?;
-            self.metrics.states.inc();
+            b.state(&self.io.codec, &s)?;
+            self.io.metrics.states.inc();
         }
         out.wait(rt)?;
         for (p, n) in &offsets {
             b.offset(Stage::Key, *p, *n);
         }
-        self.store.commit(b)?;
-        stage::commit(&self.consumer, &c.state_deltas_topic, &offsets);
+        self.io.store.commit(b)?;
+        stage::commit(&self.io.consumer, &c.state_deltas_topic, &offsets);
         Ok(())
     }
 
     fn dead(&self, out: &mut Out, m: &OwnedMessage, reason: DeadLetterReason, detail: String) {
-        let device = None;
-        let c = &self.cfg;
-        if out.dead_letter(
-            &self.producer,
-            &self.codec,
-            &c.dlq_topic,
-            m,
-            reason,
-            detail,
-            device,
-        ) {
-            self.metrics.dead(reason);
-        }
+        self.io
+            .dead(out, &self.cfg.dlq_topic, m, reason, detail, None);
     }
 }

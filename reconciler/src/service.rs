@@ -102,8 +102,19 @@ pub async fn run(
     .create()
     .map_err(Error::from)?;
 
-    let (dc, dctx) =
-        stage::group_consumer(&base, &k.device_group, &k.deltas_topic).map_err(Error::from)?;
+    // Each stage: its own group consumer and reader, the shared codec, store, producer, metrics.
+    let io = |group: &str, topic: &str| -> Result<stage::Io, Error> {
+        let (consumer, ctx) = stage::group_consumer(&base, group, topic)?;
+        Ok(stage::Io {
+            codec: Arc::clone(&codec),
+            store: Arc::clone(&store),
+            producer: producer.clone(),
+            consumer,
+            ctx,
+            reader: stage::reader(&base)?,
+            metrics: Arc::clone(&metrics),
+        })
+    };
     let device = DeviceStage {
         cfg: DeviceConfig {
             deltas_topic: k.deltas_topic.clone(),
@@ -117,17 +128,9 @@ pub async fn run(
             },
             skew_bound_ms: cfg.clock_skew_bound_ms,
         },
-        codec: Arc::clone(&codec),
-        store: Arc::clone(&store),
-        producer: producer.clone(),
-        consumer: dc,
-        ctx: dctx,
-        reader: stage::reader(&base).map_err(Error::from)?,
+        io: io(&k.device_group, &k.deltas_topic)?,
         ledger: Arc::clone(&ledger),
-        metrics: Arc::clone(&metrics),
     };
-    let (kc, kctx) =
-        stage::group_consumer(&base, &k.key_group, &k.state_deltas_topic).map_err(Error::from)?;
     let keys = KeyStage {
         cfg: KeyConfig {
             state_deltas_topic: k.state_deltas_topic.clone(),
@@ -135,13 +138,7 @@ pub async fn run(
             dlq_topic: k.dlq_topic.clone(),
             max_group: cfg.max_group_records,
         },
-        codec,
-        store,
-        producer,
-        consumer: kc,
-        ctx: kctx,
-        reader: stage::reader(&base).map_err(Error::from)?,
-        metrics: Arc::clone(&metrics),
+        io: io(&k.key_group, &k.state_deltas_topic)?,
     };
     // A failing stage stops the whole process: a half-running reconciler would hold
     // partitions it does not serve.

@@ -1,5 +1,7 @@
-//! What both stages share: a group consumer whose rebalances are reported to the processing
-//! loop, a reader for replaying a partition range, and producing with a wait for Kafka.
+//! What both stages share: their `Io` (codec, store, producer, a group consumer whose
+//! rebalances are reported to the processing loop, a reader for replaying a partition range,
+//! metrics), the resume points of a partition, dead-lettering, and producing with a wait for
+//! Kafka.
 //!
 //! Progress lives in the state store, not in Kafka: each stage writes the next input offset
 //! of a partition in the same RocksDB batch as the state it produced. Kafka's committed
@@ -287,21 +289,52 @@ pub fn poll_group(c: &BaseConsumer<Ctx>, max: usize, what: &str) -> Vec<OwnedMes
     msgs
 }
 
-impl Out {
-    /// Logs `m` as dead-lettered and enqueues its dead letter (reason, detail, source
-    /// `kafka:<topic>/<partition>@<offset>`, original bytes) on `dlq_topic`. False when it
-    /// could not be encoded.
+/// What both stages work with: the codec, the state store, the Kafka clients and the metrics.
+#[allow(missing_debug_implementations)]
+pub struct Io {
+    /// Codec.
+    pub codec: Arc<edgesync_schemas::Codec>,
+    /// State store.
+    pub store: Arc<crate::store::Store>,
+    /// Producer.
+    pub producer: FutureProducer,
+    /// The stage's group consumer.
+    pub consumer: BaseConsumer<Ctx>,
+    /// Its rebalance reports.
+    pub ctx: Ctx,
+    /// Reader for replays (and the events tail).
+    pub reader: BaseConsumer,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::ReconcilerMetrics>,
+}
+
+impl Io {
+    /// Where partition `p` of `topic` resumes: the next offset the local store reflects and the
+    /// group's committed offset (both at least the low watermark).
+    pub fn resume_points(
+        &self,
+        stage: crate::store::Stage,
+        topic: &str,
+        p: i32,
+    ) -> Result<(i64, i64), crate::Error> {
+        let (low, _) = watermarks(&self.reader, topic, p)?;
+        let local = self.store.offset(stage, p)?.unwrap_or(low).max(low);
+        let committed = committed(&self.consumer, topic, p)?.unwrap_or(low);
+        Ok((local, committed))
+    }
+
+    /// Logs `m` as dead-lettered, enqueues its dead letter (reason, detail, source
+    /// `kafka:<topic>/<partition>@<offset>`, original bytes) on `dlq_topic` and counts it.
     #[allow(clippy::too_many_arguments)]
-    pub fn dead_letter(
-        &mut self,
-        producer: &FutureProducer,
-        codec: &edgesync_schemas::Codec,
+    pub fn dead(
+        &self,
+        out: &mut Out,
         dlq_topic: &str,
         m: &OwnedMessage,
         reason: edgesync_schemas::DeadLetterReason,
         detail: String,
         device: Option<String>,
-    ) -> bool {
+    ) {
         tracing::warn!(partition = m.partition(), offset = m.offset(), reason = reason.symbol(), %detail, "dead-lettered");
         let d = edgesync_schemas::DeadLetter {
             reason,
@@ -311,22 +344,23 @@ impl Out {
             received_at_ms: edgesync_servicekit::now_ms(),
             payload: m.payload().unwrap_or_default().to_vec(),
         };
-        match codec.encode_dead_letter(&d, edgesync_schemas::Framing::SingleObject) {
+        match self
+            .codec
+            .encode_dead_letter(&d, edgesync_schemas::Framing::SingleObject)
+        {
             Ok(bytes) => {
-                self.send(
-                    producer,
+                out.send(
+                    &self.producer,
                     dlq_topic,
                     None,
                     m.key().unwrap_or_default(),
                     &bytes,
                     false,
                 );
-                true
+                self.metrics.dead(reason);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "encode dead letter");
-                false
-            }
+            // Cannot happen for a well-formed record; the record is skipped, as before.
+            Err(e) => tracing::error!(error = %e, "encode dead letter"),
         }
     }
 }
