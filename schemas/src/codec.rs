@@ -95,12 +95,28 @@ struct Known {
     plan: crate::walk::Plan,
 }
 
-fn plan_of(kind: MessageKind, schema: &'static Schema) -> Result<crate::walk::Plan, SchemaError> {
-    let resolved = apache_avro::schema::ResolvedSchema::new(schema).map_err(build_error(kind))?;
-    crate::walk::Plan::compile(schema, resolved.get_names()).map_err(|e| SchemaError::Check {
-        kind,
-        detail: e.to_string(),
-    })
+impl Known {
+    /// A writer schema with its reader, and its plan compiled.
+    fn new(
+        kind: MessageKind,
+        schema: &'static Schema,
+        reader: GenericDatumReader<'static>,
+    ) -> Result<Self, SchemaError> {
+        let resolved =
+            apache_avro::schema::ResolvedSchema::new(schema).map_err(build_error(kind))?;
+        let plan = crate::walk::Plan::compile(schema, resolved.get_names()).map_err(|e| {
+            SchemaError::Check {
+                kind,
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(Self {
+            kind,
+            reader,
+            schema,
+            plan,
+        })
+    }
 }
 
 /// The current schema of one kind.
@@ -161,16 +177,9 @@ impl Codec {
             let reader = GenericDatumReader::builder(schema)
                 .build()
                 .map_err(build_error(kind))?;
-            let plan = plan_of(kind, schema)?;
-            codec.writers.insert(
-                fingerprint,
-                Known {
-                    kind,
-                    reader,
-                    schema,
-                    plan,
-                },
-            );
+            codec
+                .writers
+                .insert(fingerprint, Known::new(kind, schema, reader)?);
             codec.current.push(Current {
                 fingerprint,
                 schema,
@@ -214,16 +223,8 @@ impl Codec {
             .reader_schema(current)
             .build()
             .map_err(build_error(kind))?;
-        let plan = plan_of(kind, schema)?;
-        self.writers.insert(
-            fingerprint,
-            Known {
-                kind,
-                reader,
-                schema,
-                plan,
-            },
-        );
+        self.writers
+            .insert(fingerprint, Known::new(kind, schema, reader)?);
         Ok(fingerprint)
     }
 
