@@ -31,7 +31,8 @@ use edgesync_core::{
 };
 use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{
-    free_port, knob, unique, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready,
+    free_port, knob, metric_in, unique, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec,
+    Ready,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
@@ -233,10 +234,7 @@ fn bridge(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -
     let pid = process.pid().unwrap();
     let metric = |name: &str| -> u64 {
         let (_, text) = edgesync_servicekit::http_get(http, "/metrics").unwrap();
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
+        metric_in(&text, name, "") as u64
     };
     // Timed from the first message received, like the raw loop (start-up excluded).
     while metric("edgesync_bridge_received_total") == 0 {

@@ -30,7 +30,7 @@ use edgesync_core::{
     Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{free_port, knob, unique, Kafka, Managed, ProcessSpec, Ready};
+use edgesync_testkit::{free_port, knob, metric_in, unique, Kafka, Managed, ProcessSpec, Ready};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
@@ -173,10 +173,7 @@ fn reconciler(k: &Kafka, n: u64) -> f64 {
     .unwrap();
     let metric = |name: &str| -> u64 {
         let (_, text) = edgesync_servicekit::http_get(http, "/metrics").unwrap();
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
+        metric_in(&text, name, "") as u64
     };
     while metric("edgesync_reconciler_batches_total") == 0 {
         std::thread::sleep(Duration::from_millis(2));

@@ -28,7 +28,7 @@ pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::{knob, unique};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use proxy::FaultProxy;
-pub use services::{http, workspace_binary, Service};
+pub use services::{http, metric_in, workspace_binary, Service};
 pub use tls::TestPki;
 
 use std::time::Duration;

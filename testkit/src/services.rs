@@ -98,13 +98,18 @@ impl Service {
         let Ok((200, text)) = self.get("/metrics") else {
             return f64::NAN;
         };
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            // Not `sum()`: an empty float sum is -0.0, which prints as "-0".
-            .fold(0.0, |a, x| a + x)
+        metric_in(&text, name, labels)
     }
+}
+
+/// The sum of the samples of metric `name` in a `/metrics` text whose line contains `labels`.
+pub fn metric_in(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        // Not `sum()`: an empty float sum is -0.0, which prints as "-0".
+        .fold(0.0, |a, x| a + x)
 }
 
 /// One HTTP/1.1 request; returns status, head (lower case) and body.
