@@ -64,6 +64,25 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 /// What an agent answered: seq → when (ms since the epoch).
 type Answered = Arc<Mutex<BTreeMap<u64, u64>>>;
 
+/// Posts NDJSON events to an agent; the seqs it answered (durable), now.
+fn post_events(
+    agent: std::net::SocketAddr,
+    body: &[u8],
+) -> Result<(std::ops::RangeInclusive<u64>, u64), String> {
+    let (status, _, text) =
+        edgesync_testkit::http(agent, "POST", "/v1/events", "application/x-ndjson", body)
+            .map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{status}: {text}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let (a, b) = (
+        v["first_seq"].as_u64().unwrap_or(1),
+        v["last_seq"].as_u64().unwrap_or(0),
+    );
+    Ok((a..=b, now_ms()))
+}
+
 fn events_body(device: &str, start: u64, n: u64) -> Vec<u8> {
     let mut out = String::new();
     for i in start..start + n {
@@ -204,24 +223,13 @@ fn run(args: &Args) -> Result<bool, String> {
     let mut warm: BTreeSet<(String, u64)> = BTreeSet::new();
     for (device, _, agent, answered) in &agents {
         let body = events_body(device, 0, 1);
-        let (status, _, text) = edgesync_testkit::http(
-            agent.http,
-            "POST",
-            "/v1/events",
-            "application/x-ndjson",
-            &body,
-        )
-        .map_err(|x| e(&x))?;
-        if status != 200 {
-            return Err(format!("{device}: warm-up event refused: {text}"));
+        let (seqs, t) = post_events(agent.http, &body)
+            .map_err(|x| format!("{device}: warm-up event refused: {x}"))?;
+        let mut ans = answered.lock().unwrap_or_else(|p| p.into_inner());
+        for seq in seqs {
+            warm.insert((device.clone(), seq));
+            ans.insert(seq, t);
         }
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|x| e(&x))?;
-        let seq = v["first_seq"].as_u64().unwrap_or(1);
-        warm.insert((device.clone(), seq));
-        answered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(seq, now_ms());
     }
     while agents
         .iter()
@@ -254,23 +262,10 @@ fn run(args: &Args) -> Result<bool, String> {
                 let mut tick = Instant::now();
                 while !stop.load(Ordering::SeqCst) {
                     let body = events_body(&device, next, per);
-                    if let Ok((200, _, text)) = edgesync_testkit::http(
-                        http,
-                        "POST",
-                        "/v1/events",
-                        "application/x-ndjson",
-                        &body,
-                    ) {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                            let (a, b) = (
-                                v["first_seq"].as_u64().unwrap_or(1),
-                                v["last_seq"].as_u64().unwrap_or(0),
-                            );
-                            let t = now_ms();
-                            let mut ans = answered.lock().unwrap_or_else(|p| p.into_inner());
-                            ans.extend((a..=b).map(|s| (s, t)));
-                            next += per;
-                        }
+                    if let Ok((seqs, t)) = post_events(http, &body) {
+                        let mut ans = answered.lock().unwrap_or_else(|p| p.into_inner());
+                        ans.extend(seqs.map(|s| (s, t)));
+                        next += per;
                     }
                     tick += Duration::from_millis(100);
                     std::thread::sleep(tick.saturating_duration_since(Instant::now()));
