@@ -102,18 +102,12 @@ impl std::fmt::Debug for KafkaOut {
     }
 }
 
-/// Messages and payload bytes between receipt and PUBACK, for the metrics.
-fn inflight_change(m: &BridgeMetrics, bytes: usize, taken: bool) {
-    if taken {
-        m.inflight.inc();
-        m.inflight_bytes.inc_by(bytes as i64);
-        let n = m.inflight.get();
-        if n > m.inflight_peak.get() {
-            m.inflight_peak.set(n);
-        }
-    } else {
-        m.inflight.dec();
-        m.inflight_bytes.dec_by(bytes as i64);
+/// A message received: one more (and its bytes) between receipt and PUBACK.
+fn inflight_received(m: &BridgeMetrics, bytes: usize) {
+    let n = m.inflight.inc() + 1;
+    m.inflight_bytes.inc_by(bytes as i64);
+    if n > m.inflight_peak.get() {
+        m.inflight_peak.set(n);
     }
 }
 
@@ -198,7 +192,7 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
                 if p.dup {
                     out.metrics.redelivered.inc();
                 }
-                inflight_change(&out.metrics, p.payload.len(), true);
+                inflight_received(&out.metrics, p.payload.len());
                 if tx.send((p, Instant::now())).is_err() {
                     break;
                 }
@@ -339,6 +333,9 @@ async fn ack(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, out: KafkaOut
             return; // the event loop is gone
         }
         out.metrics.mqtt_acked.inc();
-        inflight_change(&out.metrics, p.publish.payload.len(), false);
+        out.metrics.inflight.dec();
+        out.metrics
+            .inflight_bytes
+            .dec_by(p.publish.payload.len() as i64);
     }
 }
