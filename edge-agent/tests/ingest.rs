@@ -86,9 +86,26 @@ impl Agent {
     }
 
     fn close(mut self) -> Arc<Spool> {
+        self.stop();
+        Arc::clone(&self.spool)
+    }
+
+    /// Ends the ingest thread and waits for it: a thread still closing its RocksDB handle when
+    /// the test process exits aborts it ("pthread lock: Invalid argument").
+    fn stop(&mut self) {
         drop(self.ingest.take());
-        self.thread.take().unwrap().join().unwrap();
-        self.spool
+        if let Some(t) = self.thread.take() {
+            let joined = t.join();
+            if !std::thread::panicking() {
+                joined.unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
