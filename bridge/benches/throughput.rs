@@ -11,12 +11,15 @@
 //! - **bridge**: the `edgesync-bridge` binary (validation, dead-letter check, manual MQTT
 //!   acks after each Kafka delivery report), timed until it has acknowledged all N.
 //!
-//! Prints messages/s of both, the ratio (target >= 0.9) and the CPU each needs per 10k
-//! messages/s. Each run gets fresh brokers and the sides alternate over `BRIDGE_BENCH_ROUNDS`
-//! rounds (default 2); the means are compared. `BRIDGE_BENCH_MSGS` sets N (default 20,000);
-//! `BRIDGE_BENCH_SET` passes one
-//! `--set` to the bridge (default `mqtt.max_inflight=1000`) and `BRIDGE_BENCH_PROPS` librdkafka
-//! properties as a TOML inline table (e.g. `{ "linger.ms" = "20" }`), for tuning runs.
+//! Prints messages/s of both, the ratio (target >= 0.9), the CPU each needs per 10k messages/s
+//! and the CPU Mosquitto and the Kafka broker spent per 10k messages/s in the timed window (a
+//! forwarder that makes the brokers work harder shows there). Each run gets fresh brokers and
+//! the sides alternate over `BRIDGE_BENCH_ROUNDS` rounds (default 2); the means are compared.
+//! The bridge runs on its defaults. For tuning runs: `BRIDGE_BENCH_MSGS` sets N (default
+//! 20,000), `BRIDGE_BENCH_SET` passes one `--set` to the bridge (e.g. `mqtt.max_inflight=1000`),
+//! `BRIDGE_BENCH_PROPS` librdkafka properties for both sides' producers as a TOML inline table
+//! (e.g. `{ "linger.ms" = "20" }`), and `BRIDGE_BENCH_ONLY=raw|bridge` runs one side (to
+//! profile it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -131,24 +134,65 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-fn raw(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -> (f64, f64) {
+/// `BRIDGE_BENCH_PROPS` (`{ "linger.ms" = "20", ... }`): librdkafka properties for both
+/// sides' producers.
+fn extra_properties() -> Vec<(String, String)> {
+    let text = std::env::var("BRIDGE_BENCH_PROPS").unwrap_or_default();
+    text.trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            let unquote = |s: &str| s.trim().trim_matches('"').to_owned();
+            (unquote(k), unquote(v))
+        })
+        .collect()
+}
+
+/// What one side measured.
+#[derive(Clone, Copy)]
+struct Run {
+    /// Batches per second, first receipt to last delivery.
+    rate: f64,
+    /// CPU seconds of the forwarder (whole run).
+    cpu: f64,
+    /// CPU seconds of Mosquitto and of the Kafka broker in the timed window.
+    brokers: [f64; 2],
+}
+
+/// CPU seconds of the brokers (Mosquitto, Kafka) so far.
+fn brokers_cpu(pids: [u32; 2]) -> [f64; 2] {
+    pids.map(cpu_secs)
+}
+
+/// CPU the brokers used since `before`.
+fn brokers_since(pids: [u32; 2], before: [f64; 2]) -> [f64; 2] {
+    let now = brokers_cpu(pids);
+    [now[0] - before[0], now[1] - before[1]]
+}
+
+fn raw(mqtt: SocketAddr, kafka: &Kafka, pids: [u32; 2], n: u64, msgs: &[(String, Vec<u8>)]) -> Run {
     let id = "raw-forwarder";
     make_session(mqtt, id, "edgesync/v1/+/batch");
     publish_all(mqtt, msgs);
     // The same Kafka guarantees as the bridge (idempotent, acks=all, key hashing, lz4): the
     // ratio measures what the bridge adds, not a weaker producer.
-    let producer: FutureProducer = kafka
-        .client_config()
+    let mut config = kafka.client_config();
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .create()
-        .unwrap();
+        .set("compression.type", "lz4");
+    for (k, v) in extra_properties() {
+        config.set(k, v);
+    }
+    let producer: FutureProducer = config.create().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cpu0 = cpu_secs(std::process::id());
     let mut started = Instant::now();
+    let mut brokers0 = [0.0; 2];
     rt.block_on(async {
         let mut o = MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
         o.set_clean_session(false);
@@ -160,6 +204,7 @@ fn raw(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -> (
             if let Ok(MqttEvent::Incoming(Packet::Publish(p))) = events.poll().await {
                 if received == 0 {
                     started = Instant::now();
+                    brokers0 = brokers_cpu(pids);
                 }
                 received += 1;
                 let key = p.topic.split('/').nth(2).unwrap_or_default().to_owned();
@@ -187,11 +232,22 @@ fn raw(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -> (
         }
     });
     let secs = started.elapsed().as_secs_f64();
+    let brokers = brokers_since(pids, brokers0);
     producer.flush(Duration::from_secs(10)).unwrap();
-    (n as f64 / secs, cpu_secs(std::process::id()) - cpu0)
+    Run {
+        rate: n as f64 / secs,
+        cpu: cpu_secs(std::process::id()) - cpu0,
+        brokers,
+    }
 }
 
-fn bridge(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -> (f64, f64) {
+fn bridge(
+    mqtt: SocketAddr,
+    kafka: &Kafka,
+    pids: [u32; 2],
+    n: u64,
+    msgs: &[(String, Vec<u8>)],
+) -> Run {
     let id = "bench-bridge";
     // The same plain subscription as the raw loop: a session queued while offline.
     make_session(mqtt, id, "edgesync/v1/+/batch");
@@ -202,13 +258,13 @@ fn bridge(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -
         format!("mqtt.port={}", mqtt.port()),
         format!("mqtt.client_id={id}"),
         "mqtt.shared_group=".into(),
-        std::env::var("BRIDGE_BENCH_SET").unwrap_or_else(|_| "mqtt.max_inflight=1000".into()),
         format!("kafka.bootstrap_servers={}", kafka.bootstrap()),
         "kafka.partitions=4".into(),
         format!("http.listen=\"{http}\""),
     ];
+    let tuning = std::env::var("BRIDGE_BENCH_SET").ok();
     let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for s in &sets {
+    for s in sets.iter().chain(&tuning) {
         args.push("--set".into());
         args.push(s.into());
     }
@@ -241,13 +297,19 @@ fn bridge(mqtt: SocketAddr, kafka: &Kafka, n: u64, msgs: &[(String, Vec<u8>)]) -
         std::thread::sleep(Duration::from_millis(2));
     }
     let started = Instant::now();
+    let brokers0 = brokers_cpu(pids);
     while metric("edgesync_bridge_mqtt_acked_total") < n {
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
+    let brokers = brokers_since(pids, brokers0);
     let peak = metric("edgesync_bridge_inflight_peak");
     PEAK.fetch_max(peak, Ordering::SeqCst);
-    (n as f64 / secs, cpu_secs(pid))
+    Run {
+        rate: n as f64 / secs,
+        cpu: cpu_secs(pid),
+        brokers,
+    }
 }
 
 /// The most messages the bridge had in flight in any run (the receive maximum, unless the
@@ -270,57 +332,62 @@ fn brokers() -> (Mosquitto, Kafka) {
 fn main() {
     let n: u64 = knob("BRIDGE_BENCH_MSGS", 20_000);
     let rounds: usize = knob("BRIDGE_BENCH_ROUNDS", 2);
+    // "raw" or "bridge" runs one side only (for profiling); the ratio needs both.
+    let only: String = knob("BRIDGE_BENCH_ONLY", String::new());
     let msgs = batches(n);
     let bytes: usize = msgs.iter().map(|(_, p)| p.len()).sum();
     // Alternating order (raw, bridge, bridge, raw, ...) so drift on the machine hits both.
     let (mut raws, mut bridges) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for side in [round % 2 == 0, round % 2 == 1] {
-            let (m, k) = brokers();
-            if side {
-                raws.push(raw(m.addr(), &k, n, &msgs));
+        for is_raw in [round % 2 == 0, round % 2 == 1] {
+            if !only.is_empty() && (only == "raw") != is_raw {
+                continue;
+            }
+            let (mut m, mut k) = brokers();
+            let pids = [m.process().pid().unwrap(), k.process().pid().unwrap()];
+            if is_raw {
+                raws.push(raw(m.addr(), &k, pids, n, &msgs));
             } else {
-                bridges.push(bridge(m.addr(), &k, n, &msgs));
+                bridges.push(bridge(m.addr(), &k, pids, n, &msgs));
             }
         }
     }
-    let mean = |v: &[(f64, f64)]| {
-        let l = v.len() as f64;
-        (
-            v.iter().map(|x| x.0).sum::<f64>() / l,
-            v.iter().map(|x| x.1).sum::<f64>() / l,
-        )
-    };
-    let ((raw_rate, raw_cpu), (bridge_rate, bridge_cpu)) = (mean(&raws), mean(&bridges));
-    let per10k = |cpu: f64, rate: f64| cpu / (n as f64 / rate) * (10_000.0 / rate);
-    let runs = |v: &[(f64, f64)]| {
-        v.iter()
-            .map(|x| format!("{:.0}", x.0))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     println!(
         "{n} batches of 50 events ({:.0} B average) from {DEVICES} devices, {rounds} rounds, fresh brokers per run",
         bytes as f64 / n as f64
     );
-    println!("| | batches/s (mean) | runs | events/s | CPU s | CPU cores per 10k msg/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| | batches/s (mean) | runs | events/s | CPU cores per 10k msg/s | Mosquitto's | Kafka broker's |");
+    println!("|---|---|---|---|---|---|---|");
+    let row = |name: &str, v: &[Run]| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let l = v.len() as f64;
+        let rate = v.iter().map(|r| r.rate).sum::<f64>() / l;
+        // CPU seconds per second of work, scaled to 10k batches/s.
+        let per10k = |f: fn(&Run) -> f64| {
+            v.iter()
+                .map(|r| f(r) / (n as f64 / r.rate) * (10_000.0 / r.rate))
+                .sum::<f64>()
+                / l
+        };
+        let runs: Vec<String> = v.iter().map(|r| format!("{:.0}", r.rate)).collect();
+        println!(
+            "| {name} | {rate:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            runs.join(", "),
+            rate * 50.0,
+            per10k(|r| r.cpu),
+            per10k(|r| r.brokers[0]),
+            per10k(|r| r.brokers[1]),
+        );
+        rate
+    };
+    let raw_rate = row("raw forward (subscribe, produce)", &raws);
+    let bridge_rate = row("edgesync-bridge", &bridges);
     println!(
-        "| raw forward (subscribe, produce) | {raw_rate:.0} | {} | {:.0} | {raw_cpu:.2} | {:.2} |",
-        runs(&raws),
-        raw_rate * 50.0,
-        per10k(raw_cpu, raw_rate)
-    );
-    println!(
-        "| edgesync-bridge | {bridge_rate:.0} | {} | {:.0} | {bridge_cpu:.2} | {:.2} |",
-        runs(&bridges),
-        bridge_rate * 50.0,
-        per10k(bridge_cpu, bridge_rate)
-    );
-    println!(
-        "ratio bridge / raw: {:.2} (target >= 0.9); bridge in flight at most {} (max_inflight {})",
+        "ratio bridge / raw: {:.2} (target >= 0.9); bridge in flight at most {} ({})",
         bridge_rate / raw_rate,
         PEAK.load(Ordering::SeqCst),
-        std::env::var("BRIDGE_BENCH_SET").unwrap_or_else(|_| "mqtt.max_inflight=1000".into())
+        std::env::var("BRIDGE_BENCH_SET").unwrap_or_else(|_| "bridge defaults".into())
     );
 }

@@ -134,7 +134,8 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
     // A persistent session: what arrives while the bridge restarts waits for it.
     opts.set_clean_start(false);
     opts.set_session_expiry_interval(Some(7 * 24 * 3600));
-    opts.set_receive_maximum(Some(cfg.max_inflight.min(usize::from(u16::MAX)) as u16));
+    // The config refuses windows above the protocol's u16.
+    opts.set_receive_maximum(Some(u16::try_from(cfg.max_inflight).unwrap_or(u16::MAX)));
     opts.set_manual_acks(true);
     opts.set_keep_alive(cfg.keep_alive);
     // Oversize batches must arrive to be dead-lettered: a packet over rumqttc's own limit
