@@ -14,12 +14,12 @@
 //! Prints messages/s of both, the ratio (target >= 0.9), the CPU each needs per 10k messages/s
 //! and the CPU Mosquitto and the Kafka broker spent per 10k messages/s in the timed window (a
 //! forwarder that makes the brokers work harder shows there). Each run gets fresh brokers and
-//! the sides alternate over `BRIDGE_BENCH_ROUNDS` rounds (default 2); the means are compared.
-//! The bridge runs on its defaults. For tuning runs: `BRIDGE_BENCH_MSGS` sets N (default
-//! 20,000), `BRIDGE_BENCH_SET` passes one `--set` to the bridge (e.g. `mqtt.max_inflight=1000`),
-//! `BRIDGE_BENCH_PROPS` librdkafka properties for both sides' producers as a TOML inline table
-//! (e.g. `{ "linger.ms" = "20" }`), and `BRIDGE_BENCH_ONLY=raw|bridge` runs one side (to
-//! profile it).
+//! the sides alternate over `BRIDGE_BENCH_ROUNDS` rounds (default 4: single runs vary by ±15 %
+//! here); the means are compared. `BRIDGE_BENCH_MSGS` sets N (default 80,000; shorter runs are
+//! noise). The bridge runs on its defaults. For tuning runs: `BRIDGE_BENCH_SET` passes one
+//! `--set` to the bridge (e.g. `mqtt.max_inflight=1000`), `BRIDGE_BENCH_PROPS` librdkafka
+//! properties for both sides' producers as a TOML inline table (e.g. `{ "linger.ms" = "20" }`),
+//! and `BRIDGE_BENCH_ONLY=raw|bridge` runs one side (to profile it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -330,8 +330,8 @@ fn brokers() -> (Mosquitto, Kafka) {
 }
 
 fn main() {
-    let n: u64 = knob("BRIDGE_BENCH_MSGS", 20_000);
-    let rounds: usize = knob("BRIDGE_BENCH_ROUNDS", 2);
+    let n: u64 = knob("BRIDGE_BENCH_MSGS", 80_000);
+    let rounds: usize = knob("BRIDGE_BENCH_ROUNDS", 4);
     // "raw" or "bridge" runs one side only (for profiling); the ratio needs both.
     let only: String = knob("BRIDGE_BENCH_ONLY", String::new());
     let msgs = batches(n);
