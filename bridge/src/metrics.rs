@@ -1,6 +1,7 @@
 //! The bridge's Prometheus metrics (prefix `edgesync_bridge_`), registered in a registry the
 //! caller passes in. No device labels: per-device detail belongs to the reconciler's ledger.
 
+use edgesync_schemas::DeadLetterReason;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -135,6 +136,13 @@ impl BridgeMetrics {
             "Ack records that did not decode",
             m.acks_undecodable.clone(),
         );
+        // Every reason exists from the start at 0, so that the first dead letter is an increase
+        // that `increase()` and alerts see (a series born at 1 has no increase).
+        for reason in DeadLetterReason::ALL {
+            let _ = m.dead_lettered.get_or_create(&ReasonLabel {
+                reason: reason.symbol().to_ascii_lowercase(),
+            });
+        }
         m
     }
 }

@@ -177,6 +177,13 @@ impl ReconcilerMetrics {
             "Replicas whose clock is off beyond the bound",
             m.replicas_skew_flagged.clone(),
         );
+        // Every reason exists from the start at 0, so that the first dead letter is an increase
+        // that `increase()` and alerts see (a series born at 1 has no increase).
+        for reason in DeadLetterReason::ALL {
+            let _ = m.dead_lettered.get_or_create(&ReasonLabel {
+                reason: reason.symbol().to_ascii_lowercase(),
+            });
+        }
         m
     }
 
