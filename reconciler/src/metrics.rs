@@ -21,6 +21,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A stage of the reconciler (`device` or `key`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// The stage.
+    pub stage: String,
+}
+
 /// A completeness bucket (`le`: at most this fraction complete).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LeLabel {
@@ -69,6 +76,9 @@ pub struct ReconcilerMetrics {
     pub replicas_skew_flagged: Gauge,
     /// Replicas at most `le` complete (cumulative).
     pub completeness: Family<LeLabel, Gauge<f64, AtomicU64>>,
+    /// Records between each stage's position and the end of its input topic, over the
+    /// partitions this process owns (from librdkafka's statistics).
+    pub consumer_lag: Family<StageLabel, Gauge>,
 }
 
 const COMPLETENESS_BUCKETS: [f64; 6] = [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0];
@@ -96,6 +106,7 @@ impl ReconcilerMetrics {
             oldest_gap_age: Gauge::default(),
             completeness: Family::default(),
             replicas_skew_flagged: Gauge::default(),
+            consumer_lag: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("edgesync_reconciler");
         r.register("batches", "Batches consumed", m.batches.clone());
@@ -177,6 +188,16 @@ impl ReconcilerMetrics {
             "Replicas whose clock is off beyond the bound",
             m.replicas_skew_flagged.clone(),
         );
+        r.register(
+            "consumer_lag",
+            "Records behind the end of the input topic on the partitions this process owns, by stage (librdkafka statistics)",
+            m.consumer_lag.clone(),
+        );
+        for stage in ["device", "key"] {
+            let _ = m.consumer_lag.get_or_create(&StageLabel {
+                stage: stage.into(),
+            });
+        }
         // Every reason exists from the start at 0, so that the first dead letter is an increase
         // that `increase()` and alerts see (a series born at 1 has no increase).
         for reason in DeadLetterReason::ALL {
@@ -185,6 +206,15 @@ impl ReconcilerMetrics {
             });
         }
         m
+    }
+
+    /// The lag gauge of `stage`.
+    pub fn lag(&self, stage: &str) -> Gauge {
+        self.consumer_lag
+            .get_or_create(&StageLabel {
+                stage: stage.into(),
+            })
+            .clone()
     }
 
     /// Counts a dead letter.

@@ -103,8 +103,8 @@ pub async fn run(
     .map_err(Error::from)?;
 
     // Each stage: its own group consumer and reader, the shared codec, store, producer, metrics.
-    let io = |group: &str, topic: &str| -> Result<stage::Io, Error> {
-        let (consumer, ctx) = stage::group_consumer(&base, group, topic)?;
+    let io = |stage_name: &str, group: &str, topic: &str| -> Result<stage::Io, Error> {
+        let (consumer, ctx) = stage::group_consumer(&base, group, topic, metrics.lag(stage_name))?;
         Ok(stage::Io {
             codec: Arc::clone(&codec),
             store: Arc::clone(&store),
@@ -128,7 +128,7 @@ pub async fn run(
             },
             skew_bound_ms: cfg.clock_skew_bound_ms,
         },
-        io: io(&k.device_group, &k.deltas_topic)?,
+        io: io("device", &k.device_group, &k.deltas_topic)?,
         ledger: Arc::clone(&ledger),
     };
     let keys = KeyStage {
@@ -138,7 +138,7 @@ pub async fn run(
             dlq_topic: k.dlq_topic.clone(),
             max_group: cfg.max_group_records,
         },
-        io: io(&k.key_group, &k.state_deltas_topic)?,
+        io: io("key", &k.key_group, &k.state_deltas_topic)?,
     };
     // A failing stage stops the whole process: a half-running reconciler would hold
     // partitions it does not serve.

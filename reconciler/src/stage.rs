@@ -13,12 +13,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// A change of the partitions a stage owns.
@@ -31,10 +33,13 @@ pub enum Change {
 }
 
 /// Records rebalances for the processing loop (which handles them between groups, so nothing
-/// is in flight when partitions move).
+/// is in flight when partitions move), and the stage's consumer lag from librdkafka's
+/// statistics.
 #[derive(Clone, Debug, Default)]
 pub struct Ctx {
     changes: Arc<Mutex<Vec<Change>>>,
+    /// The input topic and the gauge its lag goes to.
+    lag: Option<(String, Gauge)>,
 }
 
 impl Ctx {
@@ -48,7 +53,20 @@ fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
     tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
-impl ClientContext for Ctx {}
+/// Sum of the known lags (librdkafka reports -1 for partitions it does not consume).
+fn total_lag(lags: impl Iterator<Item = i64>) -> i64 {
+    lags.filter(|l| *l >= 0).sum()
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: Statistics) {
+        if let Some((topic, gauge)) = &self.lag {
+            if let Some(t) = statistics.topics.get(topic) {
+                gauge.set(total_lag(t.partitions.values().map(|p| p.consumer_lag)));
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -68,14 +86,23 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// A consumer in `group` subscribed to `topic`, committing only when told.
+/// A consumer in `group` subscribed to `topic`, committing only when told; its lag on
+/// `topic` goes to `lag`.
 pub fn group_consumer(
     base: &ClientConfig,
     group: &str,
     topic: &str,
+    lag: Gauge,
 ) -> Result<(BaseConsumer<Ctx>, Ctx), KafkaError> {
-    let ctx = Ctx::default();
+    let ctx = Ctx {
+        changes: Arc::default(),
+        lag: Some((topic.to_owned(), lag)),
+    };
     let mut c = base.clone();
+    // Statistics carry the lag; every 5 s unless the operator set an interval.
+    if c.get("statistics.interval.ms").is_none() {
+        c.set("statistics.interval.ms", "5000");
+    }
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -92,6 +119,8 @@ pub fn group_consumer(
 pub fn reader(base: &ClientConfig) -> Result<BaseConsumer, KafkaError> {
     let mut c = base.clone();
     c.set("group.id", "edgesync-reconciler-reader")
+        // Polled only while replaying: statistics would pile up in its queue.
+        .set("statistics.interval.ms", "0")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false");
     c.create()
@@ -362,5 +391,17 @@ impl Io {
             // Cannot happen for a well-formed record; the record is skipped, as before.
             Err(e) => tracing::error!(error = %e, "encode dead letter"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::total_lag;
+
+    #[test]
+    fn lag_sums_the_partitions_librdkafka_consumes() {
+        // -1: a partition librdkafka knows of but does not consume (not assigned here).
+        assert_eq!(total_lag([5, -1, 0, 7].into_iter()), 12);
+        assert_eq!(total_lag(std::iter::empty()), 0);
     }
 }

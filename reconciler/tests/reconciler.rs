@@ -20,12 +20,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_edgesync-reconciler");
 
 /// The reconciler binary on `k` with its own state directory.
 fn start(k: &Kafka, name: &str) -> Service {
-    let sets = [
+    start_with(k, name, &[])
+}
+
+/// The same with more `--set` flags.
+fn start_with(k: &Kafka, name: &str, more: &[&str]) -> Service {
+    let mut sets = vec![
         format!("kafka.bootstrap_servers={}", k.bootstrap()),
         "kafka.partitions=4".into(),
         "state_dir=\"{dir}/state\"".into(),
         "max_group_records=200".into(),
     ];
+    sets.extend(more.iter().map(|s| (*s).to_owned()));
     let name = format!("edgesync-reconciler {name}");
     Service::start(PathBuf::from(BIN), None, &name, &sets).unwrap()
 }
@@ -340,4 +346,59 @@ fn sigterm_stops_cleanly_and_a_restart_resumes_without_doubling() {
         r.len() > recs.len()
     });
     check_events(&dots(&codec, &all), &["pump-t"], 100);
+}
+
+#[test]
+fn consumer_lag_shows_a_backlog_and_returns_to_zero() {
+    let k = Kafka::start().unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let p = producer(&k);
+    let devices = ["lag-a", "lag-b", "lag-c", "lag-d"];
+    let (n, per) = (300u64, 5u64);
+    // The reconciler creates its topics when it starts; the backlog comes first here.
+    k.create_topic("edgesync.deltas", 4, &[]).unwrap();
+    for d in devices {
+        for b in batches(&codec, d, n, per) {
+            send(&p, d, &b);
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    // A backlog of 1,200 batch records before the reconciler starts, taken 20 at a time;
+    // statistics every 100 ms.
+    let r = start_with(
+        &k,
+        "lag",
+        &[
+            "max_group_records=20",
+            r#"kafka.properties={ "statistics.interval.ms" = "100" }"#,
+        ],
+    );
+    let total = devices.len() as f64 * (n * per) as f64;
+    let lag = || r.metric("edgesync_reconciler_consumer_lag", "stage=\"device\"");
+    let mut most = 0.0f64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while r.metric("edgesync_reconciler_events_total", "") < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {total} events; log:\n{}",
+            r.metric("edgesync_reconciler_events_total", ""),
+            r.process.log_tail(30)
+        );
+        most = most.max(lag());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(most > 0.0, "the backlog never showed as lag");
+    assert!(
+        most <= (devices.len() as u64 * n) as f64,
+        "lag {most} above the backlog"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lag() > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lag stays at {}",
+            lag()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
