@@ -272,6 +272,10 @@ fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
             Err(format!("up: {up:?} of {targets:?}"))
         }
     });
+    let rules = std::fs::read_to_string(&rules_path)
+        .unwrap()
+        .matches("- alert:")
+        .count();
     wait_for("every rule evaluated", Duration::from_secs(30), || {
         let v = api(addr, "/api/v1/rules");
         let mut n = 0;
@@ -283,7 +287,7 @@ fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
                 }
             }
         }
-        if n == 15 {
+        if n == rules {
             Ok(())
         } else {
             Err(format!("{n} rules"))
