@@ -7,8 +7,10 @@
 //! topics themselves: every answered event found once, converged counters equal to the
 //! reference, latency from the agent's answer to the event's record in Kafka and to the
 //! converged record that includes it (against the raw hops — MQTT, Kafka, fsync — timed on the
-//! same brokers in the same run), bytes on the wire against raw. Everything it started stops with it (also on Ctrl-C or a crash: the
-//! processes die with their parent).
+//! same brokers in the same run), bytes on the wire against raw. A real Prometheus on the
+//! shipped `deploy/prometheus/` config scrapes every service throughout; the report gives what
+//! it saw (targets up, rules evaluated, alerts firing). Everything it started stops with it
+//! (also on Ctrl-C or a crash: the processes die with their parent).
 #![allow(clippy::print_stdout)]
 
 mod hops;
@@ -24,7 +26,9 @@ use clap::Parser;
 use edgesync_core::Crdt;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::now_ms;
-use edgesync_testkit::{unique, workspace_binary, FaultProxy, Kafka, Mosquitto, Service};
+use edgesync_testkit::{
+    unique, workspace_binary, FaultProxy, Kafka, Mosquitto, Prometheus, Service,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 
@@ -121,6 +125,63 @@ fn bucket_quantile_ms(metrics: &str, name: &str, q: f64) -> Option<f64> {
         .map(|(le, _)| le * 1000.0)
 }
 
+/// What Prometheus, on the shipped config and rules, saw of the run.
+struct OpsView {
+    targets: usize,
+    targets_up: usize,
+    rules: usize,
+    rules_ok: usize,
+    firing: Vec<String>,
+    pending: Vec<String>,
+}
+
+fn ops_view(p: &Prometheus) -> Result<OpsView, String> {
+    let get = |path: &str| -> Result<serde_json::Value, String> {
+        let body = p.get(path).map_err(|x| x.to_string())?;
+        serde_json::from_str(&body).map_err(|x| format!("{path}: {x}"))
+    };
+    let targets = get("/api/v1/targets")?;
+    let targets = targets["data"]["activeTargets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let rules = get("/api/v1/rules")?;
+    let rules: Vec<serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let alerts = get("/api/v1/alerts")?;
+    let named = |state: &str| -> Vec<String> {
+        alerts["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == state)
+            .map(|a| a["labels"]["alertname"].as_str().unwrap_or("?").to_owned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    Ok(OpsView {
+        targets: targets.len(),
+        targets_up: targets.iter().filter(|t| t["health"] == "up").count(),
+        rules: rules.len(),
+        rules_ok: rules.iter().filter(|r| r["health"] == "ok").count(),
+        firing: named("firing"),
+        pending: named("pending"),
+    })
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -214,6 +275,13 @@ fn run(args: &Args) -> Result<bool, String> {
         .map_err(|x| e(&x))?;
         agents.push((device, proxy, agent, Answered::default()));
     }
+    println!("==> starting Prometheus on deploy/prometheus (every service scraped, the alert rules evaluated)");
+    let prometheus = Prometheus::start(&[
+        ("edgesync-agent", agents.iter().map(|a| a.2.http).collect()),
+        ("edgesync-bridge", vec![bridge.http]),
+        ("edgesync-reconciler", vec![reconciler.http]),
+    ])
+    .map_err(|x| e(&x))?;
     // Warm up: one event through every agent, acknowledged, before the timed feed, so that the
     // figures are the running pipeline's (consumer groups assigned, producers have ids) and
     // not its start-up.
@@ -337,6 +405,7 @@ fn run(args: &Args) -> Result<bool, String> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let all_drained = agents.iter().zip(&last).all(|(a, l)| drained(&a.2, *l));
+    let ops = ops_view(&prometheus)?;
 
     // The report, from the output topics.
     let codec = Codec::new(Limits::default()).map_err(|x| e(&x))?;
@@ -462,7 +531,9 @@ fn run(args: &Args) -> Result<bool, String> {
         .sum();
     let dead = bridge.metric("edgesync_bridge_dead_lettered_total", "")
         + reconciler.metric("edgesync_reconciler_dead_lettered_total", "");
-    let ok = missing == 0 && duplicates == 0 && counters_ok && all_drained && dropped == 0.0;
+    let ops_ok = ops.targets_up == ops.targets && ops.rules_ok == ops.rules && ops.rules > 0;
+    let ok =
+        missing == 0 && duplicates == 0 && counters_ok && all_drained && dropped == 0.0 && ops_ok;
     println!(
         "\n==> report ({} agents, {} s of feeding, {cuts} link cuts, {} s in all)",
         args.agents,
@@ -540,6 +611,15 @@ fn run(args: &Args) -> Result<bool, String> {
         if all_drained { "yes" } else { "NO" }
     );
     println!("| dropped at the edge / dead letters | {dropped:.0} / {dead:.0} |");
+    println!(
+        "| Prometheus on deploy/prometheus: targets up, rules evaluated | {} of {}, {} of {} |",
+        ops.targets_up, ops.targets, ops.rules_ok, ops.rules
+    );
+    println!(
+        "| alerts firing / pending at the end | {} / {} |",
+        list_or_none(&ops.firing),
+        list_or_none(&ops.pending)
+    );
     println!(
         "\n{}",
         if ok {

@@ -8,6 +8,8 @@
 //!   on durable SQLite storage or in memory, with topic creation through the Kafka admin API.
 //! - [`FaultProxy`]: a TCP proxy between a client and a broker that can cut, blackhole, reset,
 //!   delay and throttle traffic, and counts bytes in each direction.
+//! - [`Prometheus`]: Prometheus on the project's own `deploy/prometheus/` config and alert
+//!   rules, pointed at the services under test.
 //! - [`Managed`]: process control for any of these and for the project's own binaries — start,
 //!   wait until really ready, `kill -9`, restart on the same data directory.
 //!
@@ -19,6 +21,7 @@ mod kafka;
 mod mosquitto;
 mod names;
 mod process;
+mod prometheus;
 mod proxy;
 mod services;
 mod tls;
@@ -27,6 +30,7 @@ pub use kafka::{Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::{knob, unique};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
+pub use prometheus::Prometheus;
 pub use proxy::FaultProxy;
 pub use services::{http, metric_in, workspace_binary, Service};
 pub use tls::TestPki;
@@ -68,6 +72,9 @@ pub enum Error {
     /// A Kafka client call failed.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Prometheus refused a request or a setting.
+    #[error("prometheus: {0}")]
+    Prometheus(String),
     /// A helper command failed.
     #[error("{command} failed: {output}")]
     Command {

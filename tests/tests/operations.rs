@@ -6,14 +6,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edgesync_testkit::{
-    free_port, workspace_binary, Kafka, Managed, Mosquitto, ProcessSpec, Ready, Service, Storage,
-};
+use edgesync_testkit::{workspace_binary, Kafka, Mosquitto, Prometheus, Service, Storage};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -104,31 +101,10 @@ fn referenced_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// A Prometheus HTTP API call. HTTP/1.0, so that the answer is not chunked.
-fn api(prometheus: SocketAddr, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(prometheus).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {prometheus}\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{path}: {raw}"
-    );
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+/// A Prometheus HTTP API answer as JSON.
+fn api(p: &Prometheus, path: &str) -> serde_json::Value {
+    let body = p.get(path).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> Result<(), String>) {
@@ -227,39 +203,15 @@ fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
     );
 
     // The shipped config, pointed at these services, scraping and evaluating every second.
-    let config = std::fs::read_to_string(deploy("prometheus/prometheus.yml"))
-        .unwrap()
-        .replace("15s", "1s")
-        .replace("127.0.0.1:9464", &agent.http.to_string())
-        .replace("127.0.0.1:9465", &bridge.http.to_string())
-        .replace("127.0.0.1:9466", &reconciler.http.to_string())
-        .replace(
-            "- edgesync-rules.yml",
-            &format!("- {}", rules_path.display()),
-        );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let _prometheus = Managed::start(ProcessSpec {
-        name: "prometheus".into(),
-        program: "prometheus".into(),
-        args: vec![
-            "--config.file=prometheus.yml".into(),
-            "--storage.tsdb.path=data".into(),
-            format!("--web.listen-address={addr}").into(),
-        ],
-        cwd: dir.path().to_owned(),
-        env: vec![],
-        log: dir.path().join("prometheus.log"),
-        ready: Ready::Http {
-            addr,
-            path: "/-/ready".into(),
-        },
-    })
+    let prometheus = Prometheus::start(&[
+        ("edgesync-agent", vec![agent.http]),
+        ("edgesync-bridge", vec![bridge.http]),
+        ("edgesync-reconciler", vec![reconciler.http]),
+    ])
     .unwrap();
 
     wait_for("every target up", Duration::from_secs(30), || {
-        let v = api(addr, "/api/v1/targets");
+        let v = api(&prometheus, "/api/v1/targets");
         let targets = v["data"]["activeTargets"].as_array().unwrap();
         let up: Vec<&str> = targets
             .iter()
@@ -277,7 +229,7 @@ fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
         .matches("- alert:")
         .count();
     wait_for("every rule evaluated", Duration::from_secs(30), || {
-        let v = api(addr, "/api/v1/rules");
+        let v = api(&prometheus, "/api/v1/rules");
         let mut n = 0;
         for g in v["data"]["groups"].as_array().unwrap() {
             for r in g["rules"].as_array().unwrap() {
@@ -296,7 +248,7 @@ fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
     // Every dashboard query evaluates (Grafana's interval variable as a fixed window).
     for q in &queries {
         let q = q.replace("$__rate_interval", "1m");
-        let v = api(addr, &format!("/api/v1/query?query={}", urlencode(&q)));
+        let v = api(&prometheus, &Prometheus::query_path(&q));
         assert_eq!(v["status"], "success", "{q}: {v}");
     }
     // And the data path reaches Prometheus.
@@ -305,11 +257,8 @@ fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
         Duration::from_secs(30),
         || {
             let v = api(
-                addr,
-                &format!(
-                    "/api/v1/query?query={}",
-                    urlencode("sum(edgesync_reconciler_events_total)")
-                ),
+                &prometheus,
+                &Prometheus::query_path("sum(edgesync_reconciler_events_total)"),
             );
             let n = v["data"]["result"][0]["value"][1]
                 .as_str()

@@ -1,0 +1,123 @@
+//! A real Prometheus (Debian's, installed by `scripts/setup`) on a free port, running the
+//! project's own `deploy/prometheus/prometheus.yml` pointed at the services under test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::process::{free_port, Managed, ProcessSpec, Ready};
+use crate::{io, Error};
+
+/// `deploy/prometheus/` of this repository.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+}
+
+/// A running Prometheus. Dropping it kills it and removes its data.
+#[derive(Debug)]
+pub struct Prometheus {
+    process: Managed,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus on the shipped config and rules, scraping and evaluating every
+    /// second, with each job's target replaced by `targets` (job name, addresses).
+    pub fn start(targets: &[(&str, Vec<SocketAddr>)]) -> Result<Self, Error> {
+        let deploy = deploy_dir();
+        let mut config = std::fs::read_to_string(deploy.join("prometheus.yml"))
+            .map_err(io("read deploy/prometheus/prometheus.yml"))?
+            .replace("15s", "1s")
+            .replace(
+                "- edgesync-rules.yml",
+                &format!("- {}", deploy.join("edgesync-rules.yml").display()),
+            );
+        for (job, addrs) in targets {
+            // The shipped config has one default target per job, on the service's default port.
+            let default = match *job {
+                "edgesync-agent" => "\"127.0.0.1:9464\"",
+                "edgesync-bridge" => "\"127.0.0.1:9465\"",
+                "edgesync-reconciler" => "\"127.0.0.1:9466\"",
+                other => return Err(Error::Prometheus(format!("unknown job {other}"))),
+            };
+            let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+            config = config.replace(default, &list.join(", "));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("edgesync-prometheus-")
+            .tempdir()
+            .map_err(io("create prometheus dir"))?;
+        std::fs::write(dir.path().join("prometheus.yml"), config)
+            .map_err(io("write prometheus.yml"))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let process = Managed::start(ProcessSpec {
+            name: format!("prometheus :{}", addr.port()),
+            program: "prometheus".into(),
+            args: vec![
+                "--config.file=prometheus.yml".into(),
+                "--storage.tsdb.path=data".into(),
+                format!("--web.listen-address={addr}").into(),
+            ],
+            cwd: dir.path().to_owned(),
+            env: vec![],
+            log: dir.path().join("prometheus.log"),
+            ready: Ready::Http {
+                addr,
+                path: "/-/ready".into(),
+            },
+        })?;
+        Ok(Self {
+            process,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// Its HTTP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The process.
+    pub fn process(&mut self) -> &mut Managed {
+        &mut self.process
+    }
+
+    /// A GET on the HTTP API (`/api/v1/...`): the JSON body as text. HTTP/1.0, so that the
+    /// answer is not chunked.
+    pub fn get(&self, path: &str) -> Result<String, Error> {
+        use std::io::{Read, Write};
+        let what = "prometheus API";
+        let mut s = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
+            .map_err(io(what))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io(what))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).map_err(io(what))?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).map_err(io(what))?;
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            return Err(Error::Prometheus(format!("{path}: {raw}")));
+        }
+        Ok(body.to_owned())
+    }
+
+    /// The path of an instant query of `expr`.
+    pub fn query_path(expr: &str) -> String {
+        format!("/api/v1/query?query={}", urlencode(expr))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
