@@ -36,6 +36,8 @@ pub struct BridgeMetrics {
     /// The most messages ever in flight at once: above `max_inflight` only when the broker
     /// ignored the receive maximum.
     pub inflight_peak: Gauge,
+    /// The configured window (`mqtt.max_inflight`), for comparing `inflight` against it.
+    pub inflight_limit: Gauge,
     /// Receive → Kafka delivery report.
     pub produce_latency: Histogram,
     /// Produce attempts that failed and were retried.
@@ -62,6 +64,7 @@ impl BridgeMetrics {
             inflight: Gauge::default(),
             inflight_bytes: Gauge::default(),
             inflight_peak: Gauge::default(),
+            inflight_limit: Gauge::default(),
             produce_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             produce_retries: Counter::default(),
             mqtt_reconnects: Counter::default(),
@@ -105,6 +108,11 @@ impl BridgeMetrics {
             "inflight_peak",
             "Most messages in flight at once since start",
             m.inflight_peak.clone(),
+        );
+        r.register(
+            "inflight_limit",
+            "The window: mqtt.max_inflight, sent to the broker as the receive maximum",
+            m.inflight_limit.clone(),
         );
         r.register(
             "produce_latency_seconds",

@@ -45,6 +45,7 @@ pub async fn run(
 ) -> Result<(), ServiceError> {
     let mut registry = Registry::default();
     let metrics = Arc::new(BridgeMetrics::register(&mut registry));
+    metrics.inflight_limit.set(cfg.mqtt.max_inflight as i64);
     let registry = Arc::new(registry);
     let codec =
         Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);

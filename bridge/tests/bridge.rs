@@ -345,6 +345,7 @@ fn with_kafka_down_nothing_is_acknowledged_or_lost() {
     );
     assert_eq!(bridge.metric("edgesync_bridge_inflight", ""), 10.0);
     assert_eq!(bridge.metric("edgesync_bridge_inflight_peak", ""), 10.0);
+    assert_eq!(bridge.metric("edgesync_bridge_inflight_limit", ""), 10.0);
     assert!(bridge.metric("edgesync_bridge_inflight_bytes", "") > 0.0);
     k.process().restart().unwrap();
     let recs = read_topic(&k, "edgesync.deltas", Duration::from_secs(60), |r| {
