@@ -6,8 +6,8 @@
 //! session, then lets a consumer drain them into Kafka and times it:
 //!
 //! - **raw**: subscribe, produce, nothing else (automatic MQTT acks, no validation, no
-//!   waiting for delivery before acknowledging), in this process, with the same producer
-//!   settings as the bridge (idempotent, `acks=all`, murmur2 keys, lz4);
+//!   waiting for delivery before acknowledging), in this process, with the bridge's own
+//!   producer built from its own configuration (idempotent, `acks=all`, murmur2 keys, lz4);
 //! - **bridge**: the `edgesync-bridge` binary (validation, dead-letter check, manual MQTT
 //!   acks after each Kafka delivery report), timed until it has acknowledged all N.
 //!
@@ -134,20 +134,12 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-/// `BRIDGE_BENCH_PROPS` (`{ "linger.ms" = "20", ... }`): librdkafka properties for both
-/// sides' producers.
-fn extra_properties() -> Vec<(String, String)> {
-    let text = std::env::var("BRIDGE_BENCH_PROPS").unwrap_or_default();
-    text.trim()
-        .trim_start_matches('{')
-        .trim_end_matches('}')
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| {
-            let unquote = |s: &str| s.trim().trim_matches('"').to_owned();
-            (unquote(k), unquote(v))
-        })
-        .collect()
+/// `BRIDGE_BENCH_PROPS` (`{ "linger.ms" = "20", ... }`) as the bridge's environment setting of
+/// its librdkafka properties, for both sides' producers.
+fn props_env() -> Option<(String, String)> {
+    std::env::var("BRIDGE_BENCH_PROPS")
+        .ok()
+        .map(|p| ("EDGESYNC_BRIDGE__KAFKA__PROPERTIES".to_owned(), p))
 }
 
 /// What one side measured.
@@ -176,19 +168,15 @@ fn raw(mqtt: SocketAddr, kafka: &Kafka, pids: [u32; 2], n: u64, msgs: &[(String,
     let id = "raw-forwarder";
     make_session(mqtt, id, "edgesync/v1/+/batch");
     publish_all(mqtt, msgs);
-    // The same Kafka guarantees as the bridge (idempotent, acks=all, key hashing, lz4): the
-    // ratio measures what the bridge adds, not a weaker producer.
-    let mut config = kafka.client_config();
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4");
-    for (k, v) in extra_properties() {
-        config.set(k, v);
-    }
-    let producer: FutureProducer = config.create().unwrap();
+    // The bridge's own producer, from its own configuration: the ratio measures what the bridge
+    // adds, not a weaker producer.
+    let cfg = edgesync_bridge::config::Config::load(
+        None,
+        props_env(),
+        &[format!("kafka.bootstrap_servers={}", kafka.bootstrap())],
+    )
+    .unwrap();
+    let producer: FutureProducer = edgesync_bridge::kafka::producer(&cfg.kafka).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cpu0 = cpu_secs(std::process::id());
     let mut started = Instant::now();
@@ -274,11 +262,10 @@ fn bridge(
         program: bin,
         args,
         cwd: dir.path().to_owned(),
-        env: std::env::var("BRIDGE_BENCH_PROPS")
-            .map(|p| vec![("EDGESYNC_BRIDGE__KAFKA__PROPERTIES".into(), p.into())])
-            .unwrap_or_default()
+        env: props_env()
             .into_iter()
-            .chain([("RUST_LOG".into(), "warn".into())])
+            .chain([("RUST_LOG".to_owned(), "warn".to_owned())])
+            .map(|(k, v)| (k.into(), v.into()))
             .collect(),
         log: dir.path().join("bridge.log"),
         ready: Ready::Http {

@@ -19,9 +19,9 @@
 //! event loop itself never waits (it is what sends the PUBACKs), so the bound is the broker's
 //! to keep. Mosquitto 2.0.11 exceeds it while draining a restored session's backlog with
 //! acknowledgements flowing (75k in flight against a receive maximum of 10k, measured by the
-//! throughput benchmark); then its per-session queue limits (`max_queued_messages`,
-//! `max_queued_bytes` in `deploy/mosquitto.conf`) bound what can arrive, and
-//! `edgesync_bridge_inflight_peak` / `inflight_bytes` show it. On shutdown the event loop stops
+//! throughput benchmark); then its per-session queue limit (`max_queued_messages` in
+//! `deploy/mosquitto.conf`) bounds what can arrive, and `edgesync_bridge_inflight_peak` /
+//! `inflight_bytes` show it. On shutdown the event loop stops
 //! taking new messages (those stay unacknowledged and the broker delivers them again to the
 //! session) while the in-flight ones are delivered and acknowledged.
 

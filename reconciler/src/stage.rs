@@ -35,11 +35,12 @@ pub enum Change {
 /// Records rebalances for the processing loop (which handles them between groups, so nothing
 /// is in flight when partitions move), and the stage's consumer lag from librdkafka's
 /// statistics.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Ctx {
     changes: Arc<Mutex<Vec<Change>>>,
-    /// The input topic and the gauge its lag goes to.
-    lag: Option<(String, Gauge)>,
+    /// The input topic, and the gauge its lag goes to.
+    topic: String,
+    lag: Gauge,
 }
 
 impl Ctx {
@@ -60,10 +61,9 @@ fn total_lag(lags: impl Iterator<Item = i64>) -> i64 {
 
 impl ClientContext for Ctx {
     fn stats(&self, statistics: Statistics) {
-        if let Some((topic, gauge)) = &self.lag {
-            if let Some(t) = statistics.topics.get(topic) {
-                gauge.set(total_lag(t.partitions.values().map(|p| p.consumer_lag)));
-            }
+        if let Some(t) = statistics.topics.get(&self.topic) {
+            self.lag
+                .set(total_lag(t.partitions.values().map(|p| p.consumer_lag)));
         }
     }
 }
@@ -96,7 +96,8 @@ pub fn group_consumer(
 ) -> Result<(BaseConsumer<Ctx>, Ctx), KafkaError> {
     let ctx = Ctx {
         changes: Arc::default(),
-        lag: Some((topic.to_owned(), lag)),
+        topic: topic.to_owned(),
+        lag,
     };
     let mut c = base.clone();
     // Statistics carry the lag; every 5 s unless the operator set an interval.
@@ -252,9 +253,7 @@ impl Out {
             Ok(last)
         })
     }
-}
 
-impl Out {
     /// Lets the deliveries finish in the background, logging and counting failures (in
     /// `failed`): for records whose loss costs only a repeat, such as acknowledgements (a lost
     /// one makes the agent send again and be acknowledged again), so that the stage does not
@@ -354,7 +353,6 @@ impl Io {
 
     /// Logs `m` as dead-lettered, enqueues its dead letter (reason, detail, source
     /// `kafka:<topic>/<partition>@<offset>`, original bytes) on `dlq_topic` and counts it.
-    #[allow(clippy::too_many_arguments)]
     pub fn dead(
         &self,
         out: &mut Out,
