@@ -5,8 +5,9 @@
 //! (tansu), writes N delta batches (100 devices, 100 events each, with G-counter and rollup
 //! deltas) to a deltas topic, then times:
 //!
-//! - **passthrough**: a consumer group reads the batch records and an idempotent `acks=all`
-//!   producer writes each one, unchanged, to another topic (what any Kafka stream job costs);
+//! - **passthrough**: a consumer group reads the batch records and the reconciler's own
+//!   producer (idempotent, `acks=all`) writes each one, unchanged, to another topic (what any
+//!   Kafka stream job costs);
 //! - **reconciler**: the `edgesync-reconciler` binary — decode, causal de-duplication, release
 //!   in dot order, one Avro record per event, re-keyed deltas, acks, RocksDB state with fsync,
 //!   and the key stage joining and emitting converged state — timed until every event is in
@@ -107,15 +108,7 @@ fn passthrough(k: &Kafka, n: u64) -> f64 {
         .create()
         .unwrap();
     c.subscribe(&["bench.deltas"]).unwrap();
-    let p: FutureProducer = k
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("linger.ms", "2")
-        .set("compression.type", "lz4")
-        .create()
-        .unwrap();
+    let p = reconciler_producer(k);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let delivered = Arc::new(AtomicU64::new(0));
     let mut started = None;
@@ -159,11 +152,11 @@ fn reconciler(k: &Kafka, n: u64) -> f64 {
         ),
         format!("http.listen=\"{http}\""),
         format!("kafka.partitions={PARTITIONS}"),
-        // Tuning runs: e.g. RECONCILER_BENCH_SET='kafka.properties={ "linger.ms" = "10" }'.
-        std::env::var("RECONCILER_BENCH_SET").unwrap_or_else(|_| "max_group_records=2000".into()),
     ];
+    // Tuning runs: e.g. RECONCILER_BENCH_SET='kafka.properties={ "linger.ms" = "10" }'.
+    let tuning = std::env::var("RECONCILER_BENCH_SET").ok();
     let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for s in &sets {
+    for s in sets.iter().chain(&tuning) {
         args.push("--set".into());
         args.push(s.into());
     }
@@ -194,19 +187,23 @@ fn reconciler(k: &Kafka, n: u64) -> f64 {
     (n * PER) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The reconciler's own producer, from its own configuration, on `k`.
+fn reconciler_producer(k: &Kafka) -> FutureProducer {
+    let cfg = edgesync_reconciler::config::Config::load(
+        None,
+        [],
+        &[format!("kafka.bootstrap_servers={}", k.bootstrap())],
+    )
+    .unwrap();
+    edgesync_reconciler::service::producer(&cfg.kafka).unwrap()
+}
+
 /// The broker's own ceiling for one small record per event: `n` records of an event's size
 /// produced with the reconciler's producer settings, timed to the last delivery.
 fn record_ceiling(n: u64, size: usize) -> f64 {
     let k = Kafka::start_with(storage()).unwrap();
     k.create_topic("bench.records", PARTITIONS, &[]).unwrap();
-    let p: FutureProducer = k
-        .client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "2")
-        .set("compression.type", "lz4")
-        .create()
-        .unwrap();
+    let p = reconciler_producer(&k);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let payload = vec![7u8; size];
     let started = Instant::now();

@@ -19,7 +19,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, KafkaSection};
 use crate::device::{DeviceConfig, DeviceStage};
 use crate::key::{KeyConfig, KeyStage};
 use crate::ledger::Ledger;
@@ -40,6 +40,25 @@ pub enum ServiceError {
     /// The HTTP server failed.
     #[error("http: {0}")]
     Http(#[source] std::io::Error),
+}
+
+/// The producer both stages share: idempotent (producer retries never double an event),
+/// `acks=all`, the Java client's key hashing, retrying without a deadline; every
+/// `[kafka.properties]` entry wins.
+pub fn producer(k: &KafkaSection) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    client_config(
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("partitioner", "murmur2_random"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "2"),
+            ("message.timeout.ms", "0"),
+        ],
+        &k.bootstrap_servers,
+        &k.properties,
+    )
+    .create()
 }
 
 /// The deltas topic's partition count, if it exists.
@@ -87,20 +106,7 @@ pub async fn run(
         Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
     let store = Arc::new(Store::open(&cfg.state_dir).map_err(Error::from)?);
     let ledger = Arc::new(Ledger::new(cfg.clock_skew_bound_ms));
-    let producer: FutureProducer = client_config(
-        &[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("partitioner", "murmur2_random"),
-            ("compression.type", "lz4"),
-            ("linger.ms", "2"),
-            ("message.timeout.ms", "0"),
-        ],
-        &k.bootstrap_servers,
-        &k.properties,
-    )
-    .create()
-    .map_err(Error::from)?;
+    let producer = producer(k).map_err(Error::from)?;
 
     // Each stage: its own group consumer and reader, the shared codec, store, producer, metrics.
     let io = |stage_name: &str, group: &str, topic: &str| -> Result<stage::Io, Error> {
