@@ -125,55 +125,6 @@ fn bucket_quantile_ms(metrics: &str, name: &str, q: f64) -> Option<f64> {
         .map(|(le, _)| le * 1000.0)
 }
 
-/// What Prometheus, on the shipped config and rules, saw of the run.
-struct OpsView {
-    targets: usize,
-    targets_up: usize,
-    rules: usize,
-    rules_ok: usize,
-    firing: Vec<String>,
-    pending: Vec<String>,
-}
-
-fn ops_view(p: &Prometheus) -> Result<OpsView, String> {
-    let get = |path: &str| -> Result<serde_json::Value, String> {
-        let body = p.get(path).map_err(|x| x.to_string())?;
-        serde_json::from_str(&body).map_err(|x| format!("{path}: {x}"))
-    };
-    let targets = get("/api/v1/targets")?;
-    let targets = targets["data"]["activeTargets"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let rules = get("/api/v1/rules")?;
-    let rules: Vec<serde_json::Value> = rules["data"]["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-        .collect();
-    let alerts = get("/api/v1/alerts")?;
-    let named = |state: &str| -> Vec<String> {
-        alerts["data"]["alerts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["state"] == state)
-            .map(|a| a["labels"]["alertname"].as_str().unwrap_or("?").to_owned())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
-    };
-    Ok(OpsView {
-        targets: targets.len(),
-        targets_up: targets.iter().filter(|t| t["health"] == "up").count(),
-        rules: rules.len(),
-        rules_ok: rules.iter().filter(|r| r["health"] == "ok").count(),
-        firing: named("firing"),
-        pending: named("pending"),
-    })
-}
-
 fn list_or_none(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
@@ -405,14 +356,11 @@ fn run(args: &Args) -> Result<bool, String> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let all_drained = agents.iter().zip(&last).all(|(a, l)| drained(&a.2, *l));
-    let ops = ops_view(&prometheus)?;
+    // What Prometheus, on the shipped config and rules, saw of the run.
+    let ops = prometheus.view().map_err(|x| e(&x))?;
 
     // The report, from the output topics.
     let codec = Codec::new(Limits::default()).map_err(|x| e(&x))?;
-    let total: usize = agents
-        .iter()
-        .map(|a| a.3.lock().map(|x| x.len()).unwrap_or(0))
-        .sum();
     let c: BaseConsumer = k
         .client_config()
         .set("group.id", unique("report"))
@@ -438,6 +386,7 @@ fn run(args: &Args) -> Result<bool, String> {
             )
         })
         .collect();
+    let total: usize = answered.values().map(BTreeMap::len).sum();
     let mut idle = Instant::now();
     let mut events_read = 0usize;
     while idle.elapsed() < Duration::from_secs(3)
@@ -531,7 +480,7 @@ fn run(args: &Args) -> Result<bool, String> {
         .sum();
     let dead = bridge.metric("edgesync_bridge_dead_lettered_total", "")
         + reconciler.metric("edgesync_reconciler_dead_lettered_total", "");
-    let ops_ok = ops.targets_up == ops.targets && ops.rules_ok == ops.rules && ops.rules > 0;
+    let ops_ok = ops.targets_up == ops.targets && ops.unhealthy_rules.is_empty() && ops.rules > 0;
     let ok =
         missing == 0 && duplicates == 0 && counters_ok && all_drained && dropped == 0.0 && ops_ok;
     println!(
@@ -613,7 +562,10 @@ fn run(args: &Args) -> Result<bool, String> {
     println!("| dropped at the edge / dead letters | {dropped:.0} / {dead:.0} |");
     println!(
         "| Prometheus on deploy/prometheus: targets up, rules evaluated | {} of {}, {} of {} |",
-        ops.targets_up, ops.targets, ops.rules_ok, ops.rules
+        ops.targets_up,
+        ops.targets,
+        ops.rules - ops.unhealthy_rules.len(),
+        ops.rules
     );
     println!(
         "| alerts firing / pending at the end | {} / {} |",

@@ -30,7 +30,7 @@ pub use kafka::{Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::{knob, unique};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
-pub use prometheus::Prometheus;
+pub use prometheus::{Prometheus, View as PrometheusView};
 pub use proxy::FaultProxy;
 pub use services::{http, metric_in, workspace_binary, Service};
 pub use tls::TestPki;

@@ -15,6 +15,23 @@ pub fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
 }
 
+/// What Prometheus reports of its targets, rules and alerts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    /// Scrape targets.
+    pub targets: usize,
+    /// Of which up.
+    pub targets_up: usize,
+    /// Alerting and recording rules loaded.
+    pub rules: usize,
+    /// Those whose last evaluation failed (or never ran), with the error.
+    pub unhealthy_rules: Vec<String>,
+    /// Names of the alerts firing.
+    pub firing: Vec<String>,
+    /// Names of the alerts pending (condition true, `for` not yet over).
+    pub pending: Vec<String>,
+}
+
 /// A running Prometheus. Dropping it kills it and removes its data.
 #[derive(Debug)]
 pub struct Prometheus {
@@ -88,7 +105,7 @@ impl Prometheus {
 
     /// A GET on the HTTP API (`/api/v1/...`): the JSON body as text. HTTP/1.0, so that the
     /// answer is not chunked.
-    pub fn get(&self, path: &str) -> Result<String, Error> {
+    fn get(&self, path: &str) -> Result<String, Error> {
         use std::io::{Read, Write};
         let what = "prometheus API";
         let mut s = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
@@ -103,6 +120,43 @@ impl Prometheus {
             return Err(Error::Prometheus(format!("{path}: {raw}")));
         }
         Ok(body.to_owned())
+    }
+
+    /// A GET on the HTTP API, parsed.
+    pub fn json(&self, path: &str) -> Result<serde_json::Value, Error> {
+        let body = self.get(path)?;
+        serde_json::from_str(&body).map_err(|e| Error::Prometheus(format!("{path}: {e}: {body}")))
+    }
+
+    /// Its targets, rules and alerts as it reports them now.
+    pub fn view(&self) -> Result<View, Error> {
+        let list = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+        let targets = list(&self.json("/api/v1/targets")?["data"]["activeTargets"]);
+        let rules: Vec<serde_json::Value> = list(&self.json("/api/v1/rules")?["data"]["groups"])
+            .iter()
+            .flat_map(|g| list(&g["rules"]))
+            .collect();
+        let alerts = list(&self.json("/api/v1/alerts")?["data"]["alerts"]);
+        let named = |state: &str| -> Vec<String> {
+            let names: std::collections::BTreeSet<String> = alerts
+                .iter()
+                .filter(|a| a["state"] == state)
+                .map(|a| a["labels"]["alertname"].as_str().unwrap_or("?").to_owned())
+                .collect();
+            names.into_iter().collect()
+        };
+        Ok(View {
+            targets: targets.len(),
+            targets_up: targets.iter().filter(|t| t["health"] == "up").count(),
+            rules: rules.len(),
+            unhealthy_rules: rules
+                .iter()
+                .filter(|r| r["health"] != "ok")
+                .map(|r| format!("{}: {}", r["name"], r["lastError"]))
+                .collect(),
+            firing: named("firing"),
+            pending: named("pending"),
+        })
     }
 
     /// The path of an instant query of `expr`.

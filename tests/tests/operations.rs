@@ -101,12 +101,6 @@ fn referenced_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// A Prometheus HTTP API answer as JSON.
-fn api(p: &Prometheus, path: &str) -> serde_json::Value {
-    let body = p.get(path).unwrap_or_else(|e| panic!("{e}"));
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-}
-
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + timeout;
     loop {
@@ -210,45 +204,28 @@ fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
     ])
     .unwrap();
 
-    wait_for("every target up", Duration::from_secs(30), || {
-        let v = api(&prometheus, "/api/v1/targets");
-        let targets = v["data"]["activeTargets"].as_array().unwrap();
-        let up: Vec<&str> = targets
-            .iter()
-            .filter(|t| t["health"] == "up")
-            .map(|t| t["labels"]["job"].as_str().unwrap())
-            .collect();
-        if up.len() == 3 {
-            Ok(())
-        } else {
-            Err(format!("up: {up:?} of {targets:?}"))
-        }
-    });
     let rules = std::fs::read_to_string(&rules_path)
         .unwrap()
         .matches("- alert:")
         .count();
-    wait_for("every rule evaluated", Duration::from_secs(30), || {
-        let v = api(&prometheus, "/api/v1/rules");
-        let mut n = 0;
-        for g in v["data"]["groups"].as_array().unwrap() {
-            for r in g["rules"].as_array().unwrap() {
-                n += 1;
-                if r["health"] != "ok" {
-                    return Err(format!("{}: {}", r["name"], r));
-                }
+    wait_for(
+        "every target up and every rule evaluated",
+        Duration::from_secs(30),
+        || {
+            let v = prometheus.view().map_err(|e| e.to_string())?;
+            if v.targets_up == 3 && v.rules == rules && v.unhealthy_rules.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{v:?}"))
             }
-        }
-        if n == rules {
-            Ok(())
-        } else {
-            Err(format!("{n} rules"))
-        }
-    });
+        },
+    );
     // Every dashboard query evaluates (Grafana's interval variable as a fixed window).
     for q in &queries {
         let q = q.replace("$__rate_interval", "1m");
-        let v = api(&prometheus, &Prometheus::query_path(&q));
+        let v = prometheus
+            .json(&Prometheus::query_path(&q))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v["status"], "success", "{q}: {v}");
     }
     // And the data path reaches Prometheus.
@@ -256,10 +233,11 @@ fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
         "events visible in Prometheus",
         Duration::from_secs(30),
         || {
-            let v = api(
-                &prometheus,
-                &Prometheus::query_path("sum(edgesync_reconciler_events_total)"),
-            );
+            let v = prometheus
+                .json(&Prometheus::query_path(
+                    "sum(edgesync_reconciler_events_total)",
+                ))
+                .map_err(|e| e.to_string())?;
             let n = v["data"]["result"][0]["value"][1]
                 .as_str()
                 .and_then(|s| s.parse::<f64>().ok())
