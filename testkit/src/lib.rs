@@ -28,7 +28,7 @@ mod tls;
 
 pub use kafka::{Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
-pub use names::{knob, unique};
+pub use names::{knob, outside_python, unique};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use prometheus::{Prometheus, View as PrometheusView};
 pub use proxy::FaultProxy;

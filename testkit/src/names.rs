@@ -23,3 +23,28 @@ pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default)
 }
+
+/// Runs the outside client's Python (the virtualenv `scripts/setup` makes: PyPI's
+/// confluent-kafka and fastavro; `EDGESYNC_PYTHON` overrides) with `args`; its standard output,
+/// or an error carrying its standard error.
+pub fn outside_python<I, S>(args: I) -> Result<Vec<u8>, crate::Error>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let python = std::env::var("EDGESYNC_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/edgesync/venv/bin/python")
+    });
+    let out = std::process::Command::new(&python)
+        .args(args)
+        .output()
+        .map_err(crate::io(format!("run {python}")))?;
+    if !out.status.success() {
+        return Err(crate::Error::Command {
+            command: python,
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(out.stdout)
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use edgesync_testkit::{unique, Kafka};
+use edgesync_testkit::{outside_python, unique, Kafka};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -135,10 +135,6 @@ fn compaction_config_is_accepted_but_older_values_stay_readable() {
 fn the_outside_python_client_talks_to_the_broker() {
     // The analytics-side reader in end-to-end tests is PyPI's confluent-kafka (librdkafka 2.12+),
     // installed by scripts/setup; Debian's kcat (librdkafka 2.0.2) cannot parse tansu's replies.
-    let python = std::env::var("EDGESYNC_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/edgesync/venv/bin/python")
-    });
     let k = Kafka::start().unwrap();
     let t = topic(&k, 1);
     let script = format!(
@@ -148,15 +144,7 @@ fn the_outside_python_client_talks_to_the_broker() {
          assert p.flush(15) == 0\n",
         k.bootstrap()
     );
-    let out = std::process::Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    outside_python(["-c", &script]).unwrap_or_else(|e| panic!("{e}"));
     let got = consume(&consumer(&k, &unique("g"), &t), 5, T, false);
     let keys: Vec<String> = got.into_iter().map(|r| r.key).collect();
     assert_eq!(keys, (0..5).map(|i| format!("py-{i}")).collect::<Vec<_>>());

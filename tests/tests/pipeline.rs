@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use edgesync_core::Crdt;
 use edgesync_schemas::StateRecord;
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{workspace_binary, FaultProxy, Kafka, Mosquitto, Record, Service};
+use edgesync_testkit::{
+    outside_python, workspace_binary, FaultProxy, Kafka, Mosquitto, Record, Service,
+};
 
 const FAST_GROUPS: &str =
     r#"kafka.properties={ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }"#;
@@ -203,19 +205,12 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
     if let Ok(dir) = std::env::var("E2E_LOGS") {
         // Diagnosis: every log in full.
         let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::write(
-            format!("{dir}/bridge.log"),
-            bridge.process.log_tail(100_000),
-        );
         for (name, svc) in [("bridge", &bridge), ("reconciler", &reconciler)] {
+            let _ = std::fs::write(format!("{dir}/{name}.log"), svc.process.log_tail(100_000));
             if let Ok((_, text)) = svc.get("/metrics") {
                 let _ = std::fs::write(format!("{dir}/{name}.metrics"), text);
             }
         }
-        let _ = std::fs::write(
-            format!("{dir}/reconciler.log"),
-            reconciler.process.log_tail(100_000),
-        );
         for (d, a) in devices.iter().zip(&agents) {
             let _ = std::fs::write(format!("{dir}/{d}.log"), a.process.log_tail(100_000));
         }
@@ -315,25 +310,18 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
     );
 
     // The outside reader: PyPI's confluent-kafka and fastavro with only the .avsc files.
-    let python = std::env::var("EDGESYNC_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/edgesync/venv/bin/python")
-    });
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::process::Command::new(&python)
-        .arg(root.join("tests/python/read_outputs.py"))
-        .args(["--bootstrap", &k.bootstrap()])
-        .arg("--schemas")
-        .arg(root.join("schemas/avro"))
-        .args(["--events", &total.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = outside_python([
+        root.join("tests/python/read_outputs.py").into_os_string(),
+        "--bootstrap".into(),
+        k.bootstrap().into(),
+        "--schemas".into(),
+        root.join("schemas/avro").into_os_string(),
+        "--events".into(),
+        total.to_string().into(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let read: serde_json::Value = serde_json::from_slice(&out).unwrap();
     for d in devices {
         let want: Vec<u64> = answered[d].iter().copied().collect();
         assert_eq!(
