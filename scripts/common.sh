@@ -13,6 +13,10 @@ export TANSU_VERSION=0.6.0
 export TANSU_BIN="$EDGESYNC_HOME/tools/bin/tansu"
 export EDGESYNC_PYTHON="$EDGESYNC_HOME/venv/bin/python"
 export CONFLUENT_KAFKA_VERSION=2.16.1
+# Apache Kafka: the version lives in the POM setup installs from (testkit reads it there too).
+KAFKA_VERSION=$(sed -n 's|.*<kafka.version>\(.*\)</kafka.version>.*|\1|p' "$ROOT/scripts/kafka/pom.xml")
+export KAFKA_VERSION
+export EDGESYNC_KAFKA_LIBS="$EDGESYNC_HOME/kafka-$KAFKA_VERSION/libs"
 export FASTAVRO_VERSION=1.13.1
 
 say() { printf '\n==> %s\n' "$*"; }

@@ -1,8 +1,8 @@
 //! Bridge throughput against a raw forwarding loop, over the same brokers and messages, in the
 //! same run.
 //!
-//! `cargo bench -p edgesync-bridge --bench throughput` starts Mosquitto and the Kafka-protocol
-//! broker (tansu), queues N real delta batches (50 events each) for an offline persistent
+//! `cargo bench -p edgesync-bridge --bench throughput` starts Mosquitto and a Kafka broker
+//! (Apache Kafka, single node; `EDGESYNC_TEST_BROKER=tansu` for tansu), queues N real delta batches (50 events each) for an offline persistent
 //! session, then lets a consumer drain them into Kafka and times it:
 //!
 //! - **raw**: subscribe, produce, nothing else (automatic MQTT acks, no validation, no

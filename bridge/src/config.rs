@@ -48,7 +48,9 @@ pub struct MqttSection {
     pub host: String,
     /// Broker port.
     pub port: u16,
-    /// Client id of the persistent session (unique per bridge instance).
+    /// Client id of the persistent session (unique per bridge instance). It also names this
+    /// bridge's static member of the acks group (`<client_id>-acks`, KIP-345), so a restarted
+    /// bridge takes its acks partitions back at once.
     pub client_id: String,
     /// Shared-subscription group: bridges with the same group split the devices' batches.
     /// Empty = a plain subscription (brokers without `$share`).

@@ -87,11 +87,15 @@ pub async fn wait_ready(
     }
 }
 
-/// The consumer of the acks topic.
-pub fn acks_consumer(k: &KafkaSection) -> Result<StreamConsumer, KafkaError> {
+/// The consumer of the acks topic, a static member (KIP-345) of the acks group named
+/// `<member>-acks`: a restarted bridge gets its partitions back at once instead of after the
+/// dead member's session timeout.
+pub fn acks_consumer(k: &KafkaSection, member: &str) -> Result<StreamConsumer, KafkaError> {
+    let instance = format!("{member}-acks");
     client_config(
         &[
             ("group.id", &k.acks_group),
+            ("group.instance.id", &instance),
             ("enable.auto.commit", "true"),
             ("auto.offset.reset", "earliest"),
             // Acks reach devices without waiting out librdkafka's 500 ms default.

@@ -61,7 +61,7 @@ pub async fn run(
         kafka::ensure_topics(&cfg.kafka).await?;
     }
     let producer = kafka::producer(&cfg.kafka)?;
-    let consumer = kafka::acks_consumer(&cfg.kafka)?;
+    let consumer = kafka::acks_consumer(&cfg.kafka, &cfg.mqtt.client_id)?;
 
     let http_stop = CancellationToken::new();
     let app = Router::new()

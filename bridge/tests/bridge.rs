@@ -1,6 +1,8 @@
-//! The `edgesync-bridge` binary between a real Mosquitto and the real Kafka-protocol broker
-//! (tansu on SQLite): forwarding keyed by device and in order, shared subscriptions, every
-//! dead-letter case, `kill -9` mid-stream, Kafka down, and the ack path.
+//! The `edgesync-bridge` binary between a real Mosquitto and a real Kafka broker (Apache
+//! Kafka; forwarding, Kafka down and the ack path also on tansu, the paths where brokers can
+//! differ: partitioning by key, producer recovery after a broker restart, a consumer group):
+//! forwarding keyed by device and in order, shared subscriptions, every dead-letter case,
+//! `kill -9` mid-stream, Kafka down, and the ack path.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +16,9 @@ use edgesync_core::{
     DeltaBatch, DeviceId, DropReason, DroppedRange, EventLimits, Incarnation, ReplicaId, SeqRange,
 };
 use edgesync_schemas::{Ack, Codec, DeadLetterReason, Limits};
-use edgesync_testkit::{unique, Kafka, Mosquitto, MosquittoOptions, Record as Rec, Service};
+use edgesync_testkit::{
+    on_both_brokers, unique, Broker, Kafka, Mosquitto, MosquittoOptions, Record as Rec, Service,
+};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -125,10 +129,9 @@ fn batches_of(codec: &Codec, recs: &[Rec]) -> Vec<(String, u64)> {
         .collect()
 }
 
-#[test]
-fn batches_from_many_devices_land_once_keyed_by_device_in_order_across_shared_bridges() {
+fn batches_from_many_devices_land_once_keyed_by_device_in_order_across_shared_bridges(b: Broker) {
     let m = Mosquitto::start().unwrap();
-    let k = Kafka::start().unwrap();
+    let k = Kafka::start_on(b).unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
     let a = start_bridge(m.addr(), &k, "bridge-a", &[]);
     let b = start_bridge(m.addr(), &k, "bridge-b", &[]);
@@ -183,6 +186,12 @@ fn batches_from_many_devices_land_once_keyed_by_device_in_order_across_shared_br
             == total as f64
     }));
 }
+
+on_both_brokers!(
+    batches_from_many_devices_land_once_keyed_by_device_in_order_across_shared_bridges,
+    with_kafka_down_nothing_is_acknowledged_or_lost,
+    the_ack_path_leaves_the_latest_watermark_retained_for_devices_that_connect_later,
+);
 
 #[test]
 fn every_bad_input_is_dead_lettered_with_its_reason_and_the_stream_goes_on() {
@@ -316,10 +325,9 @@ fn kill_9_mid_stream_loses_nothing() {
     eprintln!("kill -9 mid-stream: {n} batches, {duplicates} duplicates in Kafka");
 }
 
-#[test]
-fn with_kafka_down_nothing_is_acknowledged_or_lost() {
+fn with_kafka_down_nothing_is_acknowledged_or_lost(b: Broker) {
     let m = Mosquitto::start().unwrap();
-    let mut k = Kafka::start().unwrap();
+    let mut k = Kafka::start_on(b).unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
     // A window of 10: the broker may have at most 10 unacknowledged batches out to the bridge.
     let bridge = start_bridge(m.addr(), &k, "bridge-down", &["mqtt.max_inflight=10"]);
@@ -363,10 +371,9 @@ fn with_kafka_down_nothing_is_acknowledged_or_lost() {
     }));
 }
 
-#[test]
-fn the_ack_path_leaves_the_latest_watermark_retained_for_devices_that_connect_later() {
+fn the_ack_path_leaves_the_latest_watermark_retained_for_devices_that_connect_later(b: Broker) {
     let m = Mosquitto::start().unwrap();
-    let k = Kafka::start().unwrap();
+    let k = Kafka::start_on(b).unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
     let bridge = start_bridge(m.addr(), &k, "bridge-acks", &[]);
     let producer: ThreadedProducer<DefaultProducerContext> = k.client_config().create().unwrap();

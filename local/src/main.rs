@@ -1,6 +1,7 @@
 //! `edgesync-local`: the whole pipeline on this machine, fed and measured.
 //!
-//! Starts Mosquitto and the Kafka-protocol broker (tansu, SQLite storage), the reconciler, the
+//! Starts Mosquitto and a Kafka broker (Apache Kafka in KRaft mode by default, or tansu on
+//! SQLite storage with `--broker tansu`), the reconciler, the
 //! bridge and a fleet of agents, each agent behind its own fault proxy that cuts its link now
 //! and then. Producers post events to the agents over HTTP at a steady rate. At the end the
 //! links heal, every agent must drain its spool, and the report is computed from the output
@@ -27,7 +28,7 @@ use edgesync_core::Crdt;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::now_ms;
 use edgesync_testkit::{
-    unique, workspace_binary, FaultProxy, Kafka, Mosquitto, Prometheus, Service,
+    unique, workspace_binary, Broker, FaultProxy, Kafka, Mosquitto, Prometheus, Service,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
@@ -36,6 +37,9 @@ use rdkafka::Message;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// The Kafka broker: `apache` (Apache Kafka, KRaft, one node) or `tansu` (SQLite).
+    #[arg(long, default_value = "apache")]
+    broker: Broker,
     /// Edge agents (each its own process, spool and link).
     #[arg(long, default_value_t = 8)]
     agents: usize,
@@ -152,9 +156,10 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<bool, String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
     let started = Instant::now();
-    println!("==> starting Mosquitto and the Kafka-protocol broker (tansu)");
+    let broker = args.broker.version();
+    println!("==> starting Mosquitto and the Kafka broker ({broker})");
     let m = Mosquitto::start().map_err(|x| e(&x))?;
-    let k = Kafka::start().map_err(|x| e(&x))?;
+    let k = Kafka::start_on(args.broker).map_err(|x| e(&x))?;
     let kafka = format!("kafka.bootstrap_servers={}", k.bootstrap());
     println!("==> timing the raw hops on these brokers (MQTT publish → subscriber, Kafka produce → consumer, fsync)");
     let raw_hops = [
@@ -490,6 +495,7 @@ fn run(args: &Args) -> Result<bool, String> {
         started.elapsed().as_secs()
     );
     println!("| | |\n|---|---|");
+    println!("| Kafka broker | {broker} |");
     println!("| events answered by agents (durable at the edge) | {total} |");
     println!("| delivered to edgesync.events | {delivered} |");
     println!("| missing / duplicated | {missing} / {duplicates} |");

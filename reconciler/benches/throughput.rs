@@ -1,8 +1,8 @@
 //! Reconciler throughput against a raw consume-and-produce passthrough of the same records,
 //! over the same broker, in the same run.
 //!
-//! `cargo bench -p edgesync-reconciler --bench throughput` starts the Kafka-protocol broker
-//! (tansu), writes N delta batches (100 devices, 100 events each, with G-counter and rollup
+//! `cargo bench -p edgesync-reconciler --bench throughput` starts a broker (Apache Kafka,
+//! single node, by default), writes N delta batches (100 devices, 100 events each, with G-counter and rollup
 //! deltas) to a deltas topic, then times:
 //!
 //! - **passthrough**: a consumer group reads the batch records and the reconciler's own
@@ -17,9 +17,9 @@
 //! Each run gets a fresh broker and the sides alternate over `RECONCILER_BENCH_ROUNDS` rounds
 //! (default 2); the means are compared. A third figure is the broker's own ceiling for one
 //! small record per event. `RECONCILER_BENCH_BATCHES` sets N (default 6,000 = 600k events;
-//! smaller runs are dominated by start-up). The broker keeps its log in memory
-//! (`RECONCILER_BENCH_STORAGE=sqlite` for its durable storage, whose per-record inserts cap
-//! it near 75k records/s on this machine): durability is not what this measures.
+//! smaller runs are dominated by start-up). `EDGESYNC_TEST_BROKER` picks the broker, as for
+//! the tests: `apache` (default), `tansu` (SQLite, whose per-record inserts cap it near 75k
+//! records/s on this machine) or `tansu-memory`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -34,9 +34,7 @@ use edgesync_core::{
     Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{
-    free_port, knob, metric_in, unique, Kafka, Managed, ProcessSpec, Ready, Storage,
-};
+use edgesync_testkit::{free_port, knob, metric_in, unique, Kafka, Managed, ProcessSpec, Ready};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
@@ -201,7 +199,7 @@ fn reconciler_producer(k: &Kafka) -> FutureProducer {
 /// The broker's own ceiling for one small record per event: `n` records of an event's size
 /// produced with the reconciler's producer settings, timed to the last delivery.
 fn record_ceiling(n: u64, size: usize) -> f64 {
-    let k = Kafka::start_with(storage()).unwrap();
+    let k = Kafka::start().unwrap();
     k.create_topic("bench.records", PARTITIONS, &[]).unwrap();
     let p = reconciler_producer(&k);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -231,18 +229,10 @@ fn record_ceiling(n: u64, size: usize) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The broker's storage: `RECONCILER_BENCH_STORAGE=sqlite|memory`.
-fn storage() -> Storage {
-    match knob("RECONCILER_BENCH_STORAGE", String::from("memory")).as_str() {
-        "sqlite" => Storage::Sqlite,
-        _ => Storage::Memory,
-    }
-}
-
 /// A fresh broker holding the N batches on `topic`, so that neither side runs on a broker
 /// already holding the other's records (tansu slows down as its log grows).
 fn broker_with(topic: &str, n: u64) -> Kafka {
-    let k = Kafka::start_with(storage()).unwrap();
+    let k = Kafka::start().unwrap();
     k.create_topic(topic, PARTITIONS, &[]).unwrap();
     if topic == "bench.deltas" {
         k.create_topic("bench.passthrough", PARTITIONS, &[])
@@ -278,8 +268,8 @@ fn main() {
     };
     let (raw, rec) = (mean(&raws), mean(&recs));
     println!(
-        "{n} batches x {PER} events from {DEVICES} devices, {rounds} rounds, a fresh broker per run ({:?} storage)",
-        storage()
+        "{n} batches x {PER} events from {DEVICES} devices, {rounds} rounds, a fresh broker per run ({})",
+        edgesync_testkit::Broker::from_env().map_or_else(|e| e.to_string(), |b| b.version())
     );
     println!("| | events/s (mean) | runs |");
     println!("|---|---|---|");

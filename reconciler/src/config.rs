@@ -37,6 +37,25 @@ pub struct Config {
     /// Shutdown grace period.
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
+    /// How the device stage writes each event to the events topic exactly once.
+    #[serde(default)]
+    pub exactly_once: ExactlyOnce,
+}
+
+/// `exactly_once`: the device stage's method (ARCHITECTURE.md compares them).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExactlyOnce {
+    /// `"read_back"`: the stage is the only writer of an events partition while it owns the
+    /// deltas partition; on assignment it reads back the events already there and does not
+    /// produce them again. Works on every Kafka-protocol broker.
+    #[default]
+    ReadBack,
+    /// `"transactions"`: per processed group and input partition one Kafka transaction holds
+    /// the events, state deltas, dead letters, acks and the input offsets; the transactional
+    /// id is `<device_group>-<partition>`, so the broker fences a zombie owner. Needs a broker
+    /// with transactions (Apache Kafka); readers use `isolation.level=read_committed`.
+    Transactions,
 }
 
 fn default_dir() -> PathBuf {
@@ -77,6 +96,14 @@ pub struct KafkaSection {
     pub device_group: String,
     /// Consumer group of the key stage.
     pub key_group: String,
+    /// Static group membership (KIP-345): the stages' consumers join as `<id>-device` and
+    /// `<id>-key`, so a restarted process is the same member and gets its partitions back at
+    /// once instead of after the dead member's session timeout (45 s). Unset: an id made on
+    /// first start and kept in the state store (one per state directory, which is one per
+    /// process). An empty string turns static membership off (brokers older than Kafka 2.3).
+    /// A static member does not leave its groups when it stops: a process removed for good
+    /// hands its partitions over after `session.timeout.ms`.
+    pub group_instance_id: Option<String>,
     /// Create missing topics (the deltas topic's partition count is used for the events topic,
     /// which must match it).
     pub create_topics: bool,
@@ -100,6 +127,7 @@ impl Default for KafkaSection {
             dlq_topic: "edgesync.dlq".into(),
             device_group: "edgesync-reconciler-device".into(),
             key_group: "edgesync-reconciler-key".into(),
+            group_instance_id: None,
             create_topics: true,
             partitions: 12,
             replication_factor: 1,

@@ -8,8 +8,8 @@
 //! write the touched replicas' states, the next input offset and the events checkpoint in one
 //! synced RocksDB batch; then commit the offsets to the group.
 //!
-//! Exactly-once events without transactions: the device stage is the only writer of events
-//! partition p while it owns deltas partition p. A crash between producing events and the
+//! Exactly-once events without transactions (`exactly_once = "read_back"`, the default): the
+//! device stage is the only writer of events partition p while it owns deltas partition p. A crash between producing events and the
 //! state write leaves events in Kafka that the restored state does not know it released. So
 //! on assignment the stage reads the events partition from its checkpoint to the end and
 //! records, per replica, the highest seq already there; re-released events up to it are not
@@ -17,6 +17,14 @@
 //! network partition but has not noticed may still write; every event carries its dot, so
 //! such a duplicate is identifiable, and `edgesync_reconciler_events_suppressed_total` and the
 //! reader-side check in the end-to-end tests detect it.
+//!
+//! With `exactly_once = "transactions"` each owned input partition p has its own transactional
+//! producer (id `<device_group>-<p>`), made on assignment: its `init_transactions` fences any
+//! earlier owner of p and ends that owner's open transaction, before the read-back (which reads
+//! committed records only). A group of p's records is then one transaction: events, deltas,
+//! dead letters, acks and p's next input offset (`send_offsets_to_transaction`), committed
+//! before the state write. A zombie's commit fails (fenced), and the stage stops; what it wrote
+//! in that transaction is aborted and invisible to `read_committed` readers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -25,8 +33,10 @@ use edgesync_core::{ReplicaId, VersionVector};
 use edgesync_protocol::{Server, ServerConfig};
 use edgesync_schemas::{Ack, DeadLetterReason, Framing, StateRecord};
 use edgesync_servicekit::now_ms;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::Message;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::Ledger;
@@ -53,6 +63,47 @@ pub struct DeviceConfig {
     pub server: ServerConfig,
     /// Clock skew beyond which a device is flagged.
     pub skew_bound_ms: u64,
+    /// `exactly_once = "transactions"`: how to make the transactional producers.
+    pub transactions: Option<Transactions>,
+}
+
+/// The device stage's transactional producers (one per owned input partition).
+#[derive(Clone, Debug)]
+pub struct Transactions {
+    /// Producer settings, without the transactional id.
+    pub producer: ClientConfig,
+    /// Ids are `<prefix>-<partition>` (the device group's name).
+    pub id_prefix: String,
+}
+
+/// How long a transaction call may block (init, commit, abort, offsets).
+const TXN_CALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Transactions {
+    /// Partition `p`'s producer, ready: `init_transactions` fences an earlier owner of `p` and
+    /// completes or aborts its open transaction.
+    fn open(&self, p: i32) -> Result<FutureProducer, Error> {
+        let id = format!("{}-{p}", self.id_prefix);
+        let producer: FutureProducer = self
+            .producer
+            .clone()
+            .set("transactional.id", &id)
+            .create()?;
+        producer.init_transactions(TXN_CALL)?;
+        tracing::info!(partition = p, transactional_id = %id, "transactional producer ready");
+        Ok(producer)
+    }
+}
+
+/// What applying a group of records produced and touched.
+#[derive(Default)]
+struct Applied {
+    acks: BTreeMap<ReplicaId, u64>,
+    touched: BTreeSet<(i32, ReplicaId)>,
+    offsets: BTreeMap<i32, i64>,
+    skews: BTreeMap<ReplicaId, i64>,
+    events: u64,
+    deltas: u64,
 }
 
 /// What the stage works with.
@@ -70,6 +121,8 @@ struct Owned {
     server: Server,
     /// Next input offset this process's state reflects.
     next: i64,
+    /// The partition's transactional producer (`exactly_once = "transactions"`).
+    txn: Option<FutureProducer>,
 }
 
 impl DeviceStage {
@@ -123,6 +176,8 @@ impl DeviceStage {
         rt: &tokio::runtime::Runtime,
     ) -> Result<(), Error> {
         let c = &self.cfg;
+        // First, so that a zombie owner is fenced before the events are read back.
+        let txn = c.transactions.as_ref().map(|t| t.open(p)).transpose()?;
         let server = Server::restore(c.server, self.io.store.replicas(&self.io.codec, p)?);
         let (local, start) = self.io.resume_points(Stage::Device, &c.deltas_topic, p)?;
         // Events this partition already holds beyond what the local state knows it released.
@@ -151,6 +206,7 @@ impl DeviceStage {
             Owned {
                 server,
                 next: local,
+                txn,
             },
         );
         self.ledger.update(
@@ -182,6 +238,7 @@ impl DeviceStage {
         Ok(())
     }
 
+    /// Processes polled records: as one group, or with transactions one group per partition.
     fn process(
         &self,
         msgs: Vec<OwnedMessage>,
@@ -189,14 +246,111 @@ impl DeviceStage {
         skip: &mut HashMap<ReplicaId, u64>,
         rt: &tokio::runtime::Runtime,
     ) -> Result<(), Error> {
-        let c = &self.cfg;
+        if self.cfg.transactions.is_none() {
+            return self.process_group(msgs, None, owned, skip, rt);
+        }
+        let mut parts: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
+        for m in msgs {
+            parts.entry(m.partition()).or_default().push(m);
+        }
+        for (p, part) in parts {
+            // A revoked partition has no producer: its records are the new owner's.
+            if let Some(txn) = owned.get(&p).and_then(|o| o.txn.clone()) {
+                self.process_group(part, Some(txn), owned, skip, rt)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One group: apply, make the outputs durable in Kafka (and, in a transaction, the input
+    /// offsets with them), then write the state and offsets in one synced batch.
+    fn process_group(
+        &self,
+        msgs: Vec<OwnedMessage>,
+        txn: Option<FutureProducer>,
+        owned: &mut HashMap<i32, Owned>,
+        skip: &mut HashMap<ReplicaId, u64>,
+        rt: &tokio::runtime::Runtime,
+    ) -> Result<(), Error> {
+        let producer = txn.as_ref().unwrap_or(&self.io.producer);
+        if let Some(t) = &txn {
+            t.begin_transaction()?;
+        }
         let now = now_ms();
-        let mut out = Out::default();
-        let mut acks: BTreeMap<ReplicaId, u64> = BTreeMap::new();
-        let mut touched: BTreeSet<(i32, ReplicaId)> = BTreeSet::new();
-        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut skews: BTreeMap<ReplicaId, i64> = BTreeMap::new();
-        let (mut n_events, mut n_deltas) = (0u64, 0u64);
+        let mut out = Out::new(producer);
+        let a = self.apply(msgs, &mut out, owned, skip, now)?;
+        let last_event = match &txn {
+            None => {
+                // Events, deltas and dead letters durable in Kafka before anything else.
+                let last = out.wait(rt)?;
+                let mut acks = Out::new(producer);
+                self.send_acks(&a.acks, &mut acks, now)?;
+                // Not awaited: the events they acknowledge are durable already, and a lost ack
+                // only makes the agent send again (saves a broker round trip per group).
+                acks.detach(rt, "ack", self.io.metrics.acks_failed.clone());
+                last
+            }
+            Some(t) => {
+                self.send_acks(&a.acks, &mut out, now)?;
+                if let Err(e) = self.commit_transaction(t, &a.offsets) {
+                    let _ = t.abort_transaction(TXN_CALL);
+                    return Err(e);
+                }
+                out.wait(rt)?
+            }
+        };
+        // Counted once Kafka has them.
+        self.io.metrics.events.inc_by(a.events);
+        self.io.metrics.deltas.inc_by(a.deltas);
+        self.io.metrics.acks.inc_by(a.acks.len() as u64);
+        self.persist(&a, &last_event, owned)?;
+        if txn.is_none() {
+            stage::commit(&self.io.consumer, &self.cfg.deltas_topic, &a.offsets);
+        }
+        self.ledger.update(a.touched.iter().filter_map(|(p, r)| {
+            owned
+                .get(p)
+                .and_then(|o| o.server.state(r))
+                .map(|s| (r.clone(), s.clone()))
+        }));
+        for (r, s) in &a.skews {
+            self.ledger.skew(r, *s);
+        }
+        Ok(())
+    }
+
+    /// The input offsets into the open transaction, then commit (which flushes its records).
+    fn commit_transaction(
+        &self,
+        t: &FutureProducer,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<(), Error> {
+        if !offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, o) in offsets {
+                tpl.add_partition_offset(&self.cfg.deltas_topic, *p, Offset::Offset(*o))?;
+            }
+            let group = self
+                .io
+                .consumer
+                .group_metadata()
+                .ok_or_else(|| Error::Replay("no consumer group metadata".into()))?;
+            t.send_offsets_to_transaction(&tpl, &group, TXN_CALL)?;
+        }
+        t.commit_transaction(TXN_CALL)?;
+        Ok(())
+    }
+
+    /// Applies each record to its partition's server and enqueues what it releases.
+    fn apply(
+        &self,
+        msgs: Vec<OwnedMessage>,
+        out: &mut Out,
+        owned: &mut HashMap<i32, Owned>,
+        skip: &mut HashMap<ReplicaId, u64>,
+        now: u64,
+    ) -> Result<Applied, Error> {
+        let mut a = Applied::default();
         for m in msgs {
             let p = m.partition();
             let Some(o) = owned.get_mut(&p) else {
@@ -206,13 +360,12 @@ impl DeviceStage {
                 continue; // already reflected in the local state
             }
             o.next = m.offset() + 1;
-            offsets.insert(p, o.next);
+            a.offsets.insert(p, o.next);
             self.io.metrics.batches.inc();
-            let payload = m.payload().unwrap_or_default();
-            let batch = match self.io.codec.decode_batch(payload) {
+            let batch = match self.io.codec.decode_batch(m.payload().unwrap_or_default()) {
                 Ok(b) => b,
                 Err(e) => {
-                    self.dead(&mut out, &m, DeadLetterReason::Undecodable, e.to_string());
+                    self.dead(out, &m, DeadLetterReason::Undecodable, e.to_string());
                     continue;
                 }
             };
@@ -223,42 +376,37 @@ impl DeviceStage {
                         String::from_utf8_lossy(k),
                         batch.replica().device
                     );
-                    self.dead(&mut out, &m, DeadLetterReason::DeviceMismatch, why);
+                    self.dead(out, &m, DeadLetterReason::DeviceMismatch, why);
                     continue;
                 }
             }
             let oldest_hlc = batch.events().iter().map(|e| e.hlc.wall_ms).min();
             let replica = batch.replica().clone();
-            let a = o.server.apply(batch, now);
-            self.io.metrics.duplicates.inc_by(a.duplicates as u64);
+            let applied = o.server.apply(batch, now);
+            self.io.metrics.duplicates.inc_by(applied.duplicates as u64);
             let done = skip.get(&replica).copied().unwrap_or(0);
             let mut last_skew = None;
-            let device = replica.device.as_str().as_bytes();
-            for e in &a.released {
+            for e in &applied.released {
                 if e.dot.seq <= done {
                     self.io.metrics.suppressed.inc();
                     continue;
                 }
                 let skew_ms = now as i64 - e.hlc.wall_ms as i64;
-                self.io.metrics.observe_skew(skew_ms, c.skew_bound_ms);
+                self.io
+                    .metrics
+                    .observe_skew(skew_ms, self.cfg.skew_bound_ms);
                 last_skew = Some(skew_ms);
                 let bytes = self.io.codec.encode_event(e, Framing::SingleObject)?;
-                out.send(
-                    &self.io.producer,
-                    &c.events_topic,
-                    Some(p),
-                    device,
-                    &bytes,
-                    true,
-                );
-                n_events += 1;
+                let device = replica.device.as_str().as_bytes();
+                out.send(&self.cfg.events_topic, Some(p), device, &bytes, true);
+                a.events += 1;
             }
-            if a.watermark >= done {
+            if applied.watermark >= done {
                 skip.remove(&replica);
             }
-            for (key, delta) in a.deltas {
+            for (key, delta) in applied.deltas {
                 let mut vv = VersionVector::new();
-                vv.observe(&replica, a.watermark);
+                vv.observe(&replica, applied.watermark);
                 let rec = StateRecord {
                     key: key.clone(),
                     state: delta,
@@ -271,70 +419,59 @@ impl DeviceStage {
                     .io
                     .codec
                     .encode_state_record(&rec, Framing::SingleObject)?;
-                out.send(
-                    &self.io.producer,
-                    &c.state_deltas_topic,
-                    None,
-                    key.as_bytes(),
-                    &bytes,
-                    false,
-                );
-                n_deltas += 1;
+                let topic = &self.cfg.state_deltas_topic;
+                out.send(topic, None, key.as_bytes(), &bytes, false);
+                a.deltas += 1;
             }
-            acks.insert(replica.clone(), a.watermark);
+            a.acks.insert(replica.clone(), applied.watermark);
             if let Some(s) = last_skew {
-                skews.insert(replica.clone(), s);
+                a.skews.insert(replica.clone(), s);
             }
-            touched.insert((p, replica));
+            a.touched.insert((p, replica));
         }
-        // Events, deltas and dead letters durable in Kafka before anything else.
-        let last_event = out.wait(rt)?;
-        // Counted once Kafka has them.
-        self.io.metrics.events.inc_by(n_events);
-        self.io.metrics.deltas.inc_by(n_deltas);
-        let mut acks_out = Out::default();
-        for (replica, watermark) in &acks {
+        Ok(a)
+    }
+
+    /// Enqueues each replica's new watermark on the acks topic.
+    fn send_acks(
+        &self,
+        acks: &BTreeMap<ReplicaId, u64>,
+        out: &mut Out,
+        now: u64,
+    ) -> Result<(), Error> {
+        for (replica, watermark) in acks {
             let bytes = self.io.codec.encode_ack(&Ack {
                 replica: replica.clone(),
                 watermark: *watermark,
                 acked_at_ms: now,
             })?;
-            acks_out.send(
-                &self.io.producer,
-                &c.acks_topic,
-                None,
-                replica.device.as_str().as_bytes(),
-                &bytes,
-                false,
-            );
+            let device = replica.device.as_str().as_bytes();
+            out.send(&self.cfg.acks_topic, None, device, &bytes, false);
         }
-        // Not awaited: the events they acknowledge are durable already, and a lost ack only
-        // makes the agent send again (saves a broker round trip per group).
-        acks_out.detach(rt, "ack", self.io.metrics.acks_failed.clone());
-        self.io.metrics.acks.inc_by(acks.len() as u64);
+        Ok(())
+    }
+
+    /// The touched replicas' states, the next input offsets and the events checkpoints in one
+    /// synced write.
+    fn persist(
+        &self,
+        a: &Applied,
+        last_event: &BTreeMap<i32, i64>,
+        owned: &HashMap<i32, Owned>,
+    ) -> Result<(), Error> {
         let mut b = Batch::default();
-        for (p, r) in &touched {
+        for (p, r) in &a.touched {
             if let Some(s) = owned.get(p).and_then(|o| o.server.state(r)) {
                 b.replica(&self.io.codec, *p, r, s)?;
             }
         }
-        for (p, next) in &offsets {
+        for (p, next) in &a.offsets {
             b.offset(Stage::Device, *p, *next);
         }
-        for (p, off) in &last_event {
+        for (p, off) in last_event {
             b.checkpoint(*p, off + 1);
         }
         self.io.store.commit(b)?;
-        stage::commit(&self.io.consumer, &c.deltas_topic, &offsets);
-        self.ledger.update(touched.iter().filter_map(|(p, r)| {
-            owned
-                .get(p)
-                .and_then(|o| o.server.state(r))
-                .map(|s| (r.clone(), s.clone()))
-        }));
-        for (r, s) in &skews {
-            self.ledger.skew(r, *s);
-        }
         Ok(())
     }
 

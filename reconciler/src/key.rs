@@ -103,7 +103,7 @@ impl KeyStage {
     ) -> Result<(), Error> {
         let c = &self.cfg;
         let now = now_ms();
-        let mut out = Out::default();
+        let mut out = Out::new(&self.io.producer);
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut dirty: BTreeMap<String, StateRecord> = BTreeMap::new();
         for m in msgs {
@@ -159,14 +159,7 @@ impl KeyStage {
                 .io
                 .codec
                 .encode_state_record(&s, Framing::SingleObject)?;
-            out.send(
-                &self.io.producer,
-                &c.state_topic,
-                None,
-                key.as_bytes(),
-                &bytes,
-                false,
-            );
+            out.send(&c.state_topic, None, key.as_bytes(), &bytes, false);
             b.state(&self.io.codec, &s)?;
             self.io.metrics.states.inc();
         }

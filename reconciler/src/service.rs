@@ -19,8 +19,8 @@ use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, KafkaSection};
-use crate::device::{DeviceConfig, DeviceStage};
+use crate::config::{Config, ExactlyOnce, KafkaSection};
+use crate::device::{DeviceConfig, DeviceStage, Transactions};
 use crate::key::{KeyConfig, KeyStage};
 use crate::ledger::Ledger;
 use crate::metrics::ReconcilerMetrics;
@@ -37,6 +37,9 @@ pub enum ServiceError {
     /// The codec could not be built.
     #[error("codec: {0}")]
     Codec(String),
+    /// The system's randomness could not be read (for a new group instance id).
+    #[error("read random bits for the group instance id: {0}")]
+    Random(#[source] std::io::Error),
     /// The HTTP server failed.
     #[error("http: {0}")]
     Http(#[source] std::io::Error),
@@ -46,6 +49,11 @@ pub enum ServiceError {
 /// `acks=all`, the Java client's key hashing, retrying without a deadline; every
 /// `[kafka.properties]` entry wins.
 pub fn producer(k: &KafkaSection) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    producer_config(k).create()
+}
+
+/// The settings of [`producer`].
+pub fn producer_config(k: &KafkaSection) -> rdkafka::ClientConfig {
     client_config(
         &[
             ("enable.idempotence", "true"),
@@ -58,7 +66,27 @@ pub fn producer(k: &KafkaSection) -> Result<FutureProducer, rdkafka::error::Kafk
         &k.bootstrap_servers,
         &k.properties,
     )
-    .create()
+}
+
+/// The device stage's transactional producers' settings: [`producer_config`] with a delivery
+/// deadline (librdkafka refuses an unbounded one in a transaction): the transaction timeout
+/// unless `[kafka.properties]` sets one.
+fn transactions(cfg: &Config) -> Option<Transactions> {
+    (cfg.exactly_once == ExactlyOnce::Transactions).then(|| {
+        let k = &cfg.kafka;
+        let mut producer = producer_config(k);
+        if !k.properties.contains_key("message.timeout.ms") {
+            let txn_timeout = k
+                .properties
+                .get("transaction.timeout.ms")
+                .map_or("60000", String::as_str);
+            producer.set("message.timeout.ms", txn_timeout);
+        }
+        Transactions {
+            producer,
+            id_prefix: k.device_group.clone(),
+        }
+    })
 }
 
 /// The deltas topic's partition count, if it exists.
@@ -107,10 +135,25 @@ pub async fn run(
     let store = Arc::new(Store::open(&cfg.state_dir).map_err(Error::from)?);
     let ledger = Arc::new(Ledger::new(cfg.clock_skew_bound_ms));
     let producer = producer(k).map_err(Error::from)?;
+    let instance = match &k.group_instance_id {
+        Some(id) => id.clone(),
+        None => {
+            let fresh = edgesync_servicekit::random_u64().map_err(ServiceError::Random)?;
+            store.instance_id(fresh).map_err(Error::from)?
+        }
+    };
+    tracing::info!(group_instance_id = %instance, "static group membership");
 
     // Each stage: its own group consumer and reader, the shared codec, store, producer, metrics.
     let io = |stage_name: &str, group: &str, topic: &str| -> Result<stage::Io, Error> {
-        let (consumer, ctx) = stage::group_consumer(&base, group, topic, metrics.lag(stage_name))?;
+        let member = (!instance.is_empty()).then(|| format!("{instance}-{stage_name}"));
+        let (consumer, ctx) = stage::group_consumer(
+            &base,
+            group,
+            member.as_deref(),
+            topic,
+            metrics.lag(stage_name),
+        )?;
         Ok(stage::Io {
             codec: Arc::clone(&codec),
             store: Arc::clone(&store),
@@ -133,6 +176,7 @@ pub async fn run(
                 max_pending_per_replica: cfg.max_pending_per_replica,
             },
             skew_bound_ms: cfg.clock_skew_bound_ms,
+            transactions: transactions(&cfg),
         },
         io: io("device", &k.device_group, &k.deltas_topic)?,
         ledger: Arc::clone(&ledger),

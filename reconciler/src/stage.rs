@@ -86,11 +86,12 @@ impl ConsumerContext for Ctx {
     }
 }
 
-/// A consumer in `group` subscribed to `topic`, committing only when told; its lag on
-/// `topic` goes to `lag`.
+/// A consumer in `group` (as static member `instance` when given) subscribed to `topic`,
+/// committing only when told; its lag on `topic` goes to `lag`.
 pub fn group_consumer(
     base: &ClientConfig,
     group: &str,
+    instance: Option<&str>,
     topic: &str,
     lag: Gauge,
 ) -> Result<(BaseConsumer<Ctx>, Ctx), KafkaError> {
@@ -111,6 +112,9 @@ pub fn group_consumer(
         // An idle fetch returns after at most this long (librdkafka waits 500 ms by default,
         // which would be the pipeline's latency floor); operators can raise it back.
         .set("fetch.wait.max.ms", "10");
+    if let Some(id) = instance {
+        c.set("group.instance.id", id);
+    }
     let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx.clone())?;
     consumer.subscribe(&[topic])?;
     Ok((consumer, ctx))
@@ -144,7 +148,8 @@ pub fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> Result<(i64, i64), K
 }
 
 /// Reads `topic`/`p` from `from` up to `to` (exclusive), handing records to `f` in groups of
-/// at most `group`.
+/// at most `group`. The reader's position counts too: a transaction's commit or abort marker
+/// takes an offset but is never delivered, so the last record can lie below `to`.
 pub fn read_range(
     r: &BaseConsumer,
     topic: &str,
@@ -174,6 +179,7 @@ pub fn read_range(
                 }
             }
             Some(Err(e)) => return Err(e.into()),
+            None if position(r, topic, p)?.is_some_and(|pos| pos >= to) => break,
             None if idle.elapsed() > Duration::from_secs(30) => {
                 return Err(crate::Error::Replay(format!(
                     "{topic}/{p}: stuck at {next} of {to}"
@@ -189,9 +195,19 @@ pub fn read_range(
     Ok(())
 }
 
-/// Records to produce, and a wait for all of them.
-#[derive(Default)]
+/// The reader's next offset in `topic`/`p`, once it has one.
+fn position(r: &BaseConsumer, topic: &str, p: i32) -> Result<Option<i64>, KafkaError> {
+    Ok(r.position()?
+        .find_partition(topic, p)
+        .and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }))
+}
+
+/// Records to produce with one producer, and a wait for all of them.
 pub struct Out {
+    producer: FutureProducer,
     pending: Vec<(DeliveryFuture, Option<i32>)>,
 }
 
@@ -204,11 +220,18 @@ impl std::fmt::Debug for Out {
 }
 
 impl Out {
+    /// Nothing yet, to be produced with `producer`.
+    pub fn new(producer: &FutureProducer) -> Self {
+        Self {
+            producer: producer.clone(),
+            pending: Vec::new(),
+        }
+    }
+
     /// Enqueues a record (waiting while librdkafka's queue is full); `track` marks records
     /// whose partition/offset the caller wants back.
     pub fn send(
         &mut self,
-        producer: &FutureProducer,
         topic: &str,
         partition: Option<i32>,
         key: &[u8],
@@ -220,7 +243,7 @@ impl Out {
             if let Some(p) = partition {
                 rec = rec.partition(p);
             }
-            match producer.send_result(rec) {
+            match self.producer.send_result(rec) {
                 Ok(d) => {
                     self.pending
                         .push((d, track.then_some(partition.unwrap_or(-1))));
@@ -376,14 +399,7 @@ impl Io {
             .encode_dead_letter(&d, edgesync_schemas::Framing::SingleObject)
         {
             Ok(bytes) => {
-                out.send(
-                    &self.producer,
-                    dlq_topic,
-                    None,
-                    m.key().unwrap_or_default(),
-                    &bytes,
-                    false,
-                );
+                out.send(dlq_topic, None, m.key().unwrap_or_default(), &bytes, false);
                 self.metrics.dead(reason);
             }
             // Cannot happen for a well-formed record; the record is skipped, as before.

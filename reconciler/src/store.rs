@@ -4,7 +4,8 @@
 //!
 //! Keys: `o/<stage>/<partition>` next input offset; `c/<partition>` next offset of the events
 //! partition after the last event this store knows was emitted; `r/<partition>/<device>\0
-//! <incarnation>` a replica's state; `s/<key>` a key's converged state record.
+//! <incarnation>` a replica's state; `s/<key>` a key's converged state record; `i` this
+//! store's group instance id (UTF-8), made once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -152,6 +153,25 @@ impl Store {
         Ok(Self {
             db: DB::open(&opts, dir)?,
         })
+    }
+
+    /// This store's identity in the consumer groups (static membership, KIP-345): made from
+    /// the random bits `fresh` and written durably on first use, the same on every later start, so a
+    /// restarted process is the same member and takes its partitions back at once. A new state
+    /// directory is a new member.
+    pub fn instance_id(&self, fresh: u64) -> Result<String, StoreError> {
+        const KEY: &[u8] = b"i";
+        if let Some(v) = self.db.get(KEY)? {
+            return String::from_utf8(v).map_err(|e| StoreError::Corrupt {
+                what: "instance id".into(),
+                why: e.to_string(),
+            });
+        }
+        let id = format!("edgesync-reconciler-{fresh:016x}");
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db.put_opt(KEY, id.as_bytes(), &w)?;
+        Ok(id)
     }
 
     /// Writes `b` durably (one fsync).

@@ -1,7 +1,10 @@
-//! The `edgesync-reconciler` binary on the real Kafka-protocol broker (tansu on SQLite):
-//! duplicated and reordered batches, a poison record, `kill -9` mid-stream, and a second
-//! process joining the group — checked by history: every dot once in the events topic, in
-//! dot order per replica, and converged state equal to the reference.
+//! The `edgesync-reconciler` binary on real brokers (Apache Kafka; the tests that prove the
+//! exactly-once paths also on tansu): duplicated and reordered batches, a poison record,
+//! `kill -9` mid-stream, and a second process joining the group, with the default read-back
+//! method and with Kafka transactions; a hung owner fenced by its successor; a restart that
+//! takes its partitions back at once on the shipped group settings — checked by history:
+//! every dot once in the events topic, in dot order per replica, and converged state equal to
+//! the reference.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,7 +16,7 @@ use edgesync_core::{
     Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, DeadLetterReason, Limits};
-use edgesync_testkit::{Kafka, Record, Service};
+use edgesync_testkit::{on_both_brokers, outside_python, Broker, Kafka, Record, Service};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync-reconciler");
@@ -158,9 +161,14 @@ fn latest_state(
     last
 }
 
-#[test]
-fn duplicated_and_reordered_batches_give_each_event_once_in_order_and_converged_state() {
-    let k = Kafka::start().unwrap();
+on_both_brokers!(
+    duplicated_and_reordered_batches_give_each_event_once_in_order_and_converged_state,
+    kill_9_mid_stream_and_a_second_process_leave_no_dot_missing_or_doubled,
+    a_restarted_process_takes_its_partitions_back_at_once,
+);
+
+fn duplicated_and_reordered_batches_give_each_event_once_in_order_and_converged_state(b: Broker) {
+    let k = Kafka::start_on(b).unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
     let p = producer(&k);
     let devices = ["pump-1", "pump-2", "pump-3"];
@@ -204,15 +212,52 @@ fn duplicated_and_reordered_batches_give_each_event_once_in_order_and_converged_
     drop(r);
 }
 
+fn kill_9_mid_stream_and_a_second_process_leave_no_dot_missing_or_doubled(b: Broker) {
+    kill_9_and_a_second_process(&Kafka::start_on(b).unwrap(), &[]);
+}
+
 #[test]
-fn kill_9_mid_stream_and_a_second_process_leave_no_dot_missing_or_doubled() {
-    let k = Kafka::start().unwrap();
+fn with_transactions_kill_9_mid_transaction_and_a_rebalance_leave_no_dot_missing_or_doubled() {
+    let k = Kafka::start_on(Broker::Apache).unwrap();
+    kill_9_and_a_second_process(&k, &[r#"exactly_once="transactions""#]);
+    // An outside reader (PyPI confluent-kafka) with read_committed sees each dot once too.
+    let seen = outside_seqs(&k, "read_committed", 6 * 40 * 10);
+    assert_eq!(seen.len(), 6);
+    for (device, seqs) in seen {
+        assert_eq!(seqs, (1..=400).collect::<Vec<_>>(), "{device}");
+    }
+}
+
+/// The seqs per device in the events topic as the outside reader (`tests/python/
+/// read_outputs.py`: PyPI confluent-kafka + fastavro, only the .avsc files) sees them with
+/// `isolation`.
+fn outside_seqs(k: &Kafka, isolation: &str, total: usize) -> BTreeMap<String, Vec<u64>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = outside_python([
+        root.join("tests/python/read_outputs.py").into_os_string(),
+        "--bootstrap".into(),
+        k.bootstrap().into(),
+        "--schemas".into(),
+        root.join("schemas/avro").into_os_string(),
+        "--events".into(),
+        total.to_string().into(),
+        "--isolation".into(),
+        isolation.into(),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    serde_json::from_value(v["events"].clone()).unwrap()
+}
+
+/// `kill -9` of the only reconciler after a quarter of the stream (mid-group: with
+/// transactions, mid-transaction), a restart, and a second process joining at two thirds.
+fn kill_9_and_a_second_process(k: &Kafka, more: &[&str]) {
     let codec = Codec::new(Limits::default()).unwrap();
-    let p = producer(&k);
+    let p = producer(k);
     let devices = ["pump-a", "pump-b", "pump-c", "pump-d", "pump-e", "pump-f"];
     let (n, per) = (40u64, 10u64);
     let all: Vec<Vec<Vec<u8>>> = devices.iter().map(|d| batches(&codec, d, n, per)).collect();
-    let mut r = start(&k, "a");
+    let mut r = start_with(k, "a", more);
     let mut second = None;
     for i in 0..n as usize {
         for (d, bs) in devices.iter().zip(&all) {
@@ -227,17 +272,17 @@ fn kill_9_mid_stream_and_a_second_process_leave_no_dot_missing_or_doubled() {
         if i == 25 {
             // A second process joins: the group rebalances in the middle of the stream.
             p.flush(Duration::from_secs(10)).unwrap();
-            second = Some(start(&k, "b"));
+            second = Some(start_with(k, "b", more));
             std::thread::sleep(Duration::from_millis(500));
         }
     }
     p.flush(Duration::from_secs(10)).unwrap();
     let total = (devices.len() as u64 * n * per) as usize;
-    let recs = read(&k, "edgesync.events", Duration::from_secs(120), |r| {
+    let recs = read(k, "edgesync.events", Duration::from_secs(120), |r| {
         r.len() >= total
     });
     std::thread::sleep(Duration::from_secs(2)); // a late duplicate would show up now
-    let recs2 = read(&k, "edgesync.events", Duration::from_secs(5), |r| {
+    let recs2 = read(k, "edgesync.events", Duration::from_secs(5), |r| {
         r.len() > recs.len()
     });
     check_events(&dots(&codec, &recs2), &devices, n * per);
@@ -249,7 +294,7 @@ fn kill_9_mid_stream_and_a_second_process_leave_no_dot_missing_or_doubled() {
         "fleet/readings".into(),
         u128::from(devices.len() as u64 * n * per),
     );
-    assert_eq!(latest_state(&codec, &k, expect.len(), &expect), expect);
+    assert_eq!(latest_state(&codec, k, expect.len(), &expect), expect);
     assert!(second.is_some());
 }
 
@@ -400,5 +445,95 @@ fn consumer_lag_shows_a_backlog_and_returns_to_zero() {
             lag()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// On the shipped group settings (45 s session timeout): a reconciler restarted after
+/// `kill -9`, even twice within one session timeout, is the same static member and resumes
+/// delivery at once, instead of waiting out its dead predecessor's session.
+fn a_restarted_process_takes_its_partitions_back_at_once(b: Broker) {
+    let k = Kafka::start_on(b).unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let p = producer(&k);
+    let devices = ["st-a", "st-b", "st-c", "st-d"];
+    let all: Vec<Vec<Vec<u8>>> = devices.iter().map(|d| batches(&codec, d, 4, 10)).collect();
+    let mut r = start(&k, "static");
+    let round = |i: usize, r: &Service| {
+        for (d, bs) in devices.iter().zip(&all) {
+            send(&p, d, &bs[i]);
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+        let want = devices.len() * 10 * (i + 1);
+        let since = Instant::now();
+        let got = read(&k, "edgesync.events", Duration::from_secs(20), |recs| {
+            recs.len() >= want
+        });
+        assert!(
+            got.len() >= want,
+            "round {i}: {} of {want} events after {:?}; log:\n{}",
+            got.len(),
+            since.elapsed(),
+            r.process.log_tail(30)
+        );
+    };
+    round(0, &r);
+    r.process.kill9();
+    r.process.restart().unwrap();
+    round(1, &r);
+    // Two crashes within one session timeout.
+    r.process.kill9();
+    r.process.restart().unwrap();
+    r.process.kill9();
+    r.process.restart().unwrap();
+    round(2, &r);
+    round(3, &r);
+    let recs = read(&k, "edgesync.events", Duration::from_secs(5), |_| false);
+    check_events(&dots(&codec, &recs), &devices, 40);
+}
+
+/// With transactions: the owner hangs (SIGSTOP) while working through a backlog, a second
+/// process takes its partitions once its session expires (the shipped 45 s), and its
+/// `init_transactions` fences the hung one. Resumed, the hung process cannot commit what it
+/// had open; `read_committed` readers see every dot once, in order.
+#[test]
+fn with_transactions_a_hung_owner_is_fenced_and_no_dot_is_doubled() {
+    let k = Kafka::start_on(Broker::Apache).unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let p = producer(&k);
+    let devices = ["z-a", "z-b", "z-c", "z-d", "z-e", "z-f"];
+    let (n, per) = (150u64, 10u64);
+    let txn = r#"exactly_once="transactions""#;
+    let all: Vec<Vec<Vec<u8>>> = devices.iter().map(|d| batches(&codec, d, n, per)).collect();
+    let mut a = start_with(&k, "zombie", &[txn, "max_group_records=50"]);
+    for i in 0..n as usize {
+        for (d, bs) in devices.iter().zip(&all) {
+            send(&p, d, &bs[i]);
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    read(&k, "edgesync.events", Duration::from_secs(60), |r| {
+        r.len() >= 1000
+    });
+    a.process.pause().unwrap();
+    let b = start_with(&k, "successor", &[txn, "max_group_records=50"]);
+    let total = devices.len() * (n * per) as usize;
+    let recs = read(&k, "edgesync.events", Duration::from_secs(120), |r| {
+        r.len() >= total
+    });
+    assert!(
+        recs.len() >= total,
+        "{} of {total}; successor log:\n{}",
+        recs.len(),
+        b.process.log_tail(30)
+    );
+    a.process.resume().unwrap();
+    std::thread::sleep(Duration::from_secs(5)); // whatever the zombie can still do, it does now
+    let fenced = a.process.log_tail(200).contains("fenced");
+    eprintln!("the hung process was fenced on resume: {fenced}");
+    let recs = read(&k, "edgesync.events", Duration::from_secs(10), |_| false);
+    check_events(&dots(&codec, &recs), &devices, n * per);
+    let seen = outside_seqs(&k, "read_committed", total);
+    for d in devices {
+        assert_eq!(seen[d], (1..=n * per).collect::<Vec<_>>(), "{d}");
     }
 }

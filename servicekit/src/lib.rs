@@ -26,6 +26,14 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// 64 random bits from the kernel (`/dev/urandom`): identities chosen once and stored, such as
+/// a spool's incarnation or a reconciler's group instance id.
+pub fn random_u64() -> std::io::Result<u64> {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     tracing_subscriber::fmt()

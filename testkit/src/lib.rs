@@ -4,8 +4,10 @@
 //!
 //! - [`Mosquitto`]: a Mosquitto broker from a generated config (listener on a free port,
 //!   persistence directory, optional password and ACL files).
-//! - [`Kafka`]: the Kafka-protocol broker (`tansu`, installed by `scripts/setup`) on a free port,
-//!   on durable SQLite storage or in memory, with topic creation through the Kafka admin API.
+//! - [`Kafka`]: a Kafka broker on free ports, with topic creation through the admin API and a
+//!   reader: Apache Kafka in KRaft mode from the jars `scripts/setup` installs (one node by
+//!   default, or a 3-node cluster whose nodes can be killed, hung and restarted), or tansu
+//!   (durable SQLite storage or in memory), the second broker the suite checks.
 //! - [`FaultProxy`]: a TCP proxy between a client and a broker that can cut, blackhole, reset,
 //!   delay and throttle traffic, and counts bytes in each direction.
 //! - [`Prometheus`]: Prometheus on the project's own `deploy/prometheus/` config and alert
@@ -26,7 +28,7 @@ mod proxy;
 mod services;
 mod tls;
 
-pub use kafka::{Kafka, Record, Storage};
+pub use kafka::{Broker, Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::{knob, outside_python, unique};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
@@ -38,7 +40,7 @@ pub use tls::TestPki;
 use std::time::Duration;
 
 /// How long anything may take to become ready.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What went wrong while setting up a test fixture.
 #[derive(Debug, thiserror::Error)]
@@ -88,4 +90,23 @@ pub enum Error {
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
+}
+
+/// Defines one test per broker for each named function `fn name(broker: Broker)` in scope:
+/// `name::apache` (Apache Kafka, the reference) and `name::tansu` (tansu on SQLite), so a
+/// regression on either broker fails the suite.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn apache() {
+                super::$name($crate::Broker::Apache)
+            }
+            #[test]
+            fn tansu() {
+                super::$name($crate::Broker::Tansu($crate::Storage::Sqlite))
+            }
+        }
+    )*};
 }

@@ -1,5 +1,6 @@
 //! Unique names for topics, groups and client ids, so tests never see each other's data.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,6 +25,15 @@ pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// Where `scripts/setup` keeps tools: `EDGESYNC_HOME`, by default `~/.cache/edgesync`.
+pub fn tools_home() -> PathBuf {
+    std::env::var_os("EDGESYNC_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/edgesync")
+        })
+}
+
 /// Runs the outside client's Python (the virtualenv `scripts/setup` makes: PyPI's
 /// confluent-kafka and fastavro; `EDGESYNC_PYTHON` overrides) with `args`; its standard output,
 /// or an error carrying its standard error.
@@ -32,10 +42,8 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let python = std::env::var("EDGESYNC_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_default();
-        format!("{home}/.cache/edgesync/venv/bin/python")
-    });
+    let python = std::env::var("EDGESYNC_PYTHON")
+        .unwrap_or_else(|_| tools_home().join("venv/bin/python").display().to_string());
     let out = std::process::Command::new(&python)
         .args(args)
         .output()

@@ -83,12 +83,23 @@ fn http_ok(addr: SocketAddr, path: &str) -> bool {
 impl Managed {
     /// Starts the process and waits until it is ready.
     pub fn start(spec: ProcessSpec) -> Result<Self, Error> {
-        let mut m = Self { spec, child: None };
-        m.spawn()?;
+        let mut m = Self::launch(spec)?;
+        m.wait_ready()?;
         Ok(m)
     }
 
-    fn spawn(&mut self) -> Result<(), Error> {
+    /// Starts the process without waiting until it is ready (for processes that become ready
+    /// only together, like the voters of a Kafka quorum); [`Managed::wait_ready`] waits.
+    pub fn launch(spec: ProcessSpec) -> Result<Self, Error> {
+        let mut m = Self { spec, child: None };
+        m.relaunch()?;
+        Ok(m)
+    }
+
+    /// Starts the process again with the same spec (same data directory), without waiting;
+    /// kills it first if it runs.
+    pub fn relaunch(&mut self) -> Result<(), Error> {
+        self.kill9();
         let s = &self.spec;
         let log = File::options()
             .create(true)
@@ -122,10 +133,12 @@ impl Managed {
             },
         })?;
         self.child = Some(child);
-        self.wait_ready()
+        Ok(())
     }
 
-    fn wait_ready(&mut self) -> Result<(), Error> {
+    /// Waits until the process is ready, or fails if it exits first or takes longer than
+    /// [`crate::READY_TIMEOUT`].
+    pub fn wait_ready(&mut self) -> Result<(), Error> {
         let deadline = Instant::now() + crate::READY_TIMEOUT;
         loop {
             if let Some(status) = self
@@ -200,8 +213,37 @@ impl Managed {
 
     /// Starts the process again with the same spec (same data directory) and waits until ready.
     pub fn restart(&mut self) -> Result<(), Error> {
-        self.kill9();
-        self.spawn()
+        self.relaunch()?;
+        self.wait_ready()
+    }
+
+    /// SIGSTOP: the process hangs (holds its sockets, answers nothing) until
+    /// [`Managed::resume`].
+    pub fn pause(&mut self) -> Result<(), Error> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT after [`Managed::pause`].
+    pub fn resume(&mut self) -> Result<(), Error> {
+        self.signal("CONT")
+    }
+
+    fn signal(&mut self, name: &str) -> Result<(), Error> {
+        let pid = self.pid().ok_or_else(|| Error::Command {
+            command: format!("kill -{name}"),
+            output: format!("{} is not running", self.spec.name),
+        })?;
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .map_err(io(format!("kill -{name} {pid}")))?;
+        if !status.success() {
+            return Err(Error::Command {
+                command: format!("kill -{name} {pid}"),
+                output: status.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The last `lines` lines of the process's log.

@@ -15,49 +15,6 @@ use rumqttc::{Event, Packet, QoS};
 const T: Duration = Duration::from_secs(20);
 
 #[test]
-fn committed_offsets_survive_a_consumer_restart() {
-    let k = Kafka::start().unwrap();
-    let t = topic(&k, 2);
-    let keys = keys("k", 0..100);
-    produce(&k, &t, &keys);
-    let group = unique("g");
-    let first = {
-        let c = consumer(&k, &group, &t);
-        consume(&c, 40, T, true)
-        // dropped: the consumer leaves the group; only its commits remain
-    };
-    assert_eq!(first.len(), 40);
-    let c = consumer(&k, &group, &t);
-    let rest = consume(&c, 60, T, true);
-    let mut seen: Vec<String> = first.iter().chain(&rest).map(|r| r.key.clone()).collect();
-    seen.sort();
-    assert_eq!(
-        seen, keys,
-        "every record once: nothing lost, nothing re-delivered"
-    );
-    assert!(consume(&c, 1, Duration::from_secs(2), false).is_empty());
-}
-
-#[test]
-fn a_broker_kill_9_on_durable_storage_loses_no_acknowledged_record() {
-    let mut k = Kafka::start().unwrap();
-    let t = topic(&k, 3);
-    let keys = keys("durable", 0..200);
-    let acked = produce(&k, &t, &keys);
-    assert_eq!(acked.len(), 200);
-    let pid = k.process().pid().unwrap();
-    k.process().restart().unwrap(); // kill -9, then start on the same SQLite file
-    assert!(!alive(pid));
-    let c = consumer(&k, &unique("g"), &t);
-    let mut got: Vec<String> = consume(&c, 200, T, false)
-        .into_iter()
-        .map(|r| r.key)
-        .collect();
-    got.sort();
-    assert_eq!(got, keys);
-}
-
-#[test]
 fn mqtt_qos1_and_retained_messages_flow_through_mosquitto() {
     let m = Mosquitto::start().unwrap();
     let publisher = mqtt(m.addr(), &unique("pub"));

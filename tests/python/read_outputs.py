@@ -10,6 +10,10 @@ Prints one JSON document: per device the seqs found in the events topic (topic o
 key the latest converged counter value in the state topic.
 
     read_outputs.py --bootstrap 127.0.0.1:9092 --schemas schemas/avro --events N
+        [--isolation read_committed|read_uncommitted]
+
+read_committed (the default, as for Kafka's own clients) skips records of aborted
+transactions, which the reconciler's exactly_once = "transactions" relies on.
 """
 
 import argparse
@@ -36,9 +40,10 @@ def decode(schema, fp, data):
     return fastavro.schemaless_reader(io.BytesIO(data[10:]), schema)
 
 
-def read_all(bootstrap, topic, enough, idle_s=3.0, timeout_s=60.0):
+def read_all(bootstrap, topic, enough, isolation, idle_s=3.0, timeout_s=60.0):
     c = Consumer({
         "bootstrap.servers": bootstrap,
+        "isolation.level": isolation,
         "group.id": f"analytics-{topic}-{time.time_ns()}",
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
@@ -64,17 +69,20 @@ def main():
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--schemas", required=True)
     ap.add_argument("--events", type=int, required=True, help="events expected at least")
+    ap.add_argument("--isolation", default="read_committed",
+                    choices=["read_committed", "read_uncommitted"])
     args = ap.parse_args()
     event_schema, event_fp = load(args.schemas, "event.avsc")
     state_schema, state_fp = load(args.schemas, "state_record.avsc")
 
     events = {}
-    for raw in read_all(args.bootstrap, "edgesync.events", lambda r: len(r) >= args.events):
+    for raw in read_all(args.bootstrap, "edgesync.events", lambda r: len(r) >= args.events,
+                        args.isolation):
         e = decode(event_schema, event_fp, raw)
         events.setdefault(e["device"], []).append(e["seq"])
 
     state = {}
-    for raw in read_all(args.bootstrap, "edgesync.state", lambda r: len(r) > 0):
+    for raw in read_all(args.bootstrap, "edgesync.state", lambda r: len(r) > 0, args.isolation):
         s = decode(state_schema, state_fp, raw)
         if s["kind"] in ("G_COUNTER", "PN_COUNTER"):
             state[s["key"]] = s["counter"]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edgesync_testkit::{workspace_binary, Kafka, Mosquitto, Prometheus, Service, Storage};
+use edgesync_testkit::{workspace_binary, Kafka, Mosquitto, Prometheus, Service};
 
 fn deploy(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -116,7 +116,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> Result<(), St
 fn prometheus_scrapes_every_service_and_evaluates_every_rule_and_panel() {
     let m = Mosquitto::start().unwrap();
     // Durability is not under test here.
-    let k = Kafka::start_with(Storage::Memory).unwrap();
+    let k = Kafka::start().unwrap();
     let kafka = format!("kafka.bootstrap_servers={}", k.bootstrap());
     let reconciler = Service::start(
         workspace_binary("edgesync-reconciler"),

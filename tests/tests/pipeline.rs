@@ -1,5 +1,5 @@
 //! The whole pipeline as processes on real brokers: edge agents → Mosquitto → bridge → Kafka
-//! (tansu on SQLite) → reconciler → events and converged state, acknowledgements back to the
+//! (Apache Kafka, and again on tansu on SQLite) → reconciler → events and converged state, acknowledgements back to the
 //! agents. Six agents reach Mosquitto through fault proxies that add latency, throttle
 //! bandwidth and cut links, while the bridge, the reconciler, one agent, Mosquitto and the
 //! Kafka broker are each killed with `kill -9` and restarted. Checked by history: every event
@@ -15,11 +15,9 @@ use edgesync_core::Crdt;
 use edgesync_schemas::StateRecord;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{
-    outside_python, workspace_binary, FaultProxy, Kafka, Mosquitto, Record, Service,
+    on_both_brokers, outside_python, workspace_binary, Broker, FaultProxy, Kafka, Mosquitto,
+    Record, Service,
 };
-
-const FAST_GROUPS: &str =
-    r#"kafka.properties={ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }"#;
 
 fn binary(name: &str) -> std::path::PathBuf {
     let p = workspace_binary(name);
@@ -76,10 +74,13 @@ fn read(
     k.read_topic(topic, timeout, done).unwrap()
 }
 
-#[test]
-fn agents_to_converged_state_through_kill_9_of_every_component() {
+on_both_brokers!(agents_to_converged_state_through_kill_9_of_every_component);
+
+/// The services run on their shipped group settings: a restarted reconciler or bridge is the
+/// same static group member and takes its partitions back at once.
+fn agents_to_converged_state_through_kill_9_of_every_component(b: Broker) {
     let mut m = Mosquitto::start().unwrap();
-    let mut k = Kafka::start().unwrap();
+    let mut k = Kafka::start_on(b).unwrap();
     let codec = Codec::new(Limits::default()).unwrap();
     let kafka = format!("kafka.bootstrap_servers={}", k.bootstrap());
     let mut reconciler = Service::start(
@@ -90,8 +91,6 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
             kafka.clone(),
             "kafka.partitions=4".into(),
             "state_dir=\"{dir}/state\"".into(),
-            // A killed member's partitions move once its session times out: keep that short.
-            FAST_GROUPS.into(),
         ],
     )
     .unwrap();
@@ -104,7 +103,6 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
             format!("mqtt.port={}", m.port()),
             "mqtt.keep_alive_secs=5".into(),
             "kafka.partitions=4".into(),
-            FAST_GROUPS.into(),
         ],
     )
     .unwrap();
@@ -214,7 +212,7 @@ fn agents_to_converged_state_through_kill_9_of_every_component() {
         for (d, a) in devices.iter().zip(&agents) {
             let _ = std::fs::write(format!("{dir}/{d}.log"), a.process.log_tail(100_000));
         }
-        let _ = std::fs::write(format!("{dir}/tansu.log"), k.process().log_tail(100_000));
+        let _ = std::fs::write(format!("{dir}/kafka.log"), k.process().log_tail(100_000));
         for topic in ["edgesync.deltas", "edgesync.events", "edgesync.acks"] {
             let recs = read(&k, topic, Duration::from_secs(5), |_| false);
             let mut per: BTreeMap<i32, usize> = BTreeMap::new();

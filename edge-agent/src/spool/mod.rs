@@ -21,7 +21,6 @@
 mod keys;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -323,11 +322,8 @@ fn record_size(value_len: usize) -> u64 {
 const DROPPED_RECORD_SIZE: u64 = (10 + keys::RECORD_HEADER + 9) as u64;
 
 fn random_incarnation() -> Result<Incarnation, SpoolError> {
-    let mut b = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(SpoolError::Random)?;
-    Ok(Incarnation::from_random_bits(u64::from_le_bytes(b)))
+    let bits = edgesync_servicekit::random_u64().map_err(SpoolError::Random)?;
+    Ok(Incarnation::from_random_bits(bits))
 }
 
 impl Spool {

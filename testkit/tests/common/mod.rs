@@ -18,9 +18,19 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Produces `keys` with acks=all and the idempotent producer; returns (partition, offset) of
-/// each acknowledged record.
+/// Produces `keys` (value `value-of-<key>`) with acks=all and the idempotent producer; returns
+/// (partition, offset) of each acknowledged record.
 pub fn produce(k: &Kafka, topic: &str, keys: &[String]) -> Vec<(i32, i64)> {
+    let records: Vec<(String, String)> = keys
+        .iter()
+        .map(|key| (key.clone(), format!("value-of-{key}")))
+        .collect();
+    produce_values(k, topic, &records)
+}
+
+/// Produces each (key, value) in order, one at a time, with acks=all, the idempotent producer
+/// and header `origin: testkit`; returns (partition, offset) of each acknowledged record.
+pub fn produce_values(k: &Kafka, topic: &str, records: &[(String, String)]) -> Vec<(i32, i64)> {
     let p: FutureProducer = k
         .client_config()
         .set("acks", "all")
@@ -28,16 +38,16 @@ pub fn produce(k: &Kafka, topic: &str, keys: &[String]) -> Vec<(i32, i64)> {
         .create()
         .unwrap();
     let rt = runtime();
-    keys.iter()
-        .map(|key| {
-            let payload = format!("value-of-{key}");
+    records
+        .iter()
+        .map(|(key, payload)| {
             let headers = OwnedHeaders::new().insert(Header {
                 key: "origin",
                 value: Some("testkit"),
             });
             let rec = FutureRecord::to(topic)
                 .key(key)
-                .payload(&payload)
+                .payload(payload)
                 .headers(headers);
             let d = rt
                 .block_on(p.send(rec, Duration::from_secs(10)))
