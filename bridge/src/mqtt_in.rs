@@ -185,6 +185,9 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
                 // (seen with Mosquitto), and subscribing again is harmless.
                 let _ = client.subscribe(filter.as_str(), QoS::AtLeastOnce).await;
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                tracing::info!(filter = %filter, "bridge subscribed");
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(tx) = &to_producer else {
                     continue; // stopping: left unacknowledged, redelivered later

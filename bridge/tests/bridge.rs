@@ -24,7 +24,9 @@ use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync-bridge");
 
-/// The bridge binary against `mqtt` and `kafka`, plus `sets` flags.
+/// The bridge binary against `mqtt` and `kafka`, plus `sets` flags, once it has subscribed
+/// (it connects to MQTT only when Kafka has leaders for its topics: batches published before
+/// its first subscription have no subscriber, and the broker drops them).
 fn start_bridge(mqtt: SocketAddr, kafka: &Kafka, client_id: &str, sets: &[&str]) -> Service {
     let mut all = vec![
         format!("mqtt.host={}", mqtt.ip()),
@@ -36,7 +38,16 @@ fn start_bridge(mqtt: SocketAddr, kafka: &Kafka, client_id: &str, sets: &[&str])
     ];
     all.extend(sets.iter().map(|s| s.to_string()));
     let name = format!("edgesync-bridge {client_id}");
-    Service::start(PathBuf::from(BIN), None, &name, &all).unwrap()
+    let s = Service::start(PathBuf::from(BIN), None, &name, &all).unwrap();
+    let subscribed = wait_until(Duration::from_secs(60), || {
+        s.process.log_tail(10_000).contains("bridge subscribed")
+    });
+    assert!(
+        subscribed,
+        "{name} never subscribed:\n{}",
+        s.process.log_tail(30)
+    );
+    s
 }
 
 fn replica(device: &str) -> ReplicaId {
