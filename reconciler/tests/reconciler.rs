@@ -16,7 +16,7 @@ use edgesync_core::{
     Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, DeadLetterReason, Limits};
-use edgesync_testkit::{on_both_brokers, outside_python, Broker, Kafka, Record, Service};
+use edgesync_testkit::{on_both_brokers, read_outputs, Broker, Kafka, Record, Service};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgesync-reconciler");
@@ -228,24 +228,9 @@ fn with_transactions_kill_9_mid_transaction_and_a_rebalance_leave_no_dot_missing
     }
 }
 
-/// The seqs per device in the events topic as the outside reader (`tests/python/
-/// read_outputs.py`: PyPI confluent-kafka + fastavro, only the .avsc files) sees them with
-/// `isolation`.
+/// The seqs per device in the events topic as the outside reader sees them with `isolation`.
 fn outside_seqs(k: &Kafka, isolation: &str, total: usize) -> BTreeMap<String, Vec<u64>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = outside_python([
-        root.join("tests/python/read_outputs.py").into_os_string(),
-        "--bootstrap".into(),
-        k.bootstrap().into(),
-        "--schemas".into(),
-        root.join("schemas/avro").into_os_string(),
-        "--events".into(),
-        total.to_string().into(),
-        "--isolation".into(),
-        isolation.into(),
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = read_outputs(&k.bootstrap(), total, isolation).unwrap_or_else(|e| panic!("{e}"));
     serde_json::from_value(v["events"].clone()).unwrap()
 }
 

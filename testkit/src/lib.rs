@@ -30,7 +30,7 @@ mod tls;
 
 pub use kafka::{Broker, Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
-pub use names::{knob, outside_python, unique};
+pub use names::{knob, outside_python, read_outputs, unique};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use prometheus::{Prometheus, View as PrometheusView};
 pub use proxy::FaultProxy;

@@ -56,3 +56,30 @@ where
     }
     Ok(out.stdout)
 }
+
+/// The outside reader (`tests/python/read_outputs.py`: PyPI confluent-kafka + fastavro, only
+/// the `.avsc` files) on the broker at `bootstrap`, waiting for at least `events` events, read
+/// with `isolation` (`read_committed` or `read_uncommitted`): its JSON report (`events`: seqs
+/// per device in topic order, `state`: the latest counter per key).
+pub fn read_outputs(
+    bootstrap: &str,
+    events: usize,
+    isolation: &str,
+) -> Result<serde_json::Value, crate::Error> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = outside_python([
+        root.join("tests/python/read_outputs.py").into_os_string(),
+        "--bootstrap".into(),
+        bootstrap.into(),
+        "--schemas".into(),
+        root.join("schemas/avro").into_os_string(),
+        "--events".into(),
+        events.to_string().into(),
+        "--isolation".into(),
+        isolation.into(),
+    ])?;
+    serde_json::from_slice(&out).map_err(|e| crate::Error::Command {
+        command: "read_outputs.py".into(),
+        output: e.to_string(),
+    })
+}

@@ -15,8 +15,8 @@ use edgesync_core::Crdt;
 use edgesync_schemas::StateRecord;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{
-    on_both_brokers, outside_python, workspace_binary, Broker, FaultProxy, Kafka, Mosquitto,
-    Record, Service,
+    on_both_brokers, read_outputs, workspace_binary, Broker, FaultProxy, Kafka, Mosquitto, Record,
+    Service,
 };
 
 fn binary(name: &str) -> std::path::PathBuf {
@@ -308,18 +308,8 @@ fn agents_to_converged_state_through_kill_9_of_every_component(b: Broker) {
     );
 
     // The outside reader: PyPI's confluent-kafka and fastavro with only the .avsc files.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = outside_python([
-        root.join("tests/python/read_outputs.py").into_os_string(),
-        "--bootstrap".into(),
-        k.bootstrap().into(),
-        "--schemas".into(),
-        root.join("schemas/avro").into_os_string(),
-        "--events".into(),
-        total.to_string().into(),
-    ])
-    .unwrap_or_else(|e| panic!("{e}"));
-    let read: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let read =
+        read_outputs(&k.bootstrap(), total, "read_committed").unwrap_or_else(|e| panic!("{e}"));
     for d in devices {
         let want: Vec<u64> = answered[d].iter().copied().collect();
         assert_eq!(
