@@ -34,8 +34,7 @@ use edgesync_core::{
 };
 use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{
-    free_port, knob, metric_in, unique, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec,
-    Ready,
+    free_port, knob, metric_in, unique, Kafka, Managed, Mosquitto, ProcessSpec, Ready,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
@@ -306,11 +305,7 @@ static PEAK: AtomicU64 = AtomicU64::new(0);
 /// Fresh brokers for one phase, so that neither side runs on a broker already holding the
 /// other's records (tansu slows down as its log grows: the side that ran second lost 15-20 %).
 fn brokers() -> (Mosquitto, Kafka) {
-    let m = Mosquitto::start_with(MosquittoOptions {
-        lazy_persistence: true,
-        ..MosquittoOptions::default()
-    })
-    .unwrap();
+    let m = Mosquitto::start().unwrap();
     let k = Kafka::start().unwrap();
     k.create_topic("raw.deltas", 4, &[]).unwrap();
     (m, k)

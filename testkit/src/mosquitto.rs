@@ -21,10 +21,12 @@ pub struct MosquittoOptions {
     /// A second listener, TLS with these files (see [`Mosquitto::tls_addr`]);
     /// `require_client_cert` makes it mutual TLS.
     pub tls: Option<(crate::TestPki, bool)>,
-    /// Save persistence every 30 s instead of after every change. Saving after every change
-    /// (the default, so that tests can kill the broker and find retained messages) rewrites
-    /// the whole database each time: quadratic with thousands of queued messages.
-    pub lazy_persistence: bool,
+    /// Save the persistence database after every change, so that a test can kill -9 the
+    /// broker and find what it had. Off by default: the shipped `deploy/mosquitto.conf` keeps
+    /// Mosquitto's own autosave, and saving after every change rewrites the whole database
+    /// each time, which with thousands of queued messages stalls the broker for seconds
+    /// (its clients then miss keep-alives and reconnect over and over).
+    pub save_every_change: bool,
 }
 
 /// A running Mosquitto. Dropping it kills the broker and removes its directory.
@@ -97,17 +99,16 @@ impl Mosquitto {
             "\
              persistence true\n\
              persistence_location {}/\n\
-             autosave_interval {}\n\
-             autosave_on_changes {}\n\
              log_dest stdout\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
              connection_messages true\n\
              max_inflight_messages 100\n\
              max_queued_messages 100000\n",
             d.display(),
-            if opts.lazy_persistence { 30 } else { 1 },
-            !opts.lazy_persistence,
         ));
+        if opts.save_every_change {
+            conf.push_str("autosave_interval 1\nautosave_on_changes true\n");
+        }
         if running_as_root() {
             // Mosquitto started as root switches to the `mosquitto` user, which cannot write to
             // this root-owned directory: stay root (a test broker on 127.0.0.1 only).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use edgesync_testkit::{
-    free_port, unique, FaultProxy, Kafka, Managed, Mosquitto, ProcessSpec, Ready,
+    free_port, unique, FaultProxy, Kafka, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready,
 };
 use rumqttc::{Event, Packet, QoS};
 
@@ -55,7 +55,11 @@ fn mqtt_qos1_and_retained_messages_flow_through_mosquitto() {
 
 #[test]
 fn mosquitto_keeps_retained_messages_across_kill_9_and_restart() {
-    let mut m = Mosquitto::start().unwrap();
+    let mut m = Mosquitto::start_with(MosquittoOptions {
+        save_every_change: true,
+        ..MosquittoOptions::default()
+    })
+    .unwrap();
     let p = mqtt(m.addr(), &unique("pub"));
     assert!(p.connected(T));
     p.client
