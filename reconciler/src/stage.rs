@@ -131,11 +131,42 @@ pub fn reader(base: &ClientConfig) -> Result<BaseConsumer, KafkaError> {
     c.create()
 }
 
+/// How long a stage keeps asking Kafka through a failover before it gives up (and the process
+/// stops): a cluster elects a new leader within seconds of losing one, a hung broker is fenced
+/// after its session timeout, and a whole cluster restarting takes tens of seconds. Until then a
+/// partition leader that moved or a node that is down is an answer to wait out, not a failure.
+pub const FAILOVER_PATIENCE: Duration = Duration::from_secs(120);
+
+/// `f`, again after a growing pause while it fails, for at most [`FAILOVER_PATIENCE`]. Any
+/// error counts as transient here: librdkafka's metadata queries report a stale leader
+/// (`NotLeaderForPartition`) or an unreachable one as errors of the call, and a persistent
+/// error still fails the stage once the patience is spent.
+fn through_failover<T>(
+    what: &str,
+    mut f: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<T, KafkaError> {
+    let deadline = Instant::now() + FAILOVER_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, what, "Kafka did not answer; asking again");
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The group's committed offset of `topic`/`p`, if any.
 pub fn committed(c: &BaseConsumer<Ctx>, topic: &str, p: i32) -> Result<Option<i64>, KafkaError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, p);
-    let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    let got = through_failover("committed offsets", || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, p);
+        c.committed_offsets(tpl, Duration::from_secs(10))
+    })?;
     Ok(got.find_partition(topic, p).and_then(|e| match e.offset() {
         Offset::Offset(o) => Some(o),
         _ => None,
@@ -144,7 +175,9 @@ pub fn committed(c: &BaseConsumer<Ctx>, topic: &str, p: i32) -> Result<Option<i6
 
 /// Low and high watermarks of `topic`/`p`.
 pub fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> Result<(i64, i64), KafkaError> {
-    c.fetch_watermarks(topic, p, Duration::from_secs(10))
+    through_failover("watermarks", || {
+        c.fetch_watermarks(topic, p, Duration::from_secs(10))
+    })
 }
 
 /// Reads `topic`/`p` from `from` up to `to` (exclusive), handing records to `f` in groups of
@@ -178,9 +211,11 @@ pub fn read_range(
                     f(std::mem::take(&mut buf))?;
                 }
             }
-            Some(Err(e)) => return Err(e.into()),
+            // A consumer's errors are reports (a broker down, a leader moved); librdkafka
+            // recovers by itself, and a read that makes no progress ends below.
+            Some(Err(e)) => tracing::warn!(error = %e, topic, partition = p, "replay read"),
             None if position(r, topic, p)?.is_some_and(|pos| pos >= to) => break,
-            None if idle.elapsed() > Duration::from_secs(30) => {
+            None if idle.elapsed() > FAILOVER_PATIENCE => {
                 return Err(crate::Error::Replay(format!(
                     "{topic}/{p}: stuck at {next} of {to}"
                 )))
