@@ -1,2 +1,374 @@
-//! End-to-end test suites for edgesync live in `tests/tests/`. This library is empty on
-//! purpose: shared harness code (brokers, fault proxy, process control) joins it with issue #4.
+//! The real pipeline as processes, for the end-to-end suites in `tests/tests/`: a [`Fleet`] of
+//! edge agents (each behind its own [`FaultProxy`]), Mosquitto, one bridge and one reconciler
+//! on a given Kafka, and the history check every suite ends with.
+//!
+//! The history check ([`Fleet::assert_converged`]) is the promise, stated once:
+//! - every agent ends acknowledged up to the last seq it answered, with an empty spool;
+//! - every answered event is in `edgesync.events` exactly once, in seq order per device, and no
+//!   event that was never answered;
+//! - the converged counters in `edgesync.state` equal the reference computed from the answers;
+//! - each agent's own state digest equals its converged record's (edge and server agree);
+//! - nothing was dead-lettered;
+//! - the outside reader (PyPI's confluent-kafka and fastavro, `read_committed`) sees the same.
+//!
+//! Every event an agent takes is `+1` on `fleet/readings` and on `<device>/readings`, so the
+//! reference is a count.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use edgesync_core::Crdt;
+use edgesync_schemas::{Codec, Limits, StateRecord};
+use edgesync_testkit::{
+    read_outputs, workspace_binary, FaultProxy, Kafka, Mosquitto, Record, Service,
+};
+
+/// A built workspace binary (the suite runs after `cargo build --workspace`).
+pub fn binary(name: &str) -> PathBuf {
+    let p = workspace_binary(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace` (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+/// NDJSON: `n` events of `device` from index `start`, each +1 on the fleet and device counters.
+pub fn events(device: &str, start: u64, n: u64) -> Vec<u8> {
+    let mut out = String::new();
+    for i in start..start + n {
+        out.push_str(&format!(
+            "{{\"stream\":\"pump.telemetry\",\"fields\":{{\"i\":{i},\"pressure_kpa\":101.5}},\"ops\":[\
+             {{\"op\":\"inc\",\"key\":\"fleet/readings\",\"by\":1}},{{\"op\":\"inc\",\"key\":\"{device}/readings\",\"by\":1}}]}}\n"
+        ));
+    }
+    out.into_bytes()
+}
+
+/// Posts until the agent answers 200 (it may be restarting); returns the seqs it answered.
+fn post(agent: &Service, body: &[u8]) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, text)) = agent.post("/v1/events", "application/x-ndjson", body) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            return (
+                v["first_seq"].as_u64().unwrap(),
+                v["last_seq"].as_u64().unwrap(),
+            );
+        }
+        assert!(Instant::now() < deadline, "agent did not take events");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An agent's `/v1/status`, or null while it restarts.
+pub fn status(agent: &Service) -> serde_json::Value {
+    match agent.get("/v1/status") {
+        Ok((200, body)) => serde_json::from_str(&body).unwrap(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// Agents, Mosquitto, a bridge and a reconciler on one Kafka, and what the agents answered.
+pub struct Fleet {
+    /// The MQTT broker between agents and bridge.
+    pub mosquitto: Mosquitto,
+    /// MQTT → Kafka.
+    pub bridge: Service,
+    /// Kafka → events, state and acks.
+    pub reconciler: Service,
+    /// One device id per agent.
+    pub devices: Vec<String>,
+    /// Each agent's uplink goes through its own proxy: the links faults are applied to.
+    pub links: Vec<FaultProxy>,
+    /// The agents, in `devices` order.
+    pub agents: Vec<Service>,
+    answered: BTreeMap<String, BTreeSet<u64>>,
+    sent: BTreeMap<String, u64>,
+    codec: Codec,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("devices", &self.devices)
+            .field("answered", &self.answered())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Starts `n` agents named `<prefix>-1`…, Mosquitto, the bridge and the reconciler on `k`,
+    /// on their shipped settings except the addresses, the fast reconnects the agents' links
+    /// need in a test, and `kafka` (settings for both services' `kafka` sections, e.g. the
+    /// replication factor on a cluster).
+    pub fn start(k: &Kafka, prefix: &str, n: usize, kafka: &[&str]) -> Self {
+        let mosquitto = Mosquitto::start().unwrap();
+        let mut common = vec![format!("kafka.bootstrap_servers={}", k.bootstrap())];
+        common.extend(kafka.iter().map(|s| format!("kafka.{s}")));
+        let with = |extra: &[String]| [common.clone(), extra.to_vec()].concat();
+        let reconciler = Service::start(
+            binary("edgesync-reconciler"),
+            None,
+            "reconciler",
+            &with(&["state_dir=\"{dir}/state\"".into()]),
+        )
+        .unwrap();
+        let bridge = Service::start(
+            binary("edgesync-bridge"),
+            None,
+            "bridge",
+            &with(&[
+                format!("mqtt.port={}", mosquitto.port()),
+                "mqtt.keep_alive_secs=5".into(),
+            ]),
+        )
+        .unwrap();
+        let devices: Vec<String> = (1..=n).map(|i| format!("{prefix}-{i}")).collect();
+        let links: Vec<FaultProxy> = devices
+            .iter()
+            .map(|_| FaultProxy::start(mosquitto.addr()).unwrap())
+            .collect();
+        let agents = devices
+            .iter()
+            .zip(&links)
+            .map(|(d, link)| start_agent(d, link))
+            .collect();
+        Self {
+            mosquitto,
+            bridge,
+            reconciler,
+            devices,
+            links,
+            agents,
+            answered: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            codec: Codec::new(Limits::default()).unwrap(),
+        }
+    }
+
+    /// Posts `n` events to every agent and records the seqs each answered.
+    pub fn send_round(&mut self, n: u64) {
+        for (d, a) in self.devices.iter().zip(&self.agents) {
+            let sent = self.sent.entry(d.clone()).or_insert(0);
+            let (first, last) = post(a, &events(d, *sent, n));
+            *sent += n;
+            self.answered
+                .entry(d.clone())
+                .or_default()
+                .extend(first..=last);
+        }
+    }
+
+    /// How many events the agents answered in all.
+    pub fn answered(&self) -> usize {
+        self.answered.values().map(BTreeSet::len).sum()
+    }
+
+    /// Every link back to full quality.
+    pub fn heal_links(&self) {
+        for link in &self.links {
+            link.heal();
+            link.set_latency(Duration::ZERO);
+            link.set_bandwidth(None);
+        }
+    }
+
+    fn synced(&self, i: usize) -> bool {
+        let s = status(&self.agents[i]);
+        let last = self.answered.get(&self.devices[i]).and_then(|a| a.last());
+        last.is_some_and(|l| s["acked_watermark"] == *l) && s["spool_events"] == 0
+    }
+
+    /// Waits up to `timeout` for every agent to be acknowledged up to its last answered seq
+    /// with an empty spool, then checks the whole history (see the module header) on `k`.
+    pub fn assert_converged(&mut self, k: &mut Kafka, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !(0..self.agents.len()).all(|i| self.synced(i)) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if let Ok(dir) = std::env::var("E2E_LOGS") {
+            self.dump(k, &dir);
+        }
+        for (i, (d, a)) in self.devices.iter().zip(&self.agents).enumerate() {
+            assert!(
+                self.synced(i),
+                "{d} not synced: {}\nagent log:\n{}\nbridge log:\n{}\nreconciler log:\n{}",
+                status(a),
+                a.process.log_tail(15),
+                self.bridge.process.log_tail(15),
+                self.reconciler.process.log_tail(15)
+            );
+        }
+        self.assert_events(k);
+        let states = self.assert_state(k);
+        self.assert_digests(&states);
+        assert_eq!(
+            self.bridge
+                .metric("edgesync_bridge_dead_lettered_total", ""),
+            0.0
+        );
+        self.assert_outside_reader(k);
+    }
+
+    /// Every answered event exactly once in the events topic, in seq order per device.
+    fn assert_events(&self, k: &Kafka) {
+        let total = self.answered();
+        let recs = k
+            .read_topic("edgesync.events", Duration::from_secs(60), |r| {
+                r.len() >= total
+            })
+            .unwrap();
+        let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for Record { payload: b, .. } in &recs {
+            let e = self.codec.decode_event(b).unwrap();
+            got.entry(e.dot.replica.device.to_string())
+                .or_default()
+                .push(e.dot.seq);
+        }
+        for d in &self.devices {
+            let seqs = got.remove(d).unwrap_or_default();
+            let want: Vec<u64> = self.answered[d].iter().copied().collect();
+            assert_eq!(seqs, want, "{d}: events missing, doubled or out of order");
+        }
+        assert!(
+            got.is_empty(),
+            "events of unknown devices: {:?}",
+            got.keys()
+        );
+    }
+
+    /// The converged counters every key must reach.
+    pub fn reference(&self) -> BTreeMap<String, u128> {
+        let mut expect: BTreeMap<String, u128> = self
+            .devices
+            .iter()
+            .map(|d| (format!("{d}/readings"), self.answered[d].len() as u128))
+            .collect();
+        expect.insert("fleet/readings".into(), self.answered() as u128);
+        expect
+    }
+
+    /// Converged state equals the reference; returns the state records read.
+    fn assert_state(&self, k: &Kafka) -> Vec<Record> {
+        let expect = self.reference();
+        let states = k
+            .read_topic("edgesync.state", Duration::from_secs(60), |r| {
+                latest_counters(&self.codec, r) == expect
+            })
+            .unwrap();
+        assert_eq!(latest_counters(&self.codec, &states), expect);
+        states
+    }
+
+    /// A device's own counter is written by that device alone, so its converged record
+    /// carries the digest of the agent's local state.
+    fn assert_digests(&self, states: &[Record]) {
+        let mut server = BTreeMap::new();
+        for Record {
+            key, payload: b, ..
+        } in states
+        {
+            let rec: StateRecord = self.codec.decode_state_record(b).unwrap();
+            server.insert(key.clone(), rec.digest().to_hex());
+        }
+        for (d, a) in self.devices.iter().zip(&self.agents) {
+            let key = format!("{d}/readings");
+            assert_eq!(
+                status(a)["state_digests"][&key].as_str(),
+                server.get(&key).map(String::as_str),
+                "{key}: edge and server digests differ"
+            );
+        }
+    }
+
+    /// The outside reader: PyPI's confluent-kafka and fastavro with only the .avsc files.
+    fn assert_outside_reader(&self, k: &Kafka) {
+        let read = read_outputs(&k.bootstrap(), self.answered(), "read_committed")
+            .unwrap_or_else(|e| panic!("{e}"));
+        for d in &self.devices {
+            let want: Vec<u64> = self.answered[d].iter().copied().collect();
+            assert_eq!(
+                read["events"][d],
+                serde_json::json!(want),
+                "{d} as the outside reader sees it"
+            );
+        }
+        for (key, value) in &self.reference() {
+            assert_eq!(
+                read["state"][key],
+                serde_json::json!(*value as u64),
+                "{key} as the outside reader sees it"
+            );
+        }
+    }
+
+    /// Diagnosis (`E2E_LOGS=dir`): every log in full, metrics, records per partition.
+    fn dump(&mut self, k: &mut Kafka, dir: &str) {
+        let _ = std::fs::create_dir_all(dir);
+        for (name, svc) in [("bridge", &self.bridge), ("reconciler", &self.reconciler)] {
+            let _ = std::fs::write(format!("{dir}/{name}.log"), svc.process.log_tail(100_000));
+            if let Ok((_, text)) = svc.get("/metrics") {
+                let _ = std::fs::write(format!("{dir}/{name}.metrics"), text);
+            }
+        }
+        for (d, a) in self.devices.iter().zip(&self.agents) {
+            let _ = std::fs::write(format!("{dir}/{d}.log"), a.process.log_tail(100_000));
+        }
+        for i in 0..k.len() {
+            let log = k.node(i).log_tail(100_000);
+            let _ = std::fs::write(format!("{dir}/kafka-{i}.log"), log);
+        }
+        for topic in ["edgesync.deltas", "edgesync.events", "edgesync.acks"] {
+            let recs = k
+                .read_topic(topic, Duration::from_secs(5), |_| false)
+                .unwrap_or_default();
+            let mut per: BTreeMap<i32, usize> = BTreeMap::new();
+            for r in &recs {
+                *per.entry(r.partition).or_default() += 1;
+            }
+            let _ = std::fs::write(format!("{dir}/{topic}.count"), format!("{per:?}\n"));
+        }
+        let log = self.mosquitto.process().log_tail(100_000);
+        let _ = std::fs::write(format!("{dir}/mosquitto.log"), log);
+    }
+}
+
+/// An agent for `device` whose uplink goes through `link`, reconnecting fast (a test's links
+/// come back within seconds; the shipped backoff is for fleets).
+fn start_agent(device: &str, link: &FaultProxy) -> Service {
+    Service::start(
+        binary("edgesync-agent"),
+        Some("run"),
+        device,
+        &[
+            format!("device.id={device}"),
+            "spool.dir=\"{dir}/spool\"".into(),
+            format!("uplink.port={}", link.addr().port()),
+            "uplink.keep_alive_secs=5".into(),
+            "uplink.backoff_min_ms=100".into(),
+            "uplink.backoff_max_ms=1000".into(),
+            "uplink.resend_timeout_ms=3000".into(),
+        ],
+    )
+    .unwrap()
+}
+
+/// The last counter value per key in state records.
+pub fn latest_counters(codec: &Codec, records: &[Record]) -> BTreeMap<String, u128> {
+    let mut last = BTreeMap::new();
+    for Record {
+        key, payload: b, ..
+    } in records
+    {
+        if let Ok(s) = codec.decode_state_record(b) {
+            if let Crdt::GCounter(c) = s.state {
+                last.insert(key.clone(), c.value());
+            }
+        }
+    }
+    last
+}
