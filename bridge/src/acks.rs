@@ -7,6 +7,12 @@
 //! committed automatically after the publish is queued: a crash can lose one ack publish, and
 //! then the agent re-sends after its timeout and the server acknowledges again — at least once,
 //! harmless, because agents ignore stale acks.
+//!
+//! A fatal consumer error (the broker fencing our static `group.instance.id`, as Apache Kafka
+//! does when a rejoin's group write times out during a broker failover and it reverts the
+//! member id) leaves librdkafka's consumer unusable: the path then builds a new consumer with
+//! the same instance id, which takes the partitions back. Without that, acks stop reaching
+//! devices for good while everything else flows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +22,7 @@ use edgesync_core::Incarnation;
 use edgesync_schemas::Codec;
 use edgesync_servicekit::mqtt::MqttSecurity;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +32,7 @@ use crate::metrics::BridgeMetrics;
 /// Runs until `shutdown` is cancelled.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    consumer: StreamConsumer,
+    new_consumer: impl Fn() -> Result<StreamConsumer, KafkaError> + Send,
     acks_topic: String,
     host: String,
     port: u16,
@@ -35,10 +42,18 @@ pub async fn run(
     metrics: Arc<BridgeMetrics>,
     shutdown: CancellationToken,
 ) {
-    if let Err(e) = consumer.subscribe(&[acks_topic.as_str()]) {
-        tracing::error!(error = %e, "subscribe to the acks topic");
-        return;
-    }
+    let subscribed = || {
+        let c = new_consumer()?;
+        c.subscribe(&[acks_topic.as_str()])?;
+        Ok::<_, KafkaError>(c)
+    };
+    let mut consumer = match subscribed() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "subscribe to the acks topic");
+            return;
+        }
+    };
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_clean_session(true);
     opts.set_keep_alive(Duration::from_secs(30));
@@ -66,6 +81,16 @@ pub async fn run(
             m = consumer.recv() => m,
             _ = shutdown.cancelled() => break,
         };
+        if let Err(e @ KafkaError::MessageConsumptionFatal(_)) = &msg {
+            tracing::error!(error = %e, "acks consumer unusable; joining again with a new one");
+            drop(msg);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match subscribed() {
+                Ok(c) => consumer = c,
+                Err(e) => tracing::error!(error = %e, "subscribe to the acks topic"),
+            }
+            continue;
+        }
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {

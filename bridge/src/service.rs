@@ -61,7 +61,12 @@ pub async fn run(
         kafka::ensure_topics(&cfg.kafka).await?;
     }
     let producer = kafka::producer(&cfg.kafka)?;
-    let consumer = kafka::acks_consumer(&cfg.kafka, &cfg.mqtt.client_id)?;
+    // Built here first so that a bad consumer config fails the start, not the ack path.
+    drop(kafka::acks_consumer(&cfg.kafka, &cfg.mqtt.client_id)?);
+    let acks_consumer = {
+        let (k, member) = (cfg.kafka.clone(), cfg.mqtt.client_id.clone());
+        move || kafka::acks_consumer(&k, &member)
+    };
 
     let http_stop = CancellationToken::new();
     let app = Router::new()
@@ -88,7 +93,7 @@ pub async fn run(
     });
 
     let ack_path = tokio::spawn(acks::run(
-        consumer,
+        acks_consumer,
         cfg.kafka.acks_topic.clone(),
         m.host.clone(),
         m.port,
