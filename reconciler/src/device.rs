@@ -132,7 +132,7 @@ impl DeviceStage {
         let mut owned: HashMap<i32, Owned> = HashMap::new();
         let mut skip: HashMap<ReplicaId, u64> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let msgs = stage::poll_group(&self.io.consumer, self.cfg.max_group, "deltas");
+            let msgs = stage::poll_group(&self.io.consumer, self.cfg.max_group, "deltas")?;
             // Rebalances happen inside poll: handle them before the records they precede.
             for change in self.io.ctx.take() {
                 self.change(change, &mut owned, &mut skip, &rt)?;

@@ -44,7 +44,7 @@ impl KeyStage {
         let rt = stage::runtime()?;
         let mut next: HashMap<i32, i64> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let msgs = stage::poll_group(&self.io.consumer, self.cfg.max_group, "state-deltas");
+            let msgs = stage::poll_group(&self.io.consumer, self.cfg.max_group, "state-deltas")?;
             for change in self.io.ctx.take() {
                 match change {
                     Change::Revoked(ps) => ps.iter().for_each(|p| {

@@ -359,12 +359,20 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, crate::Error> {
 }
 
 /// Up to `max` records: waits up to 100 ms for the first, then takes what is already there.
-pub fn poll_group(c: &BaseConsumer<Ctx>, max: usize, what: &str) -> Vec<OwnedMessage> {
+/// A fatal consumer error (e.g. the broker fencing this static member) is returned: the
+/// consumer is unusable, and a stage polling it would stall without a word; the stage fails
+/// and the process stops, to be restarted (the unit's `Restart=`) as the same member.
+pub fn poll_group(
+    c: &BaseConsumer<Ctx>,
+    max: usize,
+    what: &str,
+) -> Result<Vec<OwnedMessage>, KafkaError> {
     let mut msgs = Vec::new();
     while msgs.len() < max {
         let timeout = if msgs.is_empty() { 100 } else { 0 };
         match c.poll(Duration::from_millis(timeout)) {
             Some(Ok(m)) => msgs.push(m.detach()),
+            Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(e),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, consumer = what, "poll");
                 break;
@@ -372,7 +380,7 @@ pub fn poll_group(c: &BaseConsumer<Ctx>, max: usize, what: &str) -> Vec<OwnedMes
             None => break,
         }
     }
-    msgs
+    Ok(msgs)
 }
 
 /// What both stages work with: the codec, the state store, the Kafka clients and the metrics.
