@@ -10,8 +10,24 @@ use std::time::{Duration, Instant};
 
 use crate::{io, Error};
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; it is free when this returns).
+/// Listener ports come from below Linux's default ephemeral range (32768-60999): a port the
+/// OS hands out for `bind(0)` can just as well become the local port of some outgoing
+/// connection while a killed broker restarts, and the restart then fails with "Address
+/// already in use" (seen on a 3-node cluster restart while other tests ran).
+const LISTENER_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// A free TCP port on 127.0.0.1 for a listener: a random one of [`LISTENER_PORTS`] that binds.
 pub fn free_port() -> Result<u16, Error> {
+    use std::hash::{BuildHasher, Hasher};
+    let span = u64::from(LISTENER_PORTS.end - LISTENER_PORTS.start);
+    for _ in 0..1_000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(u64::from(std::process::id()));
+        let port = LISTENER_PORTS.start + (h.finish() % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind a free port"))?;
     Ok(l.local_addr().map_err(io("read the bound port"))?.port())
 }
