@@ -51,6 +51,18 @@ fn roll_every_partition(k: &Kafka) {
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// Waits (up to 60 s) until the reconciler has written more converged states than `before`.
+fn more_states_than(f: &Fleet, before: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = f.reconciler.metric("edgesync_reconciler_states_total", "");
+        if now > before || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn the_state_topic_compacts_to_one_converged_value_per_key() {
     let mut k = Kafka::start_on(Broker::Apache).unwrap();
@@ -66,15 +78,18 @@ fn the_state_topic_compacts_to_one_converged_value_per_key() {
     )
     .unwrap();
     let mut f = Fleet::start(&k, "compact-pump", 3, &["partitions=4"]);
-    for _ in 0..15 {
+    // Each round waits for the states it causes: rounds sent faster than the reconciler's group
+    // joins (Kafka delays a new group's first rebalance by 3 s) converge as one value per key.
+    let mut written = 0.0;
+    for _ in 0..20 {
         f.send_round(20);
-        std::thread::sleep(Duration::from_millis(300));
+        written = more_states_than(&f, written);
     }
     f.assert_converged(&mut k, Duration::from_secs(120));
     let codec = Codec::new(Limits::default()).unwrap();
     let reference = f.reference();
+    let written = more_states_than(&f, written - 1.0);
     // Converged states the reconciler wrote: far more than one per key.
-    let written = f.reconciler.metric("edgesync_reconciler_states_total", "");
     assert!(
         written > 3.0 * reference.len() as f64,
         "the test needs several values per key to compact ({written} for {} keys)",
