@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use edgesync_testkit::{unique, Kafka};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const T: Duration = Duration::from_secs(30);
@@ -43,29 +42,17 @@ fn all_keys(k: &Kafka, topic: &str, n: usize) -> Vec<String> {
     got
 }
 
-fn in_sync(k: &Kafka, topic: &str) -> usize {
-    let c: BaseConsumer = k.client_config().create().unwrap();
-    let md = c
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .unwrap();
-    md.topics()[0].partitions()[0].isr().len()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn the_cluster_keeps_acknowledged_records_across_a_leader_kill_9_and_refuses_writes_below_min_isr()
 {
     let mut k = Kafka::cluster().unwrap();
     assert_eq!(k.len(), 3);
     let t = topic(&k, 1);
-    assert_eq!(in_sync(&k, &t), 3, "replication factor 3");
+    assert_eq!(
+        k.in_sync_replicas(&[&t]).unwrap(),
+        3,
+        "replication factor 3"
+    );
     // The same, but every replica must have a write before it is acknowledged.
     let strict = unique("strict");
     k.create_topic(&strict, 1, &[("min.insync.replicas", "3")])
@@ -85,9 +72,7 @@ fn the_cluster_keeps_acknowledged_records_across_a_leader_kill_9_and_refuses_wri
         "acks=all below min ISR"
     );
     k.node(leader).restart().unwrap();
-    wait_for("all three replicas in sync", T, || {
-        in_sync(&k, &t) == 3 && in_sync(&k, &strict) == 3
-    });
+    k.wait_in_sync(&[&t, &strict], T).unwrap();
     send(&p, &strict, "accepted").unwrap();
     let mut expected: Vec<String> = first.into_iter().chain(after).collect();
     expected.sort();
@@ -114,11 +99,7 @@ fn a_hung_leader_is_replaced_and_rejoins_when_resumed() {
     }
     assert_ne!(k.leader(&t, 0).unwrap(), leader);
     k.node(leader).resume().unwrap();
-    wait_for(
-        "the resumed node back in sync",
-        Duration::from_secs(60),
-        || in_sync(&k, &t) == 3,
-    );
+    k.wait_in_sync(&[&t], Duration::from_secs(60)).unwrap();
     assert_eq!(all_keys(&k, &t, 40).len(), 40);
 }
 

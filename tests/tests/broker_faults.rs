@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use edgesync_testkit::Kafka;
 use edgesync_tests::Fleet;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
+/// The pipeline's topics (shipped names) whose replicas must be back before the next fault.
+const TOPICS: [&str; 3] = ["edgesync.deltas", "edgesync.events", "edgesync.state"];
 /// librdkafka's `request.timeout.ms` default, which the services keep.
 const PRODUCER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The reconciler's device-stage consumer group (`deploy/reconciler.toml`).
@@ -49,30 +50,6 @@ fn coordinator_partition(group: &str) -> i32 {
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
     let abs = if h == i32::MIN { 0 } else { h.abs() };
     abs % OFFSETS_PARTITIONS
-}
-
-/// Waits until every partition of the pipeline's topics has all three replicas in sync, so
-/// that the next fault starts from a healthy cluster.
-fn wait_in_sync(k: &Kafka) {
-    let c: BaseConsumer = k.client_config().create().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let healthy = || {
-        ["edgesync.deltas", "edgesync.events", "edgesync.state"]
-            .iter()
-            .all(|t| {
-                c.fetch_metadata(Some(t), Duration::from_secs(5))
-                    .is_ok_and(|md| {
-                        md.topics()
-                            .iter()
-                            .flat_map(|t| t.partitions())
-                            .all(|p| p.isr().len() == 3)
-                    })
-            })
-    };
-    while !healthy() {
-        assert!(Instant::now() < deadline, "replicas not back in sync");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// `rounds` rounds of `n` events per agent, `pause` apart.
@@ -104,7 +81,7 @@ fn agents_to_converged_state_through_leader_kills_a_hung_broker_and_a_cluster_re
         send_for(&mut f, 4, 30, Duration::from_millis(500));
         k.node(leader).restart().unwrap();
         f.send_round(30);
-        wait_in_sync(&k);
+        k.wait_in_sync(&TOPICS, Duration::from_secs(120)).unwrap();
     }
 
     // 2. A hang longer than the producer's request timeout, with the agents sending.
@@ -117,7 +94,7 @@ fn agents_to_converged_state_through_leader_kills_a_hung_broker_and_a_cluster_re
     }
     k.node(hung).resume().unwrap();
     send_for(&mut f, 2, 30, Duration::from_millis(500));
-    wait_in_sync(&k);
+    k.wait_in_sync(&TOPICS, Duration::from_secs(120)).unwrap();
 
     // 3. The reconciler dies, then the broker coordinating its group.
     let coordinator = k
@@ -131,7 +108,7 @@ fn agents_to_converged_state_through_leader_kills_a_hung_broker_and_a_cluster_re
     send_for(&mut f, 4, 30, Duration::from_millis(500));
     k.node(coordinator).restart().unwrap();
     f.send_round(30);
-    wait_in_sync(&k);
+    k.wait_in_sync(&TOPICS, Duration::from_secs(120)).unwrap();
 
     // 4. The whole cluster down: batches arrive at the bridge, none is acknowledged to MQTT.
     for i in 0..k.len() {

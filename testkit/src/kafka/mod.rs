@@ -237,6 +237,38 @@ impl Kafka {
             })
     }
 
+    /// The smallest in-sync replica set over every partition of `topics`, as metadata says now.
+    pub fn in_sync_replicas(&self, topics: &[&str]) -> Result<usize, Error> {
+        let c: BaseConsumer = self.client_config().create()?;
+        let mut smallest = usize::MAX;
+        for topic in topics {
+            let md = c.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+            let partitions = md.topics().iter().flat_map(|t| t.partitions());
+            smallest = partitions.map(|p| p.isr().len()).fold(smallest, usize::min);
+        }
+        Ok(smallest)
+    }
+
+    /// Waits until every partition of `topics` has all its replicas (one per node, up to three)
+    /// in sync again, e.g. after a node was restarted.
+    pub fn wait_in_sync(&self, topics: &[&str], timeout: Duration) -> Result<(), Error> {
+        let replicas = self.nodes.len().min(3);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            // Metadata errors while a node restarts are part of what is waited out.
+            match self.in_sync_replicas(topics) {
+                Ok(n) if n >= replicas => return Ok(()),
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(Error::Command {
+                        command: format!("wait for {topics:?} to be in sync"),
+                        output: format!("{:?} after {timeout:?}", self.in_sync_replicas(topics)),
+                    })
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
     /// Creates a topic through the Kafka admin API, replicated on up to three nodes.
     pub fn create_topic(
         &self,
