@@ -523,3 +523,61 @@ fn sigterm_drains_in_flight_batches_and_a_restart_takes_the_rest() {
     let got: BTreeSet<(String, u64)> = batches_of(&codec, &recs).into_iter().collect();
     assert_eq!(got.len(), 300, "batches lost across a graceful restart");
 }
+
+/// A second consumer joining the acks group with the bridge's own `group.instance.id` makes
+/// the broker fence the bridge's acks consumer (`FENCED_INSTANCE_ID`, fatal in librdkafka:
+/// what Apache Kafka also does to a static member whose rejoin it failed to persist in a
+/// failover). The ack path joins again as the same member and acks reach devices again.
+#[test]
+fn a_fenced_acks_consumer_joins_again_and_acks_flow_on() {
+    let m = Mosquitto::start().unwrap();
+    let k = Kafka::start().unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let bridge = start_bridge(m.addr(), &k, "bridge-fenced", &[]);
+    let producer: ThreadedProducer<DefaultProducerContext> = k.client_config().create().unwrap();
+    let ack = |watermark: u64, published: f64| {
+        let a = Ack {
+            replica: replica("pump-f"),
+            watermark,
+            acked_at_ms: 1,
+        };
+        let bytes = codec.encode_ack(&a).unwrap();
+        producer
+            .send(
+                BaseRecord::to("edgesync.acks")
+                    .key("pump-f")
+                    .payload(&bytes),
+            )
+            .unwrap();
+        producer.flush(Duration::from_secs(10)).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(60), || {
+                bridge.metric("edgesync_bridge_acks_published_total", "") == published
+            }),
+            "ack {watermark} not published:\n{}",
+            bridge.process.log_tail(60)
+        );
+    };
+    ack(5, 1.0);
+    let rogue: rdkafka::consumer::BaseConsumer = k
+        .client_config()
+        .set("group.id", "edgesync-bridge-acks")
+        .set("group.instance.id", "bridge-fenced-acks")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&rogue, &["edgesync.acks"]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let _ = rogue.poll(Duration::from_millis(200));
+            bridge
+                .process
+                .log_tail(10_000)
+                .contains("acks consumer unusable; joining again")
+        }),
+        "the bridge's acks consumer was not fenced:\n{}",
+        bridge.process.log_tail(60)
+    );
+    // Static members do not leave on close: the bridge's new consumer takes the place.
+    drop(rogue);
+    ack(9, 2.0);
+}

@@ -127,14 +127,14 @@ struct Owned {
 
 impl DeviceStage {
     /// Runs until `shutdown` is cancelled (finishing the group in hand).
-    pub fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+    pub fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
         let rt = stage::runtime()?;
         let mut owned: HashMap<i32, Owned> = HashMap::new();
         let mut skip: HashMap<ReplicaId, u64> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let msgs = stage::poll_group(&self.io.consumer, self.cfg.max_group, "deltas")?;
+            let msgs = self.io.member.poll(self.cfg.max_group, "deltas")?;
             // Rebalances happen inside poll: handle them before the records they precede.
-            for change in self.io.ctx.take() {
+            for change in self.io.member.ctx.take() {
                 self.change(change, &mut owned, &mut skip, &rt)?;
             }
             if !msgs.is_empty() {
@@ -305,7 +305,7 @@ impl DeviceStage {
         self.io.metrics.acks.inc_by(a.acks.len() as u64);
         self.persist(&a, &last_event, owned)?;
         if txn.is_none() {
-            stage::commit(&self.io.consumer, &self.cfg.deltas_topic, &a.offsets);
+            stage::commit(&self.io.member.consumer, &self.cfg.deltas_topic, &a.offsets);
         }
         self.ledger.update(a.touched.iter().filter_map(|(p, r)| {
             owned
@@ -332,6 +332,7 @@ impl DeviceStage {
             }
             let group = self
                 .io
+                .member
                 .consumer
                 .group_metadata()
                 .ok_or_else(|| Error::Replay("no consumer group metadata".into()))?;

@@ -40,12 +40,12 @@ pub struct KeyStage {
 
 impl KeyStage {
     /// Runs until `shutdown` is cancelled (finishing the group in hand).
-    pub fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+    pub fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
         let rt = stage::runtime()?;
         let mut next: HashMap<i32, i64> = HashMap::new();
         while !shutdown.is_cancelled() {
-            let msgs = stage::poll_group(&self.io.consumer, self.cfg.max_group, "state-deltas")?;
-            for change in self.io.ctx.take() {
+            let msgs = self.io.member.poll(self.cfg.max_group, "state-deltas")?;
+            for change in self.io.member.ctx.take() {
                 match change {
                     Change::Revoked(ps) => ps.iter().for_each(|p| {
                         next.remove(p);
@@ -168,7 +168,7 @@ impl KeyStage {
             b.offset(Stage::Key, *p, *n);
         }
         self.io.store.commit(b)?;
-        stage::commit(&self.io.consumer, &c.state_deltas_topic, &offsets);
+        stage::commit(&self.io.member.consumer, &c.state_deltas_topic, &offsets);
         Ok(())
     }
 

@@ -147,19 +147,12 @@ pub async fn run(
     // Each stage: its own group consumer and reader, the shared codec, store, producer, metrics.
     let io = |stage_name: &str, group: &str, topic: &str| -> Result<stage::Io, Error> {
         let member = (!instance.is_empty()).then(|| format!("{instance}-{stage_name}"));
-        let (consumer, ctx) = stage::group_consumer(
-            &base,
-            group,
-            member.as_deref(),
-            topic,
-            metrics.lag(stage_name),
-        )?;
+        let config = stage::member_config(&base, group, member.as_deref());
         Ok(stage::Io {
             codec: Arc::clone(&codec),
             store: Arc::clone(&store),
             producer: producer.clone(),
-            consumer,
-            ctx,
+            member: stage::Member::join(config, topic, metrics.lag(stage_name))?,
             reader: stage::reader(&base)?,
             metrics: Arc::clone(&metrics),
         })

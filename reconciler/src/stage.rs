@@ -10,6 +10,7 @@
 //! holds (another process worked on the partition), the gap is replayed from the topic with
 //! the reader before anything else; records the store already reflects are skipped.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,16 +38,48 @@ pub enum Change {
 /// statistics.
 #[derive(Clone, Debug)]
 pub struct Ctx {
-    changes: Arc<Mutex<Vec<Change>>>,
+    rebalances: Arc<Mutex<Rebalances>>,
     /// The input topic, and the gauge its lag goes to.
     topic: String,
     lag: Gauge,
 }
 
+/// The changes not yet taken, and the partitions held after them.
+#[derive(Debug, Default)]
+struct Rebalances {
+    changes: Vec<Change>,
+    held: BTreeSet<i32>,
+}
+
+impl Rebalances {
+    fn push(&mut self, change: Change) {
+        match &change {
+            Change::Assigned(ps) => self.held.extend(ps),
+            Change::Revoked(ps) => ps.iter().for_each(|p| {
+                self.held.remove(p);
+            }),
+        }
+        self.changes.push(change);
+    }
+}
+
 impl Ctx {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rebalances> {
+        self.rebalances.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Takes the changes recorded since the last call.
     pub fn take(&self) -> Vec<Change> {
-        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut self.lock().changes)
+    }
+
+    /// Records that every partition still held is gone (its consumer is).
+    fn release_all(&self) {
+        let mut r = self.lock();
+        let held: Vec<i32> = r.held.iter().copied().collect();
+        if !held.is_empty() {
+            r.push(Change::Revoked(held));
+        }
     }
 }
 
@@ -79,27 +112,13 @@ impl ConsumerContext for Ctx {
             }
         };
         tracing::info!(?change, "rebalance");
-        self.changes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(change);
+        self.lock().push(change);
     }
 }
 
-/// A consumer in `group` (as static member `instance` when given) subscribed to `topic`,
-/// committing only when told; its lag on `topic` goes to `lag`.
-pub fn group_consumer(
-    base: &ClientConfig,
-    group: &str,
-    instance: Option<&str>,
-    topic: &str,
-    lag: Gauge,
-) -> Result<(BaseConsumer<Ctx>, Ctx), KafkaError> {
-    let ctx = Ctx {
-        changes: Arc::default(),
-        topic: topic.to_owned(),
-        lag,
-    };
+/// The settings of a consumer in `group` (as static member `instance` when given), committing
+/// only when told.
+pub fn member_config(base: &ClientConfig, group: &str, instance: Option<&str>) -> ClientConfig {
     let mut c = base.clone();
     // Statistics carry the lag; every 5 s unless the operator set an interval.
     if c.get("statistics.interval.ms").is_none() {
@@ -115,9 +134,62 @@ pub fn group_consumer(
     if let Some(id) = instance {
         c.set("group.instance.id", id);
     }
-    let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx.clone())?;
-    consumer.subscribe(&[topic])?;
-    Ok((consumer, ctx))
+    c
+}
+
+/// A stage's membership of its group: the consumer, its rebalance reports, and what it takes
+/// to join again.
+#[allow(missing_debug_implementations)]
+pub struct Member {
+    /// The group consumer, subscribed to the stage's input topic.
+    pub consumer: BaseConsumer<Ctx>,
+    /// Its rebalance reports.
+    pub ctx: Ctx,
+    config: ClientConfig,
+}
+
+impl Member {
+    /// Joins with `config` (see [`member_config`]), subscribed to `topic`; its lag on `topic`
+    /// goes to `lag`.
+    pub fn join(config: ClientConfig, topic: &str, lag: Gauge) -> Result<Self, KafkaError> {
+        let ctx = Ctx {
+            rebalances: Arc::default(),
+            topic: topic.to_owned(),
+            lag,
+        };
+        let consumer = subscribed(&config, &ctx)?;
+        Ok(Member {
+            consumer,
+            ctx,
+            config,
+        })
+    }
+
+    /// Up to `max` records (see `poll_group`). After a fatal consumer error (Apache Kafka
+    /// fences a static member whose rejoin it failed to persist in a failover) the old consumer
+    /// is closed, every partition it held is reported revoked, and a new consumer joins as the
+    /// same member; the assignments that follow resume from the state store as after any
+    /// rebalance. Without this the stage would stop and wait for its unit to restart it.
+    pub fn poll(&mut self, max: usize, what: &str) -> Result<Vec<OwnedMessage>, KafkaError> {
+        match poll_group(&self.consumer, max, what) {
+            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                tracing::error!(error = %e, consumer = what, "consumer unusable; joining again as the same member");
+                std::thread::sleep(Duration::from_secs(1));
+                let fresh = self.config.create_with_context(self.ctx.clone())?;
+                drop(std::mem::replace(&mut self.consumer, fresh));
+                self.ctx.release_all();
+                self.consumer.subscribe(&[self.ctx.topic.as_str()])?;
+                Ok(Vec::new())
+            }
+            r => r,
+        }
+    }
+}
+
+fn subscribed(config: &ClientConfig, ctx: &Ctx) -> Result<BaseConsumer<Ctx>, KafkaError> {
+    let consumer: BaseConsumer<Ctx> = config.create_with_context(ctx.clone())?;
+    consumer.subscribe(&[ctx.topic.as_str()])?;
+    Ok(consumer)
 }
 
 /// A consumer for reading partition ranges by assignment (no group membership).
@@ -359,10 +431,9 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, crate::Error> {
 }
 
 /// Up to `max` records: waits up to 100 ms for the first, then takes what is already there.
-/// A fatal consumer error (e.g. the broker fencing this static member) is returned: the
-/// consumer is unusable, and a stage polling it would stall without a word; the stage fails
-/// and the process stops, to be restarted (the unit's `Restart=`) as the same member.
-pub fn poll_group(
+/// A fatal consumer error (the consumer is unusable) is returned for [`Member::poll`] to join
+/// again; others are logged.
+fn poll_group(
     c: &BaseConsumer<Ctx>,
     max: usize,
     what: &str,
@@ -392,10 +463,8 @@ pub struct Io {
     pub store: Arc<crate::store::Store>,
     /// Producer.
     pub producer: FutureProducer,
-    /// The stage's group consumer.
-    pub consumer: BaseConsumer<Ctx>,
-    /// Its rebalance reports.
-    pub ctx: Ctx,
+    /// The stage's membership of its group.
+    pub member: Member,
     /// Reader for replays (and the events tail).
     pub reader: BaseConsumer,
     /// Metrics.
@@ -413,7 +482,7 @@ impl Io {
     ) -> Result<(i64, i64), crate::Error> {
         let (low, _) = watermarks(&self.reader, topic, p)?;
         let local = self.store.offset(stage, p)?.unwrap_or(low).max(low);
-        let committed = committed(&self.consumer, topic, p)?.unwrap_or(low);
+        let committed = committed(&self.member.consumer, topic, p)?.unwrap_or(low);
         Ok((local, committed))
     }
 

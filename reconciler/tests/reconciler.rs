@@ -522,3 +522,56 @@ fn with_transactions_a_hung_owner_is_fenced_and_no_dot_is_doubled() {
         assert_eq!(seen[d], (1..=n * per).collect::<Vec<_>>(), "{d}");
     }
 }
+
+/// A second consumer joining the device group with the reconciler's own `group.instance.id`
+/// makes the broker fence the reconciler's consumer (`FENCED_INSTANCE_ID`, fatal in librdkafka:
+/// what Apache Kafka also does to a static member whose rejoin it failed to persist in a
+/// failover). The stage joins again as the same member with a new consumer and goes on; every
+/// dot once, in order.
+#[test]
+fn a_fenced_static_member_joins_again_and_loses_nothing() {
+    let k = Kafka::start().unwrap();
+    let codec = Codec::new(Limits::default()).unwrap();
+    let p = producer(&k);
+    let devices = ["fz-a", "fz-b", "fz-c"];
+    let all: Vec<Vec<Vec<u8>>> = devices.iter().map(|d| batches(&codec, d, 2, 10)).collect();
+    let r = start_with(&k, "fenced", &["kafka.group_instance_id=\"fz\""]);
+    let round = |i: usize| {
+        for (d, bs) in devices.iter().zip(&all) {
+            send(&p, d, &bs[i]);
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+        let want = devices.len() * 10 * (i + 1);
+        let got = read(&k, "edgesync.events", Duration::from_secs(90), |recs| {
+            recs.len() >= want
+        });
+        assert!(
+            got.len() >= want,
+            "round {i}: {} of {want} events",
+            got.len()
+        );
+    };
+    round(0);
+    let rogue: rdkafka::consumer::BaseConsumer = k
+        .client_config()
+        .set("group.id", "edgesync-reconciler-device")
+        .set("group.instance.id", "fz-device")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&rogue, &["edgesync.deltas"]).unwrap();
+    let fenced = "consumer unusable; joining again as the same member";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !r.process.log_tail(100_000).contains(fenced) {
+        assert!(
+            Instant::now() < deadline,
+            "the reconciler was not fenced; log:\n{}",
+            r.process.log_tail(30)
+        );
+        let _ = rogue.poll(Duration::from_millis(200));
+    }
+    // Static members do not leave on close: the reconciler's new consumer takes the place.
+    drop(rogue);
+    round(1);
+    let recs = read(&k, "edgesync.events", Duration::from_secs(5), |_| false);
+    check_events(&dots(&codec, &recs), &devices, 20);
+}
