@@ -62,6 +62,10 @@ struct Args {
     /// Bandwidth of every agent's link, each way (KiB/s; 0: unlimited).
     #[arg(long, default_value_t = 0)]
     link_kib_per_s: u64,
+    /// A reconciler setting, as its `--set` takes it (repeatable), e.g.
+    /// `--reconciler-set 'exactly_once="transactions"'`; named in the report.
+    #[arg(long = "reconciler-set", value_name = "KEY=VALUE")]
+    reconciler_sets: Vec<String>,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -182,7 +186,10 @@ fn run(args: &Args) -> Result<bool, String> {
             kafka.clone(),
             "kafka.partitions=4".into(),
             "state_dir=\"{dir}/state\"".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(args.reconciler_sets.iter().cloned())
+        .collect::<Vec<_>>(),
     )
     .map_err(|x| e(&x))?;
     let bridge = Service::start(
@@ -496,6 +503,12 @@ fn run(args: &Args) -> Result<bool, String> {
     );
     println!("| | |\n|---|---|");
     println!("| Kafka broker | {broker} |");
+    if !args.reconciler_sets.is_empty() {
+        println!(
+            "| reconciler settings | `{}` |",
+            args.reconciler_sets.join("`, `")
+        );
+    }
     println!("| events answered by agents (durable at the edge) | {total} |");
     println!("| delivered to edgesync.events | {delivered} |");
     println!("| missing / duplicated | {missing} / {duplicates} |");
