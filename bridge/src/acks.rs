@@ -1,12 +1,12 @@
 //! Kafka → MQTT: the reconciler's acknowledgements back to devices.
 //!
 //! Consumes the acks topic and publishes each device's latest watermark, retained, QoS 1, on
-//! `edgesync/v1/{device}/ack`, so an agent that connects later finds it at once. A watermark
-//! not newer than the one already published for the same replica is skipped (after a consumer
-//! rewind or from another bridge); a new incarnation replaces the old one. Offsets are
-//! committed automatically after the publish is queued: a crash can lose one ack publish, and
-//! then the agent re-sends after its timeout and the server acknowledges again — at least once,
-//! harmless, because agents ignore stale acks.
+//! the device's ack topic (`edgesync_schemas::topics`), so an agent that connects later finds
+//! it at once. A watermark not newer than the one already published for the same replica is
+//! skipped (after a consumer rewind or from another bridge); a new incarnation replaces the
+//! old one. Offsets are committed automatically after the publish is queued: a crash can lose
+//! one ack publish, and then the agent re-sends after its timeout and the server acknowledges
+//! again — at least once, harmless, because agents ignore stale acks.
 //!
 //! A fatal consumer error (the broker fencing our static `group.instance.id`, as Apache Kafka
 //! does when a rejoin's group write times out during a broker failover and it reverts the
@@ -119,7 +119,7 @@ pub async fn run(
             }
             _ => {}
         }
-        let topic = format!("edgesync/v1/{device}/ack");
+        let topic = edgesync_schemas::topics::ack(&ack.replica.device);
         if client
             .publish(topic, QoS::AtLeastOnce, true, payload.to_vec())
             .await

@@ -62,11 +62,11 @@ pub struct MqttIn {
 
 /// The batch topic filter, shared or not.
 pub fn subscription(shared_group: &str) -> String {
-    const BATCHES: &str = "edgesync/v1/+/batch";
+    let batches = edgesync_schemas::topics::BATCH_FILTER;
     if shared_group.is_empty() {
-        BATCHES.to_owned()
+        batches.to_owned()
     } else {
-        format!("$share/{shared_group}/{BATCHES}")
+        format!("$share/{shared_group}/{batches}")
     }
 }
 

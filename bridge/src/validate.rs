@@ -10,6 +10,7 @@
 //! dead-letters what fails it.
 
 use edgesync_core::DeviceId;
+use edgesync_schemas::topics::{self, TopicError};
 use edgesync_schemas::{Codec, DeadLetterReason};
 
 /// The verdict on one message.
@@ -33,22 +34,14 @@ pub enum Verdict {
     },
 }
 
-/// The device id of a batch topic `edgesync/v1/{device}/batch`.
+/// The device id of a batch topic, or the dead-letter reason of one that is not.
 pub fn device_of_topic(topic: &str) -> Result<DeviceId, (DeadLetterReason, String)> {
-    let id = topic
-        .strip_prefix("edgesync/v1/")
-        .and_then(|rest| rest.strip_suffix("/batch"))
-        .ok_or_else(|| {
-            (
-                DeadLetterReason::BadTopic,
-                format!("topic {topic:?} is not edgesync/v1/{{device}}/batch"),
-            )
-        })?;
-    DeviceId::new(id).map_err(|e| {
-        (
-            DeadLetterReason::BadDeviceId,
-            format!("device id {id:?}: {e}"),
-        )
+    topics::device_of_batch(topic).map_err(|e| {
+        let reason = match e {
+            TopicError::NotABatchTopic(_) => DeadLetterReason::BadTopic,
+            TopicError::BadDeviceId { .. } => DeadLetterReason::BadDeviceId,
+        };
+        (reason, e.to_string())
     })
 }
 

@@ -2,9 +2,9 @@
 //!
 //! In the style of rumqttc itself (state machine without I/O, one loop that does the I/O): the
 //! `edgesync_protocol::Agent` decides what to send and when to give up; this loop feeds it the
-//! spool's new seqs, the connection's ups and downs, the server's acks (retained, on
-//! `edgesync/v1/{device}/ack`) and the passing of time, publishes the batches it asks for
-//! (QoS 1 on `edgesync/v1/{device}/batch`), and trims the spool behind every ack. A lost
+//! spool's new seqs, the connection's ups and downs, the server's acks (retained, on the
+//! device's ack topic: `edgesync_schemas::topics`) and the passing of time, publishes the
+//! batches it asks for (QoS 1 on its batch topic), and trims the spool behind every ack. A lost
 //! connection is retried with exponential backoff and jitter. TLS (and mutual TLS) and a
 //! per-device user name and password are optional.
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use edgesync_core::{DeviceId, ReplicaId};
 use edgesync_protocol::agent::AckEffect;
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable};
-use edgesync_schemas::Codec;
+use edgesync_schemas::{topics, Codec};
 use edgesync_servicekit::mqtt::MqttSecurity;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::Notify;
@@ -69,16 +69,6 @@ impl UplinkConfig {
         self.security.apply(&mut opts);
         opts
     }
-}
-
-/// Topic a device publishes its batches to.
-pub fn batch_topic(device: &DeviceId) -> String {
-    format!("edgesync/v1/{device}/batch")
-}
-
-/// Topic the server's (retained) acknowledgements arrive on.
-pub fn ack_topic(device: &DeviceId) -> String {
-    format!("edgesync/v1/{device}/ack")
 }
 
 /// Why the uplink stopped.
@@ -145,7 +135,7 @@ pub async fn run(
         },
     )?;
     let (client, mut events) = AsyncClient::new(cfg.mqtt_options(cfg.device.as_str()), 64);
-    let (batch_topic, ack_topic) = (batch_topic(&cfg.device), ack_topic(&cfg.device));
+    let (batch_topic, ack_topic) = (topics::batch(&cfg.device), topics::ack(&cfg.device));
     let started = Instant::now();
     let now = || started.elapsed().as_millis() as u64;
     let mut stats = UplinkStats::default();
@@ -284,7 +274,7 @@ pub async fn replay(
     }
     let (client, mut events) =
         AsyncClient::new(cfg.mqtt_options(&format!("{}.replay", cfg.device)), 64);
-    let topic = batch_topic(&cfg.device);
+    let topic = topics::batch(&cfg.device);
     let mut stats = ReplayStats::default();
     let mut acked = 0u64;
     let deadline = tokio::time::Instant::now() + timeout;

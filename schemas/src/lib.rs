@@ -6,7 +6,7 @@
 //!
 //! | message | schema | framing | where |
 //! |---|---|---|---|
-//! | [`edgesync_core::DeltaBatch`] | `delta_batch.avsc` | zstd( single-object ) | MQTT `edgesync/v1/{device}/batch`, Kafka `edgesync.deltas` |
+//! | [`edgesync_core::DeltaBatch`] | `delta_batch.avsc` | zstd( single-object ) | MQTT `edgesync/v1/{device}/batch` ([`topics`]), Kafka `edgesync.deltas` |
 //! | [`Ack`] | `ack.avsc` | single-object | MQTT `edgesync/v1/{device}/ack` (retained), Kafka `edgesync.acks` |
 //! | [`edgesync_core::Event`] | `event.avsc` | single-object or Confluent | Kafka `edgesync.events` |
 //! | [`StateRecord`] | `state_record.avsc` | single-object or Confluent | Kafka `edgesync.state` (compacted) |
@@ -38,6 +38,7 @@ mod convert;
 mod encode;
 mod error;
 mod records;
+pub mod topics;
 mod value;
 mod walk;
 
