@@ -76,6 +76,26 @@ impl DropReason {
             DropReason::Corrupt => "CORRUPT",
         }
     }
+
+    /// The byte a reason is stored as (the agent's spool, the reconciler's state store);
+    /// stable across versions.
+    pub fn byte(self) -> u8 {
+        match self {
+            DropReason::Quota => 1,
+            DropReason::Age => 2,
+            DropReason::Corrupt => 3,
+        }
+    }
+
+    /// A stored byte back to its reason; a byte no version wrote means the record holding it
+    /// is damaged, so its seqs count as [`DropReason::Corrupt`].
+    pub fn from_byte(b: u8) -> DropReason {
+        match b {
+            1 => DropReason::Quota,
+            2 => DropReason::Age,
+            _ => DropReason::Corrupt,
+        }
+    }
 }
 
 /// Seqs of the batch's replica that were dropped at the edge, and why. They occupy their seqs
@@ -368,6 +388,15 @@ mod tests {
     use super::*;
     use crate::hlc::Hlc;
     use crate::id::{DeviceId, Dot, Incarnation};
+
+    #[test]
+    fn drop_reasons_round_trip_through_their_stored_byte() {
+        for r in DropReason::ALL {
+            assert_eq!(DropReason::from_byte(r.byte()), r);
+        }
+        assert_eq!(DropReason::from_byte(0), DropReason::Corrupt);
+        assert_eq!(DropReason::from_byte(99), DropReason::Corrupt);
+    }
 
     fn ev(r: &ReplicaId, seq: u64) -> Event {
         Event {

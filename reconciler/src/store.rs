@@ -256,14 +256,6 @@ impl Store {
 
 const REPLICA_FORMAT: u8 = 1;
 
-fn reason_byte(r: DropReason) -> u8 {
-    match r {
-        DropReason::Quota => 1,
-        DropReason::Age => 2,
-        DropReason::Corrupt => 3,
-    }
-}
-
 fn encode_replica(codec: &Codec, s: &ReplicaState) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![REPLICA_FORMAT];
     out.extend_from_slice(&s.ctx.watermark().to_be_bytes());
@@ -276,7 +268,7 @@ fn encode_replica(codec: &Codec, s: &ReplicaState) -> Result<Vec<u8>, StoreError
     out.extend_from_slice(&s.gap_since_ms.map_or(u64::MAX, |g| g).to_be_bytes());
     out.push(s.dropped.len() as u8);
     for (reason, n) in &s.dropped {
-        out.push(reason_byte(*reason));
+        out.push(reason.byte());
         out.extend_from_slice(&n.to_be_bytes());
     }
     out.extend_from_slice(&(s.pending.len() as u32).to_be_bytes());
@@ -341,11 +333,7 @@ fn decode_replica(codec: &Codec, r: &ReplicaId, v: &[u8]) -> Result<ReplicaState
     let gap = rd.u64().ok_or_else(short)?;
     let mut dropped = BTreeMap::new();
     for _ in 0..rd.u8().ok_or_else(short)? {
-        let reason = match rd.u8().ok_or_else(short)? {
-            1 => DropReason::Quota,
-            2 => DropReason::Age,
-            _ => DropReason::Corrupt,
-        };
+        let reason = DropReason::from_byte(rd.u8().ok_or_else(short)?);
         dropped.insert(reason, rd.u64().ok_or_else(short)?);
     }
     let mut pending = BTreeMap::new();

@@ -54,24 +54,6 @@ pub enum QuotaPolicy {
 /// server in batches.
 pub use edgesync_core::DropReason;
 
-/// The byte a reason is stored as.
-fn reason_byte(r: DropReason) -> u8 {
-    match r {
-        DropReason::Quota => 1,
-        DropReason::Age => 2,
-        DropReason::Corrupt => 3,
-    }
-}
-
-/// A stored byte back to its reason (an unknown byte means the record is damaged).
-fn reason_of(b: u8) -> DropReason {
-    match b {
-        1 => DropReason::Quota,
-        2 => DropReason::Age,
-        _ => DropReason::Corrupt,
-    }
-}
-
 /// Milliseconds since the Unix epoch; replaceable for tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
@@ -521,7 +503,7 @@ impl Spool {
                     out.push(Entry::Dropped {
                         first: from,
                         last,
-                        reason: reason_of(reason),
+                        reason: DropReason::from_byte(reason),
                     });
                     seqs += (last - from + 1) as usize;
                     start = last + 1;
@@ -552,7 +534,7 @@ impl Spool {
                     out.push(Entry::Dropped {
                         first: seq,
                         last,
-                        reason: reason_of(reason),
+                        reason: DropReason::from_byte(reason),
                     });
                 }
                 // A record that does not decode is reported as what it is: corrupt.
@@ -939,7 +921,7 @@ impl Writer {
                 DropReason::Age
             };
             b.delete_range(keys::event_key(first), keys::event_key(last + 1));
-            let rec = keys::dropped_record(now, last, reason_byte(reason));
+            let rec = keys::dropped_record(now, last, reason.byte());
             s.bytes = s.bytes.saturating_sub(freed) + record_size(rec.len());
             b.put(keys::event_key(first), rec);
             s.events = s.events.saturating_sub(events_n);
@@ -974,7 +956,7 @@ impl Writer {
             if matches!(keys::decode(&old), Some(keys::Record::Event { .. })) {
                 s.events = s.events.saturating_sub(1);
             }
-            let rec = keys::dropped_record(now, seq, reason_byte(DropReason::Corrupt));
+            let rec = keys::dropped_record(now, seq, DropReason::Corrupt.byte());
             s.bytes = s.bytes.saturating_sub(record_size(old.len())) + record_size(rec.len());
             b.put(keys::event_key(seq), rec);
             repaired += 1;
