@@ -14,23 +14,10 @@ pub fn base_config(k: &KafkaSection) -> ClientConfig {
     client_config(&[], &k.bootstrap_servers, &k.properties)
 }
 
-/// The producer: idempotent, `acks=all`, key-hashed like the Java client (murmur2) so every
-/// client puts a device in the same partition, retrying without a deadline (a batch is
-/// acknowledged to MQTT only once delivered, so giving up would only mean a redelivery).
+/// The producer ([`kafka::durable_producer_config`]), with the configured compression and a
+/// 5 ms linger.
 pub fn producer(k: &KafkaSection) -> Result<FutureProducer, KafkaError> {
-    client_config(
-        &[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("partitioner", "murmur2_random"),
-            ("compression.type", &k.compression),
-            ("message.timeout.ms", "0"),
-            ("linger.ms", "5"),
-        ],
-        &k.bootstrap_servers,
-        &k.properties,
-    )
-    .create()
+    kafka::durable_producer_config(&k.bootstrap_servers, &k.properties, &k.compression, 5).create()
 }
 
 /// Waits until `topic` has a leader for every partition, asking through the producer itself so

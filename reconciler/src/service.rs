@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use edgesync_protocol::ServerConfig;
 use edgesync_schemas::{Codec, Limits};
-use edgesync_servicekit::kafka::{client_config, ensure_topics, TopicSpec};
+use edgesync_servicekit::kafka::{client_config, durable_producer_config, ensure_topics, TopicSpec};
 use edgesync_servicekit::now_ms;
 use edgesync_servicekit::{render_metrics, METRICS_CONTENT_TYPE};
 use prometheus_client::registry::Registry;
@@ -45,27 +45,15 @@ pub enum ServiceError {
     Http(#[source] std::io::Error),
 }
 
-/// The producer both stages share: idempotent (producer retries never double an event),
-/// `acks=all`, the Java client's key hashing, retrying without a deadline; every
-/// `[kafka.properties]` entry wins.
+/// The producer both stages share: `durable_producer_config` with lz4 and a 2 ms linger;
+/// every `[kafka.properties]` entry wins.
 pub fn producer(k: &KafkaSection) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     producer_config(k).create()
 }
 
 /// The settings of [`producer`].
 pub fn producer_config(k: &KafkaSection) -> rdkafka::ClientConfig {
-    client_config(
-        &[
-            ("enable.idempotence", "true"),
-            ("acks", "all"),
-            ("partitioner", "murmur2_random"),
-            ("compression.type", "lz4"),
-            ("linger.ms", "2"),
-            ("message.timeout.ms", "0"),
-        ],
-        &k.bootstrap_servers,
-        &k.properties,
-    )
+    durable_producer_config(&k.bootstrap_servers, &k.properties, "lz4", 2)
 }
 
 /// The device stage's transactional producers' settings: [`producer_config`] with a delivery

@@ -1,5 +1,5 @@
-//! Kafka plumbing shared by the services: client configs with pass-through properties, and
-//! topic creation at start-up.
+//! Kafka plumbing shared by the services: client configs with pass-through properties, the
+//! durable producer's settings, and topic creation at start-up.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,6 +26,34 @@ pub fn client_config(
         c.set(k, v);
     }
     c
+}
+
+/// The settings every edgesync producer shares, as a client config (see [`client_config`] for
+/// how pass-through properties win): idempotent with `acks=all`, so a retry never doubles or
+/// reorders a record and an acknowledged one survives a broker's loss; keys hashed like the
+/// Java client (murmur2), so every client puts a device in the same partition; no delivery
+/// deadline (`message.timeout.ms=0`), because a hop acknowledges upstream only once Kafka has
+/// the record and giving up would only mean a redelivery. `compression` and `linger_ms` are
+/// each service's own trade of CPU and latency against bytes.
+pub fn durable_producer_config(
+    bootstrap: &str,
+    properties: &BTreeMap<String, String>,
+    compression: &str,
+    linger_ms: u32,
+) -> ClientConfig {
+    let linger = linger_ms.to_string();
+    client_config(
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("partitioner", "murmur2_random"),
+            ("message.timeout.ms", "0"),
+            ("compression.type", compression),
+            ("linger.ms", &linger),
+        ],
+        bootstrap,
+        properties,
+    )
 }
 
 /// A topic to create if missing.
