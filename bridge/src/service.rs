@@ -4,13 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::mqtt::{MqttSecurity, MqttSecurityFiles};
-use edgesync_servicekit::{render_metrics, METRICS_CONTENT_TYPE};
+use edgesync_servicekit::ops;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,28 +65,8 @@ pub async fn run(
     };
 
     let http_stop = CancellationToken::new();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get({
-                let registry = Arc::clone(&registry);
-                move || async move {
-                    (
-                        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-                        render_metrics(&registry),
-                    )
-                        .into_response()
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    tracing::info!(listen = %listener.local_addr().map_err(ServiceError::Http)?, "http listening");
-    let stop = http_stop.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let app = ops::router(Arc::clone(&registry), || ());
+    let http = ops::serve(listener, app, http_stop.clone());
 
     let ack_path = tokio::spawn(acks::run(
         acks_consumer,

@@ -27,7 +27,7 @@ use crate::ingest::json::{parse_json, parse_ndjson};
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::metrics::AgentMetrics;
 use crate::spool::{Clock, Spool};
-use edgesync_servicekit::{render_metrics, METRICS_CONTENT_TYPE};
+use edgesync_servicekit::ops;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -61,11 +61,16 @@ impl std::fmt::Debug for HttpState {
 
 /// The router, with bodies limited to `max_body_bytes`.
 pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
+    let (spool, metrics, clock) = (
+        Arc::clone(&state.spool),
+        Arc::clone(&state.metrics),
+        state.clock.clone(),
+    );
+    let refresh = move || metrics.refresh(&spool, clock());
     Router::new()
         .route("/v1/events", post(events))
         .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(ops::router(Arc::clone(&state.registry), refresh))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -174,11 +179,3 @@ pub fn status_json(
     })
 }
 
-async fn metrics(State(s): State<HttpState>) -> Response {
-    s.metrics.refresh(&s.spool, (s.clock)());
-    (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        render_metrics(&s.registry),
-    )
-        .into_response()
-}

@@ -166,13 +166,7 @@ pub async fn run(
         },
         cfg.http.max_body_bytes,
     );
-    tracing::info!(listen = %listener.local_addr().map_err(ServiceError::Http)?, "http listening");
-    let http_stop = intake_stop.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-    });
+    let http_task = edgesync_servicekit::ops::serve(listener, app, intake_stop.clone());
 
     // An uplink that fails is fatal: without it nothing leaves the device.
     let mut uplink_task = uplink_task;

@@ -4,15 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use edgesync_protocol::ServerConfig;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::kafka::{client_config, durable_producer_config, ensure_topics, TopicSpec};
 use edgesync_servicekit::now_ms;
-use edgesync_servicekit::{render_metrics, METRICS_CONTENT_TYPE};
+use edgesync_servicekit::ops;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
@@ -192,32 +189,16 @@ pub async fn run(
     let key_thread =
         spawn("key-stage", Box::new(move |s| keys.run(s))).map_err(ServiceError::Http)?;
 
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get({
-                let (registry, metrics, ledger) = (Arc::clone(&registry), Arc::clone(&metrics), Arc::clone(&ledger));
-                move || async move {
-                    metrics.refresh(&ledger, now_ms());
-                    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], render_metrics(&registry)).into_response()
-                }
-            }),
-        )
-        .route(
-            "/v1/status",
-            get({
-                let ledger = Arc::clone(&ledger);
-                move || async move { axum::Json(ledger.status_json(now_ms(), 1000)).into_response() }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
-    tracing::info!(listen = %listener.local_addr().map_err(ServiceError::Http)?, "http listening");
-    let http_stop = stop.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-    });
+    let refresh = {
+        let (metrics, ledger) = (Arc::clone(&metrics), Arc::clone(&ledger));
+        move || metrics.refresh(&ledger, now_ms())
+    };
+    let status = move || {
+        let body = ledger.status_json(now_ms(), 1000);
+        async move { axum::Json(body) }
+    };
+    let app = ops::router(registry, refresh).route("/v1/status", get(status));
+    let http = ops::serve(listener, app, stop.clone());
     stop.cancelled().await;
     tracing::info!("stopping");
     let joined = tokio::task::spawn_blocking(move || (device_thread.join(), key_thread.join()));

@@ -3,12 +3,14 @@
 //! The plumbing every edgesync service (agent, bridge, reconciler) shares, so that they behave
 //! the same for operators: configuration in three layers with unknown fields refused
 //! ([`config`]), shutdown on SIGINT/SIGTERM through a cancellation token ([`on_signal`]),
-//! Prometheus text rendering ([`render_metrics`]), MQTT TLS and credentials ([`mqtt`]) and a
+//! Prometheus text rendering ([`render_metrics`]) and the `/metrics` + `/healthz` endpoints
+//! ([`ops`]), MQTT TLS and credentials ([`mqtt`]) and a
 //! minimal HTTP GET for CLIs that ask a running service for its status ([`http_get`]).
 
 pub mod config;
 pub mod kafka;
 pub mod mqtt;
+pub mod ops;
 
 use std::future::Future;
 use std::io::{Read, Write};
