@@ -25,7 +25,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use edgesync_core::{Incarnation, SeqRange};
 use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -57,13 +57,9 @@ pub use edgesync_core::DropReason;
 /// Milliseconds since the Unix epoch; replaceable for tests.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// The wall clock.
+/// The wall clock (`edgesync_servicekit::now_ms`, the services' one clock).
 pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    })
+    Arc::new(edgesync_servicekit::now_ms)
 }
 
 /// What one group write cost, reported to [`SpoolConfig::observer`] (for latency metrics).
