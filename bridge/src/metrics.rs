@@ -2,19 +2,11 @@
 //! caller passes in. No device labels: per-device detail belongs to the reconciler's ledger.
 
 use edgesync_schemas::DeadLetterReason;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-/// Why a message was dead-lettered.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// The dead-letter reason symbol, lower case.
-    pub reason: String,
-}
+use edgesync_servicekit::metrics::ReasonCounters;
 
 /// Every metric of the bridge.
 #[derive(Debug)]
@@ -26,7 +18,7 @@ pub struct BridgeMetrics {
     /// Batches Kafka confirmed on the deltas topic.
     pub forwarded: Counter,
     /// Messages Kafka confirmed on the dead-letter topic, by reason.
-    pub dead_lettered: Family<ReasonLabel, Counter>,
+    pub dead_lettered: ReasonCounters,
     /// MQTT acknowledgements sent (each after Kafka's delivery report).
     pub mqtt_acked: Counter,
     /// Messages received and not yet acknowledged.
@@ -59,7 +51,7 @@ impl BridgeMetrics {
             received: Counter::default(),
             redelivered: Counter::default(),
             forwarded: Counter::default(),
-            dead_lettered: Family::default(),
+            dead_lettered: ReasonCounters::new(DeadLetterReason::ALL.map(DeadLetterReason::label)),
             mqtt_acked: Counter::default(),
             inflight: Gauge::default(),
             inflight_bytes: Gauge::default(),
@@ -87,7 +79,7 @@ impl BridgeMetrics {
         r.register(
             "dead_lettered",
             "Messages confirmed on the dead-letter topic, by reason",
-            m.dead_lettered.clone(),
+            m.dead_lettered.family(),
         );
         r.register(
             "mqtt_acked",
@@ -144,13 +136,6 @@ impl BridgeMetrics {
             "Ack records that did not decode",
             m.acks_undecodable.clone(),
         );
-        // Every reason exists from the start at 0, so that the first dead letter is an increase
-        // that `increase()` and alerts see (a series born at 1 has no increase).
-        for reason in DeadLetterReason::ALL {
-            let _ = m.dead_lettered.get_or_create(&ReasonLabel {
-                reason: reason.symbol().to_ascii_lowercase(),
-            });
-        }
         m
     }
 }

@@ -28,7 +28,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgesync_schemas::{Codec, DeadLetter, Framing};
+use edgesync_schemas::{Codec, DeadLetter, DeadLetterReason, Framing};
 use edgesync_servicekit::mqtt::MqttSecurity;
 use edgesync_servicekit::now_ms;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -38,7 +38,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{BridgeMetrics, ReasonLabel};
+use crate::metrics::BridgeMetrics;
 use crate::validate::{classify, Verdict};
 
 /// MQTT side settings.
@@ -125,7 +125,7 @@ struct Outgoing {
     key: Vec<u8>,
     /// The MQTT payload itself for a batch (no copy), the encoded record for a dead letter.
     payload: bytes::Bytes,
-    dead: Option<String>,
+    dead: Option<DeadLetterReason>,
 }
 
 /// Runs until `shutdown` is cancelled, then drains in-flight messages for at most `grace`.
@@ -265,7 +265,7 @@ async fn produce(
                     topic: out.dlq_topic.clone(),
                     key: device.unwrap_or_else(|| topic.clone()).into_bytes(),
                     payload: payload.into(),
-                    dead: Some(reason.symbol().to_ascii_lowercase()),
+                    dead: Some(reason),
                 }
             }
         };
@@ -325,13 +325,7 @@ async fn ack(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, out: KafkaOut
             .observe(p.received.elapsed().as_secs_f64());
         match &p.record.dead {
             None => out.metrics.forwarded.inc(),
-            Some(reason) => out
-                .metrics
-                .dead_lettered
-                .get_or_create(&ReasonLabel {
-                    reason: reason.clone(),
-                })
-                .inc(),
+            Some(reason) => out.metrics.dead_lettered.inc(&reason.label()),
         };
         if client.ack(&p.publish).await.is_err() {
             return; // the event loop is gone

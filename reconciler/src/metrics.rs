@@ -11,15 +11,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use edgesync_servicekit::metrics::ReasonCounters;
 
 use crate::ledger::Ledger;
-
-/// A dead-letter reason.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    /// Lower-case reason symbol.
-    pub reason: String,
-}
 
 /// A stage of the reconciler (`device` or `key`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,7 +51,7 @@ pub struct ReconcilerMetrics {
     /// Converged states emitted.
     pub states: Counter,
     /// Records dead-lettered, by reason.
-    pub dead_lettered: Family<ReasonLabel, Counter>,
+    pub dead_lettered: ReasonCounters,
     /// |receive time - event HLC|.
     pub clock_skew: Histogram,
     /// Events from clocks off by more than the bound.
@@ -96,7 +90,7 @@ impl ReconcilerMetrics {
             acks_failed: Counter::default(),
             merges: Counter::default(),
             states: Counter::default(),
-            dead_lettered: Family::default(),
+            dead_lettered: ReasonCounters::new(DeadLetterReason::ALL.map(DeadLetterReason::label)),
             clock_skew: Histogram::new(exponential_buckets(0.01, 4.0, 12)),
             skew_flagged: Counter::default(),
             convergence: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
@@ -145,7 +139,7 @@ impl ReconcilerMetrics {
         r.register(
             "dead_lettered",
             "Records dead-lettered, by reason",
-            m.dead_lettered.clone(),
+            m.dead_lettered.family(),
         );
         r.register(
             "clock_skew_seconds",
@@ -198,13 +192,6 @@ impl ReconcilerMetrics {
                 stage: stage.into(),
             });
         }
-        // Every reason exists from the start at 0, so that the first dead letter is an increase
-        // that `increase()` and alerts see (a series born at 1 has no increase).
-        for reason in DeadLetterReason::ALL {
-            let _ = m.dead_lettered.get_or_create(&ReasonLabel {
-                reason: reason.symbol().to_ascii_lowercase(),
-            });
-        }
         m
     }
 
@@ -219,11 +206,7 @@ impl ReconcilerMetrics {
 
     /// Counts a dead letter.
     pub fn dead(&self, reason: DeadLetterReason) {
-        self.dead_lettered
-            .get_or_create(&ReasonLabel {
-                reason: reason.symbol().to_ascii_lowercase(),
-            })
-            .inc();
+        self.dead_lettered.inc(&reason.label());
     }
 
     /// Records one event's clock skew.

@@ -180,7 +180,7 @@ impl DeadLetterReason {
         DeadLetterReason::Other,
     ];
 
-    /// The Avro enum symbol (also the metric label).
+    /// The Avro enum symbol.
     pub fn symbol(self) -> &'static str {
         match self {
             DeadLetterReason::BadTopic => "BAD_TOPIC",
@@ -192,6 +192,11 @@ impl DeadLetterReason {
             DeadLetterReason::KindMismatch => "KIND_MISMATCH",
             DeadLetterReason::Other => "OTHER",
         }
+    }
+
+    /// The metric label: the symbol in lower case (`bad_topic`).
+    pub fn label(self) -> String {
+        self.symbol().to_ascii_lowercase()
     }
 }
 

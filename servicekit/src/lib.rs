@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod kafka;
+pub mod metrics;
 pub mod mqtt;
 pub mod ops;
 
