@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use edgesync_core::Incarnation;
 use edgesync_schemas::Codec;
-use edgesync_servicekit::mqtt::MqttSecurity;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::Message;
@@ -28,16 +27,14 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::BridgeMetrics;
+use crate::mqtt_in::MqttIn;
 
-/// Runs until `shutdown` is cancelled.
-#[allow(clippy::too_many_arguments)]
+/// Runs until `shutdown` is cancelled; publishes as MQTT client `<mqtt.client_id>.acks`, with
+/// the bridge's broker, keep-alive and security settings.
 pub async fn run(
     new_consumer: impl Fn() -> Result<StreamConsumer, KafkaError> + Send,
     acks_topic: String,
-    host: String,
-    port: u16,
-    client_id: String,
-    security: MqttSecurity,
+    mqtt: MqttIn,
     codec: Arc<Codec>,
     metrics: Arc<BridgeMetrics>,
     shutdown: CancellationToken,
@@ -54,10 +51,10 @@ pub async fn run(
             return;
         }
     };
-    let mut opts = MqttOptions::new(client_id, host, port);
+    let mut opts = MqttOptions::new(format!("{}.acks", mqtt.client_id), mqtt.host, mqtt.port);
     opts.set_clean_session(true);
-    opts.set_keep_alive(Duration::from_secs(30));
-    security.apply(&mut opts);
+    opts.set_keep_alive(mqtt.keep_alive);
+    mqtt.security.apply(&mut opts);
     let (client, mut events) = AsyncClient::new(opts, 1024);
     let loop_stop = shutdown.clone();
     let event_loop = tokio::spawn(async move {

@@ -68,13 +68,19 @@ pub async fn run(
     let app = ops::router(Arc::clone(&registry), || ());
     let http = ops::serve(listener, app, http_stop.clone());
 
+    let mqtt = MqttIn {
+        host: m.host.clone(),
+        port: m.port,
+        client_id: m.client_id.clone(),
+        shared_group: m.shared_group.clone(),
+        keep_alive: Duration::from_secs(m.keep_alive_secs.max(1)),
+        max_inflight: m.max_inflight,
+        security,
+    };
     let ack_path = tokio::spawn(acks::run(
         acks_consumer,
         cfg.kafka.acks_topic.clone(),
-        m.host.clone(),
-        m.port,
-        format!("{}.acks", m.client_id),
-        security.clone(),
+        mqtt.clone(),
         Arc::clone(&codec),
         Arc::clone(&metrics),
         shutdown.clone(),
@@ -82,15 +88,7 @@ pub async fn run(
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
     if kafka::wait_ready(&producer, &cfg.kafka.deltas_topic, &shutdown).await {
         mqtt_in::run(
-            MqttIn {
-                host: m.host.clone(),
-                port: m.port,
-                client_id: m.client_id.clone(),
-                shared_group: m.shared_group.clone(),
-                keep_alive: Duration::from_secs(m.keep_alive_secs.max(1)),
-                max_inflight: m.max_inflight,
-                security,
-            },
+            mqtt,
             KafkaOut {
                 producer: producer.clone(),
                 deltas_topic: cfg.kafka.deltas_topic.clone(),
