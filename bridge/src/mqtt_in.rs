@@ -233,7 +233,7 @@ async fn produce(
     while let Some((publish, received)) = rx.recv().await {
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let record = match classify(&topic, &publish.payload, &out.codec, out.max_payload) {
-            Verdict::Forward { device, .. } => Outgoing {
+            Verdict::Forward { device } => Outgoing {
                 topic: out.deltas_topic.clone(),
                 key: device.as_str().as_bytes().to_vec(),
                 payload: publish.payload.clone(),

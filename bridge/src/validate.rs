@@ -20,8 +20,6 @@ pub enum Verdict {
     Forward {
         /// The device (from the topic, confirmed by the batch).
         device: DeviceId,
-        /// The batch's first seq, for logs.
-        first_seq: u64,
     },
     /// Bad input: goes to the dead-letter topic.
     Dead {
@@ -63,9 +61,9 @@ pub fn classify(topic: &str, payload: &[u8], codec: &Codec, max_payload: usize) 
             Some(&device),
         );
     }
-    let (replica, first_seq) = match codec.check_batch(payload) {
+    let (replica, _first_seq) = match codec.check_batch(payload) {
         Ok(x) => x,
-        Err(e) => return dead(DeadLetterReason::Undecodable, e.to_string(), Some(&device)),
+        Err(e) => return dead(e.dead_letter_reason(), e.to_string(), Some(&device)),
     };
     if replica.device != device {
         return dead(
@@ -74,7 +72,7 @@ pub fn classify(topic: &str, payload: &[u8], codec: &Codec, max_payload: usize) 
             Some(&device),
         );
     }
-    Verdict::Forward { device, first_seq }
+    Verdict::Forward { device }
 }
 
 #[cfg(test)]
@@ -109,7 +107,6 @@ mod tests {
             classify("edgesync/v1/pump-1/batch", &good, &codec, 1 << 20),
             Verdict::Forward {
                 device: DeviceId::new("pump-1").unwrap(),
-                first_seq: 1
             }
         );
         let reason =

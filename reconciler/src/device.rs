@@ -366,7 +366,7 @@ impl DeviceStage {
             let batch = match self.io.codec.decode_batch(m.payload().unwrap_or_default()) {
                 Ok(b) => b,
                 Err(e) => {
-                    self.dead(out, &m, DeadLetterReason::Undecodable, e.to_string());
+                    self.dead(out, &m, e.dead_letter_reason(), e.to_string());
                     continue;
                 }
             };

@@ -121,7 +121,7 @@ impl KeyStage {
             {
                 Ok(d) => d,
                 Err(e) => {
-                    self.dead(&mut out, &m, DeadLetterReason::Undecodable, e.to_string());
+                    self.dead(&mut out, &m, e.dead_letter_reason(), e.to_string());
                     continue;
                 }
             };

@@ -4,7 +4,7 @@ use edgesync_core::batch::BatchError;
 use edgesync_core::causal::ContextError;
 use edgesync_core::id::{DeviceIdError, IncarnationOutOfRange};
 
-use crate::MessageKind;
+use crate::{DeadLetterReason, MessageKind};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,25 @@ pub enum DecodeError {
     },
 }
 
+impl DecodeError {
+    /// The dead-letter reason of input that failed to decode with this error: `INVALID_BATCH`
+    /// for a datum that decoded but breaks a rule of the model (ids, contexts, a batch's seqs,
+    /// names, sizes and kinds, rollup cells), `UNDECODABLE` for bytes that are not a datum of a
+    /// known schema at all.
+    pub fn dead_letter_reason(&self) -> DeadLetterReason {
+        match self {
+            DecodeError::Negative { .. }
+            | DecodeError::OutOfRange { .. }
+            | DecodeError::DeviceId(_)
+            | DecodeError::Incarnation(_)
+            | DecodeError::Context(_)
+            | DecodeError::Batch(_)
+            | DecodeError::BadRollupCell { .. } => DeadLetterReason::InvalidBatch,
+            _ => DeadLetterReason::Undecodable,
+        }
+    }
+}
+
 impl From<std::io::Error> for DecodeError {
     fn from(e: std::io::Error) -> Self {
         DecodeError::Decompress(e)
@@ -143,5 +162,27 @@ pub enum EncodeError {
 impl From<apache_avro::Error> for EncodeError {
     fn from(e: apache_avro::Error) -> Self {
         EncodeError::Avro(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datum_breaking_a_rule_is_an_invalid_batch_and_other_bytes_are_undecodable() {
+        let invalid = DecodeError::Negative {
+            field: "seq",
+            value: -1,
+        };
+        assert_eq!(invalid.dead_letter_reason(), DeadLetterReason::InvalidBatch);
+        assert_eq!(
+            DecodeError::TrailingBytes(3).dead_letter_reason(),
+            DeadLetterReason::Undecodable
+        );
+        assert_eq!(
+            DecodeError::UnknownFingerprint(7).dead_letter_reason(),
+            DeadLetterReason::Undecodable
+        );
     }
 }
