@@ -27,7 +27,7 @@ pub enum ServiceError {
     Kafka(#[from] rdkafka::error::KafkaError),
     /// The codec could not be built.
     #[error("codec: {0}")]
-    Codec(String),
+    Codec(#[source] edgesync_schemas::SchemaError),
     /// The HTTP server failed.
     #[error("http: {0}")]
     Http(#[source] std::io::Error),
@@ -44,7 +44,7 @@ pub async fn run(
     metrics.inflight_limit.set(cfg.mqtt.max_inflight as i64);
     let registry = Arc::new(registry);
     let codec =
-        Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
+        Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
     let m = &cfg.mqtt;
     let security = MqttSecurity::load(&MqttSecurityFiles {
         username: m.username.as_deref(),

@@ -46,10 +46,13 @@ pub enum ServiceError {
     Uplink(#[from] uplink::UplinkError),
     /// The codec could not be built.
     #[error("codec: {0}")]
-    Codec(String),
+    Codec(#[source] edgesync_schemas::SchemaError),
     /// The HTTP server failed.
     #[error("http: {0}")]
     Http(#[source] std::io::Error),
+    /// The blocking task opening the spool panicked or was cancelled.
+    #[error("opening the spool: {0}")]
+    SpoolTask(#[source] tokio::task::JoinError),
 }
 
 /// The uplink settings of a configuration, with TLS and password files read.
@@ -85,7 +88,7 @@ pub async fn run(
     let metrics = Arc::new(AgentMetrics::register(&mut registry));
     let registry = Arc::new(registry);
     let codec =
-        Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
+        Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
     let clock = system_clock();
     let uplink_cfg = uplink_config(&cfg)?;
     let device = cfg.device_id()?;
@@ -99,7 +102,7 @@ pub async fn run(
     let dir = cfg.spool.dir.clone();
     let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, spool_cfg))
         .await
-        .map_err(|e| ServiceError::Codec(e.to_string()))?
+        .map_err(ServiceError::SpoolTask)?
         .map_err(|source| ServiceError::Spool {
             dir: cfg.spool.dir.display().to_string(),
             source,

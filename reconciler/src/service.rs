@@ -33,13 +33,16 @@ pub enum ServiceError {
     Stage(#[from] Error),
     /// The codec could not be built.
     #[error("codec: {0}")]
-    Codec(String),
+    Codec(#[source] edgesync_schemas::SchemaError),
     /// The system's randomness could not be read (for a new group instance id).
     #[error("read random bits for the group instance id: {0}")]
     Random(#[source] std::io::Error),
     /// The HTTP server failed.
     #[error("http: {0}")]
     Http(#[source] std::io::Error),
+    /// A stage's thread could not be started.
+    #[error("start a stage thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The producer both stages share: `durable_producer_config` with lz4 and a 2 ms linger;
@@ -116,7 +119,7 @@ pub async fn run(
     let metrics = Arc::new(ReconcilerMetrics::register(&mut registry));
     let registry = Arc::new(registry);
     let codec =
-        Arc::new(Codec::new(Limits::default()).map_err(|e| ServiceError::Codec(e.to_string()))?);
+        Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
     let store = Arc::new(Store::open(&cfg.state_dir).map_err(Error::from)?);
     let ledger = Arc::new(Ledger::new(cfg.clock_skew_bound_ms));
     let producer = producer(k).map_err(Error::from)?;
@@ -185,9 +188,9 @@ pub async fn run(
             })
     };
     let device_thread =
-        spawn("device-stage", Box::new(move |s| device.run(s))).map_err(ServiceError::Http)?;
+        spawn("device-stage", Box::new(move |s| device.run(s))).map_err(ServiceError::Thread)?;
     let key_thread =
-        spawn("key-stage", Box::new(move |s| keys.run(s))).map_err(ServiceError::Http)?;
+        spawn("key-stage", Box::new(move |s| keys.run(s))).map_err(ServiceError::Thread)?;
 
     let refresh = {
         let (metrics, ledger) = (Arc::clone(&metrics), Arc::clone(&ledger));
