@@ -135,15 +135,16 @@ fn error(code: StatusCode, index: Option<usize>, reason: &str) -> Response {
 }
 
 async fn status(State(s): State<HttpState>) -> Response {
-    Json(status_json(
-        &s.spool,
-        &s.codec,
-        &s.device,
-        s.policy,
-        Some(s.metrics.link_up.get() == 1),
-        (s.clock)(),
-    ))
-    .into_response()
+    // The state digests read every stored state from RocksDB: off the runtime thread.
+    let link_up = Some(s.metrics.link_up.get() == 1);
+    let doc = tokio::task::spawn_blocking(move || {
+        status_json(&s.spool, &s.codec, &s.device, s.policy, link_up, (s.clock)())
+    })
+    .await;
+    match doc {
+        Ok(doc) => Json(doc).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, None, &e.to_string()),
+    }
 }
 
 /// The status document (also printed by `edgesync-agent status` when the agent is stopped,

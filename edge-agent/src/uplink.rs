@@ -83,6 +83,17 @@ pub enum UplinkError {
     /// The spool failed.
     #[error("spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
+    /// A blocking spool task panicked or was cancelled.
+    #[error("spool task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs spool work (RocksDB reads, a trim that waits for the writer thread) on tokio's
+/// blocking pool, never on the runtime thread that drives MQTT.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UplinkError> + Send + 'static,
+) -> Result<T, UplinkError> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// Counters of a run.
@@ -149,14 +160,21 @@ pub async fn run(
             agent.appended(seq)?;
         }
         while let Some(req) = agent.poll_send() {
+            let (s, c, r) = (Arc::clone(&spool), Arc::clone(&codec), replica.clone());
+            let (built, encoded) = blocking(move || {
+                let built = build_batch(&s, &c, &r, &req)?;
+                let encoded = c.encode_batch(&built.batch);
+                Ok((built, encoded))
+            })
+            .await?;
             let Built {
                 batch,
                 corrupt,
                 raw_bytes,
-            } = build_batch(&spool, &codec, &replica, &req)?;
+            } = built;
             stats.corrupt += corrupt as u64;
             metrics.corrupt(corrupt as u64);
-            let Ok(bytes) = codec.encode_batch(&batch) else {
+            let Ok(bytes) = encoded else {
                 break; // too large for the limits: the window shrinks on the next request
             };
             stats.batches += 1;
@@ -196,7 +214,8 @@ pub async fn run(
                     if let Ok(ack) = codec.decode_ack(&p.payload) {
                         if ack.replica == replica {
                             if let AckEffect::Advanced { trim_to } = agent.on_ack(ack.watermark, now()) {
-                                spool.trim(trim_to)?;
+                                let s = Arc::clone(&spool);
+                                blocking(move || Ok(s.trim(trim_to)?)).await?;
                             }
                         }
                     }
