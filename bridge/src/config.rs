@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgesync_schemas::topics::kafka as topics;
 use serde::Deserialize;
 
 pub use edgesync_servicekit::config::ConfigError;
@@ -123,9 +124,9 @@ impl Default for KafkaSection {
     fn default() -> Self {
         Self {
             bootstrap_servers: "127.0.0.1:9092".into(),
-            deltas_topic: "edgesync.deltas".into(),
-            acks_topic: "edgesync.acks".into(),
-            dlq_topic: "edgesync.dlq".into(),
+            deltas_topic: topics::DELTAS.into(),
+            acks_topic: topics::ACKS.into(),
+            dlq_topic: topics::DLQ.into(),
             acks_group: "edgesync-bridge-acks".into(),
             create_topics: true,
             partitions: 12,

@@ -1,5 +1,5 @@
-//! What the output topics say about a run, read back like an outside consumer would: every
-//! event in `edgesync.events` (by dot: once, or a duplicate) with its latency from the agent's
+//! What the output topics say about a run, read back like an outside consumer would (by
+//! their default names): every event in `edgesync.events` (by dot: once, or a duplicate) with its latency from the agent's
 //! answer to the record's timestamp, and every converged record in `edgesync.state` (the
 //! latest counter values, and per device when its own counter first included each seq).
 
@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use edgesync_core::Crdt;
+use edgesync_schemas::topics::kafka as topics;
 use edgesync_schemas::Codec;
 use edgesync_testkit::{unique, Kafka};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -44,7 +45,7 @@ pub fn read(k: &Kafka, codec: &Codec, fleet: &Fleet, answers: &Answers) -> Resul
         .set("enable.auto.commit", "false")
         .create()
         .map_err(err)?;
-    c.subscribe(&["edgesync.events", "edgesync.state"])
+    c.subscribe(&[topics::EVENTS, topics::STATE])
         .map_err(err)?;
     let total: usize = answers.values().map(BTreeMap::len).sum();
     let mut o = Observed::default();
@@ -56,7 +57,7 @@ pub fn read(k: &Kafka, codec: &Codec, fleet: &Fleet, answers: &Answers) -> Resul
             continue;
         };
         idle = Instant::now();
-        if msg.topic() == "edgesync.events" {
+        if msg.topic() == topics::EVENTS {
             o.event(codec, &msg, fleet, answers);
         } else {
             o.state(codec, &msg);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgesync_schemas::topics::kafka as topics;
 use serde::Deserialize;
 
 pub use edgesync_servicekit::config::ConfigError;
@@ -119,12 +120,12 @@ impl Default for KafkaSection {
     fn default() -> Self {
         Self {
             bootstrap_servers: "127.0.0.1:9092".into(),
-            deltas_topic: "edgesync.deltas".into(),
-            events_topic: "edgesync.events".into(),
-            state_deltas_topic: "edgesync.state-deltas".into(),
-            state_topic: "edgesync.state".into(),
-            acks_topic: "edgesync.acks".into(),
-            dlq_topic: "edgesync.dlq".into(),
+            deltas_topic: topics::DELTAS.into(),
+            events_topic: topics::EVENTS.into(),
+            state_deltas_topic: topics::STATE_DELTAS.into(),
+            state_topic: topics::STATE.into(),
+            acks_topic: topics::ACKS.into(),
+            dlq_topic: topics::DLQ.into(),
             device_group: "edgesync-reconciler-device".into(),
             key_group: "edgesync-reconciler-key".into(),
             group_instance_id: None,

@@ -1,4 +1,5 @@
-//! The MQTT topic grammar between edge agents and the bridge, owned here and nowhere else:
+//! The MQTT topic grammar between edge agents and the bridge, and the default names of the
+//! Kafka topics ([`kafka`]), owned here and nowhere else:
 //!
 //! | topic | who publishes | what |
 //! |---|---|---|
@@ -55,6 +56,23 @@ pub fn device_of_batch(topic: &str) -> Result<DeviceId, TopicError> {
         id: id.to_owned(),
         source,
     })
+}
+
+/// The Kafka topics' default names (each service's `[kafka]` section can rename them; the
+/// README's topic table says who writes and reads each).
+pub mod kafka {
+    /// Device batches, keyed by device (bridge → reconciler).
+    pub const DELTAS: &str = "edgesync.deltas";
+    /// One record per event, once each, in dot order per device (reconciler → analytics).
+    pub const EVENTS: &str = "edgesync.events";
+    /// State deltas re-keyed by key (the reconciler's device stage → its key stage).
+    pub const STATE_DELTAS: &str = "edgesync.state-deltas";
+    /// Converged state per key, compacted (reconciler → analytics).
+    pub const STATE: &str = "edgesync.state";
+    /// Acknowledged watermarks per device (reconciler → bridge → devices).
+    pub const ACKS: &str = "edgesync.acks";
+    /// Dead letters with their reason (bridge, reconciler → operators).
+    pub const DLQ: &str = "edgesync.dlq";
 }
 
 #[cfg(test)]

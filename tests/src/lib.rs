@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use edgesync_core::Crdt;
+use edgesync_schemas::topics::kafka as topics;
 use edgesync_schemas::{Codec, Limits, StateRecord};
 use edgesync_testkit::{
     read_outputs, workspace_binary, FaultProxy, Kafka, Mosquitto, Record, Service,
@@ -218,7 +219,7 @@ impl Fleet {
     fn assert_events(&self, k: &Kafka) {
         let total = self.answered();
         let recs = k
-            .read_topic("edgesync.events", Duration::from_secs(60), |r| {
+            .read_topic(topics::EVENTS, Duration::from_secs(60), |r| {
                 r.len() >= total
             })
             .unwrap();
@@ -256,7 +257,7 @@ impl Fleet {
     fn assert_state(&self, k: &Kafka) -> Vec<Record> {
         let expect = self.reference();
         let states = k
-            .read_topic("edgesync.state", Duration::from_secs(60), |r| {
+            .read_topic(topics::STATE, Duration::from_secs(60), |r| {
                 latest_counters(&self.codec, r) == expect
             })
             .unwrap();
@@ -322,7 +323,7 @@ impl Fleet {
             let log = k.node(i).log_tail(100_000);
             let _ = std::fs::write(format!("{dir}/kafka-{i}.log"), log);
         }
-        for topic in ["edgesync.deltas", "edgesync.events", "edgesync.acks"] {
+        for topic in [topics::DELTAS, topics::EVENTS, topics::ACKS] {
             let recs = k
                 .read_topic(topic, Duration::from_secs(5), |_| false)
                 .unwrap_or_default();

@@ -17,11 +17,12 @@
 
 use std::time::{Duration, Instant};
 
+use edgesync_schemas::topics::kafka as topics;
 use edgesync_testkit::Kafka;
 use edgesync_tests::Fleet;
 
 /// The pipeline's topics (shipped names) whose replicas must be back before the next fault.
-const TOPICS: [&str; 3] = ["edgesync.deltas", "edgesync.events", "edgesync.state"];
+const TOPICS: [&str; 3] = [topics::DELTAS, topics::EVENTS, topics::STATE];
 /// librdkafka's `request.timeout.ms` default, which the services keep.
 const PRODUCER_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The reconciler's device-stage consumer group (`deploy/reconciler.toml`).
@@ -69,7 +70,7 @@ fn agents_to_converged_state_through_leader_kills_a_hung_broker_and_a_cluster_re
     let probe = f.devices[0].clone();
 
     // 1. The leaders of the probe device's deltas, then events partition, killed mid-stream.
-    for topic in ["edgesync.deltas", "edgesync.events"] {
+    for topic in [topics::DELTAS, topics::EVENTS] {
         let p = partition_of(&k, topic, &probe);
         let leader = k.leader(topic, p).unwrap();
         k.node(leader).kill9();
@@ -80,8 +81,8 @@ fn agents_to_converged_state_through_leader_kills_a_hung_broker_and_a_cluster_re
     }
 
     // 2. A hang longer than the producer's request timeout, with the agents sending.
-    let p = partition_of(&k, "edgesync.deltas", &probe);
-    let hung = k.leader("edgesync.deltas", p).unwrap();
+    let p = partition_of(&k, topics::DELTAS, &probe);
+    let hung = k.leader(topics::DELTAS, p).unwrap();
     k.node(hung).pause().unwrap();
     let until = Instant::now() + PRODUCER_REQUEST_TIMEOUT + Duration::from_secs(5);
     while Instant::now() < until {

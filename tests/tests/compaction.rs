@@ -14,12 +14,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use edgesync_core::Crdt;
+use edgesync_schemas::topics::kafka as topics;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{Broker, Kafka, Record};
 use edgesync_tests::Fleet;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-const STATE: &str = "edgesync.state";
+const STATE: &str = topics::STATE;
 const PARTITIONS: i32 = 4;
 const ROLL: &str = "compaction-test-roll";
 
