@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use edgesync_core::{ReplicaId, VersionVector};
+use edgesync_core::{Crdt, DeltaBatch, ReplicaId, VersionVector};
 use edgesync_protocol::{Server, ServerConfig};
 use edgesync_schemas::{Ack, DeadLetterReason, Framing, StateRecord};
 use edgesync_servicekit::now_ms;
@@ -363,74 +363,113 @@ impl DeviceStage {
             o.next = m.offset() + 1;
             a.offsets.insert(p, o.next);
             self.io.metrics.batches.inc();
-            let batch = match self.io.codec.decode_batch(m.payload().unwrap_or_default()) {
-                Ok(b) => b,
-                Err(e) => {
-                    self.dead(out, &m, e.dead_letter_reason(), e.to_string());
-                    continue;
-                }
+            let Some(batch) = self.checked_batch(&m, out) else {
+                continue;
             };
-            if let Some(k) = m.key() {
-                if k != batch.replica().device.as_str().as_bytes() {
-                    let why = format!(
-                        "key {:?} but the batch names {}",
-                        String::from_utf8_lossy(k),
-                        batch.replica().device
-                    );
-                    self.dead(out, &m, DeadLetterReason::DeviceMismatch, why);
-                    continue;
-                }
-            }
+            // A delta carries the HLC time of its oldest event: the key stage measures
+            // convergence latency from it.
             let oldest_hlc = batch.events().iter().map(|e| e.hlc.wall_ms).min();
-            let replica = batch.replica().clone();
             let applied = o.server.apply(batch, now);
             self.io.metrics.duplicates.inc_by(applied.duplicates as u64);
-            let done = skip.get(&replica).copied().unwrap_or(0);
-            let mut last_skew = None;
-            for e in &applied.released {
-                if e.dot.seq <= done {
-                    self.io.metrics.suppressed.inc();
-                    continue;
-                }
-                let skew_ms = now as i64 - e.hlc.wall_ms as i64;
-                self.io
-                    .metrics
-                    .observe_skew(skew_ms, self.cfg.skew_bound_ms);
-                last_skew = Some(skew_ms);
-                let bytes = self.io.codec.encode_event(e, Framing::SingleObject)?;
-                let device = replica.device.as_str().as_bytes();
-                out.send(&self.cfg.events_topic, Some(p), device, &bytes, true);
-                a.events += 1;
-            }
-            if applied.watermark >= done {
-                skip.remove(&replica);
-            }
-            for (key, delta) in applied.deltas {
-                let mut vv = VersionVector::new();
-                vv.observe(&replica, applied.watermark);
-                let rec = StateRecord {
-                    key: key.clone(),
-                    state: delta,
-                    version_vector: vv,
-                    // A delta carries the HLC time of its oldest event: the key stage measures
-                    // convergence latency from it.
-                    emitted_at_ms: oldest_hlc.unwrap_or(now),
-                };
-                let bytes = self
-                    .io
-                    .codec
-                    .encode_state_record(&rec, Framing::SingleObject)?;
-                let topic = &self.cfg.state_deltas_topic;
-                out.send(topic, None, key.as_bytes(), &bytes, false);
-                a.deltas += 1;
-            }
-            a.acks.insert(replica.clone(), applied.watermark);
-            if let Some(s) = last_skew {
+            let replica = applied.replica.clone();
+            if let Some(s) = self.release(&applied, p, skip, out, now, &mut a)? {
                 a.skews.insert(replica.clone(), s);
             }
+            self.emit_deltas(applied.deltas, &replica, applied.watermark, oldest_hlc.unwrap_or(now), out, &mut a)?;
+            a.acks.insert(replica.clone(), applied.watermark);
             a.touched.insert((p, replica));
         }
         Ok(a)
+    }
+
+    /// The record's batch, or `None` when it was dead-lettered (undecodable, invalid, or keyed
+    /// by another device than it names).
+    fn checked_batch(&self, m: &OwnedMessage, out: &mut Out) -> Option<DeltaBatch> {
+        let batch = match self.io.codec.decode_batch(m.payload().unwrap_or_default()) {
+            Ok(b) => b,
+            Err(e) => {
+                self.dead(out, m, e.dead_letter_reason(), e.to_string());
+                return None;
+            }
+        };
+        if let Some(k) = m.key() {
+            if k != batch.replica().device.as_str().as_bytes() {
+                let why = format!(
+                    "key {:?} but the batch names {}",
+                    String::from_utf8_lossy(k),
+                    batch.replica().device
+                );
+                self.dead(out, m, DeadLetterReason::DeviceMismatch, why);
+                return None;
+            }
+        }
+        Some(batch)
+    }
+
+    /// Enqueues the released events on partition `p` of the events topic, except those the
+    /// topic already has (`skip`: the read-back after an assignment); the skew of the last one.
+    fn release(
+        &self,
+        applied: &edgesync_protocol::Applied,
+        p: i32,
+        skip: &mut HashMap<ReplicaId, u64>,
+        out: &mut Out,
+        now: u64,
+        a: &mut Applied,
+    ) -> Result<Option<i64>, Error> {
+        let replica = &applied.replica;
+        let done = skip.get(replica).copied().unwrap_or(0);
+        let mut last_skew = None;
+        for e in &applied.released {
+            if e.dot.seq <= done {
+                self.io.metrics.suppressed.inc();
+                continue;
+            }
+            let skew_ms = now as i64 - e.hlc.wall_ms as i64;
+            self.io
+                .metrics
+                .observe_skew(skew_ms, self.cfg.skew_bound_ms);
+            last_skew = Some(skew_ms);
+            let bytes = self.io.codec.encode_event(e, Framing::SingleObject)?;
+            let device = replica.device.as_str().as_bytes();
+            out.send(&self.cfg.events_topic, Some(p), device, &bytes, true);
+            a.events += 1;
+        }
+        if applied.watermark >= done {
+            skip.remove(replica);
+        }
+        Ok(last_skew)
+    }
+
+    /// Enqueues each joined delta on the state-deltas topic, keyed by its key, with the
+    /// replica's watermark as its version vector.
+    fn emit_deltas(
+        &self,
+        deltas: BTreeMap<String, Crdt>,
+        replica: &ReplicaId,
+        watermark: u64,
+        emitted_at_ms: u64,
+        out: &mut Out,
+        a: &mut Applied,
+    ) -> Result<(), Error> {
+        for (key, delta) in deltas {
+            let mut vv = VersionVector::new();
+            vv.observe(replica, watermark);
+            let rec = StateRecord {
+                key: key.clone(),
+                state: delta,
+                version_vector: vv,
+                emitted_at_ms,
+            };
+            let bytes = self
+                .io
+                .codec
+                .encode_state_record(&rec, Framing::SingleObject)?;
+            let topic = &self.cfg.state_deltas_topic;
+            out.send(topic, None, key.as_bytes(), &bytes, false);
+            a.deltas += 1;
+        }
+        Ok(())
     }
 
     /// Enqueues each replica's new watermark on the acks topic.
