@@ -13,6 +13,7 @@ use edgesync_servicekit::ops;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +44,9 @@ pub enum ServiceError {
     /// A stage's thread could not be started.
     #[error("start a stage thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The blocking task opening the state store panicked or was cancelled.
+    #[error("opening the state store: {0}")]
+    StoreTask(#[source] tokio::task::JoinError),
 }
 
 /// The producer both stages share: `durable_producer_config` with lz4 and a 2 ms linger;
@@ -78,7 +82,7 @@ fn transactions(cfg: &Config) -> Option<Transactions> {
 }
 
 /// The deltas topic's partition count, if it exists.
-fn partitions_of(base: &rdkafka::ClientConfig, topic: &str) -> Result<Option<i32>, Error> {
+fn partitions_of(base: &ClientConfig, topic: &str) -> Result<Option<i32>, Error> {
     let c: BaseConsumer = base.create()?;
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     Ok(md
@@ -89,62 +93,89 @@ fn partitions_of(base: &rdkafka::ClientConfig, topic: &str) -> Result<Option<i32
         .filter(|n| *n > 0))
 }
 
-/// Runs the reconciler until `shutdown` is cancelled; `listener` serves HTTP.
-pub async fn run(
-    cfg: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ServiceError> {
-    let k = &cfg.kafka;
-    let base = client_config(&[], &k.bootstrap_servers, &k.properties);
-    if k.create_topics {
-        let n = partitions_of(&base, &k.deltas_topic)?.unwrap_or(k.partitions);
-        let spec = |name, config: Vec<(&'static str, &'static str)>| TopicSpec {
-            name,
-            partitions: n,
-            replication: k.replication_factor,
-            config,
-        };
-        let specs = vec![
-            spec(&k.deltas_topic, vec![]),
-            spec(&k.events_topic, vec![]),
-            spec(&k.state_deltas_topic, vec![]),
-            spec(&k.state_topic, vec![("cleanup.policy", "compact")]),
-            spec(&k.acks_topic, vec![]),
-            spec(&k.dlq_topic, vec![]),
-        ];
-        ensure_topics(&base, &specs).await.map_err(Error::from)?;
-    }
-    let mut registry = Registry::default();
-    let metrics = Arc::new(ReconcilerMetrics::register(&mut registry));
-    let registry = Arc::new(registry);
-    let codec =
-        Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
-    let store = Arc::new(Store::open(&cfg.state_dir).map_err(Error::from)?);
-    let ledger = Arc::new(Ledger::new(cfg.clock_skew_bound_ms));
-    let producer = producer(k).map_err(Error::from)?;
-    let instance = match &k.group_instance_id {
-        Some(id) => id.clone(),
-        None => {
-            let fresh = edgesync_servicekit::random_u64().map_err(ServiceError::Random)?;
-            store.instance_id(fresh).map_err(Error::from)?
-        }
+/// Creates the pipeline's topics when missing, with the deltas topic's partition count if it
+/// exists (the events topic must match it: the device stage writes events partition p while
+/// it owns deltas partition p).
+async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), Error> {
+    let (b, deltas) = (base.clone(), k.deltas_topic.clone());
+    let existing = tokio::task::spawn_blocking(move || partitions_of(&b, &deltas))
+        .await
+        .map_err(|e| Error::Replay(format!("topic metadata task: {e}")))??;
+    let n = existing.unwrap_or(k.partitions);
+    let spec = |name, config: Vec<(&'static str, &'static str)>| TopicSpec {
+        name,
+        partitions: n,
+        replication: k.replication_factor,
+        config,
     };
-    tracing::info!(group_instance_id = %instance, "static group membership");
+    let specs = vec![
+        spec(&k.deltas_topic, vec![]),
+        spec(&k.events_topic, vec![]),
+        spec(&k.state_deltas_topic, vec![]),
+        spec(&k.state_topic, vec![("cleanup.policy", "compact")]),
+        spec(&k.acks_topic, vec![]),
+        spec(&k.dlq_topic, vec![]),
+    ];
+    Ok(ensure_topics(base, &specs).await?)
+}
 
-    // Each stage: its own group consumer and reader, the shared codec, store, producer, metrics.
-    let io = |stage_name: &str, group: &str, topic: &str| -> Result<stage::Io, Error> {
-        let member = (!instance.is_empty()).then(|| format!("{instance}-{stage_name}"));
-        let config = stage::member_config(&base, group, member.as_deref());
-        Ok(stage::Io {
-            codec: Arc::clone(&codec),
-            store: Arc::clone(&store),
-            producer: producer.clone(),
-            member: stage::Member::join(config, topic, metrics.lag(stage_name))?,
-            reader: stage::reader(&base)?,
-            metrics: Arc::clone(&metrics),
+/// What both stages share.
+struct Shared {
+    codec: Arc<Codec>,
+    store: Arc<Store>,
+    producer: FutureProducer,
+    metrics: Arc<ReconcilerMetrics>,
+    ledger: Arc<Ledger>,
+    /// The static member id's prefix (empty: dynamic membership).
+    instance: String,
+}
+
+impl Shared {
+    /// Opens the state store (off the runtime thread) and makes the producer and the rest.
+    async fn open(cfg: &Config, metrics: Arc<ReconcilerMetrics>) -> Result<Self, ServiceError> {
+        let codec = Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
+        let dir = cfg.state_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(ServiceError::StoreTask)?
+            .map_err(Error::from)?;
+        let instance = match &cfg.kafka.group_instance_id {
+            Some(id) => id.clone(),
+            None => {
+                let fresh = edgesync_servicekit::random_u64().map_err(ServiceError::Random)?;
+                store.instance_id(fresh).map_err(Error::from)?
+            }
+        };
+        tracing::info!(group_instance_id = %instance, "static group membership");
+        Ok(Shared {
+            codec,
+            store: Arc::new(store),
+            producer: producer(&cfg.kafka).map_err(Error::from)?,
+            metrics,
+            ledger: Arc::new(Ledger::new(cfg.clock_skew_bound_ms)),
+            instance,
         })
-    };
+    }
+
+    /// A stage's own group membership and reader, with the shared codec, store, producer and
+    /// metrics.
+    fn io(&self, base: &ClientConfig, stage: &str, group: &str, topic: &str) -> Result<stage::Io, Error> {
+        let member = (!self.instance.is_empty()).then(|| format!("{}-{stage}", self.instance));
+        let config = stage::member_config(base, group, member.as_deref());
+        Ok(stage::Io {
+            codec: Arc::clone(&self.codec),
+            store: Arc::clone(&self.store),
+            producer: self.producer.clone(),
+            member: stage::Member::join(config, topic, self.metrics.lag(stage))?,
+            reader: stage::reader(base)?,
+            metrics: Arc::clone(&self.metrics),
+        })
+    }
+}
+
+/// The two stages, configured from `cfg`.
+fn stages(cfg: &Config, base: &ClientConfig, shared: &Shared) -> Result<(DeviceStage, KeyStage), Error> {
+    let k = &cfg.kafka;
     let device = DeviceStage {
         cfg: DeviceConfig {
             deltas_topic: k.deltas_topic.clone(),
@@ -157,10 +188,10 @@ pub async fn run(
                 max_pending_per_replica: cfg.max_pending_per_replica,
             },
             skew_bound_ms: cfg.clock_skew_bound_ms,
-            transactions: transactions(&cfg),
+            transactions: transactions(cfg),
         },
-        io: io("device", &k.device_group, &k.deltas_topic)?,
-        ledger: Arc::clone(&ledger),
+        io: shared.io(base, "device", &k.device_group, &k.deltas_topic)?,
+        ledger: Arc::clone(&shared.ledger),
     };
     let keys = KeyStage {
         cfg: KeyConfig {
@@ -169,61 +200,87 @@ pub async fn run(
             dlq_topic: k.dlq_topic.clone(),
             max_group: cfg.max_group_records,
         },
-        io: io("key", &k.key_group, &k.state_deltas_topic)?,
+        io: shared.io(base, "key", &k.key_group, &k.state_deltas_topic)?,
     };
-    // A failing stage stops the whole process: a half-running reconciler would hold
-    // partitions it does not serve.
-    let stop = shutdown.child_token();
-    let spawn = |name: &str, f: Box<dyn FnOnce(CancellationToken) -> Result<(), Error> + Send>| {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let r = f(stop.clone());
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "stage failed");
-                }
-                stop.cancel();
-                r
-            })
-    };
-    let device_thread =
-        spawn("device-stage", Box::new(move |s| device.run(s))).map_err(ServiceError::Thread)?;
-    let key_thread =
-        spawn("key-stage", Box::new(move |s| keys.run(s))).map_err(ServiceError::Thread)?;
+    Ok((device, keys))
+}
 
+type StageThread = std::thread::JoinHandle<Result<(), Error>>;
+
+/// Runs a stage on its own thread. A failing stage stops the whole process (it cancels
+/// `stop`): a half-running reconciler would hold partitions it does not serve.
+fn spawn_stage(
+    name: &str,
+    stop: &CancellationToken,
+    f: impl FnOnce(CancellationToken) -> Result<(), Error> + Send + 'static,
+) -> Result<StageThread, ServiceError> {
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let r = f(stop.clone());
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "stage failed");
+            }
+            stop.cancel();
+            r
+        })
+        .map_err(ServiceError::Thread)
+}
+
+/// Waits up to `grace` for the stages to finish; the first stage error, if any.
+async fn join_stages(threads: [StageThread; 2], grace: Duration) -> Result<(), ServiceError> {
+    let joined = tokio::task::spawn_blocking(move || threads.map(|t| t.join()));
+    match tokio::time::timeout(grace, joined).await {
+        Ok(Ok(results)) => match results.into_iter().find_map(|r| r.ok()?.err()) {
+            Some(e) => Err(ServiceError::Stage(e)),
+            None => Ok(()),
+        },
+        _ => {
+            tracing::warn!("grace period over; progress is in the state store, work resumes from it");
+            Ok(())
+        }
+    }
+}
+
+/// `/metrics`, `/healthz` and the completeness ledger at `/v1/status`.
+fn router(registry: Registry, shared: &Shared) -> axum::Router {
     let refresh = {
-        let (metrics, ledger) = (Arc::clone(&metrics), Arc::clone(&ledger));
+        let (metrics, ledger) = (Arc::clone(&shared.metrics), Arc::clone(&shared.ledger));
         move || metrics.refresh(&ledger, now_ms())
     };
+    let ledger = Arc::clone(&shared.ledger);
     let status = move || {
         let body = ledger.status_json(now_ms(), 1000);
         async move { axum::Json(body) }
     };
-    let app = ops::router(registry, refresh).route("/v1/status", get(status));
-    let http = ops::serve(listener, app, stop.clone());
+    ops::router(Arc::new(registry), refresh).route("/v1/status", get(status))
+}
+
+/// Runs the reconciler until `shutdown` is cancelled; `listener` serves HTTP.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let k = &cfg.kafka;
+    let base = client_config(&[], &k.bootstrap_servers, &k.properties);
+    if k.create_topics {
+        create_topics(&base, k).await?;
+    }
+    let mut registry = Registry::default();
+    let metrics = Arc::new(ReconcilerMetrics::register(&mut registry));
+    let shared = Shared::open(&cfg, metrics).await?;
+    let (device, keys) = stages(&cfg, &base, &shared)?;
+    let stop = shutdown.child_token();
+    let threads = [
+        spawn_stage("device-stage", &stop, move |s| device.run(s))?,
+        spawn_stage("key-stage", &stop, move |s| keys.run(s))?,
+    ];
+    let http = ops::serve(listener, router(registry, &shared), stop.clone());
     stop.cancelled().await;
     tracing::info!("stopping");
-    let joined = tokio::task::spawn_blocking(move || (device_thread.join(), key_thread.join()));
-    let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-    let result = match tokio::time::timeout(grace, joined).await {
-        Ok(Ok((d, k))) => {
-            let first_err = [d, k].into_iter().find_map(|r| match r {
-                Ok(Err(e)) => Some(e),
-                _ => None,
-            });
-            match first_err {
-                Some(e) => Err(ServiceError::Stage(e)),
-                None => Ok(()),
-            }
-        }
-        _ => {
-            tracing::warn!(
-                "grace period over; progress is in the state store, work resumes from it"
-            );
-            Ok(())
-        }
-    };
+    let result = join_stages(threads, Duration::from_millis(cfg.shutdown_grace_ms)).await;
     let _ = http.await;
     result
 }
