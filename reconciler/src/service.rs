@@ -44,9 +44,15 @@ pub enum ServiceError {
     /// A stage's thread could not be started.
     #[error("start a stage thread: {0}")]
     Thread(#[source] std::io::Error),
-    /// The blocking task opening the state store panicked or was cancelled.
-    #[error("opening the state store: {0}")]
-    StoreTask(#[source] tokio::task::JoinError),
+    /// A blocking start-up task (opening the state store, reading topic metadata) panicked
+    /// or was cancelled.
+    #[error("{what}: {source}")]
+    Task {
+        /// What it was doing.
+        what: &'static str,
+        /// Why it ended.
+        source: tokio::task::JoinError,
+    },
 }
 
 /// The producer both stages share: `durable_producer_config` with lz4 and a 2 ms linger;
@@ -96,11 +102,14 @@ fn partitions_of(base: &ClientConfig, topic: &str) -> Result<Option<i32>, Error>
 /// Creates the pipeline's topics when missing, with the deltas topic's partition count if it
 /// exists (the events topic must match it: the device stage writes events partition p while
 /// it owns deltas partition p).
-async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), Error> {
+async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), ServiceError> {
     let (b, deltas) = (base.clone(), k.deltas_topic.clone());
     let existing = tokio::task::spawn_blocking(move || partitions_of(&b, &deltas))
         .await
-        .map_err(|e| Error::Replay(format!("topic metadata task: {e}")))??;
+        .map_err(|source| ServiceError::Task {
+            what: "reading the deltas topic's metadata",
+            source,
+        })??;
     let n = existing.unwrap_or(k.partitions);
     let spec = |name, config: Vec<(&'static str, &'static str)>| TopicSpec {
         name,
@@ -116,7 +125,8 @@ async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), Erro
         spec(&k.acks_topic, vec![]),
         spec(&k.dlq_topic, vec![]),
     ];
-    Ok(ensure_topics(base, &specs).await?)
+    ensure_topics(base, &specs).await.map_err(Error::from)?;
+    Ok(())
 }
 
 /// What both stages share.
@@ -137,7 +147,10 @@ impl Shared {
         let dir = cfg.state_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
-            .map_err(ServiceError::StoreTask)?
+            .map_err(|source| ServiceError::Task {
+                what: "opening the state store",
+                source,
+            })?
             .map_err(Error::from)?;
         let instance = match &cfg.kafka.group_instance_id {
             Some(id) => id.clone(),
