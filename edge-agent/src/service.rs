@@ -13,6 +13,7 @@ use edgesync_schemas::{Codec, Limits};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
@@ -20,8 +21,8 @@ use crate::http::{router, HttpState};
 use crate::ingest::{Ingest, StartError};
 use crate::metrics::AgentMetrics;
 use crate::mqtt_ingest::{self, MqttIngestConfig};
-use crate::spool::{system_clock, Spool, SpoolError};
-use crate::uplink::{self, UplinkConfig, UplinkDeps};
+use crate::spool::{system_clock, Clock, Spool, SpoolError};
+use crate::uplink::{self, UplinkConfig, UplinkDeps, UplinkError, UplinkStats};
 use edgesync_servicekit::mqtt::{MqttSecurity, MqttSecurityFiles};
 
 /// Why the service could not start or stopped with an error.
@@ -78,24 +79,15 @@ pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
     })
 }
 
-/// Runs the agent on `listener` (the HTTP endpoint) until `shutdown` is cancelled.
-pub async fn run(
-    cfg: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ServiceError> {
-    let mut registry = Registry::default();
-    let metrics = Arc::new(AgentMetrics::register(&mut registry));
-    let registry = Arc::new(registry);
-    let codec =
-        Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
-    let clock = system_clock();
-    let uplink_cfg = uplink_config(&cfg)?;
-    let device = cfg.device_id()?;
-
+/// Opens the spool on the blocking pool, with `clock` and the write-latency histogram.
+async fn open_spool(
+    cfg: &Config,
+    metrics: &Arc<AgentMetrics>,
+    clock: Clock,
+) -> Result<Arc<Spool>, ServiceError> {
     let mut spool_cfg = cfg.spool_config();
-    spool_cfg.clock = clock.clone();
-    let observed = Arc::clone(&metrics);
+    spool_cfg.clock = clock;
+    let observed = Arc::clone(metrics);
     spool_cfg.observer = Some(Arc::new(move |w| {
         observed.spool_write.observe(w.write.as_secs_f64())
     }));
@@ -107,17 +99,94 @@ pub async fn run(
             dir: cfg.spool.dir.display().to_string(),
             source,
         })?;
-    let spool = Arc::new(spool);
     let meta = spool.meta();
     tracing::info!(
-        device = %device,
+        device = %cfg.device.id,
         incarnation = meta.incarnation.get(),
         next_seq = meta.next_seq,
         acked = meta.acked,
         events = meta.events,
         "spool open"
     );
+    Ok(Arc::new(spool))
+}
 
+/// What runs while the agent runs. Intake (HTTP, local MQTT, the ingest thread) stops first,
+/// so that everything answered is in the spool; the uplink last.
+struct Running {
+    http: JoinHandle<std::io::Result<()>>,
+    mqtt: Option<JoinHandle<()>>,
+    ingest: std::thread::JoinHandle<()>,
+    intake_stop: CancellationToken,
+    uplink: JoinHandle<Result<UplinkStats, UplinkError>>,
+    uplink_stop: CancellationToken,
+}
+
+impl Running {
+    /// Stops intake, lets the ingest thread answer what is queued, then stops the uplink
+    /// (unless it already ended with `uplink_early`).
+    async fn stop(
+        self,
+        uplink_early: Option<Result<Result<UplinkStats, UplinkError>, JoinError>>,
+    ) -> (std::io::Result<()>, Result<Result<UplinkStats, UplinkError>, JoinError>) {
+        self.intake_stop.cancel();
+        let http = self.http.await.unwrap_or(Ok(()));
+        if let Some(t) = self.mqtt {
+            let _ = t.await;
+        }
+        // The HTTP router and the MQTT task held the last ingest handles: the thread now
+        // answers what is queued and exits.
+        let ingest = self.ingest;
+        let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+        self.uplink_stop.cancel();
+        let up = match uplink_early {
+            Some(r) => r,
+            None => self.uplink.await,
+        };
+        (http, up)
+    }
+}
+
+/// The local MQTT intake, when configured.
+fn mqtt_intake(
+    cfg: &Config,
+    ingest: &Ingest,
+    metrics: &Arc<AgentMetrics>,
+    stop: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    cfg.ingest_mqtt.as_ref().map(|m| {
+        tokio::spawn(mqtt_ingest::run(
+            MqttIngestConfig {
+                host: m.host.clone(),
+                port: m.port,
+                topics: m.topics.clone(),
+                client_id: m.client_id.clone(),
+            },
+            ingest.clone(),
+            Arc::clone(metrics),
+            stop.clone(),
+        ))
+    })
+}
+
+/// What the parts of a running agent share.
+struct Shared {
+    spool: Arc<Spool>,
+    clock: Clock,
+    registry: Registry,
+    metrics: Arc<AgentMetrics>,
+}
+
+/// Starts ingest, the uplink, the local MQTT intake and the HTTP endpoint on `listener`.
+fn start(cfg: &Config, listener: TcpListener, shared: Shared) -> Result<Running, ServiceError> {
+    let Shared {
+        spool,
+        clock,
+        registry,
+        metrics,
+    } = shared;
+    let codec = Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
+    let device = cfg.device_id()?;
     let appended = Arc::new(Notify::new());
     let (ingest, ingest_thread) = Ingest::start(
         Arc::clone(&spool),
@@ -128,78 +197,64 @@ pub async fn run(
         Arc::clone(&metrics),
         Arc::clone(&appended),
     )?;
-
     let uplink_stop = CancellationToken::new();
-    let uplink_task = tokio::spawn(uplink::run(
-        uplink_cfg,
-        UplinkDeps {
-            spool: Arc::clone(&spool),
-            codec: Arc::clone(&codec),
-            appended,
-            metrics: Arc::clone(&metrics),
-        },
-        uplink_stop.clone(),
-    ));
-
+    let deps = UplinkDeps {
+        spool: Arc::clone(&spool),
+        codec: Arc::clone(&codec),
+        appended,
+        metrics: Arc::clone(&metrics),
+    };
+    let uplink = tokio::spawn(uplink::run(uplink_config(cfg)?, deps, uplink_stop.clone()));
     let intake_stop = CancellationToken::new();
-    let mqtt_task = cfg.ingest_mqtt.as_ref().map(|m| {
-        tokio::spawn(mqtt_ingest::run(
-            MqttIngestConfig {
-                host: m.host.clone(),
-                port: m.port,
-                topics: m.topics.clone(),
-                client_id: m.client_id.clone(),
-            },
-            ingest.clone(),
-            Arc::clone(&metrics),
-            intake_stop.clone(),
-        ))
-    });
+    let mqtt = mqtt_intake(cfg, &ingest, &metrics, &intake_stop);
+    let state = HttpState {
+        ingest,
+        spool,
+        registry: Arc::new(registry),
+        metrics,
+        clock,
+        device: device.to_string(),
+        policy: cfg.spool.policy.name(),
+        codec,
+    };
+    let app = router(state, cfg.http.max_body_bytes);
+    Ok(Running {
+        http: edgesync_servicekit::ops::serve(listener, app, intake_stop.clone()),
+        mqtt,
+        ingest: ingest_thread,
+        intake_stop,
+        uplink,
+        uplink_stop,
+    })
+}
 
-    let app = router(
-        HttpState {
-            ingest,
-            spool: Arc::clone(&spool),
-            registry,
-            metrics,
-            clock,
-            device: device.to_string(),
-            policy: cfg.spool.policy.name(),
-            codec: Arc::clone(&codec),
-        },
-        cfg.http.max_body_bytes,
-    );
-    let http_task = edgesync_servicekit::ops::serve(listener, app, intake_stop.clone());
-
+/// Runs the agent on `listener` (the HTTP endpoint) until `shutdown` is cancelled.
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(AgentMetrics::register(&mut registry));
+    let clock = system_clock();
+    let spool = open_spool(&cfg, &metrics, clock.clone()).await?;
+    let shared = Shared {
+        spool,
+        clock,
+        registry,
+        metrics,
+    };
+    let mut running = start(&cfg, listener, shared)?;
     // An uplink that fails is fatal: without it nothing leaves the device.
-    let mut uplink_task = uplink_task;
     let uplink_early = tokio::select! {
         _ = shutdown.cancelled() => None,
-        r = &mut uplink_task => Some(r),
+        r = &mut running.uplink => Some(r),
     };
     tracing::info!("stopping");
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
-    intake_stop.cancel();
-    let stopped = async {
-        let http = http_task.await;
-        if let Some(t) = mqtt_task {
-            let _ = t.await;
-        }
-        // The HTTP router and the MQTT task held the last ingest handles: the thread now
-        // answers what is queued and exits.
-        let _ = tokio::task::spawn_blocking(move || ingest_thread.join()).await;
-        uplink_stop.cancel();
-        let up = match uplink_early {
-            Some(r) => r,
-            None => uplink_task.await,
-        };
-        (http, up)
-    };
-    match tokio::time::timeout(grace, stopped).await {
+    match tokio::time::timeout(grace, running.stop(uplink_early)).await {
         Ok((http, up)) => {
-            if let Ok(Err(e)) = http {
-                return Err(ServiceError::Http(e));
-            }
+            http.map_err(ServiceError::Http)?;
             match up {
                 Ok(Ok(stats)) => {
                     tracing::info!(batches = stats.batches, acks = stats.acks, "uplink stopped");
