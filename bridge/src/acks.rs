@@ -19,44 +19,70 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgesync_core::Incarnation;
-use edgesync_schemas::Codec;
+use edgesync_schemas::{Ack, Codec};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::BridgeMetrics;
 use crate::mqtt_in::MqttIn;
 
-/// Runs until `shutdown` is cancelled; publishes as MQTT client `<mqtt.client_id>.acks`, with
-/// the bridge's broker, keep-alive and security settings.
-pub async fn run(
-    new_consumer: impl Fn() -> Result<StreamConsumer, KafkaError> + Send,
-    acks_topic: String,
-    mqtt: MqttIn,
-    codec: Arc<Codec>,
-    metrics: Arc<BridgeMetrics>,
-    shutdown: CancellationToken,
-) {
-    let subscribed = || {
+/// The acks consumer, joined again with a new consumer (same instance id) after a fatal error.
+struct Acks<F> {
+    new_consumer: F,
+    topic: String,
+    consumer: StreamConsumer,
+}
+
+impl<F: Fn() -> Result<StreamConsumer, KafkaError>> Acks<F> {
+    fn subscribed(new_consumer: &F, topic: &str) -> Result<StreamConsumer, KafkaError> {
         let c = new_consumer()?;
-        c.subscribe(&[acks_topic.as_str()])?;
-        Ok::<_, KafkaError>(c)
-    };
-    let mut consumer = match subscribed() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "subscribe to the acks topic");
-            return;
+        c.subscribe(&[topic])?;
+        Ok(c)
+    }
+
+    fn new(new_consumer: F, topic: String) -> Result<Self, KafkaError> {
+        let consumer = Self::subscribed(&new_consumer, &topic)?;
+        Ok(Acks {
+            new_consumer,
+            topic,
+            consumer,
+        })
+    }
+
+    /// The next ack record; waits out errors (logged), joining again after a fatal one.
+    async fn next(&mut self) -> OwnedMessage {
+        loop {
+            match self.consumer.recv().await {
+                Ok(m) => return m.detach(),
+                Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                    tracing::error!(error = %e, "acks consumer unusable; joining again with a new one");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match Self::subscribed(&self.new_consumer, &self.topic) {
+                        Ok(c) => self.consumer = c,
+                        Err(e) => tracing::error!(error = %e, "subscribe to the acks topic"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "acks consumer");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
         }
-    };
+    }
+}
+
+/// The MQTT client `<client_id>.acks` and its event loop (which runs until `stop`).
+fn mqtt_client(mqtt: MqttIn, stop: CancellationToken) -> (AsyncClient, JoinHandle<()>) {
     let mut opts = MqttOptions::new(format!("{}.acks", mqtt.client_id), mqtt.host, mqtt.port);
     opts.set_clean_session(true);
     opts.set_keep_alive(mqtt.keep_alive);
     mqtt.security.apply(&mut opts);
     let (client, mut events) = AsyncClient::new(opts, 1024);
-    let loop_stop = shutdown.clone();
     let event_loop = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -68,33 +94,54 @@ pub async fn run(
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 },
-                _ = loop_stop.cancelled() => break,
+                _ = stop.cancelled() => break,
             }
         }
     });
-    let mut latest: HashMap<String, (Incarnation, u64)> = HashMap::new();
+    (client, event_loop)
+}
+
+/// The latest watermark published per device, with its incarnation.
+#[derive(Default)]
+struct Latest(HashMap<String, (Incarnation, u64)>);
+
+impl Latest {
+    /// Whether `ack` is newer than what was published for its device: a higher watermark, or
+    /// another incarnation (which replaces the old one).
+    fn is_new(&self, ack: &Ack) -> bool {
+        let device = ack.replica.device.as_str();
+        !matches!(self.0.get(device), Some((i, w)) if *i == ack.replica.incarnation && *w >= ack.watermark)
+    }
+
+    fn published(&mut self, ack: &Ack) {
+        let entry = (ack.replica.incarnation, ack.watermark);
+        self.0.insert(ack.replica.device.to_string(), entry);
+    }
+}
+
+/// Runs until `shutdown` is cancelled; publishes as MQTT client `<mqtt.client_id>.acks`, with
+/// the bridge's broker, keep-alive and security settings.
+pub async fn run(
+    new_consumer: impl Fn() -> Result<StreamConsumer, KafkaError> + Send,
+    acks_topic: String,
+    mqtt: MqttIn,
+    codec: Arc<Codec>,
+    metrics: Arc<BridgeMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut acks = match Acks::new(new_consumer, acks_topic) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "subscribe to the acks topic");
+            return;
+        }
+    };
+    let (client, event_loop) = mqtt_client(mqtt, shutdown.clone());
+    let mut latest = Latest::default();
     loop {
         let msg = tokio::select! {
-            m = consumer.recv() => m,
+            m = acks.next() => m,
             _ = shutdown.cancelled() => break,
-        };
-        if let Err(e @ KafkaError::MessageConsumptionFatal(_)) = &msg {
-            tracing::error!(error = %e, "acks consumer unusable; joining again with a new one");
-            drop(msg);
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            match subscribed() {
-                Ok(c) => consumer = c,
-                Err(e) => tracing::error!(error = %e, "subscribe to the acks topic"),
-            }
-            continue;
-        }
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "acks consumer");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
         };
         let Some(payload) = msg.payload() else {
             continue;
@@ -107,14 +154,9 @@ pub async fn run(
                 continue;
             }
         };
-        let device = ack.replica.device.to_string();
-        let inc = ack.replica.incarnation;
-        match latest.get(&device) {
-            Some((i, w)) if *i == inc && *w >= ack.watermark => {
-                metrics.acks_stale.inc();
-                continue;
-            }
-            _ => {}
+        if !latest.is_new(&ack) {
+            metrics.acks_stale.inc();
+            continue;
         }
         let topic = edgesync_schemas::topics::ack(&ack.replica.device);
         if client
@@ -124,7 +166,7 @@ pub async fn run(
         {
             break;
         }
-        latest.insert(device, (inc, ack.watermark));
+        latest.published(&ack);
         metrics.acks_published.inc();
     }
     let _ = client.disconnect().await;
