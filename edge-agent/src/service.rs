@@ -22,7 +22,7 @@ use crate::ingest::{Ingest, StartError};
 use crate::metrics::AgentMetrics;
 use crate::mqtt_ingest::{self, MqttIngestConfig};
 use crate::spool::{system_clock, Clock, Spool, SpoolError};
-use crate::uplink::{self, UplinkConfig, UplinkDeps, UplinkError, UplinkStats};
+use crate::uplink::{self, UplinkConfig, UplinkDeps, UplinkError};
 use edgesync_servicekit::mqtt::{MqttSecurity, MqttSecurityFiles};
 
 /// Why the service could not start or stopped with an error.
@@ -118,7 +118,8 @@ struct Running {
     mqtt: Option<JoinHandle<()>>,
     ingest: std::thread::JoinHandle<()>,
     intake_stop: CancellationToken,
-    uplink: JoinHandle<Result<UplinkStats, UplinkError>>,
+    uplink: JoinHandle<Result<(), UplinkError>>,
+    metrics: Arc<AgentMetrics>,
     uplink_stop: CancellationToken,
 }
 
@@ -127,8 +128,8 @@ impl Running {
     /// (unless it already ended with `uplink_early`).
     async fn stop(
         self,
-        uplink_early: Option<Result<Result<UplinkStats, UplinkError>, JoinError>>,
-    ) -> (std::io::Result<()>, Result<Result<UplinkStats, UplinkError>, JoinError>) {
+        uplink_early: Option<Result<Result<(), UplinkError>, JoinError>>,
+    ) -> (std::io::Result<()>, Result<Result<(), UplinkError>, JoinError>) {
         self.intake_stop.cancel();
         let http = self.http.await.unwrap_or(Ok(()));
         if let Some(t) = self.mqtt {
@@ -217,8 +218,10 @@ fn start(cfg: &Config, listener: TcpListener, shared: Shared) -> Result<Running,
         policy: cfg.spool.policy.name(),
         codec,
     };
+    let metrics = Arc::clone(&state.metrics);
     let app = router(state, cfg.http.max_body_bytes);
     Ok(Running {
+        metrics,
         http: edgesync_servicekit::ops::serve(listener, app, intake_stop.clone()),
         mqtt,
         ingest: ingest_thread,
@@ -252,12 +255,14 @@ pub async fn run(
     };
     tracing::info!("stopping");
     let grace = Duration::from_millis(cfg.shutdown_grace_ms);
+    let metrics = Arc::clone(&running.metrics);
     match tokio::time::timeout(grace, running.stop(uplink_early)).await {
         Ok((http, up)) => {
             http.map_err(ServiceError::Http)?;
             match up {
-                Ok(Ok(stats)) => {
-                    tracing::info!(batches = stats.batches, acks = stats.acks, "uplink stopped");
+                Ok(Ok(())) => {
+                    let (batches, acks) = (metrics.batches.get(), metrics.acks.get());
+                    tracing::info!(batches, acks, "uplink stopped");
                 }
                 Ok(Err(e)) => return Err(ServiceError::Uplink(e)),
                 Err(e) => tracing::error!(error = %e, "uplink task failed"),

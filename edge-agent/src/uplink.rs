@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::AgentMetrics;
-use crate::outbox::{build_batch, Built, OutboxError};
+use crate::outbox::{build_batch, OutboxError};
 use crate::spool::Spool;
 
 /// Uplink settings.
@@ -96,21 +96,6 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
-/// Counters of a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UplinkStats {
-    /// Batches published.
-    pub batches: u64,
-    /// Payload bytes published.
-    pub bytes: u64,
-    /// Acks received.
-    pub acks: u64,
-    /// Connection losses.
-    pub disconnects: u64,
-    /// Spool records sent as dropped because they no longer decode.
-    pub corrupt: u64,
-}
-
 /// What the uplink works with.
 #[derive(Clone, Debug)]
 pub struct UplinkDeps {
@@ -124,125 +109,170 @@ pub struct UplinkDeps {
     pub metrics: Arc<AgentMetrics>,
 }
 
-/// Runs until `shutdown` is cancelled.
-pub async fn run(
+/// One connection's state machine and the I/O it drives.
+struct Uplink {
     cfg: UplinkConfig,
+    agent: Agent,
+    replica: ReplicaId,
     deps: UplinkDeps,
-    shutdown: CancellationToken,
-) -> Result<UplinkStats, UplinkError> {
-    let UplinkDeps {
-        spool,
-        codec,
-        appended,
-        metrics,
-    } = deps;
-    let meta = spool.meta();
-    let replica = ReplicaId::new(cfg.device.clone(), meta.incarnation);
-    let mut agent = Agent::new(
-        cfg.agent,
-        AgentDurable {
-            last_seq: meta.next_seq - 1,
-            acked: meta.acked,
-        },
-    )?;
-    let (client, mut events) = AsyncClient::new(cfg.mqtt_options(cfg.device.as_str()), 64);
-    let (batch_topic, ack_topic) = (topics::batch(&cfg.device), topics::ack(&cfg.device));
-    let started = Instant::now();
-    let now = || started.elapsed().as_millis() as u64;
-    let mut stats = UplinkStats::default();
-    let mut backoff = cfg.backoff_min;
-    let mut jitter = Jitter(meta.incarnation.get() | 1);
-    let mut connected_once = false;
-    loop {
-        // New seqs the spool made durable since the last turn.
-        let last = spool.meta().next_seq - 1;
-        for seq in agent.last_seq() + 1..=last {
-            agent.appended(seq)?;
+    client: AsyncClient,
+    batch_topic: String,
+    ack_topic: String,
+    started: Instant,
+    backoff: Duration,
+    jitter: Jitter,
+    connected_once: bool,
+}
+
+impl Uplink {
+    /// Milliseconds since the uplink started (the protocol's clock).
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Tells the agent of the seqs the spool made durable since the last turn, then builds
+    /// and publishes every batch it asks for.
+    async fn send_due(&mut self) -> Result<(), UplinkError> {
+        let last = self.deps.spool.meta().next_seq - 1;
+        for seq in self.agent.last_seq() + 1..=last {
+            self.agent.appended(seq)?;
         }
-        while let Some(req) = agent.poll_send() {
-            let (s, c, r) = (Arc::clone(&spool), Arc::clone(&codec), replica.clone());
+        while let Some(req) = self.agent.poll_send() {
+            let (s, c, r) = (
+                Arc::clone(&self.deps.spool),
+                Arc::clone(&self.deps.codec),
+                self.replica.clone(),
+            );
             let (built, encoded) = blocking(move || {
                 let built = build_batch(&s, &c, &r, &req)?;
                 let encoded = c.encode_batch(&built.batch);
                 Ok((built, encoded))
             })
             .await?;
-            let Built {
-                batch,
-                corrupt,
-                raw_bytes,
-            } = built;
-            stats.corrupt += corrupt as u64;
-            metrics.corrupt(corrupt as u64);
+            let m = &self.deps.metrics;
+            m.corrupt(built.corrupt as u64);
             let Ok(bytes) = encoded else {
                 break; // too large for the limits: the window shrinks on the next request
             };
-            stats.batches += 1;
-            stats.bytes += bytes.len() as u64;
-            metrics.batches.inc();
-            metrics.wire_bytes.inc_by(bytes.len() as u64);
-            metrics.raw_bytes.inc_by(raw_bytes);
-            if client
-                .publish(batch_topic.as_str(), QoS::AtLeastOnce, false, bytes)
-                .await
-                .is_err()
-            {
+            m.batches.inc();
+            m.wire_bytes.inc_by(bytes.len() as u64);
+            m.raw_bytes.inc_by(built.raw_bytes);
+            let published = self
+                .client
+                .publish(self.batch_topic.as_str(), QoS::AtLeastOnce, false, bytes)
+                .await;
+            if published.is_err() {
                 break; // the event loop is gone; shutdown follows
             }
-            agent.sent(batch.first_seq(), batch.last_seq(), now())?;
+            let (first, last) = (built.batch.first_seq(), built.batch.last_seq());
+            self.agent.sent(first, last, self.now())?;
         }
-        let tick = agent
+        Ok(())
+    }
+
+    async fn on_connected(&mut self) {
+        let m = &self.deps.metrics;
+        self.backoff = self.cfg.backoff_min;
+        m.link_up.set(1);
+        if self.connected_once {
+            m.reconnects.inc();
+        }
+        self.connected_once = true;
+        tracing::info!(host = %self.cfg.host, port = self.cfg.port, "uplink connected");
+        self.agent.connected(self.now());
+        let _ = self
+            .client
+            .subscribe(self.ack_topic.as_str(), QoS::AtLeastOnce)
+            .await;
+    }
+
+    /// A server ack for this replica: the agent's window advances and the spool is trimmed
+    /// behind it.
+    async fn on_ack(&mut self, payload: &[u8]) -> Result<(), UplinkError> {
+        self.deps.metrics.acks.inc();
+        let Ok(ack) = self.deps.codec.decode_ack(payload) else {
+            return Ok(());
+        };
+        if ack.replica != self.replica {
+            return Ok(());
+        }
+        if let AckEffect::Advanced { trim_to } = self.agent.on_ack(ack.watermark, self.now()) {
+            let s = Arc::clone(&self.deps.spool);
+            blocking(move || Ok(s.trim(trim_to)?)).await?;
+        }
+        Ok(())
+    }
+
+    /// The connection is lost: wait (backoff with jitter, doubling) before the event loop
+    /// connects again.
+    async fn on_lost(&mut self, error: rumqttc::ConnectionError, shutdown: &CancellationToken) {
+        let m = &self.deps.metrics;
+        m.disconnects.inc();
+        m.link_up.set(0);
+        self.agent.disconnected();
+        let wait = self.jitter.spread(self.backoff);
+        tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "uplink connection lost");
+        self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// Runs until `shutdown` is cancelled; what it does is counted in `deps.metrics`.
+pub async fn run(
+    cfg: UplinkConfig,
+    deps: UplinkDeps,
+    shutdown: CancellationToken,
+) -> Result<(), UplinkError> {
+    let meta = deps.spool.meta();
+    let durable = AgentDurable {
+        last_seq: meta.next_seq - 1,
+        acked: meta.acked,
+    };
+    let (client, mut events) = AsyncClient::new(cfg.mqtt_options(cfg.device.as_str()), 64);
+    let mut u = Uplink {
+        agent: Agent::new(cfg.agent, durable)?,
+        replica: ReplicaId::new(cfg.device.clone(), meta.incarnation),
+        batch_topic: topics::batch(&cfg.device),
+        ack_topic: topics::ack(&cfg.device),
+        started: Instant::now(),
+        backoff: cfg.backoff_min,
+        jitter: Jitter(meta.incarnation.get() | 1),
+        connected_once: false,
+        client,
+        deps,
+        cfg,
+    };
+    let appended = Arc::clone(&u.deps.appended);
+    loop {
+        u.send_due().await?;
+        let tick = u
+            .agent
             .next_deadline()
-            .map(|t| Duration::from_millis(t.saturating_sub(now())))
+            .map(|t| Duration::from_millis(t.saturating_sub(u.now())))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             ev = events.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = cfg.backoff_min;
-                    metrics.link_up.set(1);
-                    if connected_once {
-                        metrics.reconnects.inc();
-                    }
-                    connected_once = true;
-                    tracing::info!(host = %cfg.host, port = cfg.port, "uplink connected");
-                    agent.connected(now());
-                    let _ = client.subscribe(ack_topic.as_str(), QoS::AtLeastOnce).await;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => {
-                    stats.acks += 1;
-                    metrics.acks.inc();
-                    if let Ok(ack) = codec.decode_ack(&p.payload) {
-                        if ack.replica == replica {
-                            if let AckEffect::Advanced { trim_to } = agent.on_ack(ack.watermark, now()) {
-                                let s = Arc::clone(&spool);
-                                blocking(move || Ok(s.trim(trim_to)?)).await?;
-                            }
-                        }
-                    }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => u.on_connected().await,
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == u.ack_topic => {
+                    u.on_ack(&p.payload).await?;
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    stats.disconnects += 1;
-                    metrics.disconnects.inc();
-                    metrics.link_up.set(0);
-                    agent.disconnected();
-                    let wait = jitter.spread(backoff);
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "uplink connection lost");
-                    backoff = (backoff * 2).min(cfg.backoff_max);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                }
+                Err(e) => u.on_lost(e, &shutdown).await,
             },
-            _ = tokio::time::sleep(tick) => agent.on_tick(now()),
+            _ = tokio::time::sleep(tick) => {
+                let now = u.now();
+                u.agent.on_tick(now);
+            }
             _ = appended.notified() => {}
             _ = shutdown.cancelled() => {}
         }
         if shutdown.is_cancelled() {
-            metrics.link_up.set(0);
-            let _ = client.disconnect().await;
-            return Ok(stats);
+            u.deps.metrics.link_up.set(0);
+            let _ = u.client.disconnect().await;
+            return Ok(());
         }
     }
 }

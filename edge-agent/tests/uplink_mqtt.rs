@@ -39,7 +39,8 @@ fn cfg(device: &str, addr: std::net::SocketAddr) -> UplinkConfig {
 struct Running {
     rt: tokio::runtime::Runtime,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<uplink::UplinkStats, uplink::UplinkError>>,
+    task: tokio::task::JoinHandle<Result<(), uplink::UplinkError>>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Running {
@@ -52,19 +53,27 @@ impl Running {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let stop = CancellationToken::new();
         let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(AgentMetrics::register(&mut registry));
         let deps = UplinkDeps {
             spool: Arc::clone(spool),
             codec,
             appended: Arc::new(tokio::sync::Notify::new()),
-            metrics: Arc::new(AgentMetrics::register(&mut registry)),
+            metrics: Arc::clone(&metrics),
         };
         let task = rt.spawn(uplink::run(cfg(device, broker), deps, stop.clone()));
-        Self { rt, stop, task }
+        Self {
+            rt,
+            stop,
+            task,
+            metrics,
+        }
     }
 
-    fn finish(self) -> uplink::UplinkStats {
+    /// Stops the uplink; what it counted.
+    fn finish(self) -> Arc<AgentMetrics> {
         self.stop.cancel();
-        self.rt.block_on(self.task).unwrap().unwrap()
+        self.rt.block_on(self.task).unwrap().unwrap();
+        self.metrics
     }
 }
 
@@ -84,7 +93,7 @@ fn events_appended_offline_are_all_delivered_once_and_trimmed_after_connect() {
         let meta = spool.meta();
         meta.events == 0 && meta.acked == 100_000
     });
-    let stats = running.finish();
+    let m = running.finish();
     assert!(done, "not synced: {:?}", spool.meta());
     let s = seen.lock().unwrap();
     assert_eq!(
@@ -92,7 +101,8 @@ fn events_appended_offline_are_all_delivered_once_and_trimmed_after_connect() {
         (1..=100_000).collect::<Vec<_>>(),
         "each event once, in order"
     );
-    assert!(stats.batches >= 200 && stats.acks > 0, "{stats:?}");
+    let (batches, acks) = (m.batches.get(), m.acks.get());
+    assert!(batches >= 200 && acks > 0, "{batches} batches, {acks} acks");
 }
 
 #[test]
@@ -116,10 +126,10 @@ fn a_cut_mid_send_resumes_from_the_watermark_with_no_gap() {
     proxy.heal();
     proxy.set_bandwidth(None);
     let done = wait_until(Duration::from_secs(120), || spool.meta().events == 0);
-    let stats = running.finish();
+    let m = running.finish();
     assert!(done, "not synced: {:?}", spool.meta());
     assert!(acked_at_cut < 60_000, "the cut came too late to matter");
-    assert!(stats.disconnects >= 1, "the uplink saw the cut: {stats:?}");
+    assert!(m.disconnects.get() >= 1, "the uplink saw the cut");
     let s = seen.lock().unwrap();
     assert_eq!(
         s.released,
