@@ -34,7 +34,7 @@ use edgesync_servicekit::now_ms;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -128,8 +128,9 @@ struct Outgoing {
     dead: Option<DeadLetterReason>,
 }
 
-/// Runs until `shutdown` is cancelled, then drains in-flight messages for at most `grace`.
-pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace: Duration) {
+/// The persistent session's options: manual acks, a receive maximum of the window, packets
+/// large enough for oversize batches to arrive (and be dead-lettered).
+fn session_options(cfg: &MqttIn, max_payload: usize) -> MqttOptions {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     // A persistent session: what arrives while the bridge restarts waits for it.
     opts.set_clean_start(false);
@@ -141,14 +142,32 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
     // Oversize batches must arrive to be dead-lettered: a packet over rumqttc's own limit
     // would drop the connection and come back forever. The broker's message size limit
     // (deploy/mosquitto.conf) must stay below this.
-    opts.set_max_packet_size(Some(incoming_limit(out.max_payload) as u32));
+    opts.set_max_packet_size(Some(incoming_limit(max_payload) as u32));
     cfg.security.apply_v5(&mut opts);
+    opts
+}
+
+/// Disconnects, and lets the DISCONNECT go out (for at most 500 ms).
+async fn disconnect(client: &AsyncClient, events: &mut EventLoop) {
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Ok(ev) = events.poll().await {
+            if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Runs until `shutdown` is cancelled, then drains in-flight messages for at most `grace`.
+pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace: Duration) {
     // At most max_inflight PUBACKs can be pending: never a reason for the acker to wait.
-    let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight + 64);
+    let (client, mut events) =
+        AsyncClient::new(session_options(&cfg, out.max_payload), cfg.max_inflight + 64);
     // Unbounded on purpose: the receive maximum bounds it, and the event loop must not wait.
     let (to_producer, from_loop) = mpsc::unbounded_channel::<(Publish, Instant)>();
     let (to_acker, from_producer) = mpsc::channel::<Pending>(cfg.max_inflight);
-    let stop_intake = CancellationToken::new();
     let producer = tokio::spawn(produce(from_loop, to_acker, out.clone()));
     let acker = tokio::spawn(ack(from_producer, client.clone(), out.clone()));
     let filter = subscription(&cfg.shared_group);
@@ -163,7 +182,6 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
                 // Stop taking messages; what is in flight is delivered and acknowledged.
                 tracing::info!("bridge stopping: draining in-flight messages");
                 drop(to_producer.take());
-                stop_intake.cancel();
                 drain_deadline = Some(tokio::time::Instant::now() + grace);
                 continue;
             }
@@ -212,16 +230,7 @@ pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace:
         }
     }
     producer.abort();
-    let _ = client.disconnect().await;
-    // Let the DISCONNECT go out.
-    let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Ok(ev) = events.poll().await {
-            if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
-                break;
-            }
-        }
-    })
-    .await;
+    disconnect(&client, &mut events).await;
 }
 
 /// Classifies each message and enqueues its record; hands the deliveries on in order.
