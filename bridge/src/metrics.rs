@@ -2,11 +2,11 @@
 //! caller passes in. No device labels: per-device detail belongs to the reconciler's ledger.
 
 use edgesync_schemas::DeadLetterReason;
+use edgesync_servicekit::metrics::ReasonCounters;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use edgesync_servicekit::metrics::ReasonCounters;
 
 /// Every metric of the bridge.
 #[derive(Debug)]

@@ -163,8 +163,10 @@ async fn disconnect(client: &AsyncClient, events: &mut EventLoop) {
 /// Runs until `shutdown` is cancelled, then drains in-flight messages for at most `grace`.
 pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace: Duration) {
     // At most max_inflight PUBACKs can be pending: never a reason for the acker to wait.
-    let (client, mut events) =
-        AsyncClient::new(session_options(&cfg, out.max_payload), cfg.max_inflight + 64);
+    let (client, mut events) = AsyncClient::new(
+        session_options(&cfg, out.max_payload),
+        cfg.max_inflight + 64,
+    );
     // Unbounded on purpose: the receive maximum bounds it, and the event loop must not wait.
     let (to_producer, from_loop) = mpsc::unbounded_channel::<(Publish, Instant)>();
     let (to_acker, from_producer) = mpsc::channel::<Pending>(cfg.max_inflight);
@@ -333,9 +335,11 @@ async fn ack(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, out: KafkaOut
             .produce_latency
             .observe(p.received.elapsed().as_secs_f64());
         match &p.record.dead {
-            None => out.metrics.forwarded.inc(),
+            None => {
+                out.metrics.forwarded.inc();
+            }
             Some(reason) => out.metrics.dead_lettered.inc(&reason.label()),
-        };
+        }
         if client.ack(&p.publish).await.is_err() {
             return; // the event loop is gone
         }

@@ -43,8 +43,7 @@ pub async fn run(
     let metrics = Arc::new(BridgeMetrics::register(&mut registry));
     metrics.inflight_limit.set(cfg.mqtt.max_inflight as i64);
     let registry = Arc::new(registry);
-    let codec =
-        Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
+    let codec = Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
     let m = &cfg.mqtt;
     let security = MqttSecurity::load(&MqttSecurityFiles {
         username: m.username.as_deref(),

@@ -138,7 +138,14 @@ async fn status(State(s): State<HttpState>) -> Response {
     // The state digests read every stored state from RocksDB: off the runtime thread.
     let link_up = Some(s.metrics.link_up.get() == 1);
     let doc = tokio::task::spawn_blocking(move || {
-        status_json(&s.spool, &s.codec, &s.device, s.policy, link_up, (s.clock)())
+        status_json(
+            &s.spool,
+            &s.codec,
+            &s.device,
+            s.policy,
+            link_up,
+            (s.clock)(),
+        )
     })
     .await;
     match doc {
@@ -179,4 +186,3 @@ pub fn status_json(
         "state_digests": crate::ingest::state_digests(spool, codec),
     })
 }
-

@@ -129,7 +129,10 @@ impl Running {
     async fn stop(
         self,
         uplink_early: Option<Result<Result<(), UplinkError>, JoinError>>,
-    ) -> (std::io::Result<()>, Result<Result<(), UplinkError>, JoinError>) {
+    ) -> (
+        std::io::Result<()>,
+        Result<Result<(), UplinkError>, JoinError>,
+    ) {
         self.intake_stop.cancel();
         let http = self.http.await.unwrap_or(Ok(()));
         if let Some(t) = self.mqtt {

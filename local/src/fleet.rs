@@ -182,8 +182,7 @@ impl Fleet {
             .map(|a| a.answered().keys().next_back().copied().unwrap_or(0))
             .collect();
         let drained = |a: &Agent, last: u64| {
-            a.acked() as u64 >= last
-                && a.service.metric("edgesync_agent_spool_events", "") == 0.0
+            a.acked() as u64 >= last && a.service.metric("edgesync_agent_spool_events", "") == 0.0
         };
         let all = || self.agents.iter().zip(&last).all(|(a, l)| drained(a, *l));
         let deadline = Instant::now() + Duration::from_secs(180);

@@ -159,7 +159,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let codec = Codec::new(Limits::default()).map_err(err)?;
     let answers = fleet.answers();
     let mut seen = readback::read(&k, &codec, &fleet, &answers)?;
-    let to_converged = seen.to_converged(&fleet, &answers);
+    let to_converged = seen.converged_latencies(&fleet, &answers);
     let report = Report {
         broker,
         reconciler_sets: &args.reconciler_sets,

@@ -37,7 +37,12 @@ pub struct Observed {
 
 /// Reads both output topics from the start until they are quiet (3 s without a record, up to
 /// 30 s while fewer events than `fleet` answered have arrived).
-pub fn read(k: &Kafka, codec: &Codec, fleet: &Fleet, answers: &Answers) -> Result<Observed, String> {
+pub fn read(
+    k: &Kafka,
+    codec: &Codec,
+    fleet: &Fleet,
+    answers: &Answers,
+) -> Result<Observed, String> {
     let c: BaseConsumer = k
         .client_config()
         .set("group.id", unique("report"))
@@ -45,8 +50,7 @@ pub fn read(k: &Kafka, codec: &Codec, fleet: &Fleet, answers: &Answers) -> Resul
         .set("enable.auto.commit", "false")
         .create()
         .map_err(err)?;
-    c.subscribe(&[topics::EVENTS, topics::STATE])
-        .map_err(err)?;
+    c.subscribe(&[topics::EVENTS, topics::STATE]).map_err(err)?;
     let total: usize = answers.values().map(BTreeMap::len).sum();
     let mut o = Observed::default();
     let mut idle = Instant::now();
@@ -68,13 +72,24 @@ pub fn read(k: &Kafka, codec: &Codec, fleet: &Fleet, answers: &Answers) -> Resul
 }
 
 impl Observed {
-    fn event(&mut self, codec: &Codec, msg: &BorrowedMessage<'_>, fleet: &Fleet, answers: &Answers) {
+    fn event(
+        &mut self,
+        codec: &Codec,
+        msg: &BorrowedMessage<'_>,
+        fleet: &Fleet,
+        answers: &Answers,
+    ) {
         self.events_read += 1;
         let Ok(ev) = codec.decode_event(msg.payload().unwrap_or_default()) else {
             return;
         };
         let device = ev.dot.replica.device.to_string();
-        if !self.seen.entry(device.clone()).or_default().insert(ev.dot.seq) {
+        if !self
+            .seen
+            .entry(device.clone())
+            .or_default()
+            .insert(ev.dot.seq)
+        {
             self.duplicates += 1;
         }
         let at = answers.get(&device).and_then(|a| a.get(&ev.dot.seq));
@@ -93,7 +108,10 @@ impl Observed {
         if let (Some(device), Some(ts)) =
             (s.key.strip_suffix("/readings"), msg.timestamp().to_millis())
         {
-            let own = s.version_vector.iter().find(|(r, _)| r.device.as_str() == device);
+            let own = s
+                .version_vector
+                .iter()
+                .find(|(r, _)| r.device.as_str() == device);
             if let Some((_, seq)) = own {
                 self.converged
                     .entry(device.to_owned())
@@ -112,7 +130,9 @@ impl Observed {
             .iter()
             .map(|(d, a)| {
                 let seen = self.seen.get(d);
-                a.keys().filter(|s| seen.is_some_and(|x| x.contains(s))).count()
+                a.keys()
+                    .filter(|s| seen.is_some_and(|x| x.contains(s)))
+                    .count()
             })
             .sum()
     }
@@ -131,7 +151,7 @@ impl Observed {
 
     /// Agent answer → the first converged record of the device's counter that includes the
     /// event, ms, sorted (warm-up events left out).
-    pub fn to_converged(&mut self, fleet: &Fleet, answers: &Answers) -> Vec<u64> {
+    pub fn converged_latencies(&mut self, fleet: &Fleet, answers: &Answers) -> Vec<u64> {
         let mut out = Vec::new();
         for (device, recs) in &mut self.converged {
             recs.sort_unstable();

@@ -46,7 +46,8 @@ impl Report<'_> {
     /// every target up and every rule healthy.
     pub fn ok(&self) -> bool {
         let ops = &self.ops;
-        let ops_ok = ops.targets_up == ops.targets && ops.unhealthy_rules.is_empty() && ops.rules > 0;
+        let ops_ok =
+            ops.targets_up == ops.targets && ops.unhealthy_rules.is_empty() && ops.rules > 0;
         self.total == self.delivered
             && self.duplicates == 0
             && self.counters_ok
@@ -60,7 +61,10 @@ impl Report<'_> {
         println!("| | |\n|---|---|");
         println!("| Kafka broker | {} |", self.broker);
         if !self.reconciler_sets.is_empty() {
-            println!("| reconciler settings | `{}` |", self.reconciler_sets.join("`, `"));
+            println!(
+                "| reconciler settings | `{}` |",
+                self.reconciler_sets.join("`, `")
+            );
         }
         self.print_delivery();
         self.print_latency();
@@ -71,7 +75,11 @@ impl Report<'_> {
         let (total, delivered) = (self.total, self.delivered);
         println!("| events answered by agents (durable at the edge) | {total} |");
         println!("| delivered to edgesync.events | {delivered} |");
-        println!("| missing / duplicated | {} / {} |", total - delivered, self.duplicates);
+        println!(
+            "| missing / duplicated | {} / {} |",
+            total - delivered,
+            self.duplicates
+        );
         let completeness = if total == 0 {
             100.0
         } else {
@@ -81,7 +89,11 @@ impl Report<'_> {
     }
 
     fn print_latency(&self) {
-        let outages = if self.cuts > 0 { " (outages included)" } else { "" };
+        let outages = if self.cuts > 0 {
+            " (outages included)"
+        } else {
+            ""
+        };
         println!(
             "| latency, agent answer → event in Kafka | {}{outages} |",
             spread_ms(self.to_event)
@@ -98,7 +110,10 @@ impl Report<'_> {
         );
         println!(
             "| reconciler: event HLC → converged emit (its histogram) | {} |",
-            histogram(self.reconciler, "edgesync_reconciler_convergence_latency_seconds")
+            histogram(
+                self.reconciler,
+                "edgesync_reconciler_convergence_latency_seconds"
+            )
         );
         for (name, us) in self.raw_hops {
             println!(
@@ -112,7 +127,9 @@ impl Report<'_> {
     fn print_costs(&self) {
         let (wire, raw) = self.wire_and_raw;
         let ratio = if wire > 0.0 { raw / wire } else { 0.0 };
-        println!("| bytes on the wire / raw spool bytes | {wire:.0} / {raw:.0} ({ratio:.1}x smaller) |");
+        println!(
+            "| bytes on the wire / raw spool bytes | {wire:.0} / {raw:.0} ({ratio:.1}x smaller) |"
+        );
         println!(
             "| converged keys | {} (counters equal the reference: {}) |",
             self.keys,

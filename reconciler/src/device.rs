@@ -375,7 +375,14 @@ impl DeviceStage {
             if let Some(s) = self.release(&applied, p, skip, out, now, &mut a)? {
                 a.skews.insert(replica.clone(), s);
             }
-            self.emit_deltas(applied.deltas, &replica, applied.watermark, oldest_hlc.unwrap_or(now), out, &mut a)?;
+            self.emit_deltas(
+                applied.deltas,
+                &replica,
+                applied.watermark,
+                oldest_hlc.unwrap_or(now),
+                out,
+                &mut a,
+            )?;
             a.acks.insert(replica.clone(), applied.watermark);
             a.touched.insert((p, replica));
         }

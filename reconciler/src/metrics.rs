@@ -5,13 +5,13 @@
 use std::sync::atomic::AtomicU64;
 
 use edgesync_schemas::DeadLetterReason;
+use edgesync_servicekit::metrics::ReasonCounters;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use edgesync_servicekit::metrics::ReasonCounters;
 
 use crate::ledger::Ledger;
 

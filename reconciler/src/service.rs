@@ -7,7 +7,9 @@ use std::time::Duration;
 use axum::routing::get;
 use edgesync_protocol::ServerConfig;
 use edgesync_schemas::{Codec, Limits};
-use edgesync_servicekit::kafka::{client_config, durable_producer_config, ensure_topics, TopicSpec};
+use edgesync_servicekit::kafka::{
+    client_config, durable_producer_config, ensure_topics, TopicSpec,
+};
 use edgesync_servicekit::now_ms;
 use edgesync_servicekit::ops;
 use prometheus_client::registry::Registry;
@@ -172,7 +174,13 @@ impl Shared {
 
     /// A stage's own group membership and reader, with the shared codec, store, producer and
     /// metrics.
-    fn io(&self, base: &ClientConfig, stage: &str, group: &str, topic: &str) -> Result<stage::Io, Error> {
+    fn io(
+        &self,
+        base: &ClientConfig,
+        stage: &str,
+        group: &str,
+        topic: &str,
+    ) -> Result<stage::Io, Error> {
         let member = (!self.instance.is_empty()).then(|| format!("{}-{stage}", self.instance));
         let config = stage::member_config(base, group, member.as_deref());
         Ok(stage::Io {
@@ -187,7 +195,11 @@ impl Shared {
 }
 
 /// The two stages, configured from `cfg`.
-fn stages(cfg: &Config, base: &ClientConfig, shared: &Shared) -> Result<(DeviceStage, KeyStage), Error> {
+fn stages(
+    cfg: &Config,
+    base: &ClientConfig,
+    shared: &Shared,
+) -> Result<(DeviceStage, KeyStage), Error> {
     let k = &cfg.kafka;
     let device = DeviceStage {
         cfg: DeviceConfig {
@@ -250,7 +262,9 @@ async fn join_stages(threads: [StageThread; 2], grace: Duration) -> Result<(), S
             None => Ok(()),
         },
         _ => {
-            tracing::warn!("grace period over; progress is in the state store, work resumes from it");
+            tracing::warn!(
+                "grace period over; progress is in the state store, work resumes from it"
+            );
             Ok(())
         }
     }

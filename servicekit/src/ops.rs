@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{render_metrics, METRICS_CONTENT_TYPE};
 
 /// `/metrics` of `registry` (calling `refresh` first) and `/healthz`.
-pub fn router<S>(registry: Arc<Registry>, refresh: impl Fn() + Clone + Send + Sync + 'static) -> Router<S>
+pub fn router<S>(
+    registry: Arc<Registry>,
+    refresh: impl Fn() + Clone + Send + Sync + 'static,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -39,7 +42,11 @@ where
 
 /// Serves `app` on `listener` on its own task until `stop` is cancelled (requests in progress
 /// finish); the task ends with the server's I/O error, if any.
-pub fn serve(listener: TcpListener, app: Router, stop: CancellationToken) -> JoinHandle<std::io::Result<()>> {
+pub fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listen = %addr, "http listening");
     }

@@ -193,7 +193,11 @@ impl Writer {
     }
 
     /// Append time of the first held event after `acked`, ignoring `except`.
-    pub(super) fn oldest_event_after(&self, acked: u64, except: &[u64]) -> Result<Option<u64>, SpoolError> {
+    pub(super) fn oldest_event_after(
+        &self,
+        acked: u64,
+        except: &[u64],
+    ) -> Result<Option<u64>, SpoolError> {
         for item in self.db.iterator(IteratorMode::From(
             &keys::event_key(acked + 1),
             Direction::Forward,
