@@ -275,7 +275,7 @@ fn bridge(
     .unwrap();
     let pid = process.pid().unwrap();
     let metric = |name: &str| -> u64 {
-        let (_, text) = edgesync_servicekit::http_get(http, "/metrics").unwrap();
+        let (_, text) = edgesync_servicekit::http::get(http, "/metrics").unwrap();
         metric_in(&text, name, "") as u64
     };
     // Timed from the first message received, like the raw loop (start-up excluded).

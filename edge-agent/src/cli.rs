@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use edgesync_core::{Dot, ReplicaId};
 use edgesync_schemas::{Codec, Limits};
-use edgesync_servicekit::http_get;
 
 use crate::config::Config;
 use crate::http::status_json;
@@ -19,7 +18,7 @@ fn open_read_only(cfg: &Config) -> Result<Spool, String> {
 
 /// `status`: from the running agent, or from the spool when it is not running.
 pub fn status(cfg: &Config) -> Result<ExitCode, String> {
-    if let Ok((200, body)) = http_get(cfg.http.listen, "/v1/status") {
+    if let Ok((200, body)) = edgesync_servicekit::http::get(cfg.http.listen, "/v1/status") {
         println!("{}", body.trim_end());
         return Ok(ExitCode::SUCCESS);
     }

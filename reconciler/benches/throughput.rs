@@ -172,7 +172,7 @@ fn reconciler(k: &Kafka, n: u64) -> f64 {
     })
     .unwrap();
     let metric = |name: &str| -> u64 {
-        let (_, text) = edgesync_servicekit::http_get(http, "/metrics").unwrap();
+        let (_, text) = edgesync_servicekit::http::get(http, "/metrics").unwrap();
         metric_in(&text, name, "") as u64
     };
     while metric("edgesync_reconciler_batches_total") == 0 {

@@ -296,7 +296,7 @@ fn the_ledger_shows_a_gap_with_its_exact_missing_range_until_it_is_filled() {
     }
     p.flush(Duration::from_secs(10)).unwrap();
     let status = |r: &Service| -> serde_json::Value {
-        let (code, body) = edgesync_servicekit::http_get(r.http, "/v1/status").unwrap();
+        let (code, body) = edgesync_servicekit::http::get(r.http, "/v1/status").unwrap();
         assert_eq!(code, 200);
         serde_json::from_str(&body).unwrap()
     };
@@ -316,7 +316,7 @@ fn the_ledger_shows_a_gap_with_its_exact_missing_range_until_it_is_filled() {
     // The test's events are stamped in 2023: far beyond the default 5-minute skew bound.
     assert_eq!(dev["clock_skew_flagged"], true, "{st}");
     assert!(dev["clock_skew_ms"].as_i64().unwrap() > 300_000);
-    let (_, metrics) = edgesync_servicekit::http_get(r.http, "/metrics").unwrap();
+    let (_, metrics) = edgesync_servicekit::http::get(r.http, "/metrics").unwrap();
     assert!(
         metrics.contains("edgesync_reconciler_replicas_with_gaps 1"),
         "{metrics}"

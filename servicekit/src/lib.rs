@@ -4,10 +4,10 @@
 //! the same for operators: configuration in three layers with unknown fields refused
 //! ([`config`]), shutdown on SIGINT/SIGTERM through a cancellation token ([`on_signal`]),
 //! Prometheus text rendering ([`render_metrics`]) and the `/metrics` + `/healthz` endpoints
-//! ([`ops`]), MQTT TLS and credentials ([`mqtt`]) and a
-//! minimal HTTP GET for CLIs that ask a running service for its status ([`http_get`]).
+//! ([`ops`]), MQTT TLS and credentials ([`mqtt`]) and the one HTTP client ([`http`]).
 
 pub mod config;
+pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
@@ -107,22 +107,3 @@ pub fn render_metrics(registry: &Registry) -> String {
 /// Content type of [`render_metrics`]' output.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// A minimal HTTP/1.1 GET against a local endpoint: status code and body (no client library
-/// for one request from a CLI).
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_owned()))
-}

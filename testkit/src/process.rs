@@ -84,16 +84,8 @@ pub struct Managed {
 }
 
 fn http_ok(addr: SocketAddr, path: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+    let timeout = Duration::from_secs(2);
+    edgesync_servicekit::http::request(addr, "GET", path, None, timeout).is_ok_and(|a| a.status == 200)
 }
 
 impl Managed {

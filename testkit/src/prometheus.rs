@@ -103,23 +103,16 @@ impl Prometheus {
         &mut self.process
     }
 
-    /// A GET on the HTTP API (`/api/v1/...`): the JSON body as text. HTTP/1.0, so that the
-    /// answer is not chunked.
+    /// A GET on the HTTP API (`/api/v1/...`): the JSON body as text.
     fn get(&self, path: &str) -> Result<String, Error> {
-        use std::io::{Read, Write};
         let what = "prometheus API";
-        let mut s = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
+        let timeout = Duration::from_secs(10);
+        let a = edgesync_servicekit::http::request(self.addr, "GET", path, None, timeout)
             .map_err(io(what))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(io(what))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).map_err(io(what))?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).map_err(io(what))?;
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-            return Err(Error::Prometheus(format!("{path}: {raw}")));
+        if a.status != 200 {
+            return Err(Error::Prometheus(format!("{path}: {} {}", a.status, a.body)));
         }
-        Ok(body.to_owned())
+        Ok(a.body)
     }
 
     /// A GET on the HTTP API, parsed.

@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -112,7 +113,8 @@ pub fn metric_in(text: &str, name: &str, labels: &str) -> f64 {
         .fold(0.0, |a, x| a + x)
 }
 
-/// One HTTP/1.1 request; returns status, head (lower case) and body.
+/// One request (30 s at most); returns status, headers (`name: value` lines, names lower case)
+/// and body. A GET sends no body.
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -120,24 +122,7 @@ pub fn http(
     content_type: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, String, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut req = head.into_bytes();
-    req.extend_from_slice(body);
-    s.write_all(&req)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, head.to_ascii_lowercase(), body.to_owned()))
+    let body = (method != "GET").then_some((content_type, body));
+    let a = edgesync_servicekit::http::request(addr, method, path, body, Duration::from_secs(30))?;
+    Ok((a.status, a.head, a.body))
 }
