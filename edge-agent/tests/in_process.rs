@@ -16,7 +16,10 @@ fn run_in_process_answers_events_offline_and_stops_when_cancelled() {
     let dir = tempfile::tempdir().unwrap();
     let sets = [
         "device.id=\"pump-ip\"".to_owned(),
-        format!("spool.dir={:?}", dir.path().join("spool").display().to_string()),
+        format!(
+            "spool.dir={:?}",
+            dir.path().join("spool").display().to_string()
+        ),
         // Nothing listens here: the uplink retries in the background.
         format!("uplink.port={}", edgesync_testkit::free_port().unwrap()),
     ];

@@ -248,7 +248,15 @@ pub fn committed(c: &BaseConsumer<Ctx>, topic: &str, p: i32) -> Result<Option<i6
 /// Low and high watermarks of `topic`/`p`.
 pub fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> Result<(i64, i64), KafkaError> {
     through_failover("watermarks", || {
-        c.fetch_watermarks(topic, p, Duration::from_secs(10))
+        let got = c.fetch_watermarks(topic, p, Duration::from_secs(10));
+        if got.is_err() {
+            // librdkafka finds the leader in its metadata cache and takes a partition without
+            // one as final, without asking again: after a failover an idle reader's cache can
+            // stay stale for its whole refresh interval (5 min; seen as `UnknownPartition` on
+            // every retry). Asking for the topic's metadata refreshes the cache.
+            let _ = c.fetch_metadata(Some(topic), Duration::from_secs(10));
+        }
+        got
     })
 }
 

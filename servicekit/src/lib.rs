@@ -14,10 +14,10 @@ pub mod mqtt;
 pub mod ops;
 
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -106,4 +106,3 @@ pub fn render_metrics(registry: &Registry) -> String {
 
 /// Content type of [`render_metrics`]' output.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-

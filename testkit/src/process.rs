@@ -2,7 +2,6 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -85,7 +84,8 @@ pub struct Managed {
 
 fn http_ok(addr: SocketAddr, path: &str) -> bool {
     let timeout = Duration::from_secs(2);
-    edgesync_servicekit::http::request(addr, "GET", path, None, timeout).is_ok_and(|a| a.status == 200)
+    edgesync_servicekit::http::request(addr, "GET", path, None, timeout)
+        .is_ok_and(|a| a.status == 200)
 }
 
 impl Managed {

@@ -110,7 +110,10 @@ impl Prometheus {
         let a = edgesync_servicekit::http::request(self.addr, "GET", path, None, timeout)
             .map_err(io(what))?;
         if a.status != 200 {
-            return Err(Error::Prometheus(format!("{path}: {} {}", a.status, a.body)));
+            return Err(Error::Prometheus(format!(
+                "{path}: {} {}",
+                a.status, a.body
+            )));
         }
         Ok(a.body)
     }
