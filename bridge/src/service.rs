@@ -44,14 +44,6 @@ pub async fn run(
     metrics.inflight_limit.set(cfg.mqtt.max_inflight as i64);
     let registry = Arc::new(registry);
     let codec = Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
-    let m = &cfg.mqtt;
-    let security = MqttSecurity::load(&MqttSecurityFiles {
-        username: m.username.as_deref(),
-        password_file: m.password_file.as_deref(),
-        ca_file: m.tls_ca_file.as_deref(),
-        client_cert_file: m.tls_client_cert_file.as_deref(),
-        client_key_file: m.tls_client_key_file.as_deref(),
-    })?;
     if cfg.kafka.create_topics {
         kafka::ensure_topics(&cfg.kafka).await?;
     }
@@ -67,15 +59,7 @@ pub async fn run(
     let app = ops::router(Arc::clone(&registry), || ());
     let http = ops::serve(listener, app, http_stop.clone());
 
-    let mqtt = MqttIn {
-        host: m.host.clone(),
-        port: m.port,
-        client_id: m.client_id.clone(),
-        shared_group: m.shared_group.clone(),
-        keep_alive: Duration::from_secs(m.keep_alive_secs.max(1)),
-        max_inflight: m.max_inflight,
-        security,
-    };
+    let mqtt = mqtt_settings(&cfg)?;
     let ack_path = tokio::spawn(acks::run(
         acks_consumer,
         cfg.kafka.acks_topic.clone(),
@@ -102,7 +86,39 @@ pub async fn run(
         .await;
     }
     let _ = tokio::time::timeout(grace, ack_path).await;
-    // Deliveries were awaited before every MQTT ack; flush what the ack path may have queued.
+    flush(producer).await;
+    http_stop.cancel();
+    if let Ok(Err(e)) = http.await {
+        return Err(ServiceError::Http(e));
+    }
+    tracing::info!("bridge stopped");
+    Ok(())
+}
+
+/// The MQTT session settings both paths use, with the security files read.
+fn mqtt_settings(cfg: &Config) -> Result<MqttIn, ServiceError> {
+    let m = &cfg.mqtt;
+    let security = MqttSecurity::load(&MqttSecurityFiles {
+        username: m.username.as_deref(),
+        password_file: m.password_file.as_deref(),
+        ca_file: m.tls_ca_file.as_deref(),
+        client_cert_file: m.tls_client_cert_file.as_deref(),
+        client_key_file: m.tls_client_key_file.as_deref(),
+    })?;
+    Ok(MqttIn {
+        host: m.host.clone(),
+        port: m.port,
+        client_id: m.client_id.clone(),
+        shared_group: m.shared_group.clone(),
+        keep_alive: Duration::from_secs(m.keep_alive_secs.max(1)),
+        max_inflight: m.max_inflight,
+        security,
+    })
+}
+
+/// Deliveries were awaited before every MQTT ack; this flushes what the ack path may have
+/// queued (librdkafka's flush blocks, so off the runtime threads).
+async fn flush(producer: rdkafka::producer::FutureProducer) {
     let flushed = tokio::task::spawn_blocking(move || {
         rdkafka::producer::Producer::flush(
             &producer,
@@ -113,10 +129,4 @@ pub async fn run(
     if let Ok(Err(e)) = flushed {
         tracing::warn!(error = %e, "producer flush at shutdown");
     }
-    http_stop.cancel();
-    if let Ok(Err(e)) = http.await {
-        return Err(ServiceError::Http(e));
-    }
-    tracing::info!("bridge stopped");
-    Ok(())
 }

@@ -112,88 +112,33 @@ fn services(args: &Args, k: &Kafka, m: &Mosquitto) -> Result<(Service, Service),
     Ok((reconciler, bridge))
 }
 
+/// Everything the run started; it all stops when this is dropped, in field order: the
+/// observers and the agents first, the brokers last.
+struct Pipeline {
+    started: Instant,
+    broker: String,
+    raw_hops: Vec<(&'static str, Vec<u64>)>,
+    prometheus: Prometheus,
+    fleet: Fleet,
+    bridge: Service,
+    reconciler: Service,
+    k: Kafka,
+    _m: Mosquitto,
+}
+
 fn run(args: &Args) -> Result<bool, String> {
-    let started = Instant::now();
-    let broker = args.broker.version();
-    println!("==> starting Mosquitto and the Kafka broker ({broker})");
-    let m = Mosquitto::start().map_err(err)?;
-    let k = Kafka::start_on(args.broker).map_err(err)?;
-    println!("==> timing the raw hops on these brokers (MQTT publish → subscriber, Kafka produce → consumer, fsync)");
-    let raw_hops = [
-        ("MQTT QoS 1 publish → subscriber", hops::mqtt(m.addr())?),
-        ("Kafka produce (acks=all) → consumer", hops::kafka(&k)?),
-        ("one fsync of 256 B", hops::fsync()?),
-    ];
-    println!("==> starting edgesync-reconciler and edgesync-bridge");
-    let (reconciler, bridge) = services(args, &k, &m)?;
-    let link = match args.link_kib_per_s {
-        0 => "unlimited".to_owned(),
-        n => format!("{n} KiB/s"),
-    };
-    println!(
-        "==> starting {} edge agents, each behind a fault proxy (latency {} ms, bandwidth {link})",
-        args.agents, args.link_latency_ms
-    );
-    let mut fleet = Fleet::start(args, m.addr(), &bin("edgesync-agent")?)?;
-    println!("==> starting Prometheus on deploy/prometheus (every service scraped, the alert rules evaluated)");
-    let prometheus = Prometheus::start(&[
-        ("edgesync-agent", fleet.http_addrs()),
-        ("edgesync-bridge", vec![bridge.http]),
-        ("edgesync-reconciler", vec![reconciler.http]),
-    ])
-    .map_err(err)?;
+    let mut p = Pipeline::start(args)?;
     println!("==> warming up: one event per agent, end to end");
-    fleet.warm_up()?;
+    p.fleet.warm_up()?;
     println!(
         "==> feeding {} events/s per agent for {} s; one link cut for {} s every {} s",
         args.rate, args.seconds, args.outage_secs, args.outage_every
     );
-    let released = || reconciler.metric("edgesync_reconciler_events_total", "");
-    let cuts = fleet.feed(args, released, started);
+    let released = || p.reconciler.metric("edgesync_reconciler_events_total", "");
+    let cuts = p.fleet.feed(args, released, p.started);
     println!("==> feeding stopped; links healed; waiting for every spool to drain");
-    let drained = fleet.drain();
-    // What Prometheus, on the shipped config and rules, saw of the run.
-    let ops = prometheus.view().map_err(err)?;
-
-    // The report, from the output topics.
-    let codec = Codec::new(Limits::default()).map_err(err)?;
-    let answers = fleet.answers();
-    let mut seen = readback::read(&k, &codec, &fleet, &answers)?;
-    let to_converged = seen.converged_latencies(&fleet, &answers);
-    let report = Report {
-        broker,
-        reconciler_sets: &args.reconciler_sets,
-        total: answers.values().map(|a| a.len()).sum(),
-        delivered: seen.delivered(&answers),
-        duplicates: seen.duplicates,
-        cuts,
-        to_event: &seen.to_event,
-        to_converged: &to_converged,
-        bridge: &bridge,
-        reconciler: &reconciler,
-        raw_hops: &raw_hops,
-        wire_and_raw: (
-            fleet.metric_sum("edgesync_agent_published_wire_bytes_total"),
-            fleet.metric_sum("edgesync_agent_published_raw_bytes_total"),
-        ),
-        keys: seen.keys.len(),
-        counters_ok: seen.counters_match(&answers),
-        drained,
-        dropped_and_dead: (
-            fleet.metric_sum("edgesync_agent_dropped_events_total"),
-            bridge.metric("edgesync_bridge_dead_lettered_total", "")
-                + reconciler.metric("edgesync_reconciler_dead_lettered_total", ""),
-        ),
-        ops,
-    };
-    println!(
-        "\n==> report ({} agents, {} s of feeding, {cuts} link cuts, {} s in all)",
-        args.agents,
-        args.seconds,
-        started.elapsed().as_secs()
-    );
-    report.print();
-    let ok = report.ok();
+    let drained = p.fleet.drain();
+    let ok = p.report(args, cuts, drained)?;
     println!(
         "\n{}",
         if ok {
@@ -203,4 +148,95 @@ fn run(args: &Args) -> Result<bool, String> {
         }
     );
     Ok(ok)
+}
+
+impl Pipeline {
+    /// The brokers (with the raw hops timed on them), the services, the fleet and Prometheus.
+    fn start(args: &Args) -> Result<Self, String> {
+        let started = Instant::now();
+        let broker = args.broker.version();
+        println!("==> starting Mosquitto and the Kafka broker ({broker})");
+        let m = Mosquitto::start().map_err(err)?;
+        let k = Kafka::start_on(args.broker).map_err(err)?;
+        println!("==> timing the raw hops on these brokers (MQTT publish → subscriber, Kafka produce → consumer, fsync)");
+        let raw_hops = vec![
+            ("MQTT QoS 1 publish → subscriber", hops::mqtt(m.addr())?),
+            ("Kafka produce (acks=all) → consumer", hops::kafka(&k)?),
+            ("one fsync of 256 B", hops::fsync()?),
+        ];
+        println!("==> starting edgesync-reconciler and edgesync-bridge");
+        let (reconciler, bridge) = services(args, &k, &m)?;
+        let link = match args.link_kib_per_s {
+            0 => "unlimited".to_owned(),
+            n => format!("{n} KiB/s"),
+        };
+        println!(
+            "==> starting {} edge agents, each behind a fault proxy (latency {} ms, bandwidth {link})",
+            args.agents, args.link_latency_ms
+        );
+        let fleet = Fleet::start(args, m.addr(), &bin("edgesync-agent")?)?;
+        println!("==> starting Prometheus on deploy/prometheus (every service scraped, the alert rules evaluated)");
+        let prometheus = Prometheus::start(&[
+            ("edgesync-agent", fleet.http_addrs()),
+            ("edgesync-bridge", vec![bridge.http]),
+            ("edgesync-reconciler", vec![reconciler.http]),
+        ])
+        .map_err(err)?;
+        Ok(Self {
+            started,
+            broker,
+            k,
+            _m: m,
+            raw_hops,
+            reconciler,
+            bridge,
+            fleet,
+            prometheus,
+        })
+    }
+
+    /// Reads the output topics back, prints the report and says whether the run passed.
+    fn report(&self, args: &Args, cuts: usize, drained: bool) -> Result<bool, String> {
+        // What Prometheus, on the shipped config and rules, saw of the run.
+        let ops = self.prometheus.view().map_err(err)?;
+        let (fleet, bridge, reconciler) = (&self.fleet, &self.bridge, &self.reconciler);
+        let codec = Codec::new(Limits::default()).map_err(err)?;
+        let answers = fleet.answers();
+        let mut seen = readback::read(&self.k, &codec, fleet, &answers)?;
+        let to_converged = seen.converged_latencies(fleet, &answers);
+        let report = Report {
+            broker: self.broker.clone(),
+            reconciler_sets: &args.reconciler_sets,
+            total: answers.values().map(|a| a.len()).sum(),
+            delivered: seen.delivered(&answers),
+            duplicates: seen.duplicates,
+            cuts,
+            to_event: &seen.to_event,
+            to_converged: &to_converged,
+            bridge,
+            reconciler,
+            raw_hops: &self.raw_hops,
+            wire_and_raw: (
+                fleet.metric_sum("edgesync_agent_published_wire_bytes_total"),
+                fleet.metric_sum("edgesync_agent_published_raw_bytes_total"),
+            ),
+            keys: seen.keys.len(),
+            counters_ok: seen.counters_match(&answers),
+            drained,
+            dropped_and_dead: (
+                fleet.metric_sum("edgesync_agent_dropped_events_total"),
+                bridge.metric("edgesync_bridge_dead_lettered_total", "")
+                    + reconciler.metric("edgesync_reconciler_dead_lettered_total", ""),
+            ),
+            ops,
+        };
+        println!(
+            "\n==> report ({} agents, {} s of feeding, {cuts} link cuts, {} s in all)",
+            args.agents,
+            args.seconds,
+            self.started.elapsed().as_secs()
+        );
+        report.print();
+        Ok(report.ok())
+    }
 }

@@ -341,6 +341,64 @@ fn rollup_cell_from(v: Avro) -> Result<((u64, ReplicaId), RollupCell), DecodeErr
     Ok(((bucket_ms, replica), cell))
 }
 
+fn lww_from(r: &mut Rec) -> Result<Crdt, DecodeError> {
+    let entry = match r.take("entry")? {
+        Avro::Union(_, b) if matches!(*b, Avro::Null) => None,
+        Avro::Union(_, b) => {
+            let mut e = Rec::new("LwwEntry", *b)?;
+            Some(LwwEntry {
+                hlc: hlc_from(&mut e)?,
+                replica: e.replica()?,
+                value: scalar_from("value", e.take("value")?)?,
+            })
+        }
+        _ => {
+            return Err(DecodeError::Shape {
+                field: "entry",
+                expected: "union",
+            })
+        }
+    };
+    Ok(Crdt::LwwRegister(
+        entry.map_or_else(LwwRegister::default, LwwRegister::of),
+    ))
+}
+
+fn mv_from(r: &mut Rec) -> Result<Crdt, DecodeError> {
+    let entries = r
+        .array("entries")?
+        .into_iter()
+        .map(|v| {
+            let mut e = Rec::new("MvEntry", v)?;
+            Ok((
+                dot_from(e.take("dot")?)?,
+                scalar_from("value", e.take("value")?)?,
+            ))
+        })
+        .collect::<Result<Vec<(Dot, Value)>, DecodeError>>()?;
+    let ctx = context_from(r.array("context")?)?;
+    Ok(Crdt::MvRegister(MvRegister::from_parts(entries, ctx)))
+}
+
+fn or_set_from(r: &mut Rec) -> Result<Crdt, DecodeError> {
+    let entries = r
+        .array("entries")?
+        .into_iter()
+        .map(|v| {
+            let mut e = Rec::new("OrSetEntry", v)?;
+            let value = scalar_from("value", e.take("value")?)?;
+            let dots = e
+                .array("dots")?
+                .into_iter()
+                .map(dot_from)
+                .collect::<Result<BTreeSet<Dot>, DecodeError>>()?;
+            Ok((value, dots))
+        })
+        .collect::<Result<Vec<_>, DecodeError>>()?;
+    let ctx = context_from(r.array("context")?)?;
+    Ok(Crdt::OrSet(OrSet::from_parts(entries, ctx)))
+}
+
 pub(crate) fn crdt_from_avro(v: Avro) -> Result<Crdt, DecodeError> {
     let mut outer = Rec::new("CrdtState", v)?;
     let (index, body) = match outer.take("state")? {
@@ -374,59 +432,9 @@ pub(crate) fn crdt_from_avro(v: Avro) -> Result<Crdt, DecodeError> {
             opt_scalar_from("value", r.take("value")?)?
                 .map_or_else(MinRegister::default, MinRegister::of),
         ),
-        CrdtKind::LwwRegister => {
-            let entry = match r.take("entry")? {
-                Avro::Union(_, b) if matches!(*b, Avro::Null) => None,
-                Avro::Union(_, b) => {
-                    let mut e = Rec::new("LwwEntry", *b)?;
-                    Some(LwwEntry {
-                        hlc: hlc_from(&mut e)?,
-                        replica: e.replica()?,
-                        value: scalar_from("value", e.take("value")?)?,
-                    })
-                }
-                _ => {
-                    return Err(DecodeError::Shape {
-                        field: "entry",
-                        expected: "union",
-                    })
-                }
-            };
-            Crdt::LwwRegister(entry.map_or_else(LwwRegister::default, LwwRegister::of))
-        }
-        CrdtKind::MvRegister => {
-            let entries = r
-                .array("entries")?
-                .into_iter()
-                .map(|v| {
-                    let mut e = Rec::new("MvEntry", v)?;
-                    Ok((
-                        dot_from(e.take("dot")?)?,
-                        scalar_from("value", e.take("value")?)?,
-                    ))
-                })
-                .collect::<Result<Vec<(Dot, Value)>, DecodeError>>()?;
-            let ctx = context_from(r.array("context")?)?;
-            Crdt::MvRegister(MvRegister::from_parts(entries, ctx))
-        }
-        CrdtKind::OrSet => {
-            let entries = r
-                .array("entries")?
-                .into_iter()
-                .map(|v| {
-                    let mut e = Rec::new("OrSetEntry", v)?;
-                    let value = scalar_from("value", e.take("value")?)?;
-                    let dots = e
-                        .array("dots")?
-                        .into_iter()
-                        .map(dot_from)
-                        .collect::<Result<BTreeSet<Dot>, DecodeError>>()?;
-                    Ok((value, dots))
-                })
-                .collect::<Result<Vec<_>, DecodeError>>()?;
-            let ctx = context_from(r.array("context")?)?;
-            Crdt::OrSet(OrSet::from_parts(entries, ctx))
-        }
+        CrdtKind::LwwRegister => lww_from(&mut r)?,
+        CrdtKind::MvRegister => mv_from(&mut r)?,
+        CrdtKind::OrSet => or_set_from(&mut r)?,
         CrdtKind::RollupMap => Crdt::RollupMap(RollupMap::from_cells(
             r.array("cells")?
                 .into_iter()

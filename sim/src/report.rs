@@ -205,6 +205,14 @@ impl Report {
                 r.state_keys
             );
         }
+        self.details(&mut s);
+        let _ = writeln!(s, "\nReference state digest: `{}`", self.reference_digest);
+        links(&mut s, c);
+        s
+    }
+
+    /// The table of details behind the article's table, one column per approach.
+    fn details(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "\n| detail | {} |",
@@ -219,22 +227,20 @@ impl Report {
             let cells: Vec<String> = self.results.iter().map(f).collect();
             let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
         };
-        row(&mut s, "events generated", &|r| {
-            r.events_generated.to_string()
-        });
-        row(&mut s, "sync attempts / failed", &|r| {
+        row(s, "events generated", &|r| r.events_generated.to_string());
+        row(s, "sync attempts / failed", &|r| {
             format!("{} / {}", r.sync_attempts, r.sync_failures)
         });
-        row(&mut s, "bytes up + down / of new data", &|r| {
+        row(s, "bytes up + down / of new data", &|r| {
             format!(
                 "{} + {} / {}",
                 r.bytes_up, r.bytes_down, r.bytes_of_new_data
             )
         });
-        row(&mut s, "duplicates applied", &|r| {
+        row(s, "duplicates applied", &|r| {
             r.duplicates_applied.to_string()
         });
-        row(&mut s, "events dropped", &|r| {
+        row(s, "events dropped", &|r| {
             if r.dropped.is_empty() {
                 "0".to_owned()
             } else {
@@ -245,19 +251,21 @@ impl Report {
                     .join(", ")
             }
         });
-        let _ = writeln!(s, "\nReference state digest: `{}`", self.reference_digest);
-        let b = &c.baseline;
-        let l = &c.link;
-        let _ = writeln!(
-            s,
-            "\nLinks: up {:.0} min / down {:.0} min on average, latency {:.0} ms + exp({:.0} ms), loss {} %, duplicates {} %, reordering {} %, {:.0} kB/s. \
-             Faults: a device crashes every {} h on average (down {:.0} s), the server restarts every {} h (down {:.0} s). \
-             Baseline: queue of {} messages, backoff {:.0} ms doubling to {:.0} s (±{:.0} %), {} attempts per message, {} s request timeout, last write wins by device clock.",
-            l.mean_up_s / 60.0, l.mean_down_s / 60.0, l.latency_ms, l.jitter_mean_ms, l.loss * 100.0, l.duplicate * 100.0, l.reorder * 100.0,
-            l.bandwidth_bytes_per_s / 1000.0, c.faults.device_crash_mean_h, c.faults.device_down_mean_s, c.faults.server_restart_mean_h,
-            c.faults.server_down_s, b.queue_capacity, b.initial_backoff_ms, b.max_backoff_ms / 1000.0, b.backoff_jitter * 100.0,
-            b.max_attempts, b.request_timeout_ms / 1000
-        );
-        s
     }
+}
+
+/// The paragraph naming the links, faults and baseline the run simulated.
+fn links(s: &mut String, c: &SimConfig) {
+    let b = &c.baseline;
+    let l = &c.link;
+    let _ = writeln!(
+        s,
+        "\nLinks: up {:.0} min / down {:.0} min on average, latency {:.0} ms + exp({:.0} ms), loss {} %, duplicates {} %, reordering {} %, {:.0} kB/s. \
+         Faults: a device crashes every {} h on average (down {:.0} s), the server restarts every {} h (down {:.0} s). \
+         Baseline: queue of {} messages, backoff {:.0} ms doubling to {:.0} s (±{:.0} %), {} attempts per message, {} s request timeout, last write wins by device clock.",
+        l.mean_up_s / 60.0, l.mean_down_s / 60.0, l.latency_ms, l.jitter_mean_ms, l.loss * 100.0, l.duplicate * 100.0, l.reorder * 100.0,
+        l.bandwidth_bytes_per_s / 1000.0, c.faults.device_crash_mean_h, c.faults.device_down_mean_s, c.faults.server_restart_mean_h,
+        c.faults.server_down_s, b.queue_capacity, b.initial_backoff_ms, b.max_backoff_ms / 1000.0, b.backoff_jitter * 100.0,
+        b.max_attempts, b.request_timeout_ms / 1000
+    );
 }

@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -66,6 +66,83 @@ fn mqtt_handshake(addr: SocketAddr) -> bool {
     s.write_all(&pkt).is_ok() && s.read_exact(&mut ack).is_ok() && ack[0] == 0x20
 }
 
+/// The broker's configuration: a plain listener on `port`, TLS on `tls_port` when asked,
+/// persistence in `d`, and the options' users and ACL (their files written into `d`).
+fn config(
+    opts: &MosquittoOptions,
+    d: &Path,
+    port: u16,
+    tls_port: Option<u16>,
+) -> Result<String, Error> {
+    let mut conf = format!("listener {port} 127.0.0.1\n");
+    if let (Some((pki, require_client_cert)), Some(tls_port)) = (&opts.tls, tls_port) {
+        // Security settings apply to the listener defined last.
+        conf.push_str(&format!(
+            "listener {tls_port} 127.0.0.1\n\
+             cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_client_cert}\n",
+            pki.ca.display(),
+            pki.server_cert.display(),
+            pki.server_key.display()
+        ));
+    }
+    conf.push_str(&format!(
+        "\
+         persistence true\n\
+         persistence_location {}/\n\
+         log_dest stdout\n\
+         log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+         connection_messages true\n\
+         max_inflight_messages 100\n\
+         max_queued_messages 100000\n",
+        d.display(),
+    ));
+    if opts.save_every_change {
+        conf.push_str("autosave_interval 1\nautosave_on_changes true\n");
+    }
+    if running_as_root() {
+        // Mosquitto started as root switches to the `mosquitto` user, which cannot write to
+        // this root-owned directory: stay root (a test broker on 127.0.0.1 only).
+        conf.push_str("user root\n");
+    }
+    if opts.users.is_empty() {
+        conf.push_str("allow_anonymous true\n");
+    } else {
+        let pwfile = password_file(d, &opts.users)?;
+        conf.push_str(&format!(
+            "allow_anonymous false\npassword_file {}\n",
+            pwfile.display()
+        ));
+    }
+    if let Some(acl) = &opts.acl {
+        let aclfile = d.join("acl");
+        std::fs::write(&aclfile, acl).map_err(io("write ACL file"))?;
+        conf.push_str(&format!("acl_file {}\n", aclfile.display()));
+    }
+    Ok(conf)
+}
+
+/// A password file in `d` holding `users` (name, password), written by `mosquitto_passwd`.
+fn password_file(d: &Path, users: &[(String, String)]) -> Result<PathBuf, Error> {
+    let pwfile = d.join("passwd");
+    std::fs::write(&pwfile, "").map_err(io("create password file"))?;
+    for (user, pass) in users {
+        let out = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(&pwfile)
+            .arg(user)
+            .arg(pass)
+            .output()
+            .map_err(io("run mosquitto_passwd"))?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                command: "mosquitto_passwd".into(),
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+    }
+    Ok(pwfile)
+}
+
 impl Mosquitto {
     /// Anonymous access, persistence on.
     pub fn start() -> Result<Self, Error> {
@@ -80,70 +157,11 @@ impl Mosquitto {
             .map_err(io("create mosquitto dir"))?;
         let port = free_port()?;
         let d = dir.path();
-        let mut conf = format!("listener {port} 127.0.0.1\n");
         let tls_port = match opts.tls {
             Some(_) => Some(free_port()?),
             None => None,
         };
-        if let (Some((pki, require_client_cert)), Some(tls_port)) = (&opts.tls, tls_port) {
-            // Security settings apply to the listener defined last.
-            conf.push_str(&format!(
-                "listener {tls_port} 127.0.0.1\n\
-                 cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_client_cert}\n",
-                pki.ca.display(),
-                pki.server_cert.display(),
-                pki.server_key.display()
-            ));
-        }
-        conf.push_str(&format!(
-            "\
-             persistence true\n\
-             persistence_location {}/\n\
-             log_dest stdout\n\
-             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
-             connection_messages true\n\
-             max_inflight_messages 100\n\
-             max_queued_messages 100000\n",
-            d.display(),
-        ));
-        if opts.save_every_change {
-            conf.push_str("autosave_interval 1\nautosave_on_changes true\n");
-        }
-        if running_as_root() {
-            // Mosquitto started as root switches to the `mosquitto` user, which cannot write to
-            // this root-owned directory: stay root (a test broker on 127.0.0.1 only).
-            conf.push_str("user root\n");
-        }
-        if opts.users.is_empty() {
-            conf.push_str("allow_anonymous true\n");
-        } else {
-            let pwfile = d.join("passwd");
-            std::fs::write(&pwfile, "").map_err(io("create password file"))?;
-            for (user, pass) in &opts.users {
-                let out = Command::new("mosquitto_passwd")
-                    .arg("-b")
-                    .arg(&pwfile)
-                    .arg(user)
-                    .arg(pass)
-                    .output()
-                    .map_err(io("run mosquitto_passwd"))?;
-                if !out.status.success() {
-                    return Err(Error::Command {
-                        command: "mosquitto_passwd".into(),
-                        output: String::from_utf8_lossy(&out.stderr).into_owned(),
-                    });
-                }
-            }
-            conf.push_str(&format!(
-                "allow_anonymous false\npassword_file {}\n",
-                pwfile.display()
-            ));
-        }
-        if let Some(acl) = &opts.acl {
-            let aclfile = d.join("acl");
-            std::fs::write(&aclfile, acl).map_err(io("write ACL file"))?;
-            conf.push_str(&format!("acl_file {}\n", aclfile.display()));
-        }
+        let conf = config(&opts, d, port, tls_port)?;
         let conf_path = d.join("mosquitto.conf");
         std::fs::write(&conf_path, conf).map_err(io("write mosquitto.conf"))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

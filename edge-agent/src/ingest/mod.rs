@@ -568,39 +568,20 @@ impl Worker {
                 .for_each(|j| self.answer(j, Ok(Accepted::Empty)));
             return;
         }
-        let mut state: Vec<(String, Vec<u8>)> = Vec::with_capacity(draft.states.len() + 1);
-        for (k, c) in &draft.states {
-            match self.codec.encode_crdt_state(c) {
-                Ok(b) => state.push((format!("{CRDT_PREFIX}{k}"), b)),
-                Err(e) => {
-                    let why = format!("encode state {k:?}: {e}");
-                    ready
-                        .into_iter()
-                        .for_each(|j| self.answer(j, Err(IngestError::Unavailable(why.clone()))));
-                    return;
+        let state = match self.encoded_states(&draft) {
+            Ok(state) => state,
+            Err(why) => {
+                for job in ready {
+                    self.answer(job, Err(IngestError::Unavailable(why.clone())));
                 }
+                return;
             }
-        }
-        state.push((HLC_STATE.into(), encode_hlc(draft.hlc.last())));
+        };
         match self.spool.append_with_state(draft.bodies, state) {
             Ok(Appended::Stored(range)) => {
                 self.states.extend(draft.states);
                 self.hlc = draft.hlc;
-                let mut next = range.start;
-                for job in ready {
-                    let n = job.events.len() as u64;
-                    let a = match n {
-                        0 => Accepted::Empty,
-                        _ => Accepted::Stored(SeqRange {
-                            start: next,
-                            end: next + n - 1,
-                        }),
-                    };
-                    next += n;
-                    self.metrics.stored(job.source, n);
-                    self.answer(job, Ok(a));
-                }
-                self.appended.notify_one();
+                self.stored(ready, range.start);
             }
             Ok(Appended::Dropped { .. }) | Ok(Appended::Empty) => {
                 for job in ready {
@@ -616,89 +597,54 @@ impl Worker {
             }
             Err(e) => {
                 for job in ready {
-                    let err = match &e {
-                        SpoolError::Full {
-                            bytes,
-                            limit,
-                            oldest_age_ms,
-                        } => IngestError::Full {
-                            bytes: *bytes,
-                            limit: *limit,
-                            oldest_age_ms: *oldest_age_ms,
-                        },
-                        SpoolError::TooLarge { len, limit } => IngestError::TooLarge {
-                            len: *len,
-                            limit: *limit,
-                        },
-                        other => IngestError::Unavailable(other.to_string()),
-                    };
-                    self.answer(job, Err(err));
+                    self.answer(job, Err(refused(&e)));
                 }
             }
         }
+    }
+
+    /// The draft's states and clock as the spool stores them beside the events.
+    fn encoded_states(&self, draft: &Draft) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut state = Vec::with_capacity(draft.states.len() + 1);
+        for (k, c) in &draft.states {
+            let b = (self.codec.encode_crdt_state(c))
+                .map_err(|e| format!("encode state {k:?}: {e}"))?;
+            state.push((format!("{CRDT_PREFIX}{k}"), b));
+        }
+        state.push((HLC_STATE.into(), encode_hlc(draft.hlc.last())));
+        Ok(state)
+    }
+
+    /// Answers each job with its share of the stored seqs, which start at `first`, in job order.
+    fn stored(&mut self, ready: Vec<Job>, first: u64) {
+        let mut next = first;
+        for job in ready {
+            let n = job.events.len() as u64;
+            let a = match n {
+                0 => Accepted::Empty,
+                _ => Accepted::Stored(SeqRange {
+                    start: next,
+                    end: next + n - 1,
+                }),
+            };
+            next += n;
+            self.metrics.stored(job.source, n);
+            self.answer(job, Ok(a));
+        }
+        self.appended.notify_one();
     }
 
     /// Stamps the job's events, applies their ops to the draft's states and encodes them; on
     /// error the draft is unchanged.
     fn prepare(&self, events: &[IngestEvent], draft: &mut Draft) -> Result<(), IngestError> {
         // Types first, so that applying cannot fail half-way.
-        let mut kinds: BTreeMap<&str, CrdtKind> = BTreeMap::new();
-        for (index, e) in events.iter().enumerate() {
-            for op in &e.ops {
-                let have = kinds.get(op.key()).copied().or_else(|| {
-                    draft
-                        .states
-                        .get(op.key())
-                        .or_else(|| self.states.get(op.key()))
-                        .map(Crdt::kind)
-                });
-                match have {
-                    Some(k) if k != op.kind() => {
-                        return Err(IngestError::Invalid {
-                            index,
-                            reason: format!(
-                                "state {:?} is a {}, not a {}",
-                                op.key(),
-                                k.name(),
-                                op.kind().name()
-                            ),
-                        })
-                    }
-                    _ => {
-                        kinds.insert(op.key(), op.kind());
-                    }
-                }
-            }
-        }
+        self.check_kinds(events, draft)?;
         let mut states: BTreeMap<String, Crdt> = BTreeMap::new();
         let mut hlc = draft.hlc.clone();
         let mut bodies = Vec::with_capacity(events.len());
         for (index, e) in events.iter().enumerate() {
             let stamp = hlc.now((self.clock)());
-            let mut deltas: Vec<(String, Crdt)> = Vec::with_capacity(e.ops.len());
-            for op in &e.ops {
-                let key = op.key();
-                if !states.contains_key(key) {
-                    let current = draft
-                        .states
-                        .get(key)
-                        .or_else(|| self.states.get(key))
-                        .cloned()
-                        .unwrap_or_else(|| op.kind().bottom());
-                    states.insert(key.to_owned(), current);
-                }
-                let Some(state) = states.get_mut(key) else {
-                    continue; // inserted just above
-                };
-                let delta = op.apply(state, &self.replica, stamp);
-                // Deltas of one event on one key are joined: one entry per key.
-                match deltas.iter_mut().find(|(k, _)| k == key) {
-                    Some((_, d)) => {
-                        let _ = d.join(&delta);
-                    }
-                    None => deltas.push((key.to_owned(), delta)),
-                }
-            }
+            let deltas = self.apply_ops(&e.ops, draft, &mut states, stamp);
             let event = Event {
                 dot: Dot::new(self.replica.clone(), 0), // the spool assigns the seq
                 hlc: stamp,
@@ -722,6 +668,65 @@ impl Worker {
         Ok(())
     }
 
+    /// Refuses the job when an op names a state of another CRDT type (stored, drafted by an
+    /// earlier job of the group, or named earlier in this job).
+    fn check_kinds(&self, events: &[IngestEvent], draft: &Draft) -> Result<(), IngestError> {
+        let mut kinds: BTreeMap<&str, CrdtKind> = BTreeMap::new();
+        for (index, e) in events.iter().enumerate() {
+            for op in &e.ops {
+                let have = kinds
+                    .get(op.key())
+                    .copied()
+                    .or_else(|| self.current(draft, op.key()).map(Crdt::kind));
+                if let Some(k) = have.filter(|k| *k != op.kind()) {
+                    let reason = format!(
+                        "state {:?} is a {}, not a {}",
+                        op.key(),
+                        k.name(),
+                        op.kind().name()
+                    );
+                    return Err(IngestError::Invalid { index, reason });
+                }
+                kinds.insert(op.key(), op.kind());
+            }
+        }
+        Ok(())
+    }
+
+    /// A state as the group sees it so far: drafted by an earlier job, else stored.
+    fn current<'a>(&'a self, draft: &'a Draft, key: &str) -> Option<&'a Crdt> {
+        draft.states.get(key).or_else(|| self.states.get(key))
+    }
+
+    /// Applies one event's ops to `states` (this job's working copies, taken from the draft or
+    /// the stored states on first use) and returns the deltas, one entry per key.
+    fn apply_ops(
+        &self,
+        ops: &[Op],
+        draft: &Draft,
+        states: &mut BTreeMap<String, Crdt>,
+        stamp: Hlc,
+    ) -> Vec<(String, Crdt)> {
+        let mut deltas: Vec<(String, Crdt)> = Vec::with_capacity(ops.len());
+        for op in ops {
+            let key = op.key();
+            let state = states.entry(key.to_owned()).or_insert_with(|| {
+                self.current(draft, key)
+                    .cloned()
+                    .unwrap_or_else(|| op.kind().bottom())
+            });
+            let delta = op.apply(state, &self.replica, stamp);
+            // Deltas of one event on one key are joined: one entry per key.
+            match deltas.iter_mut().find(|(k, _)| k == key) {
+                Some((_, d)) => {
+                    let _ = d.join(&delta);
+                }
+                None => deltas.push((key.to_owned(), delta)),
+            }
+        }
+        deltas
+    }
+
     fn answer(&self, job: Job, result: Result<Accepted, IngestError>) {
         match &result {
             Ok(Accepted::Stored(_)) => self
@@ -734,5 +739,25 @@ impl Worker {
             _ => {}
         }
         let _ = job.reply.send(result); // a producer that stopped waiting is not an error
+    }
+}
+
+/// What a producer is told when the spool refused its events.
+fn refused(e: &SpoolError) -> IngestError {
+    match e {
+        SpoolError::Full {
+            bytes,
+            limit,
+            oldest_age_ms,
+        } => IngestError::Full {
+            bytes: *bytes,
+            limit: *limit,
+            oldest_age_ms: *oldest_age_ms,
+        },
+        SpoolError::TooLarge { len, limit } => IngestError::TooLarge {
+            len: *len,
+            limit: *limit,
+        },
+        other => IngestError::Unavailable(other.to_string()),
     }
 }

@@ -310,6 +310,79 @@ fn random_incarnation() -> Result<Incarnation, SpoolError> {
     Ok(Incarnation::from_random_bits(bits))
 }
 
+/// A u64 meta value; `None` when absent, an error when present but not 8 bytes.
+fn meta_u64(db: &DB, key: &'static [u8], name: &'static str) -> Result<Option<u64>, SpoolError> {
+    match db.get(key)? {
+        None => Ok(None),
+        Some(v) => keys::read_u64(&v)
+            .map(Some)
+            .ok_or(SpoolError::CorruptMeta { key: name }),
+    }
+}
+
+/// The spool's incarnation: read from a formatted spool, or drawn and written (with the format
+/// version and empty counters, synced) into a new one.
+fn incarnation(db: &DB) -> Result<Incarnation, SpoolError> {
+    match db.get(keys::FORMAT)? {
+        None => {
+            let inc = random_incarnation()?;
+            let mut b = WriteBatch::default();
+            b.put(keys::FORMAT, [keys::FORMAT_VERSION]);
+            b.put(keys::INCARNATION, keys::u64_value(inc.get()));
+            b.put(keys::NEXT, keys::u64_value(1));
+            b.put(keys::ACKED, keys::u64_value(0));
+            let mut w = WriteOptions::default();
+            w.set_sync(true);
+            db.write_opt(b, &w)?;
+            Ok(inc)
+        }
+        Some(v) if v.as_slice() == [keys::FORMAT_VERSION] => {
+            let corrupt = SpoolError::CorruptMeta { key: "incarnation" };
+            let raw = meta_u64(db, keys::INCARNATION, "incarnation")?.ok_or(corrupt)?;
+            Incarnation::new(raw).map_err(|_| SpoolError::CorruptMeta { key: "incarnation" })
+        }
+        Some(v) => Err(SpoolError::Format {
+            found: v.first().copied().unwrap_or(0),
+            expected: keys::FORMAT_VERSION,
+        }),
+    }
+}
+
+/// What a scan of the stored records finds at open.
+struct Held {
+    /// Past every stored seq, whatever the stored `next` said (a crash may have left it behind).
+    next: u64,
+    events: u64,
+    bytes: u64,
+    oldest_ms: Option<u64>,
+}
+
+/// Counts what is held and moves `next` past every stored seq.
+fn recover(db: &DB, stored_next: u64) -> Result<Held, SpoolError> {
+    let mut held = Held {
+        next: stored_next,
+        events: 0,
+        bytes: 0,
+        oldest_ms: None,
+    };
+    for item in db.iterator(IteratorMode::From(&keys::event_key(0), Direction::Forward)) {
+        let (k, v) = item?;
+        let Some(seq) = keys::seq_of(&k) else { break };
+        held.bytes += record_size(v.len());
+        let last = match keys::decode(&v) {
+            Some(keys::Record::Event { appended_ms, .. }) => {
+                held.events += 1;
+                held.oldest_ms.get_or_insert(appended_ms);
+                seq
+            }
+            Some(keys::Record::Dropped { last, .. }) => last.max(seq),
+            None => seq,
+        };
+        held.next = held.next.max(last + 1);
+    }
+    Ok(held)
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `dir`.
     pub fn open(dir: &Path, cfg: SpoolConfig) -> Result<Self, SpoolError> {
@@ -338,90 +411,36 @@ impl Spool {
     }
 
     fn start(db: DB, cfg: SpoolConfig, writable: bool) -> Result<Self, SpoolError> {
-        let meta_u64 =
-            |key: &'static [u8], name: &'static str| -> Result<Option<u64>, SpoolError> {
-                match db.get(key)? {
-                    None => Ok(None),
-                    Some(v) => keys::read_u64(&v)
-                        .map(Some)
-                        .ok_or(SpoolError::CorruptMeta { key: name }),
-                }
-            };
-        let incarnation = match db.get(keys::FORMAT)? {
-            None => {
-                let inc = random_incarnation()?;
-                let mut b = WriteBatch::default();
-                b.put(keys::FORMAT, [keys::FORMAT_VERSION]);
-                b.put(keys::INCARNATION, keys::u64_value(inc.get()));
-                b.put(keys::NEXT, keys::u64_value(1));
-                b.put(keys::ACKED, keys::u64_value(0));
-                let mut w = WriteOptions::default();
-                w.set_sync(true);
-                db.write_opt(b, &w)?;
-                inc
-            }
-            Some(v) if v.as_slice() == [keys::FORMAT_VERSION] => {
-                let raw = meta_u64(keys::INCARNATION, "incarnation")?
-                    .ok_or(SpoolError::CorruptMeta { key: "incarnation" })?;
-                Incarnation::new(raw).map_err(|_| SpoolError::CorruptMeta { key: "incarnation" })?
-            }
-            Some(v) => {
-                return Err(SpoolError::Format {
-                    found: v.first().copied().unwrap_or(0),
-                    expected: keys::FORMAT_VERSION,
-                })
-            }
-        };
-        let mut next = meta_u64(keys::NEXT, "next")?.unwrap_or(1).max(1);
-        let acked = meta_u64(keys::ACKED, "acked")?.unwrap_or(0);
-        // Count what is held, and make sure `next` is past every stored seq whatever happened.
-        let (mut events, mut bytes, mut oldest_ms) = (0u64, 0u64, None);
-        for item in db.iterator(IteratorMode::From(&keys::event_key(0), Direction::Forward)) {
-            let (k, v) = item?;
-            let Some(seq) = keys::seq_of(&k) else { break };
-            bytes += record_size(v.len());
-            match keys::decode(&v) {
-                Some(keys::Record::Event { appended_ms, .. }) => {
-                    events += 1;
-                    oldest_ms.get_or_insert(appended_ms);
-                    next = next.max(seq + 1);
-                }
-                Some(keys::Record::Dropped { last, .. }) => next = next.max(last.max(seq) + 1),
-                None => next = next.max(seq + 1),
-            }
-        }
+        let incarnation = incarnation(&db)?;
+        let next = meta_u64(&db, keys::NEXT, "next")?.unwrap_or(1).max(1);
+        let acked = meta_u64(&db, keys::ACKED, "acked")?.unwrap_or(0);
+        let held = recover(&db, next)?;
         let state = Arc::new(Mutex::new(State {
             incarnation,
-            next,
+            next: held.next,
             acked,
-            events,
-            bytes,
-            oldest_ms,
+            events: held.events,
+            bytes: held.bytes,
+            oldest_ms: held.oldest_ms,
             stats: SpoolStats::default(),
         }));
         let db = Arc::new(db);
-        if !writable {
-            return Ok(Self {
-                db,
-                state,
-                tx: None,
-                writer: None,
-                cfg,
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        let writer = {
+        let (tx, writer) = if writable {
+            let (tx, rx) = mpsc::channel();
             let (db, state, cfg) = (Arc::clone(&db), Arc::clone(&state), cfg.clone());
-            std::thread::Builder::new()
+            let writer = std::thread::Builder::new()
                 .name("spool-writer".into())
                 .spawn(move || Writer { db, state, cfg }.run(rx))
-                .map_err(SpoolError::Thread)?
+                .map_err(SpoolError::Thread)?;
+            (Some(tx), Some(writer))
+        } else {
+            (None, None)
         };
         Ok(Self {
             db,
             state,
-            tx: Some(tx),
-            writer: Some(writer),
+            tx,
+            writer,
             cfg,
         })
     }
