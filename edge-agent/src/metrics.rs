@@ -12,7 +12,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
 
 use crate::spool::{Spool, SpoolStats};
 
@@ -39,143 +38,62 @@ pub struct DropLabel {
     pub reason: &'static str,
 }
 
-/// Every metric of the agent.
-#[derive(Debug)]
-pub struct AgentMetrics {
-    /// Event records held in the spool.
-    pub spool_events: Gauge,
-    /// Bytes of records held in the spool.
-    pub spool_bytes: Gauge,
-    /// Age of the oldest unacknowledged event, in seconds.
-    pub oldest_unacked_age: Gauge<f64, AtomicU64>,
-    /// The server's acknowledged watermark.
-    pub acked_watermark: Gauge,
-    /// Highest seq assigned.
-    pub last_seq: Gauge,
-    /// Ingest request arrival to durable answer.
-    pub append_latency: Histogram,
-    /// One spool group write (fsync included).
-    pub spool_write: Histogram,
-    /// Events stored, by source.
-    pub ingested: Family<SourceLabel, Counter>,
-    /// Events refused, by source and reason.
-    pub rejected: Family<RejectLabel, Counter>,
-    /// Events dropped at the edge, by reason.
-    pub dropped: Family<DropLabel, Counter>,
-    /// Batches published.
-    pub batches: Counter,
-    /// Bytes published (compressed, on the wire).
-    pub wire_bytes: Counter,
-    /// Spool record bytes of the published events (before batching and compression).
-    pub raw_bytes: Counter,
-    /// Acknowledgements received.
-    pub acks: Counter,
-    /// Connections established after the first.
-    pub reconnects: Counter,
-    /// Connection losses.
-    pub disconnects: Counter,
-    /// 1 while connected to the broker.
-    pub link_up: Gauge,
-    last_stats: Mutex<SpoolStats>,
+edgesync_servicekit::metric_set! {
+    /// Every metric of the agent.
+    #[derive(Debug)]
+    pub struct AgentMetrics, prefix "edgesync_agent" {
+        /// Event records held in the spool.
+        spool_events: Gauge = Gauge::default(), "spool_events", "Event records held in the spool";
+        /// Bytes of records held in the spool.
+        spool_bytes: Gauge = Gauge::default(), "spool_bytes", "Bytes of records held in the spool";
+        /// Age of the oldest unacknowledged event, in seconds.
+        oldest_unacked_age: Gauge<f64, AtomicU64> = Gauge::default(),
+            "oldest_unacked_age_seconds", "Age of the oldest event the server has not acknowledged";
+        /// The server's acknowledged watermark.
+        acked_watermark: Gauge = Gauge::default(),
+            "acked_watermark", "Highest seq the server acknowledged";
+        /// Highest seq assigned.
+        last_seq: Gauge = Gauge::default(), "last_seq", "Highest seq assigned";
+        /// Ingest request arrival to durable answer (buckets 100 µs .. ~3.3 s).
+        append_latency: Histogram = Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            "append_latency_seconds", "Ingest arrival to durable answer";
+        /// One spool group write (fsync included).
+        spool_write: Histogram = Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            "spool_write_seconds", "One group write to the spool, fsync included";
+        /// Events stored, by source.
+        ingested: Family<SourceLabel, Counter> = Family::default(),
+            "ingested_events", "Events stored, by source";
+        /// Events refused, by source and reason.
+        rejected: Family<RejectLabel, Counter> = Family::default(),
+            "rejected_events", "Events refused, by source and reason";
+        /// Events dropped at the edge, by reason.
+        dropped: Family<DropLabel, Counter> = Family::default(),
+            "dropped_events", "Events dropped at the edge, by reason";
+        /// Batches published.
+        batches: Counter = Counter::default(), "published_batches", "Batches published";
+        /// Bytes published (compressed, on the wire).
+        wire_bytes: Counter = Counter::default(),
+            "published_wire_bytes", "Bytes published on the wire";
+        /// Spool record bytes of the published events (before batching and compression).
+        raw_bytes: Counter = Counter::default(),
+            "published_raw_bytes", "Spool bytes of the published events, before batching and compression";
+        /// Acknowledgements received.
+        acks: Counter = Counter::default(), "acks", "Acknowledgements received";
+        /// Connections established after the first.
+        reconnects: Counter = Counter::default(),
+            "reconnects", "Connections established after the first";
+        /// Connection losses.
+        disconnects: Counter = Counter::default(), "disconnects", "Connection losses";
+        /// 1 while connected to the broker.
+        link_up: Gauge = Gauge::default(), "link_up", "1 while connected to the broker";
+    }
+    extra {
+        /// The spool's counters at the last refresh: drops are counted as the increase since.
+        last_stats: Mutex<SpoolStats> = Mutex::new(SpoolStats::default());
+    }
 }
 
 impl AgentMetrics {
-    /// Creates the metrics and registers them under `edgesync_agent_`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            spool_events: Gauge::default(),
-            spool_bytes: Gauge::default(),
-            oldest_unacked_age: Gauge::default(),
-            acked_watermark: Gauge::default(),
-            last_seq: Gauge::default(),
-            // 100 us .. ~3.3 s
-            append_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            spool_write: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            ingested: Family::default(),
-            rejected: Family::default(),
-            dropped: Family::default(),
-            batches: Counter::default(),
-            wire_bytes: Counter::default(),
-            raw_bytes: Counter::default(),
-            acks: Counter::default(),
-            reconnects: Counter::default(),
-            disconnects: Counter::default(),
-            link_up: Gauge::default(),
-            last_stats: Mutex::new(SpoolStats::default()),
-        };
-        let r = registry.sub_registry_with_prefix("edgesync_agent");
-        r.register(
-            "spool_events",
-            "Event records held in the spool",
-            m.spool_events.clone(),
-        );
-        r.register(
-            "spool_bytes",
-            "Bytes of records held in the spool",
-            m.spool_bytes.clone(),
-        );
-        r.register(
-            "oldest_unacked_age_seconds",
-            "Age of the oldest event the server has not acknowledged",
-            m.oldest_unacked_age.clone(),
-        );
-        r.register(
-            "acked_watermark",
-            "Highest seq the server acknowledged",
-            m.acked_watermark.clone(),
-        );
-        r.register("last_seq", "Highest seq assigned", m.last_seq.clone());
-        r.register(
-            "append_latency_seconds",
-            "Ingest arrival to durable answer",
-            m.append_latency.clone(),
-        );
-        r.register(
-            "spool_write_seconds",
-            "One group write to the spool, fsync included",
-            m.spool_write.clone(),
-        );
-        r.register(
-            "ingested_events",
-            "Events stored, by source",
-            m.ingested.clone(),
-        );
-        r.register(
-            "rejected_events",
-            "Events refused, by source and reason",
-            m.rejected.clone(),
-        );
-        r.register(
-            "dropped_events",
-            "Events dropped at the edge, by reason",
-            m.dropped.clone(),
-        );
-        r.register("published_batches", "Batches published", m.batches.clone());
-        r.register(
-            "published_wire_bytes",
-            "Bytes published on the wire",
-            m.wire_bytes.clone(),
-        );
-        r.register(
-            "published_raw_bytes",
-            "Spool bytes of the published events, before batching and compression",
-            m.raw_bytes.clone(),
-        );
-        r.register("acks", "Acknowledgements received", m.acks.clone());
-        r.register(
-            "reconnects",
-            "Connections established after the first",
-            m.reconnects.clone(),
-        );
-        r.register("disconnects", "Connection losses", m.disconnects.clone());
-        r.register(
-            "link_up",
-            "1 while connected to the broker",
-            m.link_up.clone(),
-        );
-        m
-    }
-
     /// Copies the spool's state and counters in (called before every scrape).
     pub fn refresh(&self, spool: &Spool, now_ms: u64) {
         let meta = spool.meta();

@@ -11,7 +11,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
 
 use crate::ledger::Ledger;
 
@@ -29,172 +28,81 @@ pub struct LeLabel {
     pub le: String,
 }
 
-/// Every metric of the reconciler.
-#[derive(Debug)]
-pub struct ReconcilerMetrics {
-    /// Batches consumed.
-    pub batches: Counter,
-    /// Events received again (absorbed by the causal context).
-    pub duplicates: Counter,
-    /// Events released but not produced because the events topic already had them.
-    pub suppressed: Counter,
-    /// Events in the events topic (counted once Kafka confirmed them).
-    pub events: Counter,
-    /// State deltas in the state-deltas topic (counted once Kafka confirmed them).
-    pub deltas: Counter,
-    /// Acknowledgements produced.
-    pub acks: Counter,
-    /// Acknowledgements whose delivery failed (the agent sends again and is acknowledged then).
-    pub acks_failed: Counter,
-    /// Deltas joined into the state store.
-    pub merges: Counter,
-    /// Converged states emitted.
-    pub states: Counter,
-    /// Records dead-lettered, by reason.
-    pub dead_lettered: ReasonCounters,
-    /// |receive time - event HLC|.
-    pub clock_skew: Histogram,
-    /// Events from clocks off by more than the bound.
-    pub skew_flagged: Counter,
-    /// Oldest event HLC of a delta → its converged value emitted.
-    pub convergence: Histogram,
-    /// Replicas owned.
-    pub replicas: Gauge,
-    /// Replicas with a gap.
-    pub replicas_with_gaps: Gauge,
-    /// Seqs missing below the highest seen, over all replicas.
-    pub missing_seqs: Gauge,
-    /// Age of the oldest open gap.
-    pub oldest_gap_age: Gauge<f64, AtomicU64>,
-    /// Replicas whose latest clock skew is beyond the bound.
-    pub replicas_skew_flagged: Gauge,
-    /// Replicas at most `le` complete (cumulative).
-    pub completeness: Family<LeLabel, Gauge<f64, AtomicU64>>,
-    /// Records between each stage's position and the end of its input topic, over the
-    /// partitions this process owns (from librdkafka's statistics).
-    pub consumer_lag: Family<StageLabel, Gauge>,
+edgesync_servicekit::metric_set! {
+    /// Every metric of the reconciler.
+    #[derive(Debug)]
+    pub struct ReconcilerMetrics, prefix "edgesync_reconciler" {
+        /// Batches consumed.
+        batches: Counter = Counter::default(), "batches", "Batches consumed";
+        /// Events received again (absorbed by the causal context).
+        duplicates: Counter = Counter::default(), "duplicates", "Events received again, absorbed";
+        /// Events released but not produced because the events topic already had them.
+        suppressed: Counter = Counter::default(),
+            "events_suppressed", "Released events the events topic already had";
+        /// Events in the events topic (counted once Kafka confirmed them).
+        events: Counter = Counter::default(),
+            "events", "Events confirmed by Kafka on the events topic, once each in dot order";
+        /// State deltas in the state-deltas topic (counted once Kafka confirmed them).
+        deltas: Counter = Counter::default(), "deltas", "State deltas confirmed by Kafka";
+        /// Acknowledgements produced.
+        acks: Counter = Counter::default(), "acks", "Acknowledgements produced";
+        /// Acknowledgements whose delivery failed (the agent sends again and is acknowledged then).
+        acks_failed: Counter = Counter::default(),
+            "acks_failed", "Acknowledgements whose delivery failed";
+        /// Deltas joined into the state store.
+        merges: Counter = Counter::default(), "merges", "Deltas joined into the state store";
+        /// Converged states emitted.
+        states: Counter = Counter::default(), "states", "Converged states emitted";
+        /// Records dead-lettered, by reason.
+        dead_lettered: ReasonCounters = ReasonCounters::new(DeadLetterReason::ALL.map(DeadLetterReason::label)),
+            "dead_lettered", "Records dead-lettered, by reason";
+        /// |receive time - event HLC|.
+        clock_skew: Histogram = Histogram::new(exponential_buckets(0.01, 4.0, 12)),
+            "clock_skew_seconds", "Receive time minus event HLC, absolute";
+        /// Events from clocks off by more than the bound.
+        skew_flagged: Counter = Counter::default(),
+            "clock_skew_flagged_events", "Events from clocks beyond the bound";
+        /// Oldest event HLC of a delta → its converged value emitted.
+        convergence: Histogram = Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+            "convergence_latency_seconds", "Event HLC to converged value emitted";
+        /// Replicas owned.
+        replicas: Gauge = Gauge::default(), "replicas", "Replicas owned";
+        /// Replicas with a gap.
+        replicas_with_gaps: Gauge = Gauge::default(), "replicas_with_gaps", "Replicas with a gap";
+        /// Seqs missing below the highest seen, over all replicas.
+        missing_seqs: Gauge = Gauge::default(),
+            "missing_seqs", "Seqs missing below the highest seen";
+        /// Age of the oldest open gap.
+        oldest_gap_age: Gauge<f64, AtomicU64> = Gauge::default(),
+            "oldest_gap_age_seconds", "Age of the oldest open gap";
+        /// Replicas whose latest clock skew is beyond the bound.
+        replicas_skew_flagged: Gauge = Gauge::default(),
+            "replicas_clock_skew_flagged", "Replicas whose clock is off beyond the bound";
+        /// Replicas at most `le` complete (cumulative).
+        completeness: Family<LeLabel, Gauge<f64, AtomicU64>> = Family::default(),
+            "replicas_by_completeness", "Replicas at most le complete";
+        /// Records between each stage's position and the end of its input topic, over the
+        /// partitions this process owns (from librdkafka's statistics).
+        consumer_lag: Family<StageLabel, Gauge> = stage_family(),
+            "consumer_lag", "Records behind the end of the input topic on the partitions this process owns, by stage (librdkafka statistics)";
+    }
+    extra {}
+}
+
+/// A gauge per stage, each present from the start at 0.
+fn stage_family() -> Family<StageLabel, Gauge> {
+    let family = Family::default();
+    for stage in ["device", "key"] {
+        let _ = family.get_or_create(&StageLabel {
+            stage: stage.into(),
+        });
+    }
+    family
 }
 
 const COMPLETENESS_BUCKETS: [f64; 6] = [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0];
 
 impl ReconcilerMetrics {
-    /// Creates and registers the metrics.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            batches: Counter::default(),
-            duplicates: Counter::default(),
-            suppressed: Counter::default(),
-            events: Counter::default(),
-            deltas: Counter::default(),
-            acks: Counter::default(),
-            acks_failed: Counter::default(),
-            merges: Counter::default(),
-            states: Counter::default(),
-            dead_lettered: ReasonCounters::new(DeadLetterReason::ALL.map(DeadLetterReason::label)),
-            clock_skew: Histogram::new(exponential_buckets(0.01, 4.0, 12)),
-            skew_flagged: Counter::default(),
-            convergence: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
-            replicas: Gauge::default(),
-            replicas_with_gaps: Gauge::default(),
-            missing_seqs: Gauge::default(),
-            oldest_gap_age: Gauge::default(),
-            completeness: Family::default(),
-            replicas_skew_flagged: Gauge::default(),
-            consumer_lag: Family::default(),
-        };
-        let r = registry.sub_registry_with_prefix("edgesync_reconciler");
-        r.register("batches", "Batches consumed", m.batches.clone());
-        r.register(
-            "duplicates",
-            "Events received again, absorbed",
-            m.duplicates.clone(),
-        );
-        r.register(
-            "events_suppressed",
-            "Released events the events topic already had",
-            m.suppressed.clone(),
-        );
-        r.register(
-            "events",
-            "Events confirmed by Kafka on the events topic, once each in dot order",
-            m.events.clone(),
-        );
-        r.register(
-            "deltas",
-            "State deltas confirmed by Kafka",
-            m.deltas.clone(),
-        );
-        r.register("acks", "Acknowledgements produced", m.acks.clone());
-        r.register(
-            "acks_failed",
-            "Acknowledgements whose delivery failed",
-            m.acks_failed.clone(),
-        );
-        r.register(
-            "merges",
-            "Deltas joined into the state store",
-            m.merges.clone(),
-        );
-        r.register("states", "Converged states emitted", m.states.clone());
-        r.register(
-            "dead_lettered",
-            "Records dead-lettered, by reason",
-            m.dead_lettered.family(),
-        );
-        r.register(
-            "clock_skew_seconds",
-            "Receive time minus event HLC, absolute",
-            m.clock_skew.clone(),
-        );
-        r.register(
-            "clock_skew_flagged_events",
-            "Events from clocks beyond the bound",
-            m.skew_flagged.clone(),
-        );
-        r.register(
-            "convergence_latency_seconds",
-            "Event HLC to converged value emitted",
-            m.convergence.clone(),
-        );
-        r.register("replicas", "Replicas owned", m.replicas.clone());
-        r.register(
-            "replicas_with_gaps",
-            "Replicas with a gap",
-            m.replicas_with_gaps.clone(),
-        );
-        r.register(
-            "missing_seqs",
-            "Seqs missing below the highest seen",
-            m.missing_seqs.clone(),
-        );
-        r.register(
-            "oldest_gap_age_seconds",
-            "Age of the oldest open gap",
-            m.oldest_gap_age.clone(),
-        );
-        r.register(
-            "replicas_by_completeness",
-            "Replicas at most le complete",
-            m.completeness.clone(),
-        );
-        r.register(
-            "replicas_clock_skew_flagged",
-            "Replicas whose clock is off beyond the bound",
-            m.replicas_skew_flagged.clone(),
-        );
-        r.register(
-            "consumer_lag",
-            "Records behind the end of the input topic on the partitions this process owns, by stage (librdkafka statistics)",
-            m.consumer_lag.clone(),
-        );
-        for stage in ["device", "key"] {
-            let _ = m.consumer_lag.get_or_create(&StageLabel {
-                stage: stage.into(),
-            });
-        }
-        m
-    }
-
     /// The lag gauge of `stage`.
     pub fn lag(&self, stage: &str) -> Gauge {
         self.consumer_lag
