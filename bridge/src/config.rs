@@ -3,15 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use edgesync_schemas::topics::kafka as topics;
+use edgesync_servicekit::config::ServiceConfig;
 use serde::Deserialize;
 
 pub use edgesync_servicekit::config::ConfigError;
-
-/// Prefix of configuration environment variables.
-pub const ENV_PREFIX: &str = "EDGESYNC_BRIDGE__";
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -153,17 +151,8 @@ impl Default for HttpSection {
     }
 }
 
-impl Config {
-    /// Loads file, environment and flags (see the module docs).
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        sets: &[String],
-    ) -> Result<Self, ConfigError> {
-        let cfg: Config = edgesync_servicekit::config::load(file, env, ENV_PREFIX, sets)?;
-        cfg.check()?;
-        Ok(cfg)
-    }
+impl ServiceConfig for Config {
+    const ENV_PREFIX: &'static str = "EDGESYNC_BRIDGE__";
 
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
@@ -190,6 +179,7 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn the_shipped_example_loads() {

@@ -1,11 +1,11 @@
 //! `edgesync-bridge`: MQTT → Kafka for device batches, Kafka → MQTT for acknowledgements.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use edgesync_bridge::config::Config;
 use edgesync_bridge::service;
+use edgesync_servicekit::cli::{self, ConfigArgs};
 
 /// The edgesync bridge: subscribes to devices' batches on MQTT (shared subscription,
 /// persistent session), produces each valid batch to Kafka keyed by device and acknowledges
@@ -19,25 +19,12 @@ use edgesync_bridge::service;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// TOML configuration file.
-    #[arg(short, long, env = "EDGESYNC_BRIDGE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Override one setting, e.g. `--set kafka.bootstrap_servers=kafka-1:9092` or
-    /// `--set mqtt.shared_group=` (repeatable; applied after the file and the environment).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    set: Vec<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    edgesync_servicekit::init_logging();
-    let cfg = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.set) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("edgesync-bridge: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let listen = cfg.http.listen;
-    edgesync_servicekit::serve("edgesync-bridge", listen, |l, s| service::run(cfg, l, s))
+    let args: Cli = cli::parse("EDGESYNC_BRIDGE_CONFIG");
+    let loaded = args.config.load::<Config>();
+    cli::serve_loaded("edgesync-bridge", loaded, |c| c.http.listen, service::run)
 }

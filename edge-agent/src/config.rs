@@ -8,18 +8,16 @@
 //! otherwise. `deploy/edge-agent.toml` documents every field with its default.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use edgesync_core::{DeviceId, EventLimits};
 use edgesync_protocol::AgentConfig;
+use edgesync_servicekit::config::ServiceConfig;
 use serde::Deserialize;
 
 use crate::ingest::IngestConfig;
 use crate::spool::{Durability, QuotaPolicy, SpoolConfig};
-
-/// Prefix of configuration environment variables.
-pub const ENV_PREFIX: &str = "EDGESYNC_AGENT__";
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -263,18 +261,8 @@ fn ingest_client_id() -> String {
 
 pub use edgesync_servicekit::config::ConfigError;
 
-impl Config {
-    /// Loads `file` (if any), then `env` overrides (`EDGESYNC_AGENT__...` pairs), then `sets`
-    /// (`path=value` flags).
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        sets: &[String],
-    ) -> Result<Self, ConfigError> {
-        let cfg: Config = edgesync_servicekit::config::load(file, env, ENV_PREFIX, sets)?;
-        cfg.check()?;
-        Ok(cfg)
-    }
+impl ServiceConfig for Config {
+    const ENV_PREFIX: &'static str = "EDGESYNC_AGENT__";
 
     fn check(&self) -> Result<(), ConfigError> {
         DeviceId::new(&self.device.id)
@@ -307,7 +295,9 @@ impl Config {
         }
         Ok(())
     }
+}
 
+impl Config {
     /// The device id (checked by `load`).
     pub fn device_id(&self) -> Result<DeviceId, ConfigError> {
         DeviceId::new(&self.device.id).map_err(|e| ConfigError::Invalid(e.to_string()))
@@ -364,6 +354,7 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::path::Path;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -1,46 +1,31 @@
 //! `edgesync-agent`: run the edge agent, show its status, inspect, verify and replay its spool.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use edgesync_agent::config::Config;
 use edgesync_agent::{cli, service};
+use edgesync_servicekit::cli::ConfigArgs;
 
 /// The edgesync edge agent.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Where the configuration comes from.
-#[derive(Debug, Args)]
-struct ConfigArgs {
-    /// TOML configuration file (see deploy/edge-agent.toml).
-    #[arg(short, long, env = "EDGESYNC_AGENT_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Override one setting, e.g. `--set uplink.port=8883` (repeatable; after the file and
-    /// EDGESYNC_AGENT__* environment variables).
-    #[arg(long = "set", value_name = "PATH=VALUE", global = true)]
-    set: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent until SIGINT or SIGTERM.
-    Run(ConfigArgs),
+    Run,
     /// Spool depth and bytes, oldest unacknowledged age, watermark and link state (asks the
     /// running agent; reads the spool directly when it is not running).
-    Status {
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
+    Status,
     /// Work on the spool.
     Spool {
-        #[command(flatten)]
-        config: ConfigArgs,
         #[command(subcommand)]
         command: SpoolCommand,
     },
@@ -77,31 +62,33 @@ enum SpoolCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    edgesync_servicekit::init_logging();
-    let load = |a: &ConfigArgs| Config::load(a.config.as_deref(), std::env::vars(), &a.set);
-    let result =
-        match cli.command {
-            Command::Run(a) => match load(&a) {
-                Ok(cfg) => {
-                    let listen = cfg.http.listen;
-                    return edgesync_servicekit::serve("edgesync-agent", listen, |l, s| {
-                        service::run(cfg, l, s)
-                    });
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            Command::Status { config } => load(&config)
-                .map_err(|e| e.to_string())
-                .and_then(|c| cli::status(&c)),
-            Command::Spool { config, command } => load(&config)
+    let args: Cli = edgesync_servicekit::cli::parse("EDGESYNC_AGENT_CONFIG");
+    let loaded = args.config.load::<Config>();
+    if !matches!(args.command, Command::Run) {
+        edgesync_servicekit::init_logging(); // `Run` starts it in `serve_loaded`
+    }
+    let result = match args.command {
+        Command::Run => {
+            return edgesync_servicekit::cli::serve_loaded(
+                "edgesync-agent",
+                loaded,
+                |c| c.http.listen,
+                service::run,
+            )
+        }
+        Command::Status => loaded
+            .map_err(|e| e.to_string())
+            .and_then(|c| cli::status(&c)),
+        Command::Spool { command } => {
+            loaded
                 .map_err(|e| e.to_string())
                 .and_then(|c| match command {
                     SpoolCommand::Inspect { from, limit } => cli::inspect(&c, from, limit),
                     SpoolCommand::Verify { repair } => cli::verify(&c, repair),
                     SpoolCommand::Replay { from, to } => cli::replay(&c, from, to),
-                }),
-        };
+                })
+        }
+    };
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -9,6 +9,7 @@ mod common;
 use common::ndjson;
 use edgesync_agent::config::Config;
 use edgesync_agent::service;
+use edgesync_servicekit::config::ServiceConfig;
 use tokio_util::sync::CancellationToken;
 
 #[test]

@@ -3,15 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use edgesync_schemas::topics::kafka as topics;
+use edgesync_servicekit::config::ServiceConfig;
 use serde::Deserialize;
 
 pub use edgesync_servicekit::config::ConfigError;
-
-/// Prefix of configuration environment variables.
-pub const ENV_PREFIX: &str = "EDGESYNC_RECONCILER__";
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -153,25 +151,21 @@ impl Default for HttpSection {
     }
 }
 
-impl Config {
-    /// Loads file, environment and flags.
-    pub fn load(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-        sets: &[String],
-    ) -> Result<Self, ConfigError> {
-        let cfg: Config = edgesync_servicekit::config::load(file, env, ENV_PREFIX, sets)?;
-        if cfg.max_group_records == 0 || cfg.max_pending_per_replica == 0 {
+impl ServiceConfig for Config {
+    const ENV_PREFIX: &'static str = "EDGESYNC_RECONCILER__";
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.max_group_records == 0 || self.max_pending_per_replica == 0 {
             return Err(ConfigError::Invalid(
                 "max_group_records and max_pending_per_replica must be > 0".into(),
             ));
         }
-        if cfg.kafka.partitions < 1 || cfg.kafka.replication_factor < 1 {
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
             return Err(ConfigError::Invalid(
                 "kafka.partitions and replication_factor must be >= 1".into(),
             ));
         }
-        Ok(cfg)
+        Ok(())
     }
 }
 
@@ -179,6 +173,7 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn the_shipped_example_loads_and_typos_are_refused() {

@@ -1,11 +1,11 @@
 //! `edgesync-reconciler`: causal de-duplication and CRDT convergence between Kafka topics.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use edgesync_reconciler::config::Config;
 use edgesync_reconciler::service;
+use edgesync_servicekit::cli::{self, ConfigArgs};
 
 /// The edgesync reconciler: consumes device batches (edgesync.deltas), releases each event
 /// once, in dot order per device, to edgesync.events; joins state deltas into RocksDB and emits
@@ -20,27 +20,17 @@ use edgesync_reconciler::service;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// TOML configuration file.
-    #[arg(short, long, env = "EDGESYNC_RECONCILER_CONFIG")]
-    config: Option<PathBuf>,
-    /// Override one setting, e.g. `--set state_dir=/data/reconciler` (repeatable; applied
-    /// after the file and the environment).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    set: Vec<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    edgesync_servicekit::init_logging();
-    let cfg = match Config::load(cli.config.as_deref(), std::env::vars(), &cli.set) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("edgesync-reconciler: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let listen = cfg.http.listen;
-    edgesync_servicekit::serve("edgesync-reconciler", listen, |l, s| {
-        service::run(cfg, l, s)
-    })
+    let args: Cli = cli::parse("EDGESYNC_RECONCILER_CONFIG");
+    let loaded = args.config.load::<Config>();
+    cli::serve_loaded(
+        "edgesync-reconciler",
+        loaded,
+        |c| c.http.listen,
+        service::run,
+    )
 }

@@ -35,6 +35,28 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A service's whole configuration: deserialized from the three layers, then checked for what
+/// serde cannot state (ranges, names, settings that only work together).
+pub trait ServiceConfig: DeserializeOwned {
+    /// The prefix of its environment variables, e.g. `EDGESYNC_AGENT__`.
+    const ENV_PREFIX: &'static str;
+
+    /// Refuses a configuration that deserialized but cannot be used, saying which setting.
+    fn check(&self) -> Result<(), ConfigError>;
+
+    /// Loads `file` (if any), then the `env` pairs under [`Self::ENV_PREFIX`], then `sets`
+    /// (`path=value`), and checks the result.
+    fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Self, ConfigError> {
+        let cfg: Self = load(file, env, Self::ENV_PREFIX, sets)?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
 /// Loads `file` (if any), then the `env` pairs whose name starts with `prefix`, then `sets`
 /// (`path=value`), and deserializes the result.
 pub fn load<T: DeserializeOwned>(

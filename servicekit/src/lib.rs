@@ -2,10 +2,11 @@
 //!
 //! The plumbing every edgesync service (agent, bridge, reconciler) shares, so that they behave
 //! the same for operators: configuration in three layers with unknown fields refused
-//! ([`config`]), shutdown on SIGINT/SIGTERM through a cancellation token ([`on_signal`]),
+//! ([`config`]) and from the command line ([`cli`]), shutdown on SIGINT/SIGTERM through a cancellation token ([`on_signal`]),
 //! Prometheus text rendering ([`render_metrics`]) and the `/metrics` + `/healthz` endpoints
 //! ([`ops`]), MQTT TLS and credentials ([`mqtt`]) and the one HTTP client ([`http`]).
 
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod kafka;
