@@ -33,9 +33,8 @@ use edgesync_core::{
     DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{
-    free_port, knob, metric_in, unique, Kafka, Managed, Mosquitto, ProcessSpec, Ready,
-};
+use edgesync_servicekit::config::ServiceConfig;
+use edgesync_testkit::{knob, unique, Kafka, Mosquitto, Service};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
 
@@ -239,45 +238,22 @@ fn bridge(
     // The same plain subscription as the raw loop: a session queued while offline.
     make_session(mqtt, id, "edgesync/v1/+/batch");
     publish_all(mqtt, msgs);
-    let dir = tempfile::tempdir().unwrap();
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let sets = [
+    let mut sets = vec![
         format!("mqtt.port={}", mqtt.port()),
         format!("mqtt.client_id={id}"),
         "mqtt.shared_group=".into(),
         format!("kafka.bootstrap_servers={}", kafka.bootstrap()),
         "kafka.partitions=4".into(),
-        format!("http.listen=\"{http}\""),
     ];
-    let tuning = std::env::var("BRIDGE_BENCH_SET").ok();
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for s in sets.iter().chain(&tuning) {
-        args.push("--set".into());
-        args.push(s.into());
-    }
+    sets.extend(std::env::var("BRIDGE_BENCH_SET").ok());
+    let env: Vec<(String, String)> = props_env()
+        .into_iter()
+        .chain([("RUST_LOG".to_owned(), "warn".to_owned())])
+        .collect();
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_edgesync-bridge"));
-    let process = Managed::start(ProcessSpec {
-        name: "bench bridge".into(),
-        program: bin,
-        args,
-        cwd: dir.path().to_owned(),
-        env: props_env()
-            .into_iter()
-            .chain([("RUST_LOG".to_owned(), "warn".to_owned())])
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect(),
-        log: dir.path().join("bridge.log"),
-        ready: Ready::Http {
-            addr: http,
-            path: "/healthz".into(),
-        },
-    })
-    .unwrap();
-    let pid = process.pid().unwrap();
-    let metric = |name: &str| -> u64 {
-        let (_, text) = edgesync_servicekit::http::get(http, "/metrics").unwrap();
-        metric_in(&text, name, "") as u64
-    };
+    let svc = Service::start_with_env(bin, None, "bench bridge", &sets, &env).unwrap();
+    let pid = svc.process.pid().unwrap();
+    let metric = |name: &str| svc.metric(name, "") as u64;
     // Timed from the first message received, like the raw loop (start-up excluded).
     while metric("edgesync_bridge_received_total") == 0 {
         std::thread::sleep(Duration::from_millis(2));

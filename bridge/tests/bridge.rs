@@ -10,14 +10,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgesync_core::{
     DeltaBatch, DeviceId, DropReason, DroppedRange, EventLimits, Incarnation, ReplicaId, SeqRange,
 };
 use edgesync_schemas::{Ack, Codec, DeadLetterReason, Limits};
 use edgesync_testkit::{
-    on_both_brokers, unique, Broker, Kafka, Mosquitto, MosquittoOptions, Record as Rec, Service,
+    on_both_brokers, unique, wait_until, Broker, Kafka, Mosquitto, MosquittoOptions, Record as Rec,
+    Service,
 };
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -116,17 +117,6 @@ fn read_topic(
     done: impl Fn(&[Rec]) -> bool,
 ) -> Vec<Rec> {
     k.read_topic(topic, timeout, done).unwrap()
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 /// (device, first seq) of every batch record.

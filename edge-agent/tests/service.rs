@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{http, ndjson, serve, wait_until, Seen};
+use common::{http, ndjson, serve, Seen};
 use edgesync_core::Crdt;
 use edgesync_testkit::{
-    free_port, FaultProxy, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready, TestPki,
+    free_port, wait_until, FaultProxy, Managed, Mosquitto, MosquittoOptions, ProcessSpec, Ready,
+    TestPki,
 };
 use tempfile::TempDir;
 

@@ -7,14 +7,14 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{fill, replica_of, serve, wait_until, Seen};
+use common::{fill, replica_of, serve, Seen};
 use edgesync_agent::metrics::AgentMetrics;
 use edgesync_agent::spool::{Spool, SpoolConfig};
 use edgesync_agent::uplink::{self, UplinkConfig, UplinkDeps};
 use edgesync_core::DeviceId;
 use edgesync_protocol::AgentConfig;
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{FaultProxy, Mosquitto};
+use edgesync_testkit::{wait_until, FaultProxy, Mosquitto};
 use tokio_util::sync::CancellationToken;
 
 fn cfg(device: &str, addr: std::net::SocketAddr) -> UplinkConfig {

@@ -23,7 +23,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,7 +33,8 @@ use edgesync_core::{
     Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
 };
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{free_port, knob, metric_in, unique, Kafka, Managed, ProcessSpec, Ready};
+use edgesync_servicekit::config::ServiceConfig;
+use edgesync_testkit::{knob, unique, Kafka, Service};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
@@ -140,41 +140,17 @@ fn passthrough(k: &Kafka, n: u64) -> f64 {
 }
 
 fn reconciler(k: &Kafka, n: u64) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let sets = [
+    let mut sets = vec![
         format!("kafka.bootstrap_servers={}", k.bootstrap()),
-        format!(
-            "state_dir={:?}",
-            dir.path().join("state").display().to_string()
-        ),
-        format!("http.listen=\"{http}\""),
+        "state_dir=\"{dir}/state\"".into(),
         format!("kafka.partitions={PARTITIONS}"),
     ];
     // Tuning runs: e.g. RECONCILER_BENCH_SET='kafka.properties={ "linger.ms" = "10" }'.
-    let tuning = std::env::var("RECONCILER_BENCH_SET").ok();
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
-    for s in sets.iter().chain(&tuning) {
-        args.push("--set".into());
-        args.push(s.into());
-    }
-    let _process = Managed::start(ProcessSpec {
-        name: "bench reconciler".into(),
-        program: PathBuf::from(env!("CARGO_BIN_EXE_edgesync-reconciler")),
-        args,
-        cwd: dir.path().to_owned(),
-        env: vec![("RUST_LOG".into(), "warn".into())],
-        log: dir.path().join("reconciler.log"),
-        ready: Ready::Http {
-            addr: http,
-            path: "/healthz".into(),
-        },
-    })
-    .unwrap();
-    let metric = |name: &str| -> u64 {
-        let (_, text) = edgesync_servicekit::http::get(http, "/metrics").unwrap();
-        metric_in(&text, name, "") as u64
-    };
+    sets.extend(std::env::var("RECONCILER_BENCH_SET").ok());
+    let program = PathBuf::from(env!("CARGO_BIN_EXE_edgesync-reconciler"));
+    let env = [("RUST_LOG".to_owned(), "warn".to_owned())];
+    let svc = Service::start_with_env(program, None, "bench reconciler", &sets, &env).unwrap();
+    let metric = |name: &str| svc.metric(name, "") as u64;
     while metric("edgesync_reconciler_batches_total") == 0 {
         std::thread::sleep(Duration::from_millis(2));
     }

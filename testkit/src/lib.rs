@@ -37,10 +37,23 @@ pub use proxy::FaultProxy;
 pub use services::{http, metric_in, workspace_binary, Service};
 pub use tls::TestPki;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long anything may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Polls `f` every 100 ms until it holds or `timeout` passes; whether it held (asked once more
+/// at the deadline, so a condition that came true during the last sleep counts).
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
 
 /// What went wrong while setting up a test fixture.
 #[derive(Debug, thiserror::Error)]

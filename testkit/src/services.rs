@@ -41,12 +41,25 @@ pub struct Service {
 
 impl Service {
     /// Starts `program` (`run` first when `subcommand` is given) with `--set http.listen=...`
-    /// and every `sets` flag; ready when `/healthz` answers.
+    /// and every `sets` flag (`{dir}` in them is the service's directory), logging at `info`;
+    /// ready when `/healthz` answers.
     pub fn start(
         program: PathBuf,
         subcommand: Option<&str>,
         name: &str,
         sets: &[String],
+    ) -> Result<Self, Error> {
+        Self::start_with_env(program, subcommand, name, sets, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables (applied last: `RUST_LOG` here
+    /// replaces the default).
+    pub fn start_with_env(
+        program: PathBuf,
+        subcommand: Option<&str>,
+        name: &str,
+        sets: &[String],
+        env: &[(String, String)],
     ) -> Result<Self, Error> {
         let dir = tempfile::Builder::new()
             .prefix("edgesync-service-")
@@ -64,7 +77,11 @@ impl Service {
             program,
             args,
             cwd: dir.path().to_owned(),
-            env: vec![("RUST_LOG".into(), "info,rdkafka=warn".into())],
+            env: [("RUST_LOG".to_owned(), "info,rdkafka=warn".to_owned())]
+                .iter()
+                .chain(env)
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             log: dir.path().join("service.log"),
             ready: Ready::Http {
                 addr: http,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgesync_agent::spool::Spool;
 use edgesync_core::crdt::GCounter;
@@ -105,17 +105,6 @@ pub fn serve(addr: std::net::SocketAddr, seen: Arc<Mutex<Seen>>) {
             );
         }
     });
-}
-
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 /// One HTTP/1.1 request; returns status, head and body.
