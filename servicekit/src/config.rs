@@ -55,6 +55,14 @@ pub trait ServiceConfig: DeserializeOwned {
         cfg.check()?;
         Ok(cfg)
     }
+
+    /// A configuration file's text alone (no environment, no flags), checked; `origin` names
+    /// it in errors.
+    fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = load_text(Some((text, origin)), [], Self::ENV_PREFIX, &[])?;
+        cfg.check()?;
+        Ok(cfg)
+    }
 }
 
 /// Loads `file` (if any), then the `env` pairs whose name starts with `prefix`, then `sets`
@@ -65,18 +73,34 @@ pub fn load<T: DeserializeOwned>(
     prefix: &str,
     sets: &[String],
 ) -> Result<T, ConfigError> {
-    let mut root = match file {
+    let text = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_owned(),
                 source,
             })?;
-            text.parse::<toml::Table>()
-                .map_err(|e| ConfigError::Syntax {
-                    origin: path.display().to_string(),
-                    message: e.to_string(),
-                })?
+            Some((text, path.display().to_string()))
         }
+        None => None,
+    };
+    let file = text.as_ref().map(|(t, origin)| (t.as_str(), origin.as_str()));
+    load_text(file, env, prefix, sets)
+}
+
+/// [`load`] with the file's text already read: `file` is its text and the name errors give it.
+pub fn load_text<T: DeserializeOwned>(
+    file: Option<(&str, &str)>,
+    env: impl IntoIterator<Item = (String, String)>,
+    prefix: &str,
+    sets: &[String],
+) -> Result<T, ConfigError> {
+    let mut root = match file {
+        Some((text, origin)) => text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax {
+                origin: origin.to_owned(),
+                message: e.to_string(),
+            })?,
         None => toml::Table::new(),
     };
     let mut env: Vec<(String, String)> = env

@@ -1,4 +1,5 @@
-//! The spool's on-disk layout, in one place.
+//! The spool's on-disk layout, in one place (public so that the fuzz targets and tools can
+//! read a record as the spool does).
 //!
 //! ```text
 //! key                      value
@@ -68,7 +69,7 @@ pub(crate) fn read_u64(v: &[u8]) -> Option<u64> {
 }
 
 /// An event record.
-pub(crate) fn event_record(appended_ms: u64, body: &[u8]) -> Vec<u8> {
+pub fn event_record(appended_ms: u64, body: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(RECORD_HEADER + body.len());
     r.push(KIND_EVENT);
     r.extend_from_slice(&appended_ms.to_be_bytes());
@@ -77,7 +78,7 @@ pub(crate) fn event_record(appended_ms: u64, body: &[u8]) -> Vec<u8> {
 }
 
 /// A record standing for the dropped seqs `seq..=last`.
-pub(crate) fn dropped_record(appended_ms: u64, last: u64, reason: u8) -> Vec<u8> {
+pub fn dropped_record(appended_ms: u64, last: u64, reason: u8) -> Vec<u8> {
     let mut r = Vec::with_capacity(RECORD_HEADER + 9);
     r.push(KIND_DROPPED);
     r.extend_from_slice(&appended_ms.to_be_bytes());
@@ -88,20 +89,27 @@ pub(crate) fn dropped_record(appended_ms: u64, last: u64, reason: u8) -> Vec<u8>
 
 /// A decoded record.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Record<'a> {
+pub enum Record<'a> {
+    /// An event: its spool record body (`Codec::decode_spool_record`).
     Event {
+        /// When the agent stored it.
         appended_ms: u64,
+        /// The encoded event and its deltas.
         body: &'a [u8],
     },
+    /// Seqs from this record's own up to `last`, dropped.
     Dropped {
+        /// When the drop was recorded.
         appended_ms: u64,
+        /// The last dropped seq.
         last: u64,
+        /// `DropReason::byte` of why.
         reason: u8,
     },
 }
 
 /// Decodes a record value; `None` if it is malformed.
-pub(crate) fn decode(v: &[u8]) -> Option<Record<'_>> {
+pub fn decode(v: &[u8]) -> Option<Record<'_>> {
     if v.len() < RECORD_HEADER {
         return None;
     }

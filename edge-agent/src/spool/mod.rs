@@ -18,7 +18,7 @@
 //! seqs; `repair` replaces records that do not decode by dropped ranges (reason `Corrupt`),
 //! so no valid record is lost and no seq is reused.
 
-mod keys;
+pub mod keys;
 mod quota;
 mod verify;
 mod writer;
