@@ -116,7 +116,11 @@ pub fn topic(data: &[u8]) {
         return;
     };
     if let Ok(device) = topics::device_of_batch(t) {
-        assert_eq!(topics::batch(&device), t, "a topic parsed as another device's");
+        assert_eq!(
+            topics::batch(&device),
+            t,
+            "a topic parsed as another device's"
+        );
     }
 }
 

@@ -65,7 +65,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         version_vector: vv,
         emitted_at_ms: 1_764_000_000_001,
     };
-    out.push(("records", c.encode_state_record(&state, single).expect("encodes")));
+    out.push((
+        "records",
+        c.encode_state_record(&state, single).expect("encodes"),
+    ));
     let dead = DeadLetter {
         reason: DeadLetterReason::Undecodable,
         detail: "zstd: unknown frame descriptor".into(),
@@ -74,11 +77,20 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         received_at_ms: 1_764_000_000_002,
         payload: vec![0x28, 0xb5, 0x2f, 0xfd],
     };
-    out.push(("records", c.encode_dead_letter(&dead, single).expect("encodes")));
+    out.push((
+        "records",
+        c.encode_dead_letter(&dead, single).expect("encodes"),
+    ));
     for kind in CrdtKind::ALL {
-        out.push(("records", c.encode_crdt_state(&kind.bottom()).expect("encodes")));
+        out.push((
+            "records",
+            c.encode_crdt_state(&kind.bottom()).expect("encodes"),
+        ));
     }
-    out.push(("records", c.encode_crdt_state(&counter(5)).expect("encodes")));
+    out.push((
+        "records",
+        c.encode_crdt_state(&counter(5)).expect("encodes"),
+    ));
     let mut spooled = event(1);
     spooled.dot = spool_dot();
     let body = c
@@ -99,7 +111,7 @@ fn agent_seeds(out: &mut Vec<(&'static str, Vec<u8>)>, spool_body: &[u8]) {
     use edgesync_agent::spool::keys::{dropped_record, event_record};
     for body in [
         &br#"{"stream":"pump.telemetry","fields":{"pressure":2.5,"ok":true},"tags":{"unit":"bar"}}"#[..],
-        br#"[{"stream":"s","ops":[{"op":"inc","key":"k","by":1},{"op":"lww","key":"l","value":"x"}]},{"stream":"s","fields":{"a":[1,2]}}]"#,
+        br#"[{"stream":"s","ops":[{"op":"inc","key":"k","by":1},{"op":"lww","key":"l","value":"x"}]},{"stream":"s","fields":{"a":1,"b":"two"}}]"#,
         b"{\"stream\":\"s\",\"ops\":[{\"op\":\"set_add\",\"key\":\"tags\",\"value\":\"a\"}]}\n{\"stream\":\"s\",\"ops\":[{\"op\":\"rollup\",\"key\":\"r\",\"value\":1.5,\"bucket_ms\":60000}]}\n",
     ] {
         out.push(("ingest_json", body.to_vec()));

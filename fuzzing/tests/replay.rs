@@ -36,7 +36,10 @@ fn every_fixtures_folder_is_a_target() {
         let entry = entry.expect("readable");
         if entry.path().is_dir() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            assert!(names.contains(name.as_str()), "fixtures/{name} names no target");
+            assert!(
+                names.contains(name.as_str()),
+                "fixtures/{name} names no target"
+            );
         }
     }
 }
@@ -45,7 +48,11 @@ fn every_fixtures_folder_is_a_target() {
 fn every_target_has_seeds_and_they_pass_their_check() {
     let seeds = seeds();
     for (name, check) in targets() {
-        let mine: Vec<&Vec<u8>> = seeds.iter().filter(|(t, _)| *t == name).map(|(_, b)| b).collect();
+        let mine: Vec<&Vec<u8>> = seeds
+            .iter()
+            .filter(|(t, _)| *t == name)
+            .map(|(_, b)| b)
+            .collect();
         assert!(!mine.is_empty(), "no seed for {name}");
         mine.iter().for_each(|b| check(b));
     }
@@ -65,7 +72,8 @@ fn the_seeds_decode() {
                     || c.decode_state_record(&bytes).is_ok()
                     || c.decode_dead_letter(&bytes).is_ok()
                     || c.decode_crdt_state(&bytes).is_ok()
-                    || c.decode_spool_record(&bytes, edgesync_fuzzing::spool_dot()).is_ok()
+                    || c.decode_spool_record(&bytes, edgesync_fuzzing::spool_dot())
+                        .is_ok()
             }
             "topic" => std::str::from_utf8(&bytes).is_ok(),
             "ingest_json" => {

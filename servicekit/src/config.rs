@@ -83,7 +83,9 @@ pub fn load<T: DeserializeOwned>(
         }
         None => None,
     };
-    let file = text.as_ref().map(|(t, origin)| (t.as_str(), origin.as_str()));
+    let file = text
+        .as_ref()
+        .map(|(t, origin)| (t.as_str(), origin.as_str()));
     load_text(file, env, prefix, sets)
 }
 
