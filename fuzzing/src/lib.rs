@@ -31,6 +31,7 @@ pub type Target = (&'static str, fn(&[u8]));
 pub fn targets() -> Vec<Target> {
     let mut t: Vec<Target> = vec![
         ("batch", checks::batch),
+        ("batch_plain", checks::batch_plain),
         ("records", checks::records),
         ("topic", checks::topic),
     ];

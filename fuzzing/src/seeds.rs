@@ -42,7 +42,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     b.push_dropped(SeqRange { start: 3, end: 4 }, DropReason::Quota)
         .expect("a dense range");
     let batch = b.finish().expect("a valid batch");
-    out.push(("batch", c.encode_batch(&batch).expect("encodes")));
+    let compressed = c.encode_batch(&batch).expect("encodes");
+    let plain = zstd::bulk::decompress(&compressed, 1 << 20).expect("a zstd frame");
+    out.push(("batch", compressed));
+    out.push(("batch_plain", plain));
 
     let single = Framing::SingleObject;
     let confluent = Framing::Confluent {

@@ -66,6 +66,10 @@ fn the_seeds_decode() {
     for (target, bytes) in seeds() {
         let ok = match target {
             "batch" => c.decode_batch(&bytes).is_ok(),
+            "batch_plain" => {
+                let compressed = zstd::bulk::compress(&bytes, 1).expect("compresses");
+                c.decode_batch(&compressed).is_ok()
+            }
             "records" => {
                 c.decode_event(&bytes).is_ok()
                     || c.decode_ack(&bytes).is_ok()
