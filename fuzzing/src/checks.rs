@@ -78,32 +78,46 @@ pub fn batch_plain(data: &[u8]) {
 pub fn records(data: &[u8]) {
     let c = codec();
     let single = Framing::SingleObject;
-    if let Ok(e) = c.decode_event(data) {
-        if let Some(b) = reencoded(c.encode_event(&e, single), "event") {
-            assert_eq!(c.decode_event(&b).expect("re-encoded event"), e);
-        }
-    }
-    if let Ok(a) = c.decode_ack(data) {
-        if let Some(b) = reencoded(c.encode_ack(&a), "ack") {
-            assert_eq!(c.decode_ack(&b).expect("re-encoded ack"), a);
-        }
-    }
-    if let Ok(r) = c.decode_state_record(data) {
-        if let Some(b) = reencoded(c.encode_state_record(&r, single), "state record") {
-            assert_eq!(c.decode_state_record(&b).expect("re-encoded state"), r);
-        }
-    }
-    if let Ok(d) = c.decode_dead_letter(data) {
-        if let Some(b) = reencoded(c.encode_dead_letter(&d, single), "dead letter") {
-            assert_eq!(c.decode_dead_letter(&b).expect("re-encoded dead letter"), d);
-        }
-    }
-    if let Ok(s) = c.decode_crdt_state(data) {
-        if let Some(b) = reencoded(c.encode_crdt_state(&s), "CRDT state") {
-            assert_eq!(c.decode_crdt_state(&b).expect("re-encoded CRDT state"), s);
-        }
-    }
+    round_trip(
+        data,
+        "event",
+        |b| c.decode_event(b),
+        |e| c.encode_event(e, single),
+    );
+    round_trip(data, "ack", |b| c.decode_ack(b), |a| c.encode_ack(a));
+    round_trip(
+        data,
+        "state record",
+        |b| c.decode_state_record(b),
+        |r| c.encode_state_record(r, single),
+    );
+    round_trip(
+        data,
+        "dead letter",
+        |b| c.decode_dead_letter(b),
+        |d| c.encode_dead_letter(d, single),
+    );
+    round_trip(
+        data,
+        "CRDT state",
+        |b| c.decode_crdt_state(b),
+        |s| c.encode_crdt_state(s),
+    );
     spool_body(data);
+}
+
+/// What `decode` takes from `data` comes back the same through `encode` and `decode`.
+fn round_trip<T: PartialEq + std::fmt::Debug, E>(
+    data: &[u8],
+    what: &str,
+    decode: impl Fn(&[u8]) -> Result<T, E>,
+    encode: impl Fn(&T) -> Result<Vec<u8>, EncodeError>,
+) {
+    let Ok(v) = decode(data) else { return };
+    if let Some(b) = reencoded(encode(&v), what) {
+        let back = decode(&b).unwrap_or_else(|_| panic!("a re-encoded {what} does not decode"));
+        assert_eq!(back, v, "a {what} changed through encode and decode");
+    }
 }
 
 /// A spool record's body (event and deltas) round-trips.
