@@ -14,6 +14,7 @@
 //! the same instance id, which takes the partitions back. Without that, acks stop reaching
 //! devices for good while everything else flows.
 
+use edgesync_servicekit::crash::crash_point;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -166,6 +167,7 @@ pub async fn run(
         {
             break;
         }
+        crash_point("bridge.ack.after_publish");
         latest.published(&ack);
         metrics.acks_published.inc();
     }

@@ -25,6 +25,7 @@
 //! taking new messages (those stay unacknowledged and the broker delivers them again to the
 //! session) while the in-flight ones are delivered and acknowledged.
 
+use edgesync_servicekit::crash::crash_point;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -340,9 +341,11 @@ async fn ack(mut rx: mpsc::Receiver<Pending>, client: AsyncClient, out: KafkaOut
             }
             Some(reason) => out.metrics.dead_lettered.inc(&reason.label()),
         }
+        crash_point("bridge.after_delivery");
         if client.ack(&p.publish).await.is_err() {
             return; // the event loop is gone
         }
+        crash_point("bridge.after_puback");
         out.metrics.mqtt_acked.inc();
         out.metrics.inflight.dec();
         out.metrics

@@ -8,6 +8,7 @@
 //! connection is retried with exponential backoff and jitter. TLS (and mutual TLS) and a
 //! per-device user name and password are optional.
 
+use edgesync_servicekit::crash::crash_point;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,6 +165,7 @@ impl Uplink {
             if published.is_err() {
                 break; // the event loop is gone; shutdown follows
             }
+            crash_point("uplink.after_publish");
             let (first, last) = (built.batch.first_seq(), built.batch.last_seq());
             self.agent.sent(first, last, self.now())?;
         }
@@ -197,6 +199,7 @@ impl Uplink {
             return Ok(());
         }
         if let AckEffect::Advanced { trim_to } = self.agent.on_ack(ack.watermark, self.now()) {
+            crash_point("uplink.after_ack");
             let s = Arc::clone(&self.deps.spool);
             blocking(move || Ok(s.trim(trim_to)?)).await?;
         }

@@ -26,6 +26,7 @@
 //! before the state write. A zombie's commit fails (fenced), and the stage stops; what it wrote
 //! in that transaction is aborted and invisible to `read_committed` readers.
 
+use edgesync_servicekit::crash::crash_point;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -288,6 +289,7 @@ impl DeviceStage {
                 // Not awaited: the events they acknowledge are durable already, and a lost ack
                 // only makes the agent send again (saves a broker round trip per group).
                 acks.detach(rt, "ack", self.io.metrics.acks_failed.clone());
+                crash_point("acks.after_produce");
                 last
             }
             Some(t) => {
@@ -299,14 +301,17 @@ impl DeviceStage {
                 out.wait(rt)?
             }
         };
+        crash_point("device.after_produce");
         // Counted once Kafka has them.
         self.io.metrics.events.inc_by(a.events);
         self.io.metrics.deltas.inc_by(a.deltas);
         self.io.metrics.acks.inc_by(a.acks.len() as u64);
         self.persist(&a, &last_event, owned)?;
+        crash_point("device.after_checkpoint");
         if txn.is_none() {
             stage::commit(&self.io.member.consumer, &self.cfg.deltas_topic, &a.offsets);
         }
+        crash_point("device.after_commit");
         self.ledger.update(a.touched.iter().filter_map(|(p, r)| {
             owned
                 .get(p)

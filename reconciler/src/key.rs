@@ -4,6 +4,7 @@
 //! duplicates and any arrival order converge to the same value; emitting the same converged
 //! value twice is harmless (compaction keeps the latest).
 
+use edgesync_servicekit::crash::crash_point;
 use std::collections::{BTreeMap, HashMap};
 
 use edgesync_schemas::{DeadLetterReason, Framing, StateRecord};
@@ -164,11 +165,14 @@ impl KeyStage {
             self.io.metrics.states.inc();
         }
         out.wait(rt)?;
+        crash_point("key.after_produce");
         for (p, n) in &offsets {
             b.offset(Stage::Key, *p, *n);
         }
         self.io.store.commit(b)?;
+        crash_point("key.after_store_write");
         stage::commit(&self.io.member.consumer, &c.state_deltas_topic, &offsets);
+        crash_point("key.after_commit");
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod crash;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
@@ -23,11 +24,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+/// The environment variable that shifts [`now_ms`] by a signed number of milliseconds: the
+/// seam clock-fault tests use to give one process a wrong wall clock (a gateway whose RTC
+/// came back a day off after a power loss), read once per process. Unset means no shift.
+pub const CLOCK_OFFSET_ENV: &str = "EDGESYNC_CLOCK_OFFSET_MS";
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it), shifted by
+/// [`CLOCK_OFFSET_ENV`] when that is set.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| {
+        std::env::var(CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_millis() as u64);
+    now.saturating_add_signed(offset)
 }
 
 /// 64 random bits from the kernel (`/dev/urandom`): identities chosen once and stored, such as
@@ -58,6 +73,7 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    crash::arm_from_env();
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| e.to_string())
         .and_then(|rt| {

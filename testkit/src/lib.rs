@@ -28,9 +28,9 @@ mod proxy;
 mod services;
 mod tls;
 
-pub use kafka::{Broker, Kafka, Record, Storage};
+pub use kafka::{partition_for, Broker, Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
-pub use names::{knob, outside_python, read_outputs, unique};
+pub use names::{knob, outside_python, read_outputs, tools_home, unique};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use prometheus::{Prometheus, View as PrometheusView};
 pub use proxy::FaultProxy;

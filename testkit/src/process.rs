@@ -265,6 +265,14 @@ impl Managed {
     pub fn spec(&self) -> &ProcessSpec {
         &self.spec
     }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next (re)launch.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.spec.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.spec.env.push((key.into(), v.into()));
+        }
+    }
 }
 
 impl Drop for Managed {

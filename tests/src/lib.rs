@@ -15,6 +15,7 @@
 //! reference is a count.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod chaos;
 pub mod nemesis;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -340,24 +341,30 @@ impl Fleet {
     }
 }
 
-/// An agent for `device` whose uplink goes through `link`, reconnecting fast (a test's links
-/// come back within seconds; the shipped backoff is for fleets).
+/// An agent for `device` whose uplink goes through `link` ([`agent_sets`]).
 fn start_agent(device: &str, link: &FaultProxy) -> Service {
     Service::start(
         binary("edgesync-agent"),
         Some("run"),
         device,
-        &[
-            format!("device.id={device}"),
-            "spool.dir=\"{dir}/spool\"".into(),
-            format!("uplink.port={}", link.addr().port()),
-            "uplink.keep_alive_secs=5".into(),
-            "uplink.backoff_min_ms=100".into(),
-            "uplink.backoff_max_ms=1000".into(),
-            "uplink.resend_timeout_ms=3000".into(),
-        ],
+        &agent_sets(device, link),
     )
     .unwrap()
+}
+
+/// The settings of a test's agent for `device` behind `link`: the shipped ones except the
+/// addresses and fast reconnects (a test's links come back within seconds; the shipped
+/// backoff is for fleets).
+pub fn agent_sets(device: &str, link: &FaultProxy) -> Vec<String> {
+    vec![
+        format!("device.id={device}"),
+        "spool.dir=\"{dir}/spool\"".into(),
+        format!("uplink.port={}", link.addr().port()),
+        "uplink.keep_alive_secs=5".into(),
+        "uplink.backoff_min_ms=100".into(),
+        "uplink.backoff_max_ms=1000".into(),
+        "uplink.resend_timeout_ms=3000".into(),
+    ]
 }
 
 /// The last counter value per key in state records.

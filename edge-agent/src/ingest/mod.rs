@@ -14,6 +14,7 @@
 
 pub mod json;
 
+use edgesync_servicekit::crash::crash_point;
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -579,6 +580,7 @@ impl Worker {
         };
         match self.spool.append_with_state(draft.bodies, state) {
             Ok(Appended::Stored(range)) => {
+                crash_point("ingest.after_append");
                 self.states.extend(draft.states);
                 self.hlc = draft.hlc;
                 self.stored(ready, range.start);

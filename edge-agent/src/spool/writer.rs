@@ -5,6 +5,7 @@
 //! batch it writes can never disagree.
 
 use super::*;
+use edgesync_servicekit::crash::crash_point;
 
 /// A computed answer waiting for its batch to be written.
 enum Answer {
@@ -81,6 +82,7 @@ impl Writer {
         let mut b = WriteBatch::default();
         let mut s = lock(&self.state);
         let before = (s.next, s.events, s.bytes, s.oldest_ms, s.stats, s.acked);
+        let trims = requests.iter().any(|r| matches!(r, Request::Trim { .. }));
         let answers: Vec<Answer> = requests
             .into_iter()
             .map(|r| match r {
@@ -101,6 +103,7 @@ impl Writer {
         let mut w = WriteOptions::default();
         w.set_sync(self.cfg.durability == Durability::Fsync);
         let started = std::time::Instant::now();
+        crash_point("spool.before_write");
         let written = self.db.write_opt(b, &w);
         if let Some(observe) = &self.cfg.observer {
             observe(GroupWrite {
@@ -117,6 +120,11 @@ impl Writer {
         }
         s.stats.groups += 1;
         drop(s);
+        crash_point(if trims {
+            "spool.trim.after_fsync"
+        } else {
+            "spool.after_fsync"
+        });
         answers.into_iter().for_each(Answer::send);
     }
 

@@ -367,3 +367,49 @@ pub struct Record {
     /// Value.
     pub payload: Vec<u8>,
 }
+
+/// The partition Kafka's default partitioner (and librdkafka's `murmur2_random`, which the
+/// services' producers use) gives a non-empty `key` among `partitions`: Java's `murmur2`,
+/// made positive, modulo the count. Lets a test choose keys that cover every partition.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]).wrapping_mul(M);
+        k ^= k >> 24;
+        h = h.wrapping_mul(M) ^ k.wrapping_mul(M);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, b) in rest.iter().enumerate() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    (h & 0x7fff_ffff) % partitions
+}
+
+#[cfg(test)]
+mod tests {
+    /// Java's `Utils.murmur2` on the vectors of Kafka's own `UtilsTest`.
+    #[test]
+    fn partition_for_is_kafkas_murmur2() {
+        let java = |s: &str, h: i32| {
+            let want = (h & 0x7fff_ffff) as u32 % 1000;
+            assert_eq!(super::partition_for(s.as_bytes(), 1000), want, "{s}");
+        };
+        java("21", -973_932_308);
+        java("foobar", -790_332_482);
+        java("a-little-bit-long-string", -985_981_536);
+        java("a-little-bit-longer-string", -1_486_304_829);
+        java(
+            "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58_897_971,
+        );
+        java("abc", 479_470_107);
+    }
+}
