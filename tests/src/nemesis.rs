@@ -175,6 +175,14 @@ fn targets(shape: Shape) -> Vec<Target> {
     v
 }
 
+/// Every process of `shape` (the targets but the links).
+pub fn processes(shape: Shape) -> Vec<Target> {
+    targets(shape)
+        .into_iter()
+        .filter(|t| !matches!(t, Target::Link(_)))
+        .collect()
+}
+
 /// A fault that fits `target` and its hold time.
 fn draw(rng: &mut Rng, target: Target) -> (Fault, u64) {
     let ms = |rng: &mut Rng, lo: f64, hi: f64| rng.between(lo, hi) as u64;

@@ -18,7 +18,7 @@ use edgesync_testkit::Error;
 
 use super::rig::Rig;
 use super::{drained, feed, history, Options, Report};
-use crate::nemesis::{Shape, Target};
+use crate::nemesis::{processes, Shape, Target};
 
 /// How long an armed process may run without reaching its point.
 pub const STALL: Duration = Duration::from_secs(90);
@@ -144,11 +144,9 @@ fn arm(rig: &mut Rig, a: &mut Armed, rng: &mut Rng, incidents: &mut Vec<String>)
 
 /// A process that died of anything but its crash point panicked: each is an incident.
 fn panics(rig: &mut Rig) -> Vec<String> {
-    let mut targets: Vec<Target> = (0..SHAPE.agents).map(Target::Agent).collect();
-    targets.extend((0..SHAPE.bridges).map(Target::Bridge));
-    targets.extend((0..SHAPE.reconcilers).map(Target::Reconciler));
-    targets
+    processes(SHAPE)
         .into_iter()
+        .filter(|t| !matches!(t, Target::Mosquitto | Target::Kafka(_)))
         .filter_map(|t| {
             let log = rig.process(t)?.log_tail(1_000_000);
             log.contains("panicked at")

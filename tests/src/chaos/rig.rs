@@ -18,7 +18,7 @@ use edgesync_servicekit::CLOCK_OFFSET_ENV;
 use edgesync_testkit::{partition_for, Error, FaultProxy, Kafka, Managed, Mosquitto, Service};
 
 use super::feed::Feeder;
-use crate::nemesis::{Fault, Shape, Step, Target};
+use crate::nemesis::{processes, Fault, Shape, Step, Target};
 use crate::{agent_sets, binary};
 
 /// Partitions of every topic.
@@ -38,6 +38,8 @@ const DAY_MS: i64 = 86_400_000;
 /// The running pipeline.
 #[derive(Debug)]
 pub struct Rig {
+    /// What it is made of.
+    pub shape: Shape,
     /// The cluster.
     pub kafka: Kafka,
     /// The MQTT broker.
@@ -117,6 +119,7 @@ impl Rig {
             .map(|(d, a)| Feeder::start(a.http, d.clone(), PER_POST, POST_EVERY))
             .collect();
         Ok(Self {
+            shape,
             kafka,
             mosquitto,
             bridges,
@@ -160,10 +163,16 @@ impl Rig {
                 let r = &mut self.reconcilers[i];
                 r.process.kill9();
                 let state = r.dir().join("state");
-                std::fs::remove_dir_all(&state).map_err(|e| Error::Io {
-                    what: format!("remove {}", state.display()),
-                    source: e,
-                })?;
+                // Absent already: the process restarted from the last loss has not made it yet.
+                match std::fs::remove_dir_all(&state) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::Io {
+                            what: format!("remove {}", state.display()),
+                            source: e,
+                        })
+                    }
+                    _ => {}
+                }
             }
             (t, Fault::Kill) => {
                 if let Some(p) = self.process(t) {
@@ -201,14 +210,8 @@ impl Rig {
     /// Every process that is not running (it could not come back from a fault) is named in
     /// the result, with its log's tail, and started again so the run can drain.
     pub fn revive(&mut self) -> Vec<String> {
-        let mut targets: Vec<Target> = Vec::new();
-        targets.extend((0..self.agents.len()).map(Target::Agent));
-        targets.extend((0..self.bridges.len()).map(Target::Bridge));
-        targets.extend((0..self.reconcilers.len()).map(Target::Reconciler));
-        targets.push(Target::Mosquitto);
-        targets.extend((0..self.kafka.len()).map(Target::Kafka));
         let mut dead = Vec::new();
-        for t in targets {
+        for t in processes(self.shape) {
             let Some(p) = self.process(t) else { continue };
             if !p.is_running() {
                 dead.push(format!("{t:?} had exited:\n{}", p.log_tail(20)));
@@ -225,12 +228,7 @@ impl Rig {
     /// Copies every process's log into `dir` (for the diagnosis of a failed run).
     pub fn save_logs(&mut self, dir: &std::path::Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let mut targets: Vec<Target> = (0..self.agents.len()).map(Target::Agent).collect();
-        targets.extend((0..self.bridges.len()).map(Target::Bridge));
-        targets.extend((0..self.reconcilers.len()).map(Target::Reconciler));
-        targets.push(Target::Mosquitto);
-        targets.extend((0..self.kafka.len()).map(Target::Kafka));
-        for t in targets {
+        for t in processes(self.shape) {
             if let Some(p) = self.process(t) {
                 std::fs::write(dir.join(format!("{t:?}.log")), p.log_tail(usize::MAX))?;
             }
