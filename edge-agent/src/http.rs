@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -75,7 +76,24 @@ pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-async fn events(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn events(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // A body over the limit (or cut off) is refused here, before parsing: counted like any
+    // other refusal, as one event (its events were never read).
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => {
+            let reason = match r.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                _ => "invalid",
+            };
+            s.metrics.refused("http", reason, 1);
+            return error(r.status(), None, &r.body_text());
+        }
+    };
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 
 use edgesync_core::Value;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::{IngestEvent, Op};
 
@@ -27,11 +29,13 @@ struct JsonEvent {
     #[serde(default = "one")]
     schema_version: u32,
     #[serde(default)]
-    fields: BTreeMap<String, serde_json::Value>,
+    fields: BTreeMap<String, Box<RawValue>>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    // Raw: each op is read twice, for its shape ([`JsonOp`]) and for its value's text
+    // ([`OpValue`]), since an internally tagged enum cannot hold a raw value.
     #[serde(default)]
-    ops: Vec<JsonOp>,
+    ops: Vec<Box<RawValue>>,
 }
 
 fn one() -> u32 {
@@ -49,32 +53,38 @@ enum JsonOp {
     /// Max register.
     Max {
         key: String,
-        value: serde_json::Value,
+        #[serde(rename = "value")]
+        _value: IgnoredAny,
     },
     /// Min register.
     Min {
         key: String,
-        value: serde_json::Value,
+        #[serde(rename = "value")]
+        _value: IgnoredAny,
     },
     /// LWW register, ordered by the event's HLC.
     Lww {
         key: String,
-        value: serde_json::Value,
+        #[serde(rename = "value")]
+        _value: IgnoredAny,
     },
     /// MV register write.
     Mv {
         key: String,
-        value: serde_json::Value,
+        #[serde(rename = "value")]
+        _value: IgnoredAny,
     },
     /// OR-set add.
     SetAdd {
         key: String,
-        value: serde_json::Value,
+        #[serde(rename = "value")]
+        _value: IgnoredAny,
     },
     /// OR-set remove.
     SetRemove {
         key: String,
-        value: serde_json::Value,
+        #[serde(rename = "value")]
+        _value: IgnoredAny,
     },
     /// Rollup sample into the bucket of the event's time.
     Rollup {
@@ -84,84 +94,95 @@ enum JsonOp {
     },
 }
 
-/// A JSON scalar as a typed value.
-fn value(v: serde_json::Value) -> Result<Value, String> {
+/// The `value` of an op, as text (its shape is checked by [`JsonOp`]).
+#[derive(Debug, Deserialize)]
+struct OpValue {
+    value: Option<Box<RawValue>>,
+}
+
+/// A JSON scalar as a typed value, judged on its text: an integer literal must fit a long
+/// (parsed into a `Value`, serde_json would turn a larger one into a double silently).
+fn value(raw: &RawValue) -> Result<Value, String> {
+    let text = raw.get();
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<i64>()
+            .map(Value::Long)
+            .map_err(|_| format!("integer {text} does not fit a 64-bit long"));
+    }
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     match v {
         serde_json::Value::Bool(b) => Ok(Value::Bool(b)),
         serde_json::Value::String(s) => Ok(Value::String(s)),
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Ok(Value::Long(i))
-            } else if n.is_u64() {
-                Err(format!("integer {n} does not fit a 64-bit long"))
-            } else {
-                n.as_f64()
-                    .filter(|f| f.is_finite())
-                    .map(Value::Double)
-                    .ok_or_else(|| format!("number {n} is not a finite double"))
-            }
-        }
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Value::Double)
+            .ok_or_else(|| format!("number {n} is not a finite double")),
         serde_json::Value::Null => Err("null is not a value".into()),
         serde_json::Value::Array(_) => Err("an array is not a value".into()),
         serde_json::Value::Object(_) => Err("an object is not a value".into()),
     }
 }
 
-impl TryFrom<JsonOp> for Op {
-    type Error = String;
-
-    fn try_from(o: JsonOp) -> Result<Self, String> {
-        Ok(match o {
-            JsonOp::Inc { key, by } => Op::Inc { key, by },
-            JsonOp::Add { key, by } => Op::Add { key, by },
-            JsonOp::Max { key, value: v } => Op::Max {
-                key,
-                value: value(v)?,
-            },
-            JsonOp::Min { key, value: v } => Op::Min {
-                key,
-                value: value(v)?,
-            },
-            JsonOp::Lww { key, value: v } => Op::Lww {
-                key,
-                value: value(v)?,
-            },
-            JsonOp::Mv { key, value: v } => Op::Mv {
-                key,
-                value: value(v)?,
-            },
-            JsonOp::SetAdd { key, value: v } => Op::SetAdd {
-                key,
-                value: value(v)?,
-            },
-            JsonOp::SetRemove { key, value: v } => Op::SetRemove {
-                key,
-                value: value(v)?,
-            },
-            JsonOp::Rollup {
-                key,
-                value,
-                bucket_ms,
-            } => Op::Rollup {
-                key,
-                value,
-                bucket_ms,
-            },
-        })
-    }
+/// One op from its JSON text.
+fn op(raw: &RawValue) -> Result<Op, String> {
+    let o: JsonOp = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    let scalar = || -> Result<Value, String> {
+        let v: OpValue = serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+        value(&v.value.ok_or("missing field `value`")?)
+    };
+    Ok(match o {
+        JsonOp::Inc { key, by } => Op::Inc { key, by },
+        JsonOp::Add { key, by } => Op::Add { key, by },
+        JsonOp::Max { key, .. } => Op::Max {
+            key,
+            value: scalar()?,
+        },
+        JsonOp::Min { key, .. } => Op::Min {
+            key,
+            value: scalar()?,
+        },
+        JsonOp::Lww { key, .. } => Op::Lww {
+            key,
+            value: scalar()?,
+        },
+        JsonOp::Mv { key, .. } => Op::Mv {
+            key,
+            value: scalar()?,
+        },
+        JsonOp::SetAdd { key, .. } => Op::SetAdd {
+            key,
+            value: scalar()?,
+        },
+        JsonOp::SetRemove { key, .. } => Op::SetRemove {
+            key,
+            value: scalar()?,
+        },
+        JsonOp::Rollup {
+            key,
+            value,
+            bucket_ms,
+        } => Op::Rollup {
+            key,
+            value,
+            bucket_ms,
+        },
+    })
 }
 
 fn convert(e: JsonEvent) -> Result<IngestEvent, String> {
     let mut fields = BTreeMap::new();
     for (name, v) in e.fields {
-        let v = value(v).map_err(|why| format!("field {name:?}: {why}"))?;
+        let v = value(&v).map_err(|why| format!("field {name:?}: {why}"))?;
         fields.insert(name, v);
     }
     let ops = e
         .ops
         .into_iter()
         .enumerate()
-        .map(|(i, o)| Op::try_from(o).map_err(|why| format!("op {i}: {why}")))
+        .map(|(i, o)| op(&o).map_err(|why| format!("op {i}: {why}")))
         .collect::<Result<_, _>>()?;
     Ok(IngestEvent {
         stream: e.stream,
@@ -184,19 +205,21 @@ pub struct ParseError {
 
 /// Parses one JSON event, or a JSON array of events.
 pub fn parse_json(body: &[u8]) -> Result<Vec<IngestEvent>, ParseError> {
-    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| ParseError {
+    let not_json = |e: serde_json::Error| ParseError {
         index: 0,
         reason: format!("not JSON: {e}"),
-    })?;
-    let items = match v {
-        serde_json::Value::Array(items) => items,
-        one => vec![one],
+    };
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let items: Vec<Box<RawValue>> = if first == Some(&b'[') {
+        serde_json::from_slice(body).map_err(not_json)?
+    } else {
+        vec![serde_json::from_slice(body).map_err(not_json)?]
     };
     items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
-            serde_json::from_value::<JsonEvent>(item)
+            serde_json::from_str::<JsonEvent>(item.get())
                 .map_err(|e| e.to_string())
                 .and_then(convert)
                 .map_err(|reason| ParseError { index, reason })
@@ -234,6 +257,22 @@ mod tests {
         assert_eq!(f["d"], Value::String("x".into()));
         assert_eq!(f["e"], Value::Long(-3));
         assert_eq!(e[0].schema_version, 1);
+    }
+
+    #[test]
+    fn an_integer_over_64_bits_is_refused_not_turned_into_a_double() {
+        for body in [
+            r#"{"stream":"s","fields":{"x":18446744073709551616}}"#,
+            r#"{"stream":"s","fields":{"x":-9223372036854775809}}"#,
+            r#"{"stream":"s","ops":[{"op":"max","key":"k","value":18446744073709551616}]}"#,
+        ] {
+            let e = parse_json(body.as_bytes()).unwrap_err();
+            assert!(e.reason.contains("does not fit a 64-bit long"), "{e}");
+        }
+        let e = parse_json(br#"{"stream":"s","fields":{"x":-9223372036854775808,"y":1e3}}"#);
+        let f = &e.unwrap()[0].fields;
+        assert_eq!(f["x"], Value::Long(i64::MIN));
+        assert_eq!(f["y"], Value::Double(1000.0));
     }
 
     #[test]

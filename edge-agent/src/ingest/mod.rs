@@ -336,6 +336,8 @@ pub struct Ingest {
     tx: mpsc::SyncSender<Job>,
     cfg: Arc<IngestConfig>,
     replica: ReplicaId,
+    // Requests refused before they reach the worker are counted here, the rest by the worker.
+    metrics: Arc<AgentMetrics>,
 }
 
 /// Spool state names: the clock, and one entry per CRDT key.
@@ -402,7 +404,7 @@ impl Ingest {
             // A local clock is never merged with remote stamps here: the bound is moot.
             hlc: HlcClock::resume(last, u64::MAX),
             clock,
-            metrics,
+            metrics: Arc::clone(&metrics),
             appended,
             max_group_events: cfg.max_group_events,
         };
@@ -410,7 +412,13 @@ impl Ingest {
             .name("ingest".into())
             .spawn(move || worker.run(rx))
             .map_err(StartError::Thread)?;
-        Ok((Self { tx, cfg, replica }, handle))
+        let ingest = Self {
+            tx,
+            cfg,
+            replica,
+            metrics,
+        };
+        Ok((ingest, handle))
     }
 
     /// The limits requests are checked against.
@@ -446,7 +454,11 @@ impl Ingest {
         source: &'static str,
         events: Vec<IngestEvent>,
     ) -> Result<oneshot::Receiver<Result<Accepted, IngestError>>, IngestError> {
-        self.validate(&events)?;
+        if let Err(e) = self.validate(&events) {
+            self.metrics
+                .refused(source, e.reason(), events.len() as u64);
+            return Err(e);
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job {
