@@ -24,7 +24,8 @@ pub struct Config {
     /// `/metrics`, `/healthz`.
     #[serde(default)]
     pub http: HttpSection,
-    /// Largest batch accepted from a device (bigger ones are dead-lettered).
+    /// Largest batch accepted from a device (bigger ones are dead-lettered); at most what Kafka
+    /// takes in one record on its defaults.
     #[serde(default = "default_max_payload")]
     pub max_payload_bytes: usize,
     /// Shutdown grace period: in-flight messages get this long to reach Kafka and be acked.
@@ -33,7 +34,7 @@ pub struct Config {
 }
 
 fn default_max_payload() -> usize {
-    1 << 20
+    edgesync_servicekit::kafka::MAX_RECORD_VALUE_BYTES
 }
 fn default_grace_ms() -> u64 {
     10_000
@@ -168,8 +169,11 @@ impl ServiceConfig for Config {
         if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
             return bad("kafka.partitions and replication_factor must be >= 1");
         }
-        if self.max_payload_bytes == 0 {
-            return bad("max_payload_bytes must be > 0");
+        let most = edgesync_servicekit::kafka::MAX_RECORD_VALUE_BYTES;
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > most {
+            return bad(&format!(
+                "max_payload_bytes must be in 1..={most} (what Kafka takes in one record on its defaults)"
+            ));
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use edgesync_schemas::{Codec, DeadLetter, DeadLetterReason, Framing};
 use edgesync_servicekit::mqtt::MqttSecurity;
 use edgesync_servicekit::now_ms;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
@@ -306,9 +307,15 @@ async fn send(producer: &FutureProducer, r: &Outgoing) -> DeliveryFuture {
             .payload(&r.payload[..]);
         match producer.send_result(rec) {
             Ok(d) => return d,
-            Err((e, _)) => {
-                tracing::debug!(error = %e, "producer queue full; waiting");
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tracing::debug!("producer queue full; waiting");
                 tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Not expected (records are bounded by `MAX_RECORD_VALUE_BYTES`); still never
+            // skipped, since the message is acknowledged only once Kafka has it.
+            Err((e, _)) => {
+                tracing::error!(error = %e, topic = %r.topic, "Kafka refused the record; producing again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }

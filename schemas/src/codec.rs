@@ -12,7 +12,7 @@ use edgesync_core::{DeltaBatch, Dot, Event, EventLimits, ReplicaId};
 
 use crate::convert;
 use crate::error::{DecodeError, EncodeError};
-use crate::records::{Ack, DeadLetter, StateRecord};
+use crate::records::{Ack, DeadLetter, StateRecord, DEAD_LETTER_MAX_PAYLOAD};
 use crate::value::{long_u64, Rec};
 use crate::{MessageKind, SchemaError};
 
@@ -697,13 +697,27 @@ impl Codec {
         StateRecord::from_avro(&mut r, state)
     }
 
-    /// Encodes a dead letter.
+    /// Encodes a dead letter, keeping at most [`DEAD_LETTER_MAX_PAYLOAD`] of its payload (the
+    /// detail then says how long the input was): a dead letter must fit in a Kafka record
+    /// whatever input caused it, or the input would stall the stream it was refused from.
     pub fn encode_dead_letter(
         &self,
         d: &DeadLetter,
         framing: Framing,
     ) -> Result<Vec<u8>, EncodeError> {
-        self.encode_framed(MessageKind::DeadLetter, &d.to_avro(), framing)
+        if d.payload.len() <= DEAD_LETTER_MAX_PAYLOAD {
+            return self.encode_framed(MessageKind::DeadLetter, &d.to_avro(), framing);
+        }
+        let kept = DeadLetter {
+            detail: format!(
+                "{} (payload: the first {DEAD_LETTER_MAX_PAYLOAD} of {} bytes)",
+                d.detail,
+                d.payload.len()
+            ),
+            payload: d.payload[..DEAD_LETTER_MAX_PAYLOAD].to_vec(),
+            ..d.clone()
+        };
+        self.encode_framed(MessageKind::DeadLetter, &kept.to_avro(), framing)
     }
 
     /// Decodes a dead letter.

@@ -104,10 +104,12 @@ pub enum DecodeError {
 impl DecodeError {
     /// The dead-letter reason of input that failed to decode with this error: `INVALID_BATCH`
     /// for a datum that decoded but breaks a rule of the model (ids, contexts, a batch's seqs,
-    /// names, sizes and kinds, rollup cells), `UNDECODABLE` for bytes that are not a datum of a
-    /// known schema at all.
+    /// names, sizes and kinds, rollup cells), `OVERSIZE` for input over a size limit as received
+    /// or once decompressed (a zstd bomb is refused for its size, not its bytes),
+    /// `UNDECODABLE` for bytes that are not a datum of a known schema at all.
     pub fn dead_letter_reason(&self) -> DeadLetterReason {
         match self {
+            DecodeError::TooLarge { .. } => DeadLetterReason::Oversize,
             DecodeError::Negative { .. }
             | DecodeError::OutOfRange { .. }
             | DecodeError::DeviceId(_)
@@ -184,5 +186,11 @@ mod tests {
             DecodeError::UnknownFingerprint(7).dead_letter_reason(),
             DeadLetterReason::Undecodable
         );
+        let bomb = DecodeError::TooLarge {
+            what: "decompressed payload",
+            len: 9 << 20,
+            limit: 8 << 20,
+        };
+        assert_eq!(bomb.dead_letter_reason(), DeadLetterReason::Oversize);
     }
 }

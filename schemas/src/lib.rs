@@ -47,7 +47,7 @@ pub use codec::{
     SINGLE_OBJECT_MAGIC,
 };
 pub use error::{DecodeError, EncodeError};
-pub use records::{Ack, DeadLetter, DeadLetterReason, StateRecord};
+pub use records::{Ack, DeadLetter, DeadLetterReason, StateRecord, DEAD_LETTER_MAX_PAYLOAD};
 
 /// The message kinds, one schema each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -200,6 +200,9 @@ impl DeadLetterReason {
     }
 }
 
+/// The most bytes of the original input a dead letter carries (its first ones).
+pub const DEAD_LETTER_MAX_PAYLOAD: usize = 64 << 10;
+
 /// Input that could not be processed, kept with its reason and original bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -213,7 +216,7 @@ pub struct DeadLetter {
     pub device: Option<String>,
     /// When it was received.
     pub received_at_ms: u64,
-    /// The original bytes.
+    /// The original bytes (encoded: at most the first [`DEAD_LETTER_MAX_PAYLOAD`]).
     pub payload: Vec<u8>,
 }
 

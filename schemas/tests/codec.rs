@@ -283,6 +283,30 @@ fn ack_and_dead_letter_round_trip() {
 }
 
 #[test]
+fn a_dead_letter_keeps_the_first_64_kib_of_a_long_input_and_says_how_long_it_was() {
+    let c = codec();
+    let d = DeadLetter {
+        reason: DeadLetterReason::Oversize,
+        detail: "over the limit".into(),
+        source: "mqtt:edgesync/v1/pump-1/batch".into(),
+        device: Some("pump-1".into()),
+        received_at_ms: 5,
+        payload: (0..100_000u32).map(|i| i as u8).collect(),
+    };
+    let bytes = c.encode_dead_letter(&d, Framing::SingleObject).unwrap();
+    assert!(bytes.len() < 70_000, "{}", bytes.len());
+    let got = c.decode_dead_letter(&bytes).unwrap();
+    assert_eq!(
+        got.payload,
+        d.payload[..edgesync_schemas::DEAD_LETTER_MAX_PAYLOAD]
+    );
+    assert_eq!(
+        got.detail,
+        "over the limit (payload: the first 65536 of 100000 bytes)"
+    );
+}
+
+#[test]
 fn a_reader_on_the_old_schema_reads_data_with_an_added_optional_field() {
     use apache_avro::types::Value as Avro;
     // Release N+1 adds `unit` (optional, default null) to Event; release N must still read it.

@@ -28,6 +28,16 @@ pub fn client_config(
     c
 }
 
+/// The largest record value the services produce (a forwarded batch; dead letters keep at most
+/// 64 KiB of their input): under Kafka's default record-batch limit (`message.max.bytes`,
+/// 1,048,588 bytes) with room for the key and framing, so no broker left on its defaults
+/// refuses a record the bridge accepted. Refusing one would stall the device's stream behind
+/// it: a record is produced again until Kafka has it, never skipped.
+pub const MAX_RECORD_VALUE_BYTES: usize = 1_000_000;
+
+/// The producer's own request limit: above [`MAX_RECORD_VALUE_BYTES`] plus key and framing.
+const PRODUCER_MESSAGE_MAX_BYTES: &str = "1048576";
+
 /// The settings every edgesync producer shares, as a client config (see [`client_config`] for
 /// how pass-through properties win): idempotent with `acks=all`, so a retry never doubles or
 /// reorders a record and an acknowledged one survives a broker's loss; keys hashed like the
@@ -50,6 +60,7 @@ pub fn durable_producer_config(
             ("message.timeout.ms", "0"),
             ("compression.type", compression),
             ("linger.ms", &linger),
+            ("message.max.bytes", PRODUCER_MESSAGE_MAX_BYTES),
         ],
         bootstrap,
         properties,
