@@ -2,7 +2,7 @@
 //! of the current gap, kept up to date by the device stage and read by `/v1/status` and the
 //! metrics. Per-device detail lives here, never in metric labels.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use edgesync_core::{ReplicaId, SeqRange};
@@ -22,8 +22,11 @@ pub struct Entry {
     pub gap_since_ms: Option<u64>,
     /// Events held back above the gap.
     pub pending: usize,
-    /// Seqs dropped at the edge (by the agent's quota policy), all reasons.
+    /// Seqs dropped at the edge, all reasons (a quota or age policy, records the agent's
+    /// spool could not read).
     pub dropped: u64,
+    /// The same by reason (`QUOTA`, `AGE`, `CORRUPT`).
+    pub dropped_by_reason: BTreeMap<&'static str, u64>,
     /// Receive time minus HLC of the replica's latest released event, if any.
     pub clock_skew_ms: Option<i64>,
 }
@@ -38,6 +41,7 @@ impl Entry {
             gap_since_ms: s.gap_since_ms,
             pending: s.pending.len(),
             dropped: s.dropped.values().sum(),
+            dropped_by_reason: s.dropped.iter().map(|(r, n)| (r.name(), *n)).collect(),
             clock_skew_ms: None,
         }
     }
@@ -133,6 +137,7 @@ impl Ledger {
                     "gap_age_ms": e.gap_since_ms.map(|g| now_ms.saturating_sub(g)),
                     "pending": e.pending,
                     "dropped_at_edge": e.dropped,
+                    "dropped_at_edge_by_reason": e.dropped_by_reason,
                     "clock_skew_ms": e.clock_skew_ms,
                     "clock_skew_flagged": self.flagged(e.clock_skew_ms),
                 })
