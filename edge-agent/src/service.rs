@@ -108,6 +108,22 @@ async fn open_spool(
         events = meta.events,
         "spool open"
     );
+    let salvage = spool.salvage();
+    if salvage.found_damage() {
+        // Counted with the records the uplink finds undecodable: both reach the server as
+        // dropped ranges with reason `Corrupt`.
+        metrics.corrupt(salvage.corrupt_seqs());
+        tracing::error!(
+            repaired = salvage.repaired,
+            rebuilt = salvage.rebuilt,
+            failed_reads = salvage.failed_reads,
+            corrupt_seqs = salvage.corrupt_seqs(),
+            corrupt_ranges = ?salvage.corrupt,
+            states_lost = salvage.states_lost,
+            set_aside = salvage.set_aside,
+            "spool was damaged: salvaged"
+        );
+    }
     Ok(Arc::new(spool))
 }
 

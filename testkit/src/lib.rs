@@ -30,7 +30,9 @@ mod tls;
 
 pub use kafka::{partition_for, Broker, Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
-pub use names::{knob, outside_python, read_outputs, tools_home, unique};
+pub use names::{
+    deploy, files_by_size, flip_bytes, knob, outside_python, read_outputs, tools_home, unique,
+};
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use prometheus::{Prometheus, View as PrometheusView};
 pub use proxy::FaultProxy;

@@ -25,6 +25,13 @@ pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// `deploy/<path>` of this repository: what ops run, which tests use as shipped.
+pub fn deploy(path: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
+
 /// Where `scripts/setup` keeps tools: `EDGESYNC_HOME`, by default `~/.cache/edgesync`.
 pub fn tools_home() -> PathBuf {
     std::env::var_os("EDGESYNC_HOME")
@@ -82,4 +89,28 @@ pub fn read_outputs(
         command: "read_outputs.py".into(),
         output: e.to_string(),
     })
+}
+
+/// Flips every bit of `n` bytes of the file at `path`, starting at `at` (a fraction of its
+/// length): damage behind a program's back, as a failing disk does it.
+pub fn flip_bytes(path: &std::path::Path, at: f64, n: usize) -> std::io::Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let start = ((bytes.len() as f64 * at) as usize).min(bytes.len().saturating_sub(n));
+    for b in bytes.iter_mut().skip(start).take(n) {
+        *b = !*b;
+    }
+    std::fs::write(path, bytes)
+}
+
+/// The files in `dir` whose name `matches`, smallest first.
+pub fn files_by_size(dir: &std::path::Path, matches: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| matches(&e.file_name().to_string_lossy()))
+        .map(|e| (e.metadata().map(|m| m.len()).unwrap_or(0), e.path()))
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
 }

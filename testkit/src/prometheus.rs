@@ -2,7 +2,7 @@
 //! project's own `deploy/prometheus/prometheus.yml` pointed at the services under test.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -12,7 +12,7 @@ use crate::{io, Error};
 
 /// `deploy/prometheus/` of this repository.
 pub fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus")
+    crate::deploy("prometheus")
 }
 
 /// What Prometheus reports of its targets, rules and alerts.

@@ -18,16 +18,20 @@
 //! seqs; `repair` replaces records that do not decode by dropped ranges (reason `Corrupt`),
 //! so no valid record is lost and no seq is reused.
 
+mod handle;
 pub mod keys;
 mod quota;
+mod salvage;
 mod verify;
 mod writer;
 
+use handle::Handle;
+pub use salvage::Salvage;
 pub use verify::VerifyReport;
 use writer::Writer;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -176,6 +180,13 @@ pub enum SpoolError {
     /// Reading the system's randomness for a new incarnation failed.
     #[error("read random bits for a new incarnation: {0}")]
     Random(#[source] std::io::Error),
+    /// The database is being opened again after a failed write, or that failed (the disk is
+    /// still full): the next write tries again.
+    #[error("spool storage is being reopened after a write error")]
+    Reopen,
+    /// Mending a damaged spool failed on the file system (a rename or removal).
+    #[error("salvage the damaged spool: {0}")]
+    Salvage(String),
 }
 
 /// What an append did.
@@ -279,11 +290,12 @@ enum Request {
 
 /// The spool. Cheap to share by reference across threads; all writes go through one writer.
 pub struct Spool {
-    db: Arc<DB>,
+    db: Arc<Handle>,
     state: Arc<Mutex<State>>,
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<JoinHandle<()>>,
     cfg: SpoolConfig,
+    salvage: Salvage,
 }
 
 impl std::fmt::Debug for Spool {
@@ -355,19 +367,31 @@ struct Held {
     events: u64,
     bytes: u64,
     oldest_ms: Option<u64>,
+    /// Seqs above `acked` and below `next` that no record covers: lost to damage (the spool
+    /// is dense otherwise, see [`salvage`]).
+    gaps: Vec<SeqRange>,
 }
 
-/// Counts what is held and moves `next` past every stored seq.
-fn recover(db: &DB, stored_next: u64) -> Result<Held, SpoolError> {
+/// What an open reads: the incarnation, the acknowledged watermark, what is held.
+type Loaded = (Incarnation, u64, Held);
+
+/// Counts what is held, moves `next` past every stored seq and finds the seqs above `acked`
+/// that no record covers.
+fn recover(db: &DB, stored_next: u64, acked: u64) -> Result<Held, SpoolError> {
     let mut held = Held {
         next: stored_next,
         events: 0,
         bytes: 0,
         oldest_ms: None,
+        gaps: Vec::new(),
     };
+    let mut expect = acked + 1;
     for item in db.iterator(IteratorMode::From(&keys::event_key(0), Direction::Forward)) {
         let (k, v) = item?;
         let Some(seq) = keys::seq_of(&k) else { break };
+        if seq > expect {
+            held.gaps.extend(SeqRange::new(expect, seq - 1));
+        }
         held.bytes += record_size(v.len());
         let last = match keys::decode(&v) {
             Some(keys::Record::Event { appended_ms, .. }) => {
@@ -379,20 +403,81 @@ fn recover(db: &DB, stored_next: u64) -> Result<Held, SpoolError> {
             None => seq,
         };
         held.next = held.next.max(last + 1);
+        expect = expect.max(last + 1);
+    }
+    if held.next > expect {
+        held.gaps.extend(SeqRange::new(expect, held.next - 1));
     }
     Ok(held)
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`.
+    /// Opens (or creates) the spool in `dir`, mending what damage it finds ([`salvage`]):
+    /// what it did is [`Spool::salvage`].
     pub fn open(dir: &Path, cfg: SpoolConfig) -> Result<Self, SpoolError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
-        // After a crash, recover every write whose WAL record is complete and stop at a torn one.
-        opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        // Replay every intact WAL record, skipping a torn or damaged one (see `salvage`).
+        opts.set_wal_recovery_mode(DBRecoveryMode::SkipAnyCorruptedRecord);
         opts.set_compression_type(rocksdb::DBCompressionType::Zstd);
-        let db = DB::open(&opts, dir)?;
-        Self::start(db, cfg, true)
+        let mut s = Salvage::default();
+        salvage::finish_swap(dir, &opts)?;
+        let db = match salvage::open_repairing(dir, &opts, &mut s)? {
+            Some(db) => db,
+            None => Self::fresh(dir, &opts, &mut s)?,
+        };
+        let (db, loaded) = match Self::load(&db) {
+            Ok(loaded) => (db, loaded),
+            Err(e) if salvage::is_corruption(&e) => Self::salvaged(db, dir, &opts, &mut s, &e)?,
+            Err(e) => return Err(e),
+        };
+        Self::start(db, loaded, cfg, Some((s, dir.to_owned(), opts)))
+    }
+
+    /// Copies what `db` still holds into a new database in its place (or starts anew if even
+    /// that is unreadable where it matters), and loads it.
+    fn salvaged(
+        db: DB,
+        dir: &Path,
+        opts: &Options,
+        s: &mut Salvage,
+        cause: &SpoolError,
+    ) -> Result<(DB, Loaded), SpoolError> {
+        tracing::error!(error = %cause, "spool unreadable in places: salvaging");
+        let db = match salvage::rebuild(db, dir, opts, s) {
+            Ok(()) => DB::open(opts, dir)?,
+            Err(e) if salvage::is_corruption(&e) => Self::fresh(dir, opts, s)?,
+            Err(e) => return Err(e),
+        };
+        match Self::load(&db) {
+            Ok(loaded) => Ok((db, loaded)),
+            // Still unreadable where it matters (its identity): start anew.
+            Err(e) if salvage::is_corruption(&e) && !s.set_aside => {
+                tracing::error!(error = %e, "salvaged spool still unreadable");
+                drop(db);
+                let db = Self::fresh(dir, opts, s)?;
+                let loaded = Self::load(&db)?;
+                Ok((db, loaded))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the spool in `dir` aside and opens a new one there.
+    fn fresh(dir: &Path, opts: &Options, s: &mut Salvage) -> Result<DB, SpoolError> {
+        salvage::finish_swap(dir, opts)?;
+        salvage::set_aside(dir)?;
+        s.set_aside = true;
+        Ok(DB::open(opts, dir)?)
+    }
+
+    /// Reads everything `start` reads: identity, meta, and what is held.
+    fn load(db: &DB) -> Result<Loaded, SpoolError> {
+        let incarnation = incarnation(db)?;
+        let next = meta_u64(db, keys::NEXT, "next")?.unwrap_or(1).max(1);
+        let acked = meta_u64(db, keys::ACKED, "acked")?.unwrap_or(0);
+        let held = recover(db, next, acked)?;
+        Ok((incarnation, acked, held))
     }
 
     /// Opens the spool in `dir` for reading only, beside a running agent (RocksDB's read-only
@@ -407,14 +492,29 @@ impl Spool {
         if db.get(keys::FORMAT)?.is_none() {
             return Err(SpoolError::NotASpool(dir.to_owned()));
         }
-        Self::start(db, SpoolConfig::default(), false)
+        let loaded = Self::load(&db)?;
+        Self::start(db, loaded, SpoolConfig::default(), None)
     }
 
-    fn start(db: DB, cfg: SpoolConfig, writable: bool) -> Result<Self, SpoolError> {
-        let incarnation = incarnation(&db)?;
-        let next = meta_u64(&db, keys::NEXT, "next")?.unwrap_or(1).max(1);
-        let acked = meta_u64(&db, keys::ACKED, "acked")?.unwrap_or(0);
-        let held = recover(&db, next)?;
+    /// Starts on `db`: writable with the writer thread when `writable` gives the salvage so
+    /// far (completed here: uncovered seqs become `Corrupt` dropped ranges) and how to open
+    /// the database again; read-only without.
+    fn start(
+        db: DB,
+        (incarnation, acked, mut held): Loaded,
+        cfg: SpoolConfig,
+        writable: Option<(Salvage, PathBuf, Options)>,
+    ) -> Result<Self, SpoolError> {
+        let (mut salvage, reopen) = match writable {
+            Some((s, dir, opts)) => (s, Some((dir, opts))),
+            None => (Salvage::default(), None),
+        };
+        let writable = reopen.is_some();
+        if writable && !held.gaps.is_empty() {
+            salvage::mark_corrupt(&db, &held.gaps, (cfg.clock)())?;
+            held.bytes += DROPPED_RECORD_SIZE * held.gaps.len() as u64;
+            salvage.corrupt = std::mem::take(&mut held.gaps);
+        }
         let state = Arc::new(Mutex::new(State {
             incarnation,
             next: held.next,
@@ -424,7 +524,7 @@ impl Spool {
             oldest_ms: held.oldest_ms,
             stats: SpoolStats::default(),
         }));
-        let db = Arc::new(db);
+        let db = Arc::new(Handle::new(db, reopen));
         let (tx, writer) = if writable {
             let (tx, rx) = mpsc::channel();
             let (db, state, cfg) = (Arc::clone(&db), Arc::clone(&state), cfg.clone());
@@ -442,7 +542,13 @@ impl Spool {
             tx,
             writer,
             cfg,
+            salvage,
         })
+    }
+
+    /// What the open found damaged and mended (nothing for a healthy spool).
+    pub fn salvage(&self) -> &Salvage {
+        &self.salvage
     }
 
     /// Appends events; returns once they are durable (or dropped by policy).
@@ -474,6 +580,7 @@ impl Spool {
         let mut out = BTreeMap::new();
         for item in self
             .db
+            .db()?
             .iterator(IteratorMode::From(&start, Direction::Forward))
         {
             let (k, v) = item?;
@@ -513,7 +620,8 @@ impl Spool {
         let mut out = Vec::new();
         let (mut seqs, mut size) = (0usize, 0usize);
         // A dropped range starting below `from` may cover it.
-        let mut it = self.db.raw_iterator();
+        let db = self.db.db()?;
+        let mut it = db.raw_iterator();
         it.seek_for_prev(keys::event_key(from));
         let mut start = from;
         if let (Some(k), Some(v)) = (it.key(), it.value()) {
@@ -531,7 +639,8 @@ impl Spool {
                 }
             }
         }
-        for item in self.db.iterator(IteratorMode::From(
+        drop(it);
+        for item in db.iterator(IteratorMode::From(
             &keys::event_key(start),
             Direction::Forward,
         )) {

@@ -25,7 +25,7 @@ impl Writer {
         let mut freed = 0u64;
         let (mut quota_n, mut age_n, mut events_n) = (0u64, 0u64, 0u64);
         let mut next_oldest = None;
-        for item in self.db.iterator(IteratorMode::From(
+        for item in self.db.db()?.iterator(IteratorMode::From(
             &keys::event_key(s.acked + 1),
             Direction::Forward,
         )) {

@@ -25,6 +25,7 @@ impl Spool {
         let mut expect: Option<u64> = None;
         for item in self
             .db
+            .db()?
             .iterator(IteratorMode::From(&keys::event_key(0), Direction::Forward))
         {
             let (k, v) = item?;
@@ -116,7 +117,7 @@ impl Writer {
     ) -> Result<u64, SpoolError> {
         let mut repaired = 0;
         for &seq in seqs {
-            let Some(old) = self.db.get(keys::event_key(seq))? else {
+            let Some(old) = self.db.db()?.get(keys::event_key(seq))? else {
                 continue; // trimmed meanwhile
             };
             if matches!(keys::decode(&old), Some(keys::Record::Event { .. })) {

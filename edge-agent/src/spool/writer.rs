@@ -37,9 +37,21 @@ impl Answer {
     }
 }
 
+impl Request {
+    /// Answers without writing: the storage is not open.
+    fn refuse(self) {
+        match self {
+            Request::Append { reply, .. } => drop(reply.send(Err(SpoolError::Reopen))),
+            Request::Trim { reply, .. } | Request::Repair { reply, .. } => {
+                drop(reply.send(Err(SpoolError::Reopen)))
+            }
+        }
+    }
+}
+
 /// The one thread that writes: it owns every change to the spool.
 pub(super) struct Writer {
-    pub(super) db: Arc<DB>,
+    pub(super) db: Arc<Handle>,
     pub(super) state: Arc<Mutex<State>>,
     pub(super) cfg: SpoolConfig,
 }
@@ -78,6 +90,14 @@ impl Writer {
         if requests.is_empty() {
             return;
         }
+        let db = match self.ready() {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!(error = %e, "spool storage unavailable; refusing writes");
+                requests.into_iter().for_each(Request::refuse);
+                return;
+            }
+        };
         let now = (self.cfg.clock)();
         let mut b = WriteBatch::default();
         let mut s = lock(&self.state);
@@ -104,7 +124,8 @@ impl Writer {
         w.set_sync(self.cfg.durability == Durability::Fsync);
         let started = std::time::Instant::now();
         crash_point("spool.before_write");
-        let written = self.db.write_opt(b, &w);
+        let written = db.write_opt(b, &w);
+        drop(db);
         if let Some(observe) = &self.cfg.observer {
             observe(GroupWrite {
                 requests: answers.len(),
@@ -116,6 +137,9 @@ impl Writer {
             (s.next, s.events, s.bytes, s.oldest_ms, s.stats, s.acked) = before;
             drop(s);
             answers.into_iter().for_each(|a| a.fail(&e));
+            if e.kind() == rocksdb::ErrorKind::IOError {
+                self.reopen(&e);
+            }
             return;
         }
         s.stats.groups += 1;
@@ -126,6 +150,36 @@ impl Writer {
             "spool.after_fsync"
         });
         answers.into_iter().for_each(Answer::send);
+    }
+
+    /// The database, opened again first if the last reopen failed.
+    fn ready(&self) -> Result<Arc<DB>, SpoolError> {
+        if self.db.is_closed() {
+            let db = self.db.reopen()?;
+            self.reload(&db)?;
+            tracing::info!("spool storage open again: taking writes");
+        }
+        self.db.db()
+    }
+
+    /// After a failed write: RocksDB takes no more writes until it is opened again.
+    fn reopen(&self, cause: &rocksdb::Error) {
+        tracing::error!(error = %cause, "spool write failed; opening the storage again");
+        match self.db.reopen().and_then(|db| self.reload(&db)) {
+            Ok(()) => tracing::info!("spool storage open again: taking writes"),
+            // The disk is still full: the next write tries again.
+            Err(e) => tracing::error!(error = %e, "spool storage could not be opened again"),
+        }
+    }
+
+    /// Takes the counters from the database as opened again: the failed write may have
+    /// reached the WAL, and then its seqs are used.
+    fn reload(&self, db: &DB) -> Result<(), SpoolError> {
+        let (_, acked, held) = Spool::load(db)?;
+        let mut s = lock(&self.state);
+        (s.next, s.acked, s.events, s.bytes, s.oldest_ms) =
+            (held.next, acked, held.events, held.bytes, held.oldest_ms);
+        Ok(())
     }
 
     fn append(
@@ -206,7 +260,7 @@ impl Writer {
         acked: u64,
         except: &[u64],
     ) -> Result<Option<u64>, SpoolError> {
-        for item in self.db.iterator(IteratorMode::From(
+        for item in self.db.db()?.iterator(IteratorMode::From(
             &keys::event_key(acked + 1),
             Direction::Forward,
         )) {
@@ -229,7 +283,7 @@ impl Writer {
         let (mut removed, mut freed, mut events) = (0u64, 0u64, 0u64);
         let mut oldest = None;
         let mut split: Option<(u64, Vec<u8>)> = None;
-        for item in self.db.iterator(IteratorMode::From(
+        for item in self.db.db()?.iterator(IteratorMode::From(
             &keys::event_key(s.acked + 1),
             Direction::Forward,
         )) {
