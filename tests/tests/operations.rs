@@ -6,17 +6,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use edgesync_testkit::{workspace_binary, Kafka, Mosquitto, Prometheus, Service};
-
-fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(path)
-}
+use edgesync_testkit::{deploy, workspace_binary, Kafka, Mosquitto, Prometheus, Service};
 
 /// Runs a checking tool; its failure output is the assertion message.
 fn check(program: &str, args: &[&Path]) {

@@ -81,7 +81,7 @@ pub fn run(seed: u64, per_point: usize, prefix: &str) -> Result<Report, Error> {
     incidents.extend(panics(&mut rig));
     let healed = Instant::now();
     let converged_after = drained(&rig, &tallies).then(|| healed.elapsed());
-    let history = history::check(&mut rig, &tallies);
+    let history = history::check(&mut rig, &tallies, &[]);
     let mut report = Report {
         name: "crash points",
         options: Options {

@@ -15,15 +15,16 @@
 //!   sum, unless the device dropped events at the edge (its increments then live on in the
 //!   agent's state, which the server converges to: the digests below still hold);
 //! - the agent's state digest equals its converged record's (edge and server agree);
-//! - nothing was dead-lettered, and the outside reader (confluent-kafka, `read_committed`)
-//!   sees the same events.
+//! - the dead-letter topic holds exactly the bad input the run fed (none for the nemesis),
+//!   each with its reason and a detail, and the outside reader (confluent-kafka,
+//!   `read_committed`) sees the same events.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use edgesync_core::Value;
 use edgesync_schemas::topics::kafka as topics;
-use edgesync_schemas::{Codec, Limits};
+use edgesync_schemas::{Codec, DeadLetterReason, Limits};
 use edgesync_testkit::{read_outputs, Record};
 
 use super::feed::Tally;
@@ -71,8 +72,22 @@ pub struct History {
 /// One device's records in the events topic: (seq, payload index) in topic order.
 type Delivered = BTreeMap<String, Vec<(u64, u64)>>;
 
-/// Checks `rig` after its agents drained; `tallies` are the feeders' in device order.
-pub fn check(rig: &mut Rig, tallies: &[Tally]) -> History {
+/// A dead letter a run expects because it fed the bad input: the record's source starts with
+/// `source` (`mqtt:<topic>`, or `kafka:<topic>/` for any partition and offset), its reason is
+/// `reason` and it carries `payload`, the bytes as fed.
+#[derive(Clone, Debug)]
+pub struct ExpectedDeadLetter {
+    /// Prefix of the dead letter's source.
+    pub source: String,
+    /// Why.
+    pub reason: DeadLetterReason,
+    /// The bad input.
+    pub payload: Vec<u8>,
+}
+
+/// Checks `rig` after its agents drained; `tallies` are the feeders' in device order, `dead`
+/// the dead letters the run's bad input must have caused (and nothing else).
+pub fn check(rig: &mut Rig, tallies: &[Tally], dead: &[ExpectedDeadLetter]) -> History {
     let codec = Codec::new(Limits::default()).unwrap();
     let mut h = History::default();
     let ledger = ledgers(rig);
@@ -107,7 +122,7 @@ pub fn check(rig: &mut Rig, tallies: &[Tally]) -> History {
             .push(format!("events of unknown devices: {unknown:?}"));
     }
     h.state_after = check_state(rig, &codec, &statuses, &h.devices, &mut h.problems);
-    check_dead_letters(rig, &mut h.problems);
+    check_dead_letters(rig, &codec, dead, &mut h.problems);
     check_outside_reader(rig, &delivered, &mut h.problems);
     h
 }
@@ -346,14 +361,50 @@ fn check_state(
     matched.get()
 }
 
-fn check_dead_letters(rig: &Rig, problems: &mut Vec<String>) {
-    match rig
+/// Every dead letter matches one expected (source, reason, bytes) and every expected one is there.
+fn check_dead_letters(
+    rig: &Rig,
+    codec: &Codec,
+    expected: &[ExpectedDeadLetter],
+    problems: &mut Vec<String>,
+) {
+    let records = match rig
         .kafka
-        .read_topic(topics::DLQ, Duration::from_secs(5), |_| false)
+        .read_topic(topics::DLQ, Duration::from_secs(10), |_| false)
     {
-        Ok(r) if !r.is_empty() => problems.push(format!("{} records dead-lettered", r.len())),
-        Ok(_) => {}
-        Err(e) => problems.push(format!("reading {}: {e}", topics::DLQ)),
+        Ok(r) => r,
+        Err(e) => return problems.push(format!("reading {}: {e}", topics::DLQ)),
+    };
+    let mut left: Vec<&ExpectedDeadLetter> = expected.iter().collect();
+    for r in &records {
+        let d = match codec.decode_dead_letter(&r.payload) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("an undecodable dead letter: {e}"));
+                continue;
+            }
+        };
+        let found = left.iter().position(|x| {
+            d.source.starts_with(&x.source) && d.reason == x.reason && d.payload == x.payload
+        });
+        match found {
+            Some(i) if !d.detail.is_empty() => {
+                left.swap_remove(i);
+            }
+            Some(_) => problems.push(format!("dead letter from {} has no detail", d.source)),
+            None => problems.push(format!(
+                "unexpected dead letter from {}: {:?} ({})",
+                d.source, d.reason, d.detail
+            )),
+        }
+    }
+    for x in left {
+        problems.push(format!(
+            "no {:?} dead letter from {} ({} bytes)",
+            x.reason,
+            x.source,
+            x.payload.len()
+        ));
     }
 }
 

@@ -11,6 +11,7 @@
 //! processes on a real clock), so a seed replays the same faults, not the same interleaving:
 //! a seed that failed once is rerun several times as a regression test.
 
+pub mod bad_input;
 pub mod crash;
 pub mod feed;
 pub mod history;
@@ -189,7 +190,7 @@ pub fn run(options: Options, prefix: &str) -> Result<Report, Error> {
     incidents.extend(rig.revive());
     let healed = Instant::now();
     let converged_after = drained(&rig, &tallies).then(|| healed.elapsed());
-    let history = history::check(&mut rig, &tallies);
+    let history = history::check(&mut rig, &tallies, &[]);
     let mut report = Report {
         name: "nemesis",
         options,
@@ -219,7 +220,7 @@ fn timeline(steps: &[Step]) -> Vec<(u64, bool, &Step)> {
 
 /// Waits up to [`CONVERGE_TIMEOUT`] until every agent is acknowledged up to its last seq (at
 /// least its last answered one) with an empty spool.
-pub(crate) fn drained(rig: &Rig, tallies: &[feed::Tally]) -> bool {
+pub fn drained(rig: &Rig, tallies: &[feed::Tally]) -> bool {
     let done = |i: usize| {
         let s = status(&rig.agents[i]);
         let last = s["last_seq"].as_u64();
