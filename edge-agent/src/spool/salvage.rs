@@ -140,9 +140,9 @@ pub(super) fn set_aside(dir: &Path) -> Result<(), SpoolError> {
     Ok(())
 }
 
-/// Copies every readable key of `db` (at `dir`) into a new database that replaces it. Returns
-/// the failed reads and whether state keys were lost; `Err(CorruptMeta)` when the spool's
-/// identity cannot be read.
+/// Copies every readable key of `db` (at `dir`) into a new database that replaces it, noting
+/// in `s` the failed reads and whether state keys were lost; `Err(CorruptMeta)` when the
+/// spool's identity cannot be read.
 pub(super) fn rebuild(
     db: DB,
     dir: &Path,
