@@ -34,6 +34,7 @@ use edgesync_core::{
 };
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::config::ServiceConfig;
+use edgesync_testkit::cpu::process_secs;
 use edgesync_testkit::{knob, unique, Kafka, Mosquitto, Service};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
@@ -123,15 +124,6 @@ fn publish_all(mqtt: SocketAddr, msgs: &[(String, Vec<u8>)]) {
     t.join().unwrap();
 }
 
-/// CPU seconds (user + system) of process `pid`.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
-
 /// `BRIDGE_BENCH_PROPS` (`{ "linger.ms" = "20", ... }`) as the bridge's environment setting of
 /// its librdkafka properties, for both sides' producers.
 fn props_env() -> Option<(String, String)> {
@@ -153,7 +145,7 @@ struct Run {
 
 /// CPU seconds of the brokers (Mosquitto, Kafka) so far.
 fn brokers_cpu(pids: [u32; 2]) -> [f64; 2] {
-    pids.map(cpu_secs)
+    pids.map(process_secs)
 }
 
 /// CPU the brokers used since `before`.
@@ -176,7 +168,7 @@ fn raw(mqtt: SocketAddr, kafka: &Kafka, pids: [u32; 2], n: u64, msgs: &[(String,
     .unwrap();
     let producer: FutureProducer = edgesync_bridge::kafka::producer(&cfg.kafka).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cpu0 = cpu_secs(std::process::id());
+    let cpu0 = process_secs(std::process::id());
     let mut started = Instant::now();
     let mut brokers0 = [0.0; 2];
     rt.block_on(async {
@@ -222,7 +214,7 @@ fn raw(mqtt: SocketAddr, kafka: &Kafka, pids: [u32; 2], n: u64, msgs: &[(String,
     producer.flush(Duration::from_secs(10)).unwrap();
     Run {
         rate: n as f64 / secs,
-        cpu: cpu_secs(std::process::id()) - cpu0,
+        cpu: process_secs(std::process::id()) - cpu0,
         brokers,
     }
 }
@@ -269,7 +261,7 @@ fn bridge(
     PEAK.fetch_max(peak, Ordering::SeqCst);
     Run {
         rate: n as f64 / secs,
-        cpu: cpu_secs(pid),
+        cpu: process_secs(pid),
         brokers,
     }
 }

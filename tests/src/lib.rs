@@ -374,11 +374,18 @@ pub fn latest_counters(codec: &Codec, records: &[Record]) -> BTreeMap<String, u1
         key, payload: b, ..
     } in records
     {
-        if let Ok(s) = codec.decode_state_record(b) {
-            if let Crdt::GCounter(c) = s.state {
-                last.insert(key.clone(), c.value());
-            }
+        if let Some(v) = g_counter(codec, b) {
+            last.insert(key.clone(), v);
         }
     }
     last
+}
+
+/// The value of a converged-state record holding a G-counter (`None` for another kind or bytes
+/// that do not decode).
+pub fn g_counter(codec: &Codec, record: &[u8]) -> Option<u128> {
+    match codec.decode_state_record(record).ok()?.state {
+        Crdt::GCounter(c) => Some(c.value()),
+        _ => None,
+    }
 }

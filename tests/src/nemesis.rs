@@ -64,6 +64,18 @@ pub enum Target {
     Kafka(usize),
 }
 
+impl Target {
+    /// The edgesync service it runs (the names of `servicekit::crash::POINTS`), if any.
+    pub fn service(self) -> Option<&'static str> {
+        match self {
+            Target::Agent(_) => Some("agent"),
+            Target::Bridge(_) => Some("bridge"),
+            Target::Reconciler(_) => Some("reconciler"),
+            Target::Link(_) | Target::Mosquitto | Target::Kafka(_) => None,
+        }
+    }
+}
+
 /// What happens to a target for a step's hold time, healed at its end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Fault {

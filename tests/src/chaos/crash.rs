@@ -106,11 +106,12 @@ fn deal(per_point: usize) -> Vec<Armed> {
         by_service.entry(service).or_default().push(name);
     }
     let targets = |service: &str| -> Vec<Target> {
-        match service {
-            "agent" => (0..SHAPE.agents).map(Target::Agent).collect(),
-            "bridge" => (0..SHAPE.bridges).map(Target::Bridge).collect(),
-            _ => (0..SHAPE.reconcilers).map(Target::Reconciler).collect(),
-        }
+        let ts: Vec<_> = processes(SHAPE)
+            .into_iter()
+            .filter(|t| t.service() == Some(service))
+            .collect();
+        assert!(!ts.is_empty(), "no process of the run is a {service}");
+        ts
     };
     let mut armed = Vec::new();
     for (service, points) in by_service {

@@ -283,11 +283,7 @@ impl Latest {
     }
 
     fn counter(&self, codec: &Codec, key: &str) -> Option<u128> {
-        let rec = codec.decode_state_record(self.by_key.get(key)?).ok()?;
-        match rec.state {
-            edgesync_core::Crdt::GCounter(c) => Some(c.value()),
-            _ => None,
-        }
+        crate::g_counter(codec, self.by_key.get(key)?)
     }
 
     fn digest(&self, codec: &Codec, key: &str) -> Option<String> {
