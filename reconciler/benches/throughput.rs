@@ -23,10 +23,17 @@
 //! least 0.7) and where the CPU went in each side's timed window: µs per event of each thread
 //! group of the reconciler or the baseline's producer, and of the broker.
 //!
+//! Before the timed side, both sides run once, untimed, on a warm-up workload of their own
+//! topics and groups on the same broker (`RECONCILER_BENCH_WARMUP` batches, default 3,000; 0
+//! for none), so that neither is timed on a JVM still compiling.
+//!
 //! Knobs: `RECONCILER_BENCH_BATCHES` (N, default 6,000 = 600k events; smaller runs are
 //! dominated by start-up), `RECONCILER_BENCH_SET` (settings for both sides, e.g.
 //! `kafka.properties={ "linger.ms" = "10" }`), `RECONCILER_BENCH_PERF=<file>` (records the
-//! reconciler with `perf record -g` for 5 s from its first batch, in the first round), and
+//! reconciler with `perf record -g` for 5 s from its first batch, in the first round),
+//! `RECONCILER_BENCH_JFR=<prefix>` (a Java Flight Recording of an Apache Kafka broker over each
+//! side's first timed window, into `<prefix>-alone.jfr` and
+//! `<prefix>-reconciler.jfr`; read with `jfr print --events jdk.ExecutionSample`), and
 //! `EDGESYNC_TEST_BROKER` as for the tests: `apache` (default), `tansu` or `tansu-memory`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -183,18 +190,19 @@ struct Run {
     rate: f64,
     /// CPU seconds of each thread group of the measured client in the timed window.
     client: BTreeMap<String, f64>,
-    /// CPU seconds of the broker in the timed window.
-    broker: f64,
+    /// CPU seconds of each thread group of the broker in the timed window.
+    broker: BTreeMap<String, f64>,
 }
 
-fn events_alone(k: &mut Kafka, w: &Workload) -> Run {
+fn events_alone(k: &mut Kafka, w: &Workload, names: &Names, jfr: Option<&str>) -> Run {
     let p = baseline_producer(k);
     let broker_pid = k.process().pid().unwrap();
-    let (me, b0) = (std::process::id(), cpu::process_secs(broker_pid));
+    let (me, b0) = (std::process::id(), cpu::thread_secs(broker_pid));
     let t0 = cpu::thread_secs(me);
     let started = Instant::now();
+    let flight = FlightRecord::start(broker_pid, jfr.map(|p| format!("{p}-alone.jfr")));
     for o in &w.outputs {
-        let rec = BaseRecord::to("edgesync.events")
+        let rec = BaseRecord::to(names.alone)
             .partition(o.partition)
             .key(&o.key)
             .payload(&o.value);
@@ -206,6 +214,7 @@ fn events_alone(k: &mut Kafka, w: &Workload) -> Run {
         std::thread::sleep(Duration::from_millis(1));
     }
     let secs = started.elapsed().as_secs_f64();
+    flight.dump();
     assert_eq!(
         c.failed.load(Ordering::Relaxed),
         0,
@@ -214,32 +223,41 @@ fn events_alone(k: &mut Kafka, w: &Workload) -> Run {
     Run {
         rate: n as f64 / secs,
         client: cpu::since(&t0, &cpu::thread_secs(me)),
-        broker: cpu::process_secs(broker_pid) - b0,
+        broker: cpu::since(&b0, &cpu::thread_secs(broker_pid)),
     }
 }
 
-fn reconciler(k: &mut Kafka, w: &Workload, perf: Option<&str>) -> Run {
+fn reconciler(
+    k: &mut Kafka,
+    w: &Workload,
+    names: &Names,
+    perf: Option<&str>,
+    jfr: Option<&str>,
+) -> Run {
     let program = PathBuf::from(env!("CARGO_BIN_EXE_edgesync-reconciler"));
     let env = [("RUST_LOG".to_owned(), "warn".to_owned())];
-    let sets = settings(k);
+    let mut sets = settings(k);
+    sets.extend(names.settings());
     let svc = Service::start_with_env(program, None, "bench reconciler", &sets, &env).unwrap();
     let (pid, broker_pid) = (svc.process.pid().unwrap(), k.process().pid().unwrap());
     let metric = |name: &str| svc.metric(name, "") as u64;
     while metric("edgesync_reconciler_batches_total") == 0 {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let (t0, b0) = (cpu::thread_secs(pid), cpu::process_secs(broker_pid));
+    let (t0, b0) = (cpu::thread_secs(pid), cpu::thread_secs(broker_pid));
     let started = Instant::now();
     let recording = perf.map(|out| record(pid, out));
+    let flight = FlightRecord::start(broker_pid, jfr.map(|p| format!("{p}-reconciler.jfr")));
     let n = w.outputs.len() as u64;
     while metric("edgesync_reconciler_events_total") < n {
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();
+    flight.dump();
     let run = Run {
         rate: n as f64 / secs,
         client: cpu::since(&t0, &cpu::thread_secs(pid)),
-        broker: cpu::process_secs(broker_pid) - b0,
+        broker: cpu::since(&b0, &cpu::thread_secs(broker_pid)),
     };
     if let Some(mut r) = recording {
         r.wait().unwrap();
@@ -267,35 +285,144 @@ fn record(pid: u32, out: &str) -> std::process::Child {
         .expect("perf")
 }
 
-/// A fresh broker holding the N batches, so that neither side runs on a broker already holding
-/// the other's records (tansu slows down as its log grows).
-fn broker_with(w: &Workload) -> Kafka {
-    let k = Kafka::start().unwrap();
-    for topic in ["edgesync.deltas", "edgesync.events"] {
-        k.create_topic(topic, PARTITIONS, &[]).unwrap();
+/// A Java Flight Recording of the broker `pid` while a timed window runs: started by
+/// [`FlightRecord::start`] when `out` is given, written to `out` by [`FlightRecord::dump`].
+struct FlightRecord(Option<(u32, String)>);
+
+impl FlightRecord {
+    fn start(pid: u32, out: Option<String>) -> Self {
+        let rec = Self(out.map(|o| (pid, o)));
+        rec.jcmd(&[
+            "JFR.start",
+            "name=bench",
+            "settings=profile",
+            "jdk.ExecutionSample#period=1ms",
+        ]);
+        rec
     }
-    write_batches(&k, "edgesync.deltas", w);
+
+    fn dump(self) {
+        if let Some((_, out)) = &self.0 {
+            self.jcmd(&["JFR.dump", "name=bench", &format!("filename={out}")]);
+        }
+    }
+
+    fn jcmd(&self, args: &[&str]) {
+        let Some((pid, _)) = &self.0 else { return };
+        let status = std::process::Command::new("jcmd")
+            .arg(pid.to_string())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("jcmd");
+        assert!(status.success(), "jcmd {args:?} failed");
+    }
+}
+
+/// The topics and groups of one side's run on a broker.
+struct Names {
+    deltas: &'static str,
+    events: &'static str,
+    /// Where the baseline writes the event records: the events topic in a timed run (one side
+    /// per broker); its own in the warm-up, where the reconciler's read-back would otherwise
+    /// find its events already there and write none.
+    alone: &'static str,
+    /// Prefix of the other topics and the groups (`None`: the reconciler's defaults).
+    prefix: Option<&'static str>,
+}
+
+/// The timed runs: the reconciler's own names.
+const TIMED: Names = Names {
+    deltas: "edgesync.deltas",
+    events: "edgesync.events",
+    alone: "edgesync.events",
+    prefix: None,
+};
+
+/// The warm-up runs.
+const WARM_UP: Names = Names {
+    deltas: "warm.deltas",
+    events: "warm.events",
+    alone: "warm.alone",
+    prefix: Some("warm"),
+};
+
+impl Names {
+    /// The reconciler's settings for these names.
+    fn settings(&self) -> Vec<String> {
+        let Some(p) = self.prefix else {
+            return Vec::new();
+        };
+        let topics = ["state_deltas", "state", "acks", "dlq"];
+        let mut sets: Vec<String> = topics
+            .iter()
+            .map(|t| format!("kafka.{t}_topic=\"{p}.{t}\""))
+            .collect();
+        sets.push(format!("kafka.deltas_topic=\"{}\"", self.deltas));
+        sets.push(format!("kafka.events_topic=\"{}\"", self.events));
+        sets.push(format!("kafka.device_group=\"{p}-device\""));
+        sets.push(format!("kafka.key_group=\"{p}-key\""));
+        sets
+    }
+
+    /// Creates the input and events topics and writes the workload's batches.
+    fn prepare(&self, k: &Kafka, w: &Workload) {
+        let mut topics = vec![self.deltas, self.events, self.alone];
+        topics.dedup();
+        for topic in topics {
+            k.create_topic(topic, PARTITIONS, &[]).unwrap();
+        }
+        write_batches(k, self.deltas, w);
+    }
+}
+
+/// A fresh broker holding the N batches, so that neither side runs on a broker already holding
+/// the other's records (tansu slows down as its log grows), warmed up by both sides on a
+/// smaller workload of their own topics: a fresh JVM spends its first seconds compiling
+/// (C1/C2 threads took more CPU than the request handlers in a cold 3 s run), which a broker in
+/// service has long done.
+fn broker_with(w: &Workload, warm_up: &Workload) -> Kafka {
+    let mut k = Kafka::start().unwrap();
+    if !warm_up.outputs.is_empty() {
+        WARM_UP.prepare(&k, warm_up);
+        events_alone(&mut k, warm_up, &WARM_UP, None);
+        reconciler(&mut k, warm_up, &WARM_UP, None, None);
+    }
+    TIMED.prepare(&k, w);
     k
 }
 
 fn main() {
     let n: u64 = knob("RECONCILER_BENCH_BATCHES", 6_000);
     let rounds: usize = knob("RECONCILER_BENCH_ROUNDS", 3);
+    let warm_up = workload(knob("RECONCILER_BENCH_WARMUP", 3_000));
     let perf = std::env::var("RECONCILER_BENCH_PERF").ok();
+    let jfr = std::env::var("RECONCILER_BENCH_JFR").ok();
     let w = workload(n);
     let (mut alone, mut recs) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         for baseline in [round % 2 == 0, round % 2 == 1] {
-            let mut k = broker_with(&w);
+            let mut k = broker_with(&w, &warm_up);
             if baseline {
-                alone.push(events_alone(&mut k, &w));
+                let jfr = jfr.as_deref().filter(|_| alone.is_empty());
+                alone.push(events_alone(&mut k, &w, &TIMED, jfr));
             } else {
-                let perf = perf.as_deref().filter(|_| recs.is_empty());
-                recs.push(reconciler(&mut k, &w, perf));
+                let first = recs.is_empty();
+                let (perf, jfr) = (perf.as_deref(), jfr.as_deref());
+                let (perf, jfr) = (perf.filter(|_| first), jfr.filter(|_| first));
+                recs.push(reconciler(&mut k, &w, &TIMED, perf, jfr));
             }
         }
     }
     report(n, rounds, &alone, &recs);
+}
+
+fn client(r: &Run) -> &BTreeMap<String, f64> {
+    &r.client
+}
+
+fn broker(r: &Run) -> &BTreeMap<String, f64> {
+    &r.broker
 }
 
 fn report(n: u64, rounds: usize, alone: &[Run], recs: &[Run]) {
@@ -331,31 +458,33 @@ fn report(n: u64, rounds: usize, alone: &[Run], recs: &[Run]) {
     println!("\nCPU µs per event in the timed window (mean over runs):");
     println!("| thread | events alone | reconciler |");
     println!("|---|---|---|");
-    let per_event = |v: &[Run], name: &str| {
-        let f = |r: &Run| {
-            if name == "broker" {
-                r.broker
-            } else {
-                r.client.get(name).copied().unwrap_or(0.0)
-            }
-        };
-        v.iter().map(f).sum::<f64>() / v.len() as f64 * 1e6 / events
-    };
-    let mut names: Vec<String> = alone
-        .iter()
-        .chain(recs)
-        .flat_map(|r| r.client.keys().cloned())
-        .collect();
-    names.sort();
-    names.dedup();
-    names.push("broker".into());
     let (mut ta, mut tr) = (0.0, 0.0);
-    for name in names {
-        let (a, r) = (per_event(alone, &name), per_event(recs, &name));
-        (ta, tr) = (ta + a, tr + r);
-        if a >= 0.05 || r >= 0.05 {
-            println!("| {name} | {a:.2} | {r:.2} |");
+    for (what, side) in [
+        ("", client as fn(&Run) -> &BTreeMap<String, f64>),
+        ("broker: ", broker),
+    ] {
+        let per_event = |v: &[Run], name: &str| {
+            let secs = v.iter().map(|r| side(r).get(name).copied().unwrap_or(0.0));
+            secs.sum::<f64>() / v.len() as f64 * 1e6 / events
+        };
+        let mut names: Vec<&String> = alone
+            .iter()
+            .chain(recs)
+            .flat_map(|r| side(r).keys())
+            .collect();
+        names.sort();
+        names.dedup();
+        let (mut sa, mut sr) = (0.0, 0.0);
+        for name in names {
+            let (a, r) = (per_event(alone, name), per_event(recs, name));
+            (sa, sr) = (sa + a, sr + r);
+            if a >= 0.05 || r >= 0.05 {
+                println!("| {what}{name} | {a:.2} | {r:.2} |");
+            }
         }
+        let total = if what.is_empty() { "client" } else { "broker" };
+        println!("| **{total}** | {sa:.2} | {sr:.2} |");
+        (ta, tr) = (ta + sa, tr + sr);
     }
     println!("| all | {ta:.2} | {tr:.2} |");
 }

@@ -432,6 +432,7 @@ impl DeviceStage {
         let replica = &applied.replica;
         let done = skip.get(replica).copied().unwrap_or(0);
         let mut last_skew = None;
+        let mut bytes = Vec::with_capacity(256);
         for e in &applied.released {
             if e.dot.seq <= done {
                 self.io.metrics.suppressed.inc();
@@ -442,7 +443,9 @@ impl DeviceStage {
                 .metrics
                 .observe_skew(skew_ms, self.cfg.skew_bound_ms);
             last_skew = Some(skew_ms);
-            let bytes = self.io.codec.encode_event(e, Framing::SingleObject)?;
+            self.io
+                .codec
+                .encode_event_into(e, Framing::SingleObject, &mut bytes)?;
             let device = replica.device.as_str().as_bytes();
             out.send(&self.cfg.events_topic, Some(p), device, &bytes, true);
             a.events += 1;

@@ -89,6 +89,8 @@ fn build_error(kind: MessageKind) -> impl FnOnce(apache_avro::Error) -> SchemaEr
 /// when it is another version).
 struct Known {
     kind: MessageKind,
+    /// CRC-64-AVRO of the writer schema.
+    fingerprint: u64,
     reader: GenericDatumReader<'static>,
     /// The writer schema, and its plan for checking data without decoding it.
     schema: &'static Schema,
@@ -112,6 +114,7 @@ impl Known {
         })?;
         Ok(Self {
             kind,
+            fingerprint: fingerprint(schema),
             reader,
             schema,
             plan,
@@ -146,6 +149,21 @@ impl std::fmt::Debug for Codec {
             .field("writer_schemas", &self.writers.len())
             .field("confluent_ids", &self.confluent)
             .finish()
+    }
+}
+
+/// Debug builds: the hand-written and the generic reader agree on a datum (both accept it with
+/// the same parts, or both refuse it; the errors may name different faults of a datum that has
+/// several).
+fn same_outcome<T: std::fmt::Debug>(
+    what: &str,
+    direct: &Result<T, DecodeError>,
+    generic: &Result<T, DecodeError>,
+) {
+    match (direct, generic) {
+        (Ok(a), Ok(b)) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{what}: readers differ"),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("{what}: direct reader gave {a:?}, apache-avro {b:?}"),
     }
 }
 
@@ -267,6 +285,13 @@ impl Codec {
         framing: Framing,
     ) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(256);
+        self.header(kind, framing, &mut out);
+        self.write_datum(kind, value, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the framing header of a `kind` datum.
+    fn header(&self, kind: MessageKind, framing: Framing, out: &mut Vec<u8>) {
         match framing {
             Framing::SingleObject => {
                 out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
@@ -277,8 +302,6 @@ impl Codec {
                 out.extend_from_slice(&schema_id.to_be_bytes());
             }
         }
-        self.write_datum(kind, value, &mut out)?;
-        Ok(out)
     }
 
     fn read_datum(
@@ -302,6 +325,12 @@ impl Codec {
     }
 
     fn decode_framed(&self, kind: MessageKind, bytes: &[u8]) -> Result<Avro, DecodeError> {
+        let (writer, datum) = self.frame(bytes)?;
+        self.read_datum(writer, kind, datum)
+    }
+
+    /// The writer schema a framed datum names, and the datum.
+    fn frame<'a>(&self, bytes: &'a [u8]) -> Result<(&Known, &'a [u8]), DecodeError> {
         if bytes.len() > self.limits.max_decoded_bytes {
             return Err(DecodeError::TooLarge {
                 what: "datum",
@@ -322,7 +351,7 @@ impl Codec {
                     .writers
                     .get(&fp)
                     .ok_or(DecodeError::UnknownFingerprint(fp))?;
-                self.read_datum(writer, kind, datum)
+                Ok((writer, datum))
             }
             [CONFLUENT_MAGIC, rest @ ..] => {
                 let Some((id, datum)) = rest.split_first_chunk::<4>() else {
@@ -336,7 +365,7 @@ impl Codec {
                     .confluent
                     .get(&id)
                     .ok_or(DecodeError::UnknownSchemaId(id))?;
-                self.read_datum(self.known_current(registered)?, kind, datum)
+                Ok((self.known_current(registered)?, datum))
             }
             [0xC3] => Err(DecodeError::Truncated {
                 len: 1,
@@ -543,39 +572,42 @@ impl Codec {
         })
     }
 
-    /// Decodes and validates a batch received over MQTT.
+    /// Decodes and validates a batch received over MQTT. The current writer schema is read
+    /// by hand ([`crate::direct`]), any other through apache-avro.
     pub fn decode_batch(&self, bytes: &[u8]) -> Result<DeltaBatch, DecodeError> {
-        let value = self.with_decompressed(bytes, |plain| {
-            self.decode_framed(MessageKind::DeltaBatch, plain)
+        let kind = MessageKind::DeltaBatch;
+        let parts = self.with_decompressed(bytes, |plain| {
+            let (writer, datum) = self.frame(plain)?;
+            if writer.fingerprint != self.fingerprint(kind) {
+                return convert::batch_parts_from_avro(self.read_datum(writer, kind, datum)?);
+            }
+            let direct = crate::direct::read_batch(datum);
+            if cfg!(debug_assertions) {
+                let generic = self
+                    .read_datum(writer, kind, datum)
+                    .and_then(convert::batch_parts_from_avro);
+                same_outcome("DeltaBatch", &direct, &generic);
+            }
+            direct
         })?;
-        let mut r = Rec::new("DeltaBatch", value)?;
-        let replica: ReplicaId = r.replica()?;
-        let first_seq = r.unsigned("first_seq")?;
-        let dropped = r
-            .array("dropped")?
-            .into_iter()
-            .map(convert::dropped_from_avro)
-            .collect::<Result<Vec<_>, _>>()?;
-        // Events take the batch's seqs in order, skipping the dropped ranges (the two together
-        // are dense; `DeltaBatch::with_dropped` checks it).
-        let raw_events = r.array("events")?;
-        let mut events = Vec::with_capacity(raw_events.len());
-        let (mut seq, mut next_drop) = (first_seq, dropped.iter().peekable());
-        for v in raw_events {
+        self.assemble_batch(parts)
+    }
+
+    /// Gives the events their seqs (in order, skipping the dropped ranges: the two together are
+    /// dense, which `DeltaBatch::with_dropped` checks), decodes and joins the state deltas.
+    fn assemble_batch(&self, p: crate::direct::BatchParts) -> Result<DeltaBatch, DecodeError> {
+        let mut events = p.events;
+        let (mut seq, mut next_drop) = (p.first_seq, p.dropped.iter().peekable());
+        for e in &mut events {
             while let Some(d) = next_drop.next_if(|d| d.range.start <= seq) {
                 seq = seq.max(d.range.end.saturating_add(1));
             }
-            events.push(convert::batch_event_from_avro(
-                v,
-                Dot::new(replica.clone(), seq),
-            )?);
+            e.dot.seq = seq;
             seq = seq.saturating_add(1);
         }
         let mut state = std::collections::BTreeMap::new();
-        for v in r.array("state")? {
-            let mut s = Rec::new("StateDelta", v)?;
-            let key = s.string("key")?;
-            let c = self.decode_crdt(&s.bytes("crdt")?)?;
+        for (key, datum) in p.state {
+            let c = self.decode_crdt(&datum)?;
             // A key repeated inside one batch is joined, exactly as the builder would have.
             match state.get_mut(&key) {
                 None => {
@@ -593,10 +625,10 @@ impl Codec {
             }
         }
         Ok(DeltaBatch::with_dropped(
-            replica,
-            first_seq,
+            p.replica,
+            p.first_seq,
             events,
-            dropped,
+            p.dropped,
             state,
             &self.limits.event,
         )?)
@@ -653,7 +685,31 @@ impl Codec {
 
     /// Encodes an event for the events topic.
     pub fn encode_event(&self, e: &Event, framing: Framing) -> Result<Vec<u8>, EncodeError> {
-        self.encode_framed(MessageKind::Event, &convert::event_to_avro(e), framing)
+        let mut out = Vec::with_capacity(128);
+        self.encode_event_into(e, framing, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Codec::encode_event`] into `out` (cleared first), so a caller encoding many events
+    /// reuses one buffer. Written by hand ([`crate::direct`]).
+    pub fn encode_event_into(
+        &self,
+        e: &Event,
+        framing: Framing,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        out.clear();
+        self.header(MessageKind::Event, framing, out);
+        crate::direct::write_event(e, out);
+        if cfg!(debug_assertions) {
+            let generic =
+                self.encode_framed(MessageKind::Event, &convert::event_to_avro(e), framing)?;
+            assert!(
+                *out == generic,
+                "direct and generic Event encodings differ: {e:?}"
+            );
+        }
+        Ok(())
     }
 
     /// Decodes and validates an event.

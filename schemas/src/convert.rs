@@ -112,6 +112,39 @@ pub(crate) fn batch_event_from_avro(v: Avro, dot: Dot) -> Result<Event, DecodeEr
     event_body_from(&mut Rec::new("BatchEvent", v)?, dot)
 }
 
+/// A `DeltaBatch` value (any writer schema, resolved into the current one) as its parts; the
+/// generic twin of [`crate::direct::read_batch`].
+pub(crate) fn batch_parts_from_avro(v: Avro) -> Result<crate::direct::BatchParts, DecodeError> {
+    let mut r = Rec::new("DeltaBatch", v)?;
+    let replica: ReplicaId = r.replica()?;
+    let first_seq = r.unsigned("first_seq")?;
+    let events = r
+        .array("events")?
+        .into_iter()
+        .map(|v| batch_event_from_avro(v, Dot::new(replica.clone(), 1)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dropped = r
+        .array("dropped")?
+        .into_iter()
+        .map(dropped_from_avro)
+        .collect::<Result<Vec<_>, _>>()?;
+    let state = r
+        .array("state")?
+        .into_iter()
+        .map(|v| {
+            let mut s = Rec::new("StateDelta", v)?;
+            Ok((s.string("key")?, s.bytes("crdt")?))
+        })
+        .collect::<Result<Vec<_>, DecodeError>>()?;
+    Ok(crate::direct::BatchParts {
+        replica,
+        first_seq,
+        events,
+        dropped,
+        state,
+    })
+}
+
 /// The event fields of a larger record, and the rest of the record.
 pub(crate) fn batch_event_from_avro_rec(
     v: Avro,
@@ -152,16 +185,20 @@ pub(crate) fn dropped_to_avro(d: &DroppedRange) -> Avro {
 pub(crate) fn dropped_from_avro(v: Avro) -> Result<DroppedRange, DecodeError> {
     let mut r = Rec::new("DroppedRange", v)?;
     let (first, last) = (r.seq("first")?, r.seq("last")?);
+    dropped(first, last, &r.symbol("reason")?)
+}
+
+/// A dropped range from its fields (seqs already checked).
+pub(crate) fn dropped(first: u64, last: u64, reason: &str) -> Result<DroppedRange, DecodeError> {
     let range = SeqRange::new(first, last).ok_or(DecodeError::Shape {
         field: "dropped",
         expected: "first <= last",
     })?;
-    let sym = r.symbol("reason")?;
     // OTHER (a reason this release does not know) is reported as damage: the seqs are gone
     // either way.
     let reason = DropReason::ALL
         .into_iter()
-        .find(|x| x.name() == sym)
+        .find(|x| x.name() == reason)
         .unwrap_or(DropReason::Corrupt);
     Ok(DroppedRange { range, reason })
 }

@@ -10,7 +10,7 @@ use apache_avro::types::Value as Avro;
 
 use crate::error::EncodeError;
 
-fn long(v: i64, out: &mut Vec<u8>) {
+pub(crate) fn long(v: i64, out: &mut Vec<u8>) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64; // zig-zag
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -19,11 +19,11 @@ fn long(v: i64, out: &mut Vec<u8>) {
     out.push(z as u8);
 }
 
-fn len(n: usize, out: &mut Vec<u8>) {
+pub(crate) fn len(n: usize, out: &mut Vec<u8>) {
     long(i64::try_from(n).unwrap_or(i64::MAX), out);
 }
 
-fn bytes(b: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn bytes(b: &[u8], out: &mut Vec<u8>) {
     len(b.len(), out);
     out.extend_from_slice(b);
 }

@@ -35,6 +35,7 @@
 
 mod codec;
 mod convert;
+mod direct;
 mod encode;
 mod error;
 mod records;

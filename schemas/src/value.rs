@@ -63,6 +63,24 @@ pub(crate) fn opt_scalar_from(field: &'static str, v: Avro) -> Result<Option<Val
     }
 }
 
+/// A long that must be >= 0.
+pub(crate) fn unsigned(field: &'static str, v: i64) -> Result<u64, DecodeError> {
+    u64::try_from(v).map_err(|_| DecodeError::Negative { field, value: v })
+}
+
+/// A long that must fit in a u32.
+pub(crate) fn long_u32(field: &'static str, v: i64) -> Result<u32, DecodeError> {
+    u32::try_from(v).map_err(|_| DecodeError::OutOfRange { field, value: v })
+}
+
+/// A seq: 1..=2^63-1.
+pub(crate) fn seq(field: &'static str, v: i64) -> Result<u64, DecodeError> {
+    match unsigned(field, v)? {
+        0 => Err(DecodeError::OutOfRange { field, value: 0 }),
+        s => Ok(s),
+    }
+}
+
 /// A decoded record whose fields are taken out by name.
 pub(crate) struct Rec {
     fields: HashMap<String, Avro>,
@@ -100,8 +118,7 @@ impl Rec {
 
     /// A long that must be >= 0.
     pub(crate) fn unsigned(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        let v = self.long(field)?;
-        u64::try_from(v).map_err(|_| DecodeError::Negative { field, value: v })
+        unsigned(field, self.long(field)?)
     }
 
     /// A long carrying a full u64 bit pattern (counts).
@@ -111,8 +128,7 @@ impl Rec {
 
     /// A long that must fit in a u32.
     pub(crate) fn long_u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        let v = self.long(field)?;
-        u32::try_from(v).map_err(|_| DecodeError::OutOfRange { field, value: v })
+        long_u32(field, self.long(field)?)
     }
 
     pub(crate) fn double(&mut self, field: &'static str) -> Result<f64, DecodeError> {
@@ -181,10 +197,7 @@ impl Rec {
 
     /// A seq: 1..=2^63-1.
     pub(crate) fn seq(&mut self, field: &'static str) -> Result<u64, DecodeError> {
-        match self.unsigned(field)? {
-            0 => Err(DecodeError::OutOfRange { field, value: 0 }),
-            s => Ok(s),
-        }
+        seq(field, self.long(field)?)
     }
 
     pub(crate) fn device(&mut self) -> Result<DeviceId, DecodeError> {

@@ -61,14 +61,14 @@ fn skip_bytes(data: &mut &[u8], n: usize) -> Result<(), DecodeError> {
 }
 
 #[inline]
-fn length(data: &mut &[u8]) -> Result<usize, DecodeError> {
+pub(crate) fn length(data: &mut &[u8]) -> Result<usize, DecodeError> {
     let n = long(data)?;
     usize::try_from(n).map_err(|_| malformed("a non-negative length"))
 }
 
 /// A length-prefixed run of bytes (strings, bytes).
 #[inline]
-fn prefixed<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+pub(crate) fn prefixed<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     let n = length(data)?;
     if data.len() < n {
         return Err(DecodeError::Truncated {
@@ -263,7 +263,7 @@ fn skip_string(data: &mut &[u8]) -> Result<(), DecodeError> {
 }
 
 /// Array and map blocks: a count (negative: followed by a byte size), items, until 0.
-fn blocks(
+pub(crate) fn blocks(
     data: &mut &[u8],
     mut item: impl FnMut(&mut &[u8]) -> Result<(), DecodeError>,
 ) -> Result<(), DecodeError> {
