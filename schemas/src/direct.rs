@@ -19,7 +19,7 @@ use edgesync_core::{DeviceId, Dot, DroppedRange, Event, Hlc, Incarnation, Replic
 
 use crate::encode::{bytes as put_bytes, len as put_len, long as put_long};
 use crate::error::DecodeError;
-use crate::value::{long_u32, seq, unsigned};
+use crate::value::{clamp_u64 as clamp, long_u32, seq, unsigned};
 use crate::walk::{blocks, long, prefixed, string};
 
 /// A batch as read, before its events get their seqs and its CRDT datums are decoded.
@@ -177,11 +177,6 @@ fn map<V>(m: &BTreeMap<String, V>, out: &mut Vec<u8>, value: impl Fn(&V, &mut Ve
         }
     }
     out.push(0);
-}
-
-/// As [`crate::value::long_u64`]: the core keeps these within 63 bits.
-fn clamp(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

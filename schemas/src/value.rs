@@ -13,8 +13,13 @@ pub(crate) fn record(fields: Vec<(&'static str, Avro)>) -> Avro {
 }
 
 pub(crate) fn long_u64(v: u64) -> Avro {
-    // Only called for values the core keeps within 63 bits (seqs, incarnations, buckets).
-    Avro::Long(i64::try_from(v).unwrap_or(i64::MAX))
+    Avro::Long(clamp_u64(v))
+}
+
+/// A u64 as an Avro long. Only called for values the core keeps within 63 bits (seqs,
+/// incarnations, buckets).
+pub(crate) fn clamp_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Scalar union `["double", "long", "string", "boolean"]`, shifted by `offset` when the
