@@ -9,6 +9,7 @@
 //! to tell a resent request from a new one.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::rc::Rc;
 
 use edgesync_core::causal::ReplicaContext;
@@ -17,7 +18,7 @@ use edgesync_schemas::{Ack, Codec};
 
 use crate::config::SimConfig;
 use crate::fleet::{
-    ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
+    join_maps, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
 };
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
@@ -28,10 +29,36 @@ use crate::rng::Rng;
 pub struct Outcome {
     /// Counters.
     pub metrics: Metrics,
-    /// The server's value per key.
-    pub values: BTreeMap<String, ReadValue>,
+    /// The server's value per key, with the (device timestamp, device) that wrote it.
+    pub written: BTreeMap<String, (u64, usize, ReadValue)>,
     /// All generated events' deltas joined (must equal edgesync's: same trace).
     pub reference: BTreeMap<String, Crdt>,
+}
+
+impl Outcome {
+    /// The server's value per key.
+    pub fn values(&self) -> BTreeMap<String, ReadValue> {
+        self.written
+            .iter()
+            .map(|(k, (_, _, v))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Adds the outcome of another part of the fleet: per key the last write wins, as on one
+    /// server (the order of the parts does not matter).
+    pub fn merge(&mut self, o: Outcome) {
+        self.metrics.merge(o.metrics);
+        for (k, w) in o.written {
+            match self.written.get_mut(&k) {
+                Some(cur) if (w.0, w.1) > (cur.0, cur.1) => *cur = w,
+                Some(_) => {}
+                None => {
+                    self.written.insert(k, w);
+                }
+            }
+        }
+        join_maps(&mut self.reference, o.reference);
+    }
 }
 
 struct Msg {
@@ -39,7 +66,7 @@ struct Msg {
     born: Ms,
     device_ts: u64,
     size: usize,
-    snapshot: Vec<(String, ReadValue)>,
+    snapshot: Vec<(Rc<str>, Rc<ReadValue>)>,
 }
 
 struct Queued {
@@ -61,6 +88,10 @@ enum Ev {
 
 struct Dev {
     gen: DeviceGen,
+    /// The device's read value of each key it writes, and its share of a snapshot's size;
+    /// updated for the keys an event touches.
+    views: BTreeMap<Rc<str>, (Rc<ReadValue>, usize)>,
+    views_size: usize,
     state: DeviceState,
     link: Link,
     net: Rng,
@@ -82,7 +113,7 @@ struct World<'a> {
     devs: Vec<Dev>,
     server_schedule: ServerSchedule,
     seen: Vec<ReplicaContext>,
-    lww: BTreeMap<String, (u64, usize, ReadValue)>,
+    lww: BTreeMap<Rc<str>, (u64, usize, Rc<ReadValue>)>,
     reference: BTreeMap<String, Crdt>,
     ack_size: usize,
     m: Metrics,
@@ -92,6 +123,13 @@ struct World<'a> {
 
 /// Runs the baseline over the trace of `cfg`.
 pub fn run(cfg: &SimConfig) -> Outcome {
+    run_part(cfg, 0..cfg.devices)
+}
+
+/// Runs the baseline for the devices `devices` of the fleet of `cfg` (see
+/// [`crate::edgesync::run_part`]).
+pub fn run_part(cfg: &SimConfig, devices: Range<usize>) -> Outcome {
+    let base = devices.start;
     let end = ms(cfg.hours * 3600.0);
     let codec = match Codec::new(Default::default()) {
         Ok(c) => c,
@@ -109,9 +147,9 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         cfg,
         codec,
         q: Queue::default(),
-        devs: Vec::with_capacity(cfg.devices),
+        devs: Vec::with_capacity(devices.len()),
         server_schedule: ServerSchedule::new(cfg),
-        seen: vec![ReplicaContext::default(); cfg.devices],
+        seen: vec![ReplicaContext::default(); devices.len()],
         lww: BTreeMap::new(),
         reference: BTreeMap::new(),
         ack_size,
@@ -119,14 +157,16 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         end,
         healed: false,
     };
-    for d in 0..cfg.devices {
+    for (d, id) in devices.enumerate() {
         let dev = Dev {
-            gen: DeviceGen::new(cfg, d),
-            state: DeviceState::new(cfg, d),
-            link: Link::new(cfg, d),
-            net: Rng::stream(cfg.seed, purpose::NET_BASELINE, d as u64),
-            faults: Rng::stream(cfg.seed, purpose::CRASH, d as u64),
-            backoff: Rng::stream(cfg.seed, purpose::BACKOFF, d as u64),
+            gen: DeviceGen::new(cfg, id),
+            views: BTreeMap::new(),
+            views_size: 0,
+            state: DeviceState::new(cfg, id),
+            link: Link::new(cfg, id),
+            net: Rng::stream(cfg.seed, purpose::NET_BASELINE, id as u64),
+            faults: Rng::stream(cfg.seed, purpose::CRASH, id as u64),
+            backoff: Rng::stream(cfg.seed, purpose::BACKOFF, id as u64),
             crash_at: None,
             crashed: false,
             queue: VecDeque::new(),
@@ -150,10 +190,14 @@ pub fn run(cfg: &SimConfig) -> Outcome {
     if !w.healed {
         w.m.delivered_in_window = w.m.delivered;
     }
-    let values = w.lww.into_iter().map(|(k, (_, _, v))| (k, v)).collect();
+    let written = w
+        .lww
+        .into_iter()
+        .map(|(k, (ts, who, v))| (k.to_string(), (ts, base + who, (*v).clone())))
+        .collect();
     Outcome {
         metrics: w.m,
-        values,
+        written,
         reference: w.reference,
     }
 }
@@ -241,20 +285,38 @@ impl World<'_> {
         if dev.gen.next_at < self.end {
             self.q.push(dev.gen.next_at, Ev::Gen(d));
         }
-        let Some(Produced { at, event, raw, .. }) = produced else {
+        let Some(Produced {
+            at,
+            event,
+            deltas,
+            raw,
+        }) = produced
+        else {
             return;
         };
-        let snapshot: Vec<(String, ReadValue)> = dev
-            .state
-            .crdts()
+        for (k, _) in &deltas {
+            let Some(c) = dev.state.crdts().get(k) else {
+                continue;
+            };
+            let v = ReadValue::of(c);
+            let share = k.len() + 1 + v.wire_size();
+            match dev.views.get_mut(k.as_str()) {
+                Some(slot) => {
+                    dev.views_size = dev.views_size - slot.1 + share;
+                    *slot = (Rc::new(v), share);
+                }
+                None => {
+                    dev.views_size += share;
+                    dev.views.insert(Rc::from(k.as_str()), (Rc::new(v), share));
+                }
+            }
+        }
+        let snapshot: Vec<(Rc<str>, Rc<ReadValue>)> = dev
+            .views
             .iter()
-            .map(|(k, c)| (k.clone(), ReadValue::of(c)))
+            .map(|(k, (v, _))| (Rc::clone(k), Rc::clone(v)))
             .collect();
-        let size = raw
-            + snapshot
-                .iter()
-                .map(|(k, v)| k.len() + 1 + v.wire_size())
-                .sum::<usize>();
+        let size = raw + dev.views_size;
         dev.queue.push_back(Queued {
             msg: Rc::new(Msg {
                 seq: event.dot.seq,
@@ -341,12 +403,13 @@ impl World<'_> {
             self.m.duplicates_applied += 1;
         }
         for (k, v) in &msg.snapshot {
-            let newer = self
-                .lww
-                .get(k)
-                .is_none_or(|(ts, who, _)| (msg.device_ts, d) > (*ts, *who));
-            if newer {
-                self.lww.insert(k.clone(), (msg.device_ts, d, v.clone()));
+            let write = (msg.device_ts, d, Rc::clone(v));
+            match self.lww.get_mut(k) {
+                Some(cur) if (msg.device_ts, d) > (cur.0, cur.1) => *cur = write,
+                Some(_) => {}
+                None => {
+                    self.lww.insert(Rc::clone(k), write);
+                }
             }
         }
         let dev = &mut self.devs[d];

@@ -1,7 +1,8 @@
 //! edgesync in the simulator: real agent and server state machines (`edgesync-protocol`),
 //! real batches through the real codec, over simulated links.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::rc::Rc;
 
 use edgesync_core::{BatchBuilder, Crdt, Event, EventLimits};
@@ -11,7 +12,7 @@ use edgesync_schemas::{Ack, Codec};
 
 use crate::config::SimConfig;
 use crate::fleet::{
-    join_into, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
+    join_maps, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
 };
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
@@ -33,6 +34,20 @@ pub struct Outcome {
     /// Events the server released out of dot order or twice (always 0 unless the protocol is
     /// broken): each replica's releases must be exactly 1, 2, 3, ...
     pub order_violations: u64,
+}
+
+impl Outcome {
+    /// Adds the outcome of another part of the fleet (devices are independent, the server's
+    /// per-replica state is too, and joins do not depend on order: the result is the same
+    /// however the fleet was split).
+    pub fn merge(&mut self, o: Outcome) {
+        self.metrics.merge(o.metrics);
+        join_maps(&mut self.state, o.state);
+        join_maps(&mut self.reference, o.reference);
+        self.unsynced += o.unsynced;
+        self.decode_errors += o.decode_errors;
+        self.order_violations += o.order_violations;
+    }
 }
 
 enum Ev {
@@ -72,7 +87,9 @@ struct Dev {
     sessions: u64,
     spool: VecDeque<Spooled>,
     spool_first: u64,
-    gen_times: Vec<Ms>,
+    /// Generation times of the events not yet released, from seq `gen_first` on.
+    gen_times: VecDeque<Ms>,
+    gen_first: u64,
     tick_at: Option<Ms>,
     past_stats: AgentStats,
 }
@@ -94,10 +111,20 @@ struct World<'a> {
     decode_errors: u64,
     released: Vec<u64>,
     order_violations: u64,
+    /// Encoded ack sizes by (device, varint lengths of watermark and time): an ack's size
+    /// depends on nothing else, so each is encoded once.
+    ack_sizes: HashMap<(usize, u8, u8), usize>,
 }
 
 /// Runs edgesync over the trace of `cfg`.
 pub fn run(cfg: &SimConfig) -> Outcome {
+    run_part(cfg, 0..cfg.devices)
+}
+
+/// Runs edgesync for the devices `devices` of the fleet of `cfg` (with a server holding their
+/// replicas). Devices interact only through the server, whose state is per replica, so the
+/// parts of a fleet can run separately and [`Outcome::merge`] into the whole fleet's outcome.
+pub fn run_part(cfg: &SimConfig, devices: Range<usize>) -> Outcome {
     let agent_cfg: AgentConfig = cfg.agent.into();
     let end = ms(cfg.hours * 3600.0);
     let codec = match Codec::new(Default::default()) {
@@ -109,21 +136,22 @@ pub fn run(cfg: &SimConfig) -> Outcome {
         agent_cfg,
         codec,
         q: Queue::default(),
-        devs: Vec::with_capacity(cfg.devices),
+        devs: Vec::with_capacity(devices.len()),
         server: Server::new(ServerConfig::default()),
         server_schedule: ServerSchedule::new(cfg),
         state: BTreeMap::new(),
         reference: BTreeMap::new(),
-        retained: vec![None; cfg.devices],
+        retained: vec![None; devices.len()],
         m: Metrics::default(),
         end,
         healed: false,
         decode_errors: 0,
-        released: vec![0; cfg.devices],
+        released: vec![0; devices.len()],
         order_violations: 0,
+        ack_sizes: HashMap::new(),
     };
-    for d in 0..cfg.devices {
-        let dev = new_device(&w, d);
+    for (d, id) in devices.enumerate() {
+        let dev = new_device(&w, id);
         w.q.push(dev.gen.next_at, Ev::Gen(d));
         if dev.link.phase_end < end {
             w.q.push(dev.link.phase_end, Ev::LinkFlip(d));
@@ -165,8 +193,8 @@ pub fn run(cfg: &SimConfig) -> Outcome {
     }
 }
 
-fn new_device(w: &World<'_>, d: usize) -> Dev {
-    let cfg = w.cfg;
+fn new_device(w: &World<'_>, id: usize) -> Dev {
+    let (cfg, d) = (w.cfg, id);
     let agent = match Agent::new(w.agent_cfg, AgentDurable::default()) {
         Ok(a) => a,
         Err(e) => unreachable!("empty durable state is valid: {e}"),
@@ -186,7 +214,8 @@ fn new_device(w: &World<'_>, d: usize) -> Dev {
         sessions: 0,
         spool: VecDeque::new(),
         spool_first: 1,
-        gen_times: Vec::new(),
+        gen_times: VecDeque::new(),
+        gen_first: 1,
         tick_at: None,
         past_stats: AgentStats::default(),
     }
@@ -255,7 +284,7 @@ impl World<'_> {
         else {
             return;
         };
-        dev.gen_times.push(at);
+        dev.gen_times.push_back(at);
         let seq = event.dot.seq;
         let approx = event.approx_size();
         dev.spool.push_back(Spooled {
@@ -427,20 +456,27 @@ impl World<'_> {
             }
         };
         let applied = self.server.apply(batch, now);
-        let dev = &self.devs[d];
+        let dev = &mut self.devs[d];
         for e in &applied.released {
             if e.dot.seq != self.released[d] + 1 {
                 self.order_violations += 1;
             }
             self.released[d] = e.dot.seq;
             self.m.delivered += 1;
-            let born = dev.gen_times[(e.dot.seq - 1) as usize];
-            self.m.latencies_ms.push(now.saturating_sub(born));
+            let born = e
+                .dot
+                .seq
+                .checked_sub(dev.gen_first)
+                .and_then(|i| dev.gen_times.get(i as usize));
+            if let Some(&born) = born {
+                self.m.latencies_ms.push(now.saturating_sub(born));
+            }
         }
-        join_into(
-            &mut self.state,
-            &applied.deltas.into_iter().collect::<Vec<_>>(),
-        );
+        // Released events are released for good: their generation times are no longer needed.
+        while dev.gen_first <= self.released[d] && dev.gen_times.pop_front().is_some() {
+            dev.gen_first += 1;
+        }
+        join_maps(&mut self.state, applied.deltas);
         let wm = applied.watermark;
         if wm == 0 {
             return;
@@ -453,12 +489,16 @@ impl World<'_> {
 
     fn send_ack(&mut self, now: Ms, d: usize, session: u64, wm: u64) {
         let dev = &mut self.devs[d];
-        let ack = Ack {
-            replica: dev.state.replica.clone(),
-            watermark: wm,
-            acked_at_ms: now,
-        };
-        let size = self.codec.encode_ack(&ack).map_or(0, |b| b.len());
+        let key = (d, varint_len(wm), varint_len(now));
+        let codec = &self.codec;
+        let size = *self.ack_sizes.entry(key).or_insert_with(|| {
+            let ack = Ack {
+                replica: dev.state.replica.clone(),
+                watermark: wm,
+                acked_at_ms: now,
+            };
+            codec.encode_ack(&ack).map_or(0, |b| b.len())
+        });
         self.m.bytes_down += size as u64;
         for at in dev
             .link
@@ -481,6 +521,12 @@ impl World<'_> {
         }
         self.pump(now, d);
     }
+}
+
+/// Bytes of `n` as an Avro long (zig-zag varint).
+fn varint_len(n: u64) -> u8 {
+    let zigzag = n << 1; // n is non-negative and below 2^62 here
+    (64 - (zigzag | 1).leading_zeros()).div_ceil(7) as u8
 }
 
 /// The server's per-key values, for the report.

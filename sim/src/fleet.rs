@@ -64,12 +64,36 @@ pub struct Reading {
     pub ops: Vec<Op>,
 }
 
+/// The state keys a device writes, named once (not formatted per event).
+#[derive(Debug)]
+struct Keys {
+    alarms: String,
+    firmware: String,
+    mode: String,
+    pressure_max: String,
+    pressure_1h: String,
+    alarm_elem: String,
+}
+
+impl Keys {
+    fn new(device: &str, site: usize) -> Self {
+        let site = format!("site-{site:04}");
+        Self {
+            alarms: format!("{site}/alarms"),
+            firmware: format!("{site}/firmware"),
+            mode: format!("{device}/mode"),
+            pressure_max: format!("{site}/pressure.max"),
+            pressure_1h: format!("{site}/pressure.1h"),
+            alarm_elem: format!("{device}:overpressure"),
+        }
+    }
+}
+
 /// A device's event generator.
 #[derive(Debug)]
 pub struct DeviceGen {
     rng: Rng,
-    device: String,
-    site: usize,
+    keys: Keys,
     interval_ms: f64,
     status_every: u64,
     alarm_p: f64,
@@ -88,8 +112,7 @@ impl DeviceGen {
         let first = (rng.unit() * interval_ms) as Ms;
         Self {
             rng,
-            device: device_name(idx),
-            site: idx / cfg.fleet.devices_per_site.max(1),
+            keys: Keys::new(&device_name(idx), idx / cfg.fleet.devices_per_site.max(1)),
             interval_ms,
             status_every: cfg.fleet.status_every.max(1),
             alarm_p: cfg.fleet.alarm_probability,
@@ -118,7 +141,7 @@ impl DeviceGen {
         if !alive {
             return None;
         }
-        let site = format!("site-{:04}", self.site);
+        let k = &self.keys;
         let mut fields = BTreeMap::new();
         let mut ops = Vec::new();
         let stream;
@@ -126,21 +149,21 @@ impl DeviceGen {
             stream = "pump.alarm";
             fields.insert("code".to_owned(), Value::from("overpressure"));
             fields.insert("active".to_owned(), Value::Bool(false));
-            ops.push(Op::Remove(format!("{site}/alarms"), elem));
+            ops.push(Op::Remove(k.alarms.clone(), elem));
             ops.push(Op::Pn("fleet/active_alarms".to_owned(), -1));
             self.alarm = None;
         } else if self.ticks.is_multiple_of(self.status_every) {
             stream = "pump.status";
             fields.insert("mode".to_owned(), Value::from(mode));
             fields.insert("firmware".to_owned(), Value::from(fw));
-            ops.push(Op::Lww(format!("{}/mode", self.device), Value::from(mode)));
-            ops.push(Op::Mv(format!("{site}/firmware"), Value::from(fw)));
+            ops.push(Op::Lww(k.mode.clone(), Value::from(mode)));
+            ops.push(Op::Mv(k.firmware.clone(), Value::from(fw)));
         } else if raise && self.alarm.is_none() {
             stream = "pump.alarm";
-            let elem = Value::from(format!("{}:overpressure", self.device));
+            let elem = Value::from(k.alarm_elem.as_str());
             fields.insert("code".to_owned(), Value::from("overpressure"));
             fields.insert("active".to_owned(), Value::Bool(true));
-            ops.push(Op::Add(format!("{site}/alarms"), elem.clone()));
+            ops.push(Op::Add(k.alarms.clone(), elem.clone()));
             ops.push(Op::Pn("fleet/active_alarms".to_owned(), 1));
             self.alarm = Some((at + alarm_len, elem));
         } else {
@@ -150,9 +173,9 @@ impl DeviceGen {
             fields.insert("rpm".to_owned(), Value::Long(rpm));
             fields.insert("running".to_owned(), Value::Bool(true));
             ops.push(Op::Count("fleet/readings".to_owned()));
-            ops.push(Op::Max(format!("{site}/pressure.max"), p));
+            ops.push(Op::Max(k.pressure_max.clone(), p));
             ops.push(Op::Rollup(
-                format!("{site}/pressure.1h"),
+                k.pressure_1h.clone(),
                 at / 3_600_000 * 3_600_000,
                 p,
             ));
@@ -342,6 +365,22 @@ pub fn join_into(store: &mut BTreeMap<String, Crdt>, deltas: &[(String, Crdt)]) 
             }
             None => {
                 store.insert(k.clone(), d.clone());
+            }
+        }
+    }
+}
+
+/// Joins every state of `from` into `store`.
+pub fn join_maps(store: &mut BTreeMap<String, Crdt>, from: BTreeMap<String, Crdt>) {
+    for (k, d) in from {
+        match store.get_mut(&k) {
+            Some(s) => {
+                if s.join(&d).is_err() {
+                    unreachable!("key {k} used with two CRDT kinds")
+                }
+            }
+            None => {
+                store.insert(k, d);
             }
         }
     }

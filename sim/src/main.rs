@@ -25,6 +25,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let mut cfg = SimConfig::default();
     let (mut json_path, mut format) = (None, "md".to_owned());
+    let mut threads = edgesync_sim::default_threads();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
@@ -38,12 +39,13 @@ fn run() -> Result<(), String> {
             "--devices" => cfg.devices = value.parse().map_err(|e| bad(&e))?,
             "--hours" => cfg.hours = value.parse().map_err(|e| bad(&e))?,
             "--json" => json_path = Some(value),
+            "--threads" => threads = value.parse().map_err(|e| bad(&e))?,
             "--format" if value == "md" || value == "json" => format = value,
             _ => return Err(format!("unknown option {flag} {value}")),
         }
     }
     let started = Instant::now();
-    let report = edgesync_sim::run(&cfg).map_err(|e| e.to_string())?;
+    let report = edgesync_sim::run_on(&cfg, threads).map_err(|e| e.to_string())?;
     let json = report.to_json();
     if let Some(path) = json_path {
         std::fs::write(&path, format!("{json}\n")).map_err(|e| format!("write {path}: {e}"))?;

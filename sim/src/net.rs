@@ -22,6 +22,9 @@ pub struct Link {
     busy: [Ms; 2],
 }
 
+/// When a message arrives: not at all, once, or twice (duplicated).
+pub type Arrivals = std::iter::Flatten<std::array::IntoIter<Option<Ms>, 2>>;
+
 /// Direction of a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
@@ -79,9 +82,10 @@ impl Link {
         dir: Dir,
         net: &mut Rng,
         cfg: &LinkConfig,
-    ) -> Vec<Ms> {
+    ) -> Arrivals {
+        let none = [None, None].into_iter().flatten();
         if !self.up {
-            return Vec::new();
+            return none;
         }
         let lane = dir as usize;
         let depart = now.max(self.busy[lane]);
@@ -96,14 +100,11 @@ impl Link {
         let again = net.exp(cfg.jitter_mean_ms.max(1.0));
         let arrive = self.busy[lane] + delay as Ms;
         if lost || arrive >= self.phase_end {
-            return Vec::new();
+            return none;
         }
-        let mut out = vec![arrive];
         let second = arrive + again as Ms;
-        if dup && second < self.phase_end {
-            out.push(second);
-        }
-        out
+        let second = (dup && second < self.phase_end).then_some(second);
+        [Some(arrive), second].into_iter().flatten()
     }
 }
 

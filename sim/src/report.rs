@@ -21,7 +21,7 @@ pub struct Metrics {
     /// Events applied again (the server could not tell they were copies).
     pub duplicates_applied: u64,
     /// Event time to applied at the server, per distinct event.
-    pub latencies_ms: Vec<u64>,
+    pub latencies_ms: Latencies,
     /// Sync attempts (a batch or message put on the link).
     pub attempts: u64,
     /// Attempts abandoned before their acknowledgement (timeout, link or device lost).
@@ -42,6 +42,93 @@ impl Metrics {
         if n > 0 {
             *self.dropped.entry(reason).or_insert(0) += n;
         }
+    }
+
+    /// Adds the counters of another part of the fleet (the sum does not depend on the order).
+    pub fn merge(&mut self, o: Metrics) {
+        self.generated += o.generated;
+        self.delivered_in_window += o.delivered_in_window;
+        self.delivered += o.delivered;
+        self.duplicates_applied += o.duplicates_applied;
+        self.latencies_ms.merge(o.latencies_ms);
+        self.attempts += o.attempts;
+        self.failures += o.failures;
+        self.bytes_up += o.bytes_up;
+        self.bytes_down += o.bytes_down;
+        self.raw_bytes += o.raw_bytes;
+        for (reason, n) in o.dropped {
+            self.drop_events(reason, n);
+        }
+    }
+}
+
+/// Latencies below this many ms are counted per ms; longer ones are kept one by one.
+const DENSE_MS: usize = 1 << 16;
+
+/// Every latency of a run, kept exactly (percentiles are the same as over the sorted list of
+/// all of them) in bounded memory for the common case: a count per millisecond below 65.5 s,
+/// and 4 bytes per latency above (events that waited out an outage).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Latencies {
+    dense: Vec<u64>,
+    long: Vec<u32>,
+    n: u64,
+}
+
+impl Latencies {
+    /// Records one latency.
+    pub fn push(&mut self, ms: u64) {
+        self.n += 1;
+        match usize::try_from(ms) {
+            Ok(i) if i < DENSE_MS => {
+                if self.dense.is_empty() {
+                    self.dense = vec![0; DENSE_MS];
+                }
+                self.dense[i] += 1;
+            }
+            _ => self.long.push(u32::try_from(ms).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// How many were recorded.
+    pub fn len(&self) -> u64 {
+        self.n
+    }
+
+    /// Whether none were recorded.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Adds another part's latencies.
+    pub fn merge(&mut self, mut o: Latencies) {
+        if self.dense.is_empty() {
+            self.dense = std::mem::take(&mut o.dense);
+        } else {
+            for (a, b) in self.dense.iter_mut().zip(&o.dense) {
+                *a += b;
+            }
+        }
+        self.long.append(&mut o.long);
+        self.n += o.n;
+    }
+
+    /// The `p`-quantile (nearest rank, as over the sorted list); 0 if empty.
+    pub fn percentile(&mut self, p: f64) -> u64 {
+        if self.n == 0 {
+            return 0;
+        }
+        let rank = ((p * self.n as f64).ceil() as u64).clamp(1, self.n);
+        let mut seen = 0;
+        for (ms, &count) in self.dense.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return ms as u64;
+            }
+        }
+        let k = (rank - seen - 1) as usize;
+        let (_, nth, _) = self.long.select_nth_unstable(k);
+        u64::from(*nth)
     }
 }
 
@@ -90,14 +177,6 @@ pub struct ApproachReport {
     pub converged: bool,
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         0.0
@@ -115,7 +194,6 @@ impl ApproachReport {
         reference: &BTreeMap<String, Crdt>,
         digest: Option<StateDigest>,
     ) -> Self {
-        m.latencies_ms.sort_unstable();
         let state_keys_equal = reference
             .iter()
             .filter(|(k, c)| values.get(*k) == Some(&ReadValue::of(c)))
@@ -130,8 +208,8 @@ impl ApproachReport {
             events_generated: m.generated,
             completeness_in_window: ratio(m.delivered_in_window, m.generated),
             completeness_final: ratio(m.delivered, m.generated),
-            latency_p50_ms: percentile(&m.latencies_ms, 0.50),
-            latency_p99_ms: percentile(&m.latencies_ms, 0.99),
+            latency_p50_ms: m.latencies_ms.percentile(0.50),
+            latency_p99_ms: m.latencies_ms.percentile(0.99),
             sync_attempts: m.attempts,
             sync_failures: m.failures,
             sync_failure_rate: ratio(m.failures, m.attempts),
@@ -268,4 +346,48 @@ fn links(s: &mut String, c: &SimConfig) {
         c.faults.server_down_s, b.queue_capacity, b.initial_backoff_ms, b.max_backoff_ms / 1000.0, b.backoff_jitter * 100.0,
         b.max_attempts, b.request_timeout_ms / 1000
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The nearest-rank percentile over the sorted list, as the report always defined it.
+    fn sorted_percentile(sorted: &[u64], p: f64) -> u64 {
+        if sorted.is_empty() {
+            return 0;
+        }
+        let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    #[test]
+    fn latencies_give_the_percentiles_of_the_sorted_list_however_merged() {
+        let mut r = Rng::new(3);
+        for n in [0usize, 1, 2, 99, 100, 101, 5_000] {
+            let all: Vec<u64> = (0..n)
+                .map(|_| match r.below(3) {
+                    0 => r.below(200),
+                    1 => r.below(100_000),
+                    _ => r.below(90_000_000),
+                })
+                .collect();
+            let mut sorted = all.clone();
+            sorted.sort_unstable();
+            let (mut a, mut b) = (Latencies::default(), Latencies::default());
+            for (i, &x) in all.iter().enumerate() {
+                if i % 3 == 0 { &mut a } else { &mut b }.push(x);
+            }
+            a.merge(b);
+            assert_eq!(a.len(), n as u64);
+            for p in [0.0, 0.01, 0.5, 0.9, 0.99, 1.0] {
+                assert_eq!(
+                    a.percentile(p),
+                    sorted_percentile(&sorted, p),
+                    "n {n} p {p}"
+                );
+            }
+        }
+    }
 }

@@ -114,3 +114,20 @@ fn same_seed_gives_byte_identical_output() {
     let other = edgesync_sim::run(&SimConfig { seed: 2, ..cfg }).unwrap();
     assert_ne!(a.to_json(), other.to_json(), "the seed must matter");
 }
+
+#[test]
+fn the_report_does_not_depend_on_how_the_fleet_is_split_over_threads() {
+    let cfg = SimConfig {
+        devices: 13,
+        hours: 3.0,
+        ..harsh(5)
+    };
+    let one = edgesync_sim::run_on(&cfg, 1).unwrap().to_json();
+    for threads in [2, 3, 5] {
+        assert_eq!(
+            edgesync_sim::run_on(&cfg, threads).unwrap().to_json(),
+            one,
+            "{threads} threads"
+        );
+    }
+}
