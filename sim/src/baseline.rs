@@ -19,6 +19,7 @@ use edgesync_schemas::{Ack, Codec};
 use crate::config::SimConfig;
 use crate::fleet::{
     join_maps, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
+    Sizes,
 };
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
@@ -114,7 +115,6 @@ struct World<'a> {
     server_schedule: ServerSchedule,
     seen: Vec<ReplicaContext>,
     lww: BTreeMap<Rc<str>, (u64, usize, Rc<ReadValue>)>,
-    reference: BTreeMap<String, Crdt>,
     ack_size: usize,
     m: Metrics,
     end: Ms,
@@ -151,7 +151,6 @@ pub fn run_part(cfg: &SimConfig, devices: Range<usize>) -> Outcome {
         server_schedule: ServerSchedule::new(cfg),
         seen: vec![ReplicaContext::default(); devices.len()],
         lww: BTreeMap::new(),
-        reference: BTreeMap::new(),
         ack_size,
         m: Metrics::default(),
         end,
@@ -195,10 +194,14 @@ pub fn run_part(cfg: &SimConfig, devices: Range<usize>) -> Outcome {
         .into_iter()
         .map(|(k, (ts, who, v))| (k.to_string(), (ts, base + who, (*v).clone())))
         .collect();
+    let mut reference = BTreeMap::new();
+    for dev in &w.devs {
+        join_maps(&mut reference, dev.state.crdts().clone());
+    }
     Outcome {
         metrics: w.m,
         written,
-        reference: w.reference,
+        reference,
     }
 }
 
@@ -278,9 +281,8 @@ impl World<'_> {
             &mut dev.gen,
             &mut dev.state,
             (now, dev.crash_at),
-            &self.codec,
+            Sizes::Codec(&self.codec),
             &mut self.m,
-            &mut self.reference,
         );
         if dev.gen.next_at < self.end {
             self.q.push(dev.gen.next_at, Ev::Gen(d));

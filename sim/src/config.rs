@@ -26,6 +26,61 @@ pub struct SimConfig {
     pub agent: AgentParams,
     /// The retry-based baseline.
     pub baseline: BaselineConfig,
+    /// `Some` for a protocol-only run (`--protocol-only`): edgesync alone, without the
+    /// baseline and without the batch codec; batches travel as values and their size on the
+    /// wire comes from this model. Everything the protocol decides is still real and checked
+    /// (the agent and server machines, every event's deltas joined into the server's state,
+    /// release in dot order, the reference digest); what is modelled is only how many bytes a
+    /// batch takes on the link (which sets its transmission time and the bandwidth column).
+    /// Events then carry no field values (only the codec and the wire size look at them).
+    pub protocol_only: Option<WireModel>,
+}
+
+/// Wire sizes for protocol-only runs, measured with the real codec (Avro + zstd level 3) on
+/// the full default run (seed 1, 1,000 devices, 24 h): a batch of `n` events is
+/// `first_event_bytes + further_event_bytes * (n - 1)` bytes; an event's Avro size is its
+/// stream's mean. Acks are still sized by the real codec (they are cheap to encode).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WireModel {
+    /// A one-event batch: 215.7 B on average over the 1.27 M one-event batches of that run.
+    pub first_event_bytes: f64,
+    /// Each further event of a batch (23.5 B: batches of 2 to 78 events grow from 249 B to
+    /// 2,029 B, nearly linearly; the state deltas of a batch are joined, so they add little).
+    pub further_event_bytes: f64,
+    /// Avro size of a telemetry event (mean 103.4 B).
+    pub telemetry_event_bytes: u64,
+    /// Avro size of a status event (mean 70.8 B).
+    pub status_event_bytes: u64,
+    /// Avro size of an alarm event (mean 70.5 B).
+    pub alarm_event_bytes: u64,
+}
+
+impl WireModel {
+    /// The sizes measured on the full default run (see the type's documentation).
+    pub fn measured() -> Self {
+        Self {
+            first_event_bytes: 215.7,
+            further_event_bytes: 23.5,
+            telemetry_event_bytes: 103,
+            status_event_bytes: 71,
+            alarm_event_bytes: 70,
+        }
+    }
+
+    /// Modelled compressed size of a batch of `events` events.
+    pub fn batch_bytes(&self, events: usize) -> usize {
+        let more = events.saturating_sub(1) as f64;
+        (self.first_event_bytes + self.further_event_bytes * more).round() as usize
+    }
+
+    /// Modelled Avro size of an event of `stream`.
+    pub fn event_bytes(&self, stream: &str) -> u64 {
+        match stream {
+            "pump.telemetry" => self.telemetry_event_bytes,
+            "pump.status" => self.status_event_bytes,
+            _ => self.alarm_event_bytes,
+        }
+    }
 }
 
 /// Event generation.
@@ -187,6 +242,7 @@ impl Default for SimConfig {
                 max_attempts: 8,
                 request_timeout_ms: 10_000,
             },
+            protocol_only: None,
         }
     }
 }

@@ -1,18 +1,19 @@
 //! edgesync in the simulator: real agent and server state machines (`edgesync-protocol`),
 //! real batches through the real codec, over simulated links.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::rc::Rc;
 
-use edgesync_core::{BatchBuilder, Crdt, Event, EventLimits};
+use edgesync_core::{BatchBuilder, Crdt, DeltaBatch, Event, EventLimits};
 use edgesync_protocol::agent::{AckEffect, AgentStats};
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable, Server, ServerConfig};
 use edgesync_schemas::{Ack, Codec};
 
-use crate::config::SimConfig;
+use crate::config::{SimConfig, WireModel};
 use crate::fleet::{
     join_maps, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
+    Sizes,
 };
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
@@ -25,7 +26,8 @@ pub struct Outcome {
     pub metrics: Metrics,
     /// The server's converged state.
     pub state: BTreeMap<String, Crdt>,
-    /// All generated events' deltas joined: the state a perfect system would hold.
+    /// All generated events' deltas joined (the devices' own states joined): the state a
+    /// perfect system would hold.
     pub reference: BTreeMap<String, Crdt>,
     /// Events still in some agent's spool at the end (0 when the run drained).
     pub unsynced: u64,
@@ -59,10 +61,25 @@ enum Ev {
     Crash(usize),
     Restart(usize),
     Tick(usize),
-    Uplink(usize, Rc<Vec<u8>>),
+    Uplink(usize, Payload),
     Ack(usize, u64, u64),
     ServerUp,
     Heal,
+}
+
+/// A batch on its way to the server: encoded, or (protocol-only runs) as a value.
+enum Payload {
+    Encoded(Rc<Vec<u8>>),
+    Value(Rc<DeltaBatch>),
+}
+
+impl Payload {
+    fn share(&self) -> Payload {
+        match self {
+            Payload::Encoded(b) => Payload::Encoded(Rc::clone(b)),
+            Payload::Value(b) => Payload::Value(Rc::clone(b)),
+        }
+    }
 }
 
 struct Spooled {
@@ -72,6 +89,13 @@ struct Spooled {
 }
 
 struct Dev {
+    /// The state deltas the server merged from this device's batches, joined. The server's
+    /// state is the join of these over the fleet (joins are associative and commutative);
+    /// keeping them per device keeps each join small.
+    merged: BTreeMap<String, Crdt>,
+    /// An ack's encoded size without its two varints (watermark, time): the rest of it is the
+    /// same in every ack of the device.
+    ack_base: usize,
     gen: DeviceGen,
     state: DeviceState,
     link: Link,
@@ -98,12 +122,12 @@ struct World<'a> {
     cfg: &'a SimConfig,
     agent_cfg: AgentConfig,
     codec: Codec,
+    /// Set in protocol-only runs: batches are not encoded, their size is modelled.
+    model: Option<WireModel>,
     q: Queue<Ev>,
     devs: Vec<Dev>,
     server: Server,
     server_schedule: ServerSchedule,
-    state: BTreeMap<String, Crdt>,
-    reference: BTreeMap<String, Crdt>,
     retained: Vec<Option<u64>>,
     m: Metrics,
     end: Ms,
@@ -111,9 +135,6 @@ struct World<'a> {
     decode_errors: u64,
     released: Vec<u64>,
     order_violations: u64,
-    /// Encoded ack sizes by (device, varint lengths of watermark and time): an ack's size
-    /// depends on nothing else, so each is encoded once.
-    ack_sizes: HashMap<(usize, u8, u8), usize>,
 }
 
 /// Runs edgesync over the trace of `cfg`.
@@ -135,12 +156,11 @@ pub fn run_part(cfg: &SimConfig, devices: Range<usize>) -> Outcome {
         cfg,
         agent_cfg,
         codec,
+        model: cfg.protocol_only.clone(),
         q: Queue::default(),
         devs: Vec::with_capacity(devices.len()),
         server: Server::new(ServerConfig::default()),
         server_schedule: ServerSchedule::new(cfg),
-        state: BTreeMap::new(),
-        reference: BTreeMap::new(),
         retained: vec![None; devices.len()],
         m: Metrics::default(),
         end,
@@ -148,7 +168,6 @@ pub fn run_part(cfg: &SimConfig, devices: Range<usize>) -> Outcome {
         decode_errors: 0,
         released: vec![0; devices.len()],
         order_violations: 0,
-        ack_sizes: HashMap::new(),
     };
     for (d, id) in devices.enumerate() {
         let dev = new_device(&w, id);
@@ -183,10 +202,18 @@ pub fn run_part(cfg: &SimConfig, devices: Range<usize>) -> Outcome {
             dev.past_stats.batches_failed + s.batches_failed + dev.agent.inflight() as u64;
         unsynced += dev.state.last_seq - dev.durable_acked;
     }
+    // Each device's own state is the join of every delta it produced (a delta joined into the
+    // state before it gives the state after), so the reference is the join of the devices'
+    // final states: what a perfect system would hold.
+    let (mut reference, mut state) = (BTreeMap::new(), BTreeMap::new());
+    for dev in &mut w.devs {
+        join_maps(&mut reference, dev.state.crdts().clone());
+        join_maps(&mut state, std::mem::take(&mut dev.merged));
+    }
     Outcome {
         metrics: w.m,
-        state: w.state,
-        reference: w.reference,
+        state,
+        reference,
         unsynced,
         decode_errors: w.decode_errors,
         order_violations: w.order_violations,
@@ -199,9 +226,18 @@ fn new_device(w: &World<'_>, id: usize) -> Dev {
         Ok(a) => a,
         Err(e) => unreachable!("empty durable state is valid: {e}"),
     };
+    let state = DeviceState::new(cfg, d);
+    let ack = Ack {
+        replica: state.replica.clone(),
+        watermark: 0,
+        acked_at_ms: 0,
+    };
+    let ack_base = w.codec.encode_ack(&ack).map_or(0, |b| b.len()) - 2;
     Dev {
+        merged: BTreeMap::new(),
+        ack_base,
         gen: DeviceGen::new(cfg, d),
-        state: DeviceState::new(cfg, d),
+        state,
         link: Link::new(cfg, d),
         link_epoch: 0,
         net: Rng::stream(cfg.seed, purpose::NET_EDGESYNC, d as u64),
@@ -255,7 +291,7 @@ impl World<'_> {
                     self.pump(now, d);
                 }
             }
-            Ev::Uplink(d, bytes) => self.server_receive(now, d, &bytes),
+            Ev::Uplink(d, payload) => self.server_receive(now, d, payload),
             Ev::Ack(d, session, wm) => self.ack_arrives(now, d, session, wm),
             Ev::ServerUp => {
                 // The server process restarts from its durable state.
@@ -271,9 +307,11 @@ impl World<'_> {
             &mut dev.gen,
             &mut dev.state,
             (now, dev.crash_at),
-            &self.codec,
+            match &self.model {
+                Some(model) => Sizes::Model(model),
+                None => Sizes::Codec(&self.codec),
+            },
             &mut self.m,
-            &mut self.reference,
         );
         if dev.gen.next_at < self.end {
             self.q.push(dev.gen.next_at, Ev::Gen(d));
@@ -415,20 +453,28 @@ impl World<'_> {
                     unreachable!("spooled events are valid: {e}");
                 }
             }
-            let last = req.first_seq + b.len() as u64 - 1;
-            let bytes = match b.finish().map(|batch| self.codec.encode_batch(&batch)) {
-                Ok(Ok(bytes)) => Rc::new(bytes),
-                other => unreachable!("a spooled batch encodes: {other:?}"),
+            let events = b.len();
+            let last = req.first_seq + events as u64 - 1;
+            let batch = match b.finish() {
+                Ok(batch) => batch,
+                Err(e) => unreachable!("a spooled batch is well formed: {e}"),
+            };
+            let (payload, size) = match &self.model {
+                Some(model) => (Payload::Value(Rc::new(batch)), model.batch_bytes(events)),
+                None => match self.codec.encode_batch(&batch) {
+                    Ok(bytes) => {
+                        let size = bytes.len();
+                        (Payload::Encoded(Rc::new(bytes)), size)
+                    }
+                    Err(e) => unreachable!("a spooled batch encodes: {e}"),
+                },
             };
             if let Err(e) = dev.agent.sent(req.first_seq, last, now) {
                 unreachable!("the batch matches the request: {e}");
             }
-            self.m.bytes_up += bytes.len() as u64;
-            for at in dev
-                .link
-                .send(now, bytes.len(), Dir::Up, &mut dev.net, &cfg.link)
-            {
-                self.q.push(at, Ev::Uplink(d, Rc::clone(&bytes)));
+            self.m.bytes_up += size as u64;
+            for at in dev.link.send(now, size, Dir::Up, &mut dev.net, &cfg.link) {
+                self.q.push(at, Ev::Uplink(d, payload.share()));
             }
         }
         self.schedule_tick(d);
@@ -444,16 +490,20 @@ impl World<'_> {
         }
     }
 
-    fn server_receive(&mut self, now: Ms, d: usize, bytes: &[u8]) {
+    fn server_receive(&mut self, now: Ms, d: usize, payload: Payload) {
         if self.server_schedule.is_down(now) {
             return; // nobody is there to take it; the agent will time out and resend
         }
-        let batch = match self.codec.decode_batch(bytes) {
-            Ok(b) => b,
-            Err(_) => {
-                self.decode_errors += 1;
-                return;
-            }
+        let batch = match payload {
+            Payload::Encoded(bytes) => match self.codec.decode_batch(&bytes) {
+                Ok(b) => b,
+                Err(_) => {
+                    self.decode_errors += 1;
+                    return;
+                }
+            },
+            // The last copy in flight is taken as is; a duplicate's first copy is cloned.
+            Payload::Value(b) => Rc::try_unwrap(b).unwrap_or_else(|b| (*b).clone()),
         };
         let applied = self.server.apply(batch, now);
         let dev = &mut self.devs[d];
@@ -476,7 +526,7 @@ impl World<'_> {
         while dev.gen_first <= self.released[d] && dev.gen_times.pop_front().is_some() {
             dev.gen_first += 1;
         }
-        join_maps(&mut self.state, applied.deltas);
+        join_maps(&mut self.devs[d].merged, applied.deltas);
         let wm = applied.watermark;
         if wm == 0 {
             return;
@@ -489,16 +539,7 @@ impl World<'_> {
 
     fn send_ack(&mut self, now: Ms, d: usize, session: u64, wm: u64) {
         let dev = &mut self.devs[d];
-        let key = (d, varint_len(wm), varint_len(now));
-        let codec = &self.codec;
-        let size = *self.ack_sizes.entry(key).or_insert_with(|| {
-            let ack = Ack {
-                replica: dev.state.replica.clone(),
-                watermark: wm,
-                acked_at_ms: now,
-            };
-            codec.encode_ack(&ack).map_or(0, |b| b.len())
-        });
+        let size = dev.ack_base + usize::from(varint_len(wm) + varint_len(now));
         self.m.bytes_down += size as u64;
         for at in dev
             .link
@@ -525,8 +566,9 @@ impl World<'_> {
 
 /// Bytes of `n` as an Avro long (zig-zag varint).
 fn varint_len(n: u64) -> u8 {
-    let zigzag = n << 1; // n is non-negative and below 2^62 here
-    (64 - (zigzag | 1).leading_zeros()).div_ceil(7) as u8
+    // As a long, a u64 is clamped to i64::MAX; zig-zag then doubles it.
+    let zigzag = u128::from(n.min(i64::MAX as u64)) << 1;
+    (128 - (zigzag | 1).leading_zeros()).div_ceil(7) as u8
 }
 
 /// The server's per-key values, for the report.
@@ -535,4 +577,45 @@ pub fn values(state: &BTreeMap<String, Crdt>) -> BTreeMap<String, ReadValue> {
         .iter()
         .map(|(k, c)| (k.clone(), ReadValue::of(c)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::replica_of;
+
+    #[test]
+    fn an_acks_size_is_its_base_plus_its_two_varints() {
+        let codec = Codec::new(Default::default()).unwrap();
+        let mut r = Rng::new(9);
+        for i in 0..2_000 {
+            let replica = replica_of(i % 7, i as usize);
+            let base = codec
+                .encode_ack(&Ack {
+                    replica: replica.clone(),
+                    watermark: 0,
+                    acked_at_ms: 0,
+                })
+                .unwrap()
+                .len()
+                - 2;
+            let (wm, now) = (
+                r.next_u64() >> r.below(64),
+                r.next_u64() >> (r.below(40) + 24),
+            );
+            let real = codec
+                .encode_ack(&Ack {
+                    replica,
+                    watermark: wm,
+                    acked_at_ms: now,
+                })
+                .unwrap()
+                .len();
+            assert_eq!(
+                real,
+                base + usize::from(varint_len(wm) + varint_len(now)),
+                "{wm} {now}"
+            );
+        }
+    }
 }

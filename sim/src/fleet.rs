@@ -30,30 +30,30 @@ pub(crate) fn ms(seconds: f64) -> Ms {
     (seconds * 1000.0).max(0.0) as Ms
 }
 
-/// One state update an event makes.
+/// One state update an event makes, on the key it names.
 #[derive(Clone, Debug)]
-pub enum Op {
+pub enum Op<'a> {
     /// G-counter +1.
-    Count(String),
+    Count(&'a str),
     /// Max register.
-    Max(String, f64),
+    Max(&'a str, f64),
     /// Rollup sample in a bucket.
-    Rollup(String, Ms, f64),
+    Rollup(&'a str, Ms, f64),
     /// LWW register write.
-    Lww(String, Value),
+    Lww(&'a str, Value),
     /// MV register write.
-    Mv(String, Value),
+    Mv(&'a str, Value),
     /// OR-set add.
-    Add(String, Value),
+    Add(&'a str, Value),
     /// OR-set remove.
-    Remove(String, Value),
+    Remove(&'a str, Value),
     /// PN-counter change.
-    Pn(String, i64),
+    Pn(&'a str, i64),
 }
 
-/// A generated event before it gets a seq.
+/// A generated event before it gets a seq (its keys borrowed from the generator).
 #[derive(Clone, Debug)]
-pub struct Reading {
+pub struct Reading<'a> {
     /// True (virtual) time of the event.
     pub at: Ms,
     /// Stream name.
@@ -61,7 +61,7 @@ pub struct Reading {
     /// Fields.
     pub fields: BTreeMap<String, Value>,
     /// State updates.
-    pub ops: Vec<Op>,
+    pub ops: Vec<Op<'a>>,
 }
 
 /// The state keys a device writes, named once (not formatted per event).
@@ -73,6 +73,8 @@ struct Keys {
     pressure_max: String,
     pressure_1h: String,
     alarm_elem: String,
+    readings: String,
+    active_alarms: String,
 }
 
 impl Keys {
@@ -85,6 +87,8 @@ impl Keys {
             pressure_max: format!("{site}/pressure.max"),
             pressure_1h: format!("{site}/pressure.1h"),
             alarm_elem: format!("{device}:overpressure"),
+            readings: "fleet/readings".to_owned(),
+            active_alarms: "fleet/active_alarms".to_owned(),
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct DeviceGen {
     alarm_mean_ms: f64,
     ticks: u64,
     alarm: Option<(Ms, Value)>,
+    /// Whether events carry their field values (not in protocol-only runs).
+    fields: bool,
     /// When the next event is due.
     pub next_at: Ms,
 }
@@ -119,13 +125,14 @@ impl DeviceGen {
             alarm_mean_ms: cfg.fleet.alarm_mean_s * 1000.0,
             ticks: 0,
             alarm: None,
+            fields: cfg.protocol_only.is_none(),
             next_at: first,
         }
     }
 
     /// Produces the event due at `next_at` and schedules the next one. `alive` is false while
     /// the device is crashed: the tick passes without an event (the same in every approach).
-    pub fn tick(&mut self, alive: bool) -> Option<Reading> {
+    pub fn tick(&mut self, alive: bool) -> Option<Reading<'_>> {
         let at = self.next_at;
         self.next_at = at + (self.interval_ms * self.rng.between(0.9, 1.1)) as Ms;
         self.ticks += 1;
@@ -143,42 +150,44 @@ impl DeviceGen {
         }
         let k = &self.keys;
         let mut fields = BTreeMap::new();
+        let with_fields = self.fields;
+        let field = |fields: &mut BTreeMap<String, Value>, name: &str, v: Value| {
+            if with_fields {
+                fields.insert(name.to_owned(), v);
+            }
+        };
         let mut ops = Vec::new();
         let stream;
         if let Some((_, elem)) = self.alarm.clone().filter(|(clear_at, _)| at >= *clear_at) {
             stream = "pump.alarm";
-            fields.insert("code".to_owned(), Value::from("overpressure"));
-            fields.insert("active".to_owned(), Value::Bool(false));
-            ops.push(Op::Remove(k.alarms.clone(), elem));
-            ops.push(Op::Pn("fleet/active_alarms".to_owned(), -1));
+            field(&mut fields, "code", Value::from("overpressure"));
+            field(&mut fields, "active", Value::Bool(false));
+            ops.push(Op::Remove(&k.alarms, elem));
+            ops.push(Op::Pn(&k.active_alarms, -1));
             self.alarm = None;
         } else if self.ticks.is_multiple_of(self.status_every) {
             stream = "pump.status";
-            fields.insert("mode".to_owned(), Value::from(mode));
-            fields.insert("firmware".to_owned(), Value::from(fw));
-            ops.push(Op::Lww(k.mode.clone(), Value::from(mode)));
-            ops.push(Op::Mv(k.firmware.clone(), Value::from(fw)));
+            field(&mut fields, "mode", Value::from(mode));
+            field(&mut fields, "firmware", Value::from(fw));
+            ops.push(Op::Lww(&k.mode, Value::from(mode)));
+            ops.push(Op::Mv(&k.firmware, Value::from(fw)));
         } else if raise && self.alarm.is_none() {
             stream = "pump.alarm";
             let elem = Value::from(k.alarm_elem.as_str());
-            fields.insert("code".to_owned(), Value::from("overpressure"));
-            fields.insert("active".to_owned(), Value::Bool(true));
-            ops.push(Op::Add(k.alarms.clone(), elem.clone()));
-            ops.push(Op::Pn("fleet/active_alarms".to_owned(), 1));
+            field(&mut fields, "code", Value::from("overpressure"));
+            field(&mut fields, "active", Value::Bool(true));
+            ops.push(Op::Add(&k.alarms, elem.clone()));
+            ops.push(Op::Pn(&k.active_alarms, 1));
             self.alarm = Some((at + alarm_len, elem));
         } else {
             stream = "pump.telemetry";
-            fields.insert("pressure_kpa".to_owned(), Value::Double(p));
-            fields.insert("flow_lpm".to_owned(), Value::Double(flow));
-            fields.insert("rpm".to_owned(), Value::Long(rpm));
-            fields.insert("running".to_owned(), Value::Bool(true));
-            ops.push(Op::Count("fleet/readings".to_owned()));
-            ops.push(Op::Max(k.pressure_max.clone(), p));
-            ops.push(Op::Rollup(
-                k.pressure_1h.clone(),
-                at / 3_600_000 * 3_600_000,
-                p,
-            ));
+            field(&mut fields, "pressure_kpa", Value::Double(p));
+            field(&mut fields, "flow_lpm", Value::Double(flow));
+            field(&mut fields, "rpm", Value::Long(rpm));
+            field(&mut fields, "running", Value::Bool(true));
+            ops.push(Op::Count(&k.readings));
+            ops.push(Op::Max(&k.pressure_max, p));
+            ops.push(Op::Rollup(&k.pressure_1h, at / 3_600_000 * 3_600_000, p));
         }
         Some(Reading {
             at,
@@ -228,7 +237,7 @@ impl DeviceState {
     }
 
     /// Turns a reading into the next event and the deltas it produced.
-    pub fn append(&mut self, r: &Reading) -> (Event, Vec<(String, Crdt)>) {
+    pub fn append(&mut self, r: &Reading<'_>) -> (Event, Vec<(String, Crdt)>) {
         let physical = (r.at as i64 + self.skew_ms).max(0) as u64;
         let hlc: Hlc = self.clock.now(physical);
         self.last_seq += 1;
@@ -248,7 +257,7 @@ impl DeviceState {
                 Op::Remove(k, v) => (k, Crdt::OrSet(self.set(k).remove(v))),
                 Op::Pn(k, by) => (k, Crdt::PnCounter(self.pn(k).add(&rep, *by))),
             };
-            deltas.push((key.clone(), delta));
+            deltas.push(((*key).to_owned(), delta));
         }
         let event = Event {
             dot: Dot::new(rep, self.last_seq),
@@ -315,6 +324,15 @@ fn alive(crash_at: Option<(Ms, Ms)>, t: Ms) -> bool {
     crash_at.is_none_or(|(down, up)| t < down || t >= up)
 }
 
+/// Where an event's Avro size comes from: the real codec, or (protocol-only runs) the model.
+#[derive(Clone, Copy)]
+pub(crate) enum Sizes<'a> {
+    /// Encode it.
+    Codec(&'a edgesync_schemas::Codec),
+    /// Look it up.
+    Model(&'a crate::config::WireModel),
+}
+
 /// What one device tick produced, with the bookkeeping both approaches share done.
 pub(crate) struct Produced {
     /// When the event happened.
@@ -328,46 +346,31 @@ pub(crate) struct Produced {
 }
 
 /// Runs a device's generator for its tick due at `now`: appends the event to the device state,
-/// counts it and its Avro size in `m`, and joins its deltas into the reference. `None` while
+/// counts it and its Avro size in `m`. `None` while
 /// the device is down (inside its crash window `crash_at`).
 pub(crate) fn produce(
     gen: &mut DeviceGen,
     state: &mut DeviceState,
     (now, crash_at): (Ms, Option<(Ms, Ms)>),
-    codec: &edgesync_schemas::Codec,
+    sizes: Sizes<'_>,
     m: &mut crate::report::Metrics,
-    reference: &mut BTreeMap<String, Crdt>,
 ) -> Option<Produced> {
     let r = gen.tick(alive(crash_at, now))?;
     let (event, deltas) = state.append(&r);
-    let raw = codec
-        .encode_event(&event, edgesync_schemas::Framing::SingleObject)
-        .map_or(0, |b| b.len() - edgesync_schemas::SINGLE_OBJECT_HEADER_LEN);
+    let raw = match sizes {
+        Sizes::Codec(codec) => codec
+            .encode_event(&event, edgesync_schemas::Framing::SingleObject)
+            .map_or(0, |b| b.len() - edgesync_schemas::SINGLE_OBJECT_HEADER_LEN),
+        Sizes::Model(model) => model.event_bytes(&event.stream) as usize,
+    };
     m.generated += 1;
     m.raw_bytes += raw as u64;
-    join_into(reference, &deltas);
     Some(Produced {
         at: r.at,
         event,
         deltas,
         raw,
     })
-}
-
-/// Joins `deltas` into `store`.
-pub fn join_into(store: &mut BTreeMap<String, Crdt>, deltas: &[(String, Crdt)]) {
-    for (k, d) in deltas {
-        match store.get_mut(k) {
-            Some(s) => {
-                if s.join(d).is_err() {
-                    unreachable!("key {k} used with two CRDT kinds")
-                }
-            }
-            None => {
-                store.insert(k.clone(), d.clone());
-            }
-        }
-    }
 }
 
 /// Joins every state of `from` into `store`.

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use edgesync_sim::config::WireModel;
 use edgesync_sim::SimConfig;
 
 const USAGE: &str =
@@ -31,6 +32,10 @@ fn run() -> Result<(), String> {
         if flag == "--help" || flag == "-h" {
             println!("{USAGE}");
             return Ok(());
+        }
+        if flag == "--protocol-only" {
+            cfg.protocol_only = Some(WireModel::measured());
+            continue;
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
