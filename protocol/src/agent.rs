@@ -3,14 +3,23 @@
 //! Inputs: [`Agent::appended`] (a seq became durable in the spool), [`Agent::connected`] /
 //! [`Agent::disconnected`], [`Agent::on_ack`] (the server's watermark), [`Agent::on_tick`]
 //! (time passes). Outputs: [`Agent::poll_send`] (which range to read from the spool and send),
-//! the [`AckEffect`] of an ack (what the spool may trim), and [`Agent::next_deadline`] (when the
-//! driver must tick next).
+//! the [`AckEffect`] of an ack (what the spool may trim), [`Agent::next_deadline`] (when the
+//! driver must tick next) and [`Agent::take_ack_request`] (re-read the server's retained ack).
 //!
 //! Sending is go-back-N over a bounded window: batches are sent in seq order from the server's
-//! watermark + 1; when the oldest unacknowledged batch times out, or the link drops, every
-//! batch in flight is abandoned and sending restarts at watermark + 1. After a connect the agent
-//! first waits (briefly) for the server's retained acknowledgement, so that it resumes exactly
-//! where the server is rather than where its own possibly stale copy of the watermark is.
+//! watermark + 1. A batch is given up only once the server's own answer says it lacks it:
+//! - when the oldest unacknowledged batch times out, the agent first asks for the server's
+//!   current watermark (the driver re-reads the retained ack), again every `resume_wait_ms`,
+//!   and sends nothing new meanwhile: batches the answer covers are acknowledged (only their
+//!   ack was lost or late), the rest of the window is abandoned and sending restarts at
+//!   watermark + 1. A link that stays silent for another `resend_timeout_ms` gets the whole
+//!   window again (unless the transport declares it down first: then the reconnect settles
+//!   it), so nothing more is put on a link that has gone silent than one batch per timeout;
+//! - when the link drops, the window is kept, unsent to, until the next connect: the agent then
+//!   waits (briefly) for the retained acknowledgement, which settles the window the same way,
+//!   so that it resumes exactly where the server is rather than where its own possibly stale
+//!   copy of the watermark is, and does not count as lost a batch that arrived just before the
+//!   link went.
 
 use std::collections::VecDeque;
 
@@ -23,10 +32,13 @@ pub struct AgentConfig {
     pub max_batch_bytes: usize,
     /// Most batches in flight (sent, not yet acknowledged).
     pub max_inflight_batches: usize,
-    /// A batch not acknowledged this long after it was sent is given up (go back to watermark + 1).
+    /// A batch not acknowledged this long after it was sent is given up (go back to watermark + 1)
+    /// unless the server's current watermark, asked for then (for at most as long again),
+    /// shows that it arrived.
     pub resend_timeout_ms: u64,
     /// After a connect, how long to wait for the retained acknowledgement before sending from the
-    /// locally known watermark.
+    /// locally known watermark; after a timeout, how often to ask again for the retained
+    /// acknowledgement while none comes (0: give up on a timed-out window at once).
     pub resume_wait_ms: u64,
 }
 
@@ -123,7 +135,10 @@ pub struct AgentStats {
     pub batches_acked: u64,
     /// Batches abandoned (timeout or link loss) before they were fully acknowledged.
     pub batches_failed: u64,
-    /// Resend timeouts.
+    /// Of the acknowledged batches, those acknowledged only by the answer to a confirmation
+    /// (after their timeout or a reconnect): the go-back-N of earlier versions abandoned them.
+    pub batches_confirmed: u64,
+    /// Resend timeouts (each starts a confirmation).
     pub timeouts: u64,
     /// Acks received.
     pub acks: u64,
@@ -133,12 +148,20 @@ pub struct AgentStats {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Link {
+    /// No transport. The window is kept (nothing is sent to it) until the next connect settles
+    /// it.
     Down,
     /// Connected, waiting for the retained ack until the given time.
     Resuming {
         until_ms: u64,
     },
     Up,
+    /// The oldest batch timed out: waiting for the server's current watermark (the re-read
+    /// retained ack) until `until_ms`, asking again at `ask_ms`, sending nothing new.
+    Confirming {
+        until_ms: u64,
+        ask_ms: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -157,6 +180,8 @@ pub struct Agent {
     inflight: VecDeque<InFlight>,
     /// Next seq to send.
     next_send: u64,
+    /// The driver should re-read the server's retained ack.
+    ack_requested: bool,
     stats: AgentStats,
 }
 
@@ -176,6 +201,7 @@ impl Agent {
             link: Link::Down,
             inflight: VecDeque::new(),
             next_send: durable.acked + 1,
+            ack_requested: false,
             stats: AgentStats::default(),
         })
     }
@@ -208,6 +234,17 @@ impl Agent {
         self.inflight.len()
     }
 
+    /// The seq ranges of the batches in flight, oldest first, each from the one before it (the
+    /// oldest from the acknowledged watermark + 1).
+    pub fn inflight_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let mut first = self.acked + 1;
+        self.inflight.iter().map(move |f| {
+            let range = (first, f.last);
+            first = f.last + 1;
+            range
+        })
+    }
+
     /// Whether the agent is connected and past its resume wait.
     pub fn is_streaming(&self) -> bool {
         self.link == Link::Up
@@ -230,19 +267,29 @@ impl Agent {
         Ok(())
     }
 
-    /// The transport connected (MQTT session up, ack topic subscribed).
+    /// The transport connected (MQTT session up, ack topic subscribed). Batches still in flight
+    /// from before wait for the retained ack to say whether they arrived.
     pub fn connected(&mut self, now_ms: u64) {
-        self.abandon_inflight();
         self.stats.resumes += 1;
+        self.ack_requested = false;
         self.link = Link::Resuming {
             until_ms: now_ms.saturating_add(self.cfg.resume_wait_ms),
         };
     }
 
-    /// The transport is gone: whatever is in flight is abandoned.
+    /// The transport is gone: nothing is sent until the next connect, whose retained ack
+    /// settles what was in flight.
     pub fn disconnected(&mut self) {
-        self.abandon_inflight();
+        self.ack_requested = false;
         self.link = Link::Down;
+    }
+
+    /// Whether the agent asks for the server's current watermark (once per request): the driver
+    /// re-reads the retained ack (MQTT: subscribes to the ack topic again, and the broker sends
+    /// the retained message) and hands it to [`Agent::on_ack`]. A driver that does not only
+    /// makes a timed-out batch wait `resume_wait_ms` before it is sent again.
+    pub fn take_ack_request(&mut self) -> bool {
+        std::mem::take(&mut self.ack_requested)
     }
 
     fn abandon_inflight(&mut self) {
@@ -251,57 +298,101 @@ impl Agent {
         self.next_send = self.acked + 1;
     }
 
-    /// The server's watermark for this replica arrived (an ack, or the retained one on connect).
-    pub fn on_ack(&mut self, watermark: u64, _now_ms: u64) -> AckEffect {
-        self.stats.acks += 1;
-        if matches!(self.link, Link::Resuming { .. }) {
-            self.link = Link::Up;
+    /// The server answered a confirmation (or it ran out): what it did not cover is given up.
+    fn settle(&mut self, now_ms: u64) {
+        let resuming = matches!(self.link, Link::Resuming { .. });
+        let overdue = self
+            .inflight
+            .front()
+            .is_some_and(|f| now_ms >= f.sent_at_ms.saturating_add(self.cfg.resend_timeout_ms));
+        // After a reconnect nothing of the old session is still on its way; after a timeout,
+        // a window whose (new) oldest batch is not overdue yet is simply waited for.
+        if resuming || overdue {
+            self.abandon_inflight();
         }
-        if watermark > self.last_seq {
-            return AckEffect::BeyondSpool { watermark };
-        }
-        if watermark <= self.acked {
-            return AckEffect::Stale;
-        }
-        self.acked = watermark;
-        while self.inflight.front().is_some_and(|f| f.last <= watermark) {
-            self.inflight.pop_front();
-            self.stats.batches_acked += 1;
-        }
-        // The server may be ahead of what this session sent (an earlier session's batches
-        // arrived late): never send what it has.
-        self.next_send = self.next_send.max(watermark + 1);
-        AckEffect::Advanced { trim_to: watermark }
+        self.link = Link::Up;
     }
 
-    /// Time passed: ends the resume wait, and gives up on a batch that timed out.
-    pub fn on_tick(&mut self, now_ms: u64) {
-        if let Link::Resuming { until_ms } = self.link {
-            if now_ms >= until_ms {
-                self.link = Link::Up;
+    /// The server's watermark for this replica arrived (an ack, or the retained one on connect
+    /// or on request).
+    pub fn on_ack(&mut self, watermark: u64, now_ms: u64) -> AckEffect {
+        self.stats.acks += 1;
+        let confirming = matches!(self.link, Link::Resuming { .. } | Link::Confirming { .. });
+        let effect = if watermark > self.last_seq {
+            AckEffect::BeyondSpool { watermark }
+        } else if watermark <= self.acked {
+            AckEffect::Stale
+        } else {
+            self.acked = watermark;
+            while self.inflight.front().is_some_and(|f| f.last <= watermark) {
+                self.inflight.pop_front();
+                self.stats.batches_acked += 1;
+                if confirming {
+                    self.stats.batches_confirmed += 1;
+                }
             }
+            // The server may be ahead of what this session sent (an earlier session's batches
+            // arrived late): never send what it has.
+            self.next_send = self.next_send.max(watermark + 1);
+            AckEffect::Advanced { trim_to: watermark }
+        };
+        if confirming {
+            self.settle(now_ms);
+        }
+        effect
+    }
+
+    /// Time passed: ends a resume wait or a confirmation, and starts a confirmation when the
+    /// oldest batch in flight timed out.
+    pub fn on_tick(&mut self, now_ms: u64) {
+        match self.link {
+            Link::Resuming { until_ms } | Link::Confirming { until_ms, .. }
+                if now_ms >= until_ms =>
+            {
+                self.settle(now_ms);
+            }
+            Link::Confirming { until_ms, ask_ms } if now_ms >= ask_ms => {
+                // No answer yet: the request or its answer may have been lost; ask again.
+                self.ack_requested = true;
+                self.link = Link::Confirming {
+                    until_ms,
+                    ask_ms: now_ms.saturating_add(self.cfg.resume_wait_ms),
+                };
+            }
+            _ => {}
+        }
+        if self.link != Link::Up {
+            return;
         }
         if let Some(f) = self.inflight.front() {
             if now_ms >= f.sent_at_ms.saturating_add(self.cfg.resend_timeout_ms) {
                 self.stats.timeouts += 1;
-                self.abandon_inflight();
+                if self.cfg.resume_wait_ms == 0 {
+                    self.abandon_inflight(); // no wait configured: give up at once
+                    return;
+                }
+                // Ask every `resume_wait_ms`, for at most another `resend_timeout_ms`: a link
+                // that stays silent that long gets the window again (or is declared down by
+                // the transport first, and the reconnect settles the window).
+                self.ack_requested = true;
+                self.link = Link::Confirming {
+                    until_ms: now_ms.saturating_add(self.cfg.resend_timeout_ms.max(1)),
+                    ask_ms: now_ms.saturating_add(self.cfg.resume_wait_ms),
+                };
             }
         }
     }
 
     /// When the driver must call [`Agent::on_tick`] next, if anything is waiting on time.
     pub fn next_deadline(&self) -> Option<u64> {
-        let resume = match self.link {
+        match self.link {
+            Link::Down => None,
             Link::Resuming { until_ms } => Some(until_ms),
-            _ => None,
-        };
-        let resend = self
-            .inflight
-            .front()
-            .map(|f| f.sent_at_ms.saturating_add(self.cfg.resend_timeout_ms));
-        match (resume, resend) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+            Link::Confirming { until_ms, ask_ms } => Some(until_ms.min(ask_ms)),
+            Link::Up => self
+                .inflight
+                .front()
+                .map(|f| f.sent_at_ms.saturating_add(self.cfg.resend_timeout_ms)),
         }
     }
 
@@ -402,7 +493,7 @@ mod tests {
     }
 
     #[test]
-    fn timeout_goes_back_to_the_watermark_and_counts_failures() {
+    fn timeout_asks_for_the_watermark_until_the_link_answers_or_stays_silent() {
         let mut a = agent_with(25);
         a.connected(0);
         a.on_ack(0, 1);
@@ -411,18 +502,134 @@ mod tests {
         assert_eq!(a.next_deadline(), Some(1_001));
         a.on_tick(1_001);
         assert_eq!(a.stats().timeouts, 1);
+        assert!(
+            a.take_ack_request(),
+            "the driver is asked to re-read the retained ack"
+        );
+        assert!(!a.take_ack_request(), "once per ask");
+        assert_eq!(a.poll_send(), None, "nothing new goes out while confirming");
+        assert_eq!(a.next_deadline(), Some(1_101));
+        a.on_tick(1_101);
+        assert!(a.take_ack_request(), "no answer yet: asked again");
+        assert_eq!(a.stats().batches_failed, 0);
+        assert_eq!(a.next_deadline(), Some(1_201));
+        for t in (1_201..2_001).step_by(100) {
+            a.on_tick(t);
+        }
+        assert_eq!(a.next_deadline(), Some(2_001));
+        a.on_tick(2_001); // a silent link for another resend timeout: the window is given up
         assert_eq!(a.stats().batches_failed, 1);
-        assert_eq!(send_all(&mut a, 1_001), vec![(11, 20), (21, 25)]);
+        assert_eq!(a.stats().timeouts, 1);
+        assert_eq!(send_all(&mut a, 2_001), vec![(11, 20), (21, 25)]);
     }
 
     #[test]
-    fn disconnect_abandons_the_window_and_keeps_the_watermark() {
+    fn a_timed_out_batch_the_server_has_is_acknowledged_not_sent_again() {
+        let mut a = agent_with(25);
+        a.connected(0);
+        a.on_ack(0, 0);
+        assert_eq!(send_all(&mut a, 0), vec![(1, 10), (11, 20)]);
+        a.on_tick(1_000); // both acks were lost
+        assert!(a.take_ack_request());
+        // The retained ack, re-read: the server has everything that was sent.
+        assert_eq!(a.on_ack(20, 1_050), AckEffect::Advanced { trim_to: 20 });
+        let s = a.stats();
+        assert_eq!(
+            (s.batches_acked, s.batches_confirmed, s.batches_failed),
+            (2, 2, 0)
+        );
+        assert_eq!(
+            send_all(&mut a, 1_050),
+            vec![(21, 25)],
+            "on from the watermark"
+        );
+    }
+
+    #[test]
+    fn an_answer_that_lacks_the_batch_gives_the_window_up_at_once() {
+        let mut a = agent_with(25);
+        a.connected(0);
+        a.on_ack(0, 0);
+        send_all(&mut a, 0);
+        a.on_tick(1_000);
+        assert!(a.take_ack_request());
+        // The server has the first batch but not the second (lost): go back to 11 now.
+        assert_eq!(a.on_ack(10, 1_020), AckEffect::Advanced { trim_to: 10 });
+        let s = a.stats();
+        assert_eq!((s.batches_confirmed, s.batches_failed), (1, 1));
+        assert_eq!(send_all(&mut a, 1_020), vec![(11, 20), (21, 25)]);
+        // A stale answer settles it too.
+        a.on_tick(2_020);
+        assert!(a.take_ack_request());
+        assert_eq!(a.on_ack(10, 2_030), AckEffect::Stale);
+        assert_eq!(a.stats().batches_failed, 3);
+        assert_eq!(a.poll_send().unwrap().first_seq, 11);
+    }
+
+    #[test]
+    fn a_late_ack_during_a_confirmation_keeps_what_is_not_overdue() {
+        let mut a = agent_with(25);
+        a.connected(0);
+        a.on_ack(0, 0);
+        assert_eq!(send_all(&mut a, 0), vec![(1, 10), (11, 20)]);
+        a.on_ack(10, 600);
+        assert_eq!(send_all(&mut a, 600), vec![(21, 25)]);
+        assert_eq!(
+            a.inflight_ranges().collect::<Vec<_>>(),
+            vec![(11, 20), (21, 25)]
+        );
+        a.on_tick(1_000); // (11, 20), sent at 0, timed out
+        assert!(a.take_ack_request());
+        assert_eq!(a.on_ack(20, 1_010), AckEffect::Advanced { trim_to: 20 });
+        // (21, 25), sent at 600, is not overdue: it stays in flight.
+        assert_eq!(a.inflight(), 1);
+        assert_eq!(a.stats().batches_failed, 0);
+        assert_eq!(a.next_deadline(), Some(1_600));
+    }
+
+    #[test]
+    fn a_disconnect_keeps_the_window_for_the_retained_ack_to_settle() {
+        let mut a = agent_with(30);
+        a.connected(0);
+        a.on_ack(5, 0);
+        assert_eq!(send_all(&mut a, 0), vec![(6, 15), (16, 25)]);
+        a.disconnected();
+        assert_eq!(a.poll_send(), None);
+        assert_eq!(
+            a.next_deadline(),
+            None,
+            "no timeouts while the link is down"
+        );
+        a.on_tick(5_000);
+        assert_eq!(a.stats().timeouts, 0);
+        a.connected(6_000);
+        // The first batch arrived before the link went; its ack was lost with it.
+        assert_eq!(a.on_ack(15, 6_010), AckEffect::Advanced { trim_to: 15 });
+        let s = a.stats();
+        assert_eq!((s.batches_confirmed, s.batches_failed), (1, 1));
+        assert_eq!(send_all(&mut a, 6_010), vec![(16, 25), (26, 30)]);
+    }
+
+    #[test]
+    fn without_a_retained_ack_the_window_is_given_up_after_the_resume_wait() {
+        let mut a = agent_with(30);
+        a.connected(0);
+        a.on_tick(100);
+        send_all(&mut a, 100);
+        a.disconnected();
+        a.connected(500);
+        a.on_tick(600);
+        assert_eq!(a.stats().batches_failed, 2);
+        assert_eq!(a.poll_send().unwrap().first_seq, 1);
+    }
+
+    #[test]
+    fn disconnect_sends_nothing_and_a_restart_resumes_at_the_durable_watermark() {
         let mut a = agent_with(30);
         a.connected(0);
         a.on_ack(5, 0);
         send_all(&mut a, 0);
         a.disconnected();
-        assert_eq!(a.inflight(), 0);
         assert_eq!(a.poll_send(), None);
         assert_eq!(
             a.durable(),

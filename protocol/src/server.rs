@@ -167,6 +167,7 @@ impl Server {
                 dropped += new;
             }
         }
+        let mut released = Vec::new();
         for e in events {
             let seq = e.dot.seq;
             if rs.ctx.contains(seq) {
@@ -174,14 +175,20 @@ impl Server {
             } else if seq > rs.ctx.watermark() + 1 && rs.pending.len() >= cap {
                 deferred += 1;
             } else {
+                let next = seq == rs.ctx.watermark() + 1;
                 rs.ctx.insert(seq);
-                rs.pending.insert(seq, e);
                 new_events += 1;
+                if next && rs.pending.is_empty() {
+                    // The common case, in order with nothing held: released at once (events
+                    // come in seq order, so anything held later is above it).
+                    released.push(e);
+                } else {
+                    rs.pending.insert(seq, e);
+                }
             }
         }
         // Everything at or below the (possibly advanced) watermark is contiguous: release it.
         let watermark = rs.ctx.watermark();
-        let mut released = Vec::new();
         while let Some(entry) = rs.pending.first_entry() {
             if *entry.key() > watermark {
                 break;
@@ -253,6 +260,18 @@ mod tests {
         assert_eq!(seqs(&a), vec![4, 5, 6, 7, 8, 9]);
         assert_eq!(a.watermark, 9);
         assert_eq!(s.status(&replica(0)).unwrap().gap_since_ms, None);
+    }
+
+    #[test]
+    fn a_batch_across_held_events_releases_everything_in_order_once() {
+        let mut s = Server::new(ServerConfig::default());
+        assert_eq!(seqs(&s.apply(batch(1, 3), 0)), vec![1, 2, 3]);
+        assert!(s.apply(batch(6, 8), 0).released.is_empty());
+        let a = s.apply(batch(4, 10), 0);
+        assert_eq!(seqs(&a), vec![4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!((a.new_events, a.duplicates, a.watermark), (4, 3, 10));
+        assert_eq!(seqs(&s.apply(batch(11, 12), 0)), vec![11, 12]);
+        assert_eq!(s.status(&replica(0)).unwrap().pending, 0);
     }
 
     #[test]

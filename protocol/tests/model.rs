@@ -149,6 +149,16 @@ impl World {
         Ok(())
     }
 
+    /// Time passes for the agent; if it asks for the server's watermark, the broker hands
+    /// the retained ack over (through the same adversarial network).
+    fn tick(&mut self) {
+        self.agent.on_tick(self.now);
+        if self.agent.take_ack_request() && self.connected && self.last_ack > 0 {
+            self.net.push(Msg::Ack(self.last_ack));
+        }
+        self.pump();
+    }
+
     fn step(&mut self, a: &Action) -> Result<(), TestCaseError> {
         match a {
             Action::Append(n) => (0..*n).for_each(|_| self.append()),
@@ -183,8 +193,7 @@ impl World {
             }
             Action::Advance(ms) => {
                 self.now += u64::from(*ms);
-                self.agent.on_tick(self.now);
-                self.pump();
+                self.tick();
             }
             Action::CrashAgent => {
                 self.agent = Agent::new(self.cfg, self.durable).unwrap();
@@ -209,8 +218,7 @@ impl World {
                     return Ok(());
                 }
                 self.now += 5_000;
-                self.agent.on_tick(self.now);
-                self.pump();
+                self.tick();
                 continue;
             }
             let m = self.net.remove(0);
