@@ -231,10 +231,17 @@ impl World<'_> {
                 let Some((_, up)) = dev.crash_at else { return };
                 dev.crashed = true;
                 let lost = dev.queue.len() as u64;
-                dev.queue.clear();
                 if dev.inflight.take().is_some() {
                     self.m.failures += 1;
+                    if dev
+                        .queue
+                        .front()
+                        .is_some_and(|h| self.seen[d].contains(h.msg.seq))
+                    {
+                        self.m.failures_reached += 1;
+                    }
                 }
+                dev.queue.clear();
                 dev.retry_at = None;
                 dev.failures_in_row = 0;
                 self.m.drop_events("crash lost the in-memory queue", lost);
@@ -372,6 +379,13 @@ impl World<'_> {
         }
         dev.inflight = None;
         self.m.failures += 1;
+        if dev
+            .queue
+            .front()
+            .is_some_and(|h| self.seen[d].contains(h.msg.seq))
+        {
+            self.m.failures_reached += 1; // the response was lost or late
+        }
         let mut gave_up = false;
         if let Some(head) = dev.queue.front_mut() {
             head.attempts += 1;

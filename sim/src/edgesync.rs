@@ -5,15 +5,17 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::rc::Rc;
 
-use edgesync_core::{BatchBuilder, Crdt, DeltaBatch, Event, EventLimits};
+use edgesync_core::{Crdt, DeltaBatch, Event, EventLimits};
 use edgesync_protocol::agent::{AckEffect, AgentStats};
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable, Server, ServerConfig};
+
+use crate::fleet::device_name;
 use edgesync_schemas::{Ack, Codec};
 
 use crate::config::{SimConfig, WireModel};
 use crate::fleet::{
-    join_maps, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced, ReadValue,
-    Sizes,
+    join_into, join_maps, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced,
+    ReadValue, Sizes,
 };
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
@@ -63,6 +65,9 @@ enum Ev {
     Tick(usize),
     Uplink(usize, Payload),
     Ack(usize, u64, u64),
+    /// The agent's request for the retained ack (a new subscription to its ack topic) reaches
+    /// the broker, which holds the retained ack whether or not the server is up.
+    AckRequest(usize, u64),
     ServerUp,
     Heal,
 }
@@ -89,6 +94,8 @@ struct Spooled {
 }
 
 struct Dev {
+    /// The device's index in the fleet.
+    id: usize,
     /// The state deltas the server merged from this device's batches, joined. The server's
     /// state is the join of these over the fleet (joins are associative and commutative);
     /// keeping them per device keeps each join small.
@@ -194,6 +201,10 @@ pub fn run_part(cfg: &SimConfig, devices: Range<usize>) -> Outcome {
     if !w.healed {
         w.m.delivered_in_window = w.m.delivered;
     }
+    for d in 0..w.devs.len() {
+        let left: Vec<(u64, u64)> = w.devs[d].agent.inflight_ranges().collect();
+        w.count_abandoned(d, &left);
+    }
     let mut unsynced = 0;
     for dev in &mut w.devs {
         let s = dev.agent.stats();
@@ -234,6 +245,7 @@ fn new_device(w: &World<'_>, id: usize) -> Dev {
     };
     let ack_base = w.codec.encode_ack(&ack).map_or(0, |b| b.len()) - 2;
     Dev {
+        id,
         merged: BTreeMap::new(),
         ack_base,
         gen: DeviceGen::new(cfg, d),
@@ -287,12 +299,18 @@ impl World<'_> {
                     dev.tick_at = None;
                 }
                 if !dev.crashed {
-                    dev.agent.on_tick(now);
+                    self.with_agent(d, |a| a.on_tick(now));
+                    self.request_ack(now, d);
                     self.pump(now, d);
                 }
             }
             Ev::Uplink(d, payload) => self.server_receive(now, d, payload),
             Ev::Ack(d, session, wm) => self.ack_arrives(now, d, session, wm),
+            Ev::AckRequest(d, session) => {
+                if let Some(wm) = self.retained[d] {
+                    self.send_ack(now, d, session, wm);
+                }
+            }
             Ev::ServerUp => {
                 // The server process restarts from its durable state.
                 self.server = self.server.reloaded();
@@ -377,14 +395,68 @@ impl World<'_> {
     }
 
     fn crash(&mut self, _now: Ms, d: usize) {
+        let Some((_, up)) = self.devs[d].crash_at else {
+            return;
+        };
+        // The window is volatile: what was in flight is lost with the process.
+        let lost: Vec<(u64, u64)> = self.devs[d].agent.inflight_ranges().collect();
+        self.count_abandoned(d, &lost);
         let dev = &mut self.devs[d];
-        let Some((_, up)) = dev.crash_at else { return };
         dev.crashed = true;
         dev.session = None;
         let s = dev.agent.stats();
         dev.past_stats.batches_sent += s.batches_sent;
         dev.past_stats.batches_failed += s.batches_failed + dev.agent.inflight() as u64;
         self.q.push(up, Ev::Restart(d));
+    }
+
+    /// Calls `f` on device `d`'s agent, and counts the batches it gave up on that the server
+    /// had nonetheless (their acknowledgement was lost or late).
+    fn with_agent<R>(&mut self, d: usize, f: impl FnOnce(&mut Agent) -> R) -> R {
+        let agent = &mut self.devs[d].agent;
+        // A streaming agent gives nothing up on an ack or a tick (a timeout first asks).
+        if agent.inflight() == 0 || (agent.is_streaming() && self.agent_cfg.resume_wait_ms > 0) {
+            return f(agent);
+        }
+        let failed = agent.stats().batches_failed;
+        let before: Vec<(u64, u64)> = agent.inflight_ranges().collect();
+        let r = f(agent);
+        let n = (self.devs[d].agent.stats().batches_failed - failed) as usize;
+        if n > 0 {
+            // Go-back-N gives up the newest `n` batches of the window.
+            self.count_abandoned(d, &before[before.len() - n..]);
+        }
+        r
+    }
+
+    /// Counts, of the batches `given_up`, those the server had in full.
+    fn count_abandoned(&mut self, d: usize, given_up: &[(u64, u64)]) {
+        let Some(rs) = self.server.state(&self.devs[d].state.replica) else {
+            return;
+        };
+        let reached = given_up
+            .iter()
+            .filter(|&&(first, last)| (first..=last).all(|s| rs.ctx.contains(s)))
+            .count();
+        self.m.failures_reached += reached as u64;
+    }
+
+    /// Sends the agent's request for the retained ack, if it made one: a new subscription to
+    /// its ack topic (its topic filter counted as bytes up).
+    fn request_ack(&mut self, now: Ms, d: usize) {
+        let dev = &mut self.devs[d];
+        let Some(session) = dev.session else { return };
+        if !dev.agent.take_ack_request() {
+            return;
+        }
+        let size = device_name(dev.id).len() + ACK_TOPIC_EXTRA;
+        self.m.bytes_up += size as u64;
+        for at in dev
+            .link
+            .send(now, size, Dir::Up, &mut dev.net, &self.cfg.link)
+        {
+            self.q.push(at, Ev::AckRequest(d, session));
+        }
     }
 
     fn restart(&mut self, now: Ms, d: usize) {
@@ -439,28 +511,28 @@ impl World<'_> {
             let Some(req) = dev.agent.poll_send() else {
                 break;
             };
+            // What `BatchBuilder` would build (the same events, deltas joined per key), built
+            // directly: the spooled events were checked when they were generated.
             let start = (req.first_seq - dev.spool_first) as usize;
-            let mut b = BatchBuilder::new(
-                dev.state.replica.clone(),
-                req.first_seq,
-                EventLimits::default(),
-            );
+            let (mut events, mut state, mut bytes) = (Vec::new(), BTreeMap::new(), 0);
             for s in dev.spool.range(start..).take(req.max_events) {
-                if !b.is_empty() && b.approx_bytes() + s.approx > req.max_bytes {
+                if !events.is_empty() && bytes + s.approx > req.max_bytes {
                     break;
                 }
-                if let Err(e) = b.push(s.event.clone(), s.deltas.iter().cloned()) {
-                    unreachable!("spooled events are valid: {e}");
-                }
+                bytes += s.approx;
+                events.push(s.event.clone());
+                join_into(&mut state, &s.deltas);
             }
-            let events = b.len();
-            let last = req.first_seq + events as u64 - 1;
-            let batch = match b.finish() {
+            let n = events.len();
+            let last = req.first_seq + n as u64 - 1;
+            let replica = dev.state.replica.clone();
+            let limits = EventLimits::default();
+            let batch = match DeltaBatch::new(replica, req.first_seq, events, state, &limits) {
                 Ok(batch) => batch,
                 Err(e) => unreachable!("a spooled batch is well formed: {e}"),
             };
             let (payload, size) = match &self.model {
-                Some(model) => (Payload::Value(Rc::new(batch)), model.batch_bytes(events)),
+                Some(model) => (Payload::Value(Rc::new(batch)), model.batch_bytes(n)),
                 None => match self.codec.encode_batch(&batch) {
                     Ok(bytes) => {
                         let size = bytes.len();
@@ -554,7 +626,8 @@ impl World<'_> {
         if dev.crashed || dev.session != Some(session) {
             return; // delivered to a session that no longer exists
         }
-        if let AckEffect::Advanced { trim_to } = dev.agent.on_ack(wm, now) {
+        if let AckEffect::Advanced { trim_to } = self.with_agent(d, |a| a.on_ack(wm, now)) {
+            let dev = &mut self.devs[d];
             dev.durable_acked = trim_to;
             while dev.spool_first <= trim_to && dev.spool.pop_front().is_some() {
                 dev.spool_first += 1;
@@ -563,6 +636,10 @@ impl World<'_> {
         self.pump(now, d);
     }
 }
+
+/// A subscription's bytes besides the device name: `edgesync/v1/` and `/ack`, a 2-byte length
+/// and a byte of options.
+const ACK_TOPIC_EXTRA: usize = "edgesync/v1/".len() + "/ack".len() + 3;
 
 /// Bytes of `n` as an Avro long (zig-zag varint).
 fn varint_len(n: u64) -> u8 {

@@ -237,34 +237,34 @@ impl DeviceState {
     }
 
     /// Turns a reading into the next event and the deltas it produced.
-    pub fn append(&mut self, r: &Reading<'_>) -> (Event, Vec<(String, Crdt)>) {
+    pub fn append(&mut self, r: Reading<'_>) -> (Event, Vec<(String, Crdt)>) {
         let physical = (r.at as i64 + self.skew_ms).max(0) as u64;
         let hlc: Hlc = self.clock.now(physical);
         self.last_seq += 1;
         let rep = self.replica.clone();
         let mut deltas = Vec::with_capacity(r.ops.len());
-        for op in &r.ops {
+        for op in r.ops {
             let (key, delta) = match op {
                 Op::Count(k) => (k, Crdt::GCounter(self.gcounter(k).inc(&rep, 1))),
-                Op::Max(k, v) => (k, Crdt::MaxRegister(self.max(k).set(Value::Double(*v)))),
+                Op::Max(k, v) => (k, Crdt::MaxRegister(self.max(k).set(Value::Double(v)))),
                 Op::Rollup(k, b, v) => {
-                    let d = self.rollup(k).record(&rep, *b, *v).unwrap_or_default();
+                    let d = self.rollup(k).record(&rep, b, v).unwrap_or_default();
                     (k, Crdt::RollupMap(d))
                 }
-                Op::Lww(k, v) => (k, Crdt::LwwRegister(self.lww(k).set(hlc, &rep, v.clone()))),
-                Op::Mv(k, v) => (k, Crdt::MvRegister(self.mv(k).write(&rep, v.clone()))),
-                Op::Add(k, v) => (k, Crdt::OrSet(self.set(k).add(&rep, v.clone()))),
-                Op::Remove(k, v) => (k, Crdt::OrSet(self.set(k).remove(v))),
-                Op::Pn(k, by) => (k, Crdt::PnCounter(self.pn(k).add(&rep, *by))),
+                Op::Lww(k, v) => (k, Crdt::LwwRegister(self.lww(k).set(hlc, &rep, v))),
+                Op::Mv(k, v) => (k, Crdt::MvRegister(self.mv(k).write(&rep, v))),
+                Op::Add(k, v) => (k, Crdt::OrSet(self.set(k).add(&rep, v))),
+                Op::Remove(k, v) => (k, Crdt::OrSet(self.set(k).remove(&v))),
+                Op::Pn(k, by) => (k, Crdt::PnCounter(self.pn(k).add(&rep, by))),
             };
-            deltas.push(((*key).to_owned(), delta));
+            deltas.push((key.to_owned(), delta));
         }
         let event = Event {
             dot: Dot::new(rep, self.last_seq),
             hlc,
             stream: r.stream.to_owned(),
             schema_version: 1,
-            fields: r.fields.clone(),
+            fields: r.fields,
             tags: BTreeMap::new(),
         };
         (event, deltas)
@@ -285,10 +285,13 @@ macro_rules! accessor {
     ($name:ident, $variant:ident, $ty:ty) => {
         impl DeviceState {
             fn $name(&mut self, key: &str) -> &mut $ty {
-                let slot = self
-                    .crdts
-                    .entry(key.to_owned())
-                    .or_insert_with(|| Crdt::$variant(Default::default()));
+                if !self.crdts.contains_key(key) {
+                    self.crdts
+                        .insert(key.to_owned(), Crdt::$variant(Default::default()));
+                }
+                let Some(slot) = self.crdts.get_mut(key) else {
+                    unreachable!("inserted above")
+                };
                 match slot {
                     Crdt::$variant(x) => x,
                     // Each key is used with one kind only (the generator's key names say which).
@@ -356,7 +359,8 @@ pub(crate) fn produce(
     m: &mut crate::report::Metrics,
 ) -> Option<Produced> {
     let r = gen.tick(alive(crash_at, now))?;
-    let (event, deltas) = state.append(&r);
+    let at = r.at;
+    let (event, deltas) = state.append(r);
     let raw = match sizes {
         Sizes::Codec(codec) => codec
             .encode_event(&event, edgesync_schemas::Framing::SingleObject)
@@ -366,11 +370,27 @@ pub(crate) fn produce(
     m.generated += 1;
     m.raw_bytes += raw as u64;
     Some(Produced {
-        at: r.at,
+        at,
         event,
         deltas,
         raw,
     })
+}
+
+/// Joins `deltas` into `store`.
+pub fn join_into(store: &mut BTreeMap<String, Crdt>, deltas: &[(String, Crdt)]) {
+    for (k, d) in deltas {
+        match store.get_mut(k) {
+            Some(s) => {
+                if s.join(d).is_err() {
+                    unreachable!("key {k} used with two CRDT kinds")
+                }
+            }
+            None => {
+                store.insert(k.clone(), d.clone());
+            }
+        }
+    }
 }
 
 /// Joins every state of `from` into `store`.

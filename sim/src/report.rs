@@ -26,6 +26,9 @@ pub struct Metrics {
     pub attempts: u64,
     /// Attempts abandoned before their acknowledgement (timeout, link or device lost).
     pub failures: u64,
+    /// Of those, attempts the server had nonetheless (their acknowledgement was lost or late,
+    /// or the device crashed before it came): the rest never reached the server.
+    pub failures_reached: u64,
     /// Payload bytes device to server.
     pub bytes_up: u64,
     /// Payload bytes server to device.
@@ -53,6 +56,7 @@ impl Metrics {
         self.latencies_ms.merge(o.latencies_ms);
         self.attempts += o.attempts;
         self.failures += o.failures;
+        self.failures_reached += o.failures_reached;
         self.bytes_up += o.bytes_up;
         self.bytes_down += o.bytes_down;
         self.raw_bytes += o.raw_bytes;
@@ -153,6 +157,10 @@ pub struct ApproachReport {
     pub sync_failures: u64,
     /// `sync_failures / sync_attempts`.
     pub sync_failure_rate: f64,
+    /// Failed attempts the server had nonetheless (acknowledgement lost or late, or the
+    /// sender crashed first): what a sender could have been told instead of giving up. The
+    /// other failed attempts never reached the server (lost, sent into an outage, server down).
+    pub sync_failures_reached_server: u64,
     /// Payload bytes in both directions.
     pub bytes_on_wire: u64,
     /// Of which device to server.
@@ -213,6 +221,7 @@ impl ApproachReport {
             sync_attempts: m.attempts,
             sync_failures: m.failures,
             sync_failure_rate: ratio(m.failures, m.attempts),
+            sync_failures_reached_server: m.failures_reached,
             bytes_on_wire: wire,
             bytes_up: m.bytes_up,
             bytes_down: m.bytes_down,
@@ -259,8 +268,8 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "## edgesync vs retry-based sync — seed {}, {} devices, {} h\n",
-            c.seed, c.devices, c.hours
+            "## edgesync vs retry-based sync — profile {}, seed {}, {} devices, {} h\n",
+            c.profile, c.seed, c.devices, c.hours
         );
         if let Some(w) = &c.protocol_only {
             let _ = writeln!(
@@ -322,6 +331,13 @@ impl Report {
         row(s, "sync attempts / failed", &|r| {
             format!("{} / {}", r.sync_attempts, r.sync_failures)
         });
+        row(s, "failed: never reached the server / reached it", &|r| {
+            format!(
+                "{} / {}",
+                r.sync_failures - r.sync_failures_reached_server,
+                r.sync_failures_reached_server
+            )
+        });
         row(s, "bytes up + down / of new data", &|r| {
             format!(
                 "{} + {} / {}",
@@ -345,17 +361,28 @@ impl Report {
     }
 }
 
+/// A mean duration, in the unit that reads best.
+fn duration(seconds: f64) -> String {
+    if seconds >= 3600.0 {
+        format!("{:.0} h", seconds / 3600.0)
+    } else if seconds >= 60.0 {
+        format!("{:.0} min", seconds / 60.0)
+    } else {
+        format!("{seconds:.0} s")
+    }
+}
+
 /// The paragraph naming the links, faults and baseline the run simulated.
 fn links(s: &mut String, c: &SimConfig) {
     let b = &c.baseline;
     let l = &c.link;
     let _ = writeln!(
         s,
-        "\nLinks: up {:.0} min / down {:.0} min on average, latency {:.0} ms + exp({:.0} ms), loss {} %, duplicates {} %, reordering {} %, {:.0} kB/s. \
+        "\nLinks ({} profile): up {} / down {} on average (exponential), latency {:.0} ms + exp({:.0} ms), loss {} %, duplicates {} %, reordering {} % by up to {:.1} s, {:.0} kB/s each way; a dead link is noticed after {:.0} s (keep-alive), a reconnect takes {:.1} s. \
          Faults: a device crashes every {} h on average (down {:.0} s), the server restarts every {} h (down {:.0} s). \
          Baseline: queue of {} messages, backoff {:.0} ms doubling to {:.0} s (±{:.0} %), {} attempts per message, {} s request timeout, last write wins by device clock.",
-        l.mean_up_s / 60.0, l.mean_down_s / 60.0, l.latency_ms, l.jitter_mean_ms, l.loss * 100.0, l.duplicate * 100.0, l.reorder * 100.0,
-        l.bandwidth_bytes_per_s / 1000.0, c.faults.device_crash_mean_h, c.faults.device_down_mean_s, c.faults.server_restart_mean_h,
+        c.profile, duration(l.mean_up_s), duration(l.mean_down_s), l.latency_ms, l.jitter_mean_ms, l.loss * 100.0, l.duplicate * 100.0, l.reorder * 100.0,
+        l.reorder_max_ms / 1000.0, l.bandwidth_bytes_per_s / 1000.0, l.detect_down_ms as f64 / 1000.0, l.connect_ms as f64 / 1000.0, c.faults.device_crash_mean_h, c.faults.device_down_mean_s, c.faults.server_restart_mean_h,
         c.faults.server_down_s, b.queue_capacity, b.initial_backoff_ms, b.max_backoff_ms / 1000.0, b.backoff_jitter * 100.0,
         b.max_attempts, b.request_timeout_ms / 1000
     );
