@@ -1,22 +1,49 @@
 //! The agents of a run: each its own `edgesync-agent` process and spool behind its own fault
 //! proxy, fed over HTTP at a steady rate while one link at a time is cut. What each agent
-//! answered (durable at the edge) is kept per seq with the time of the answer, in
-//! milliseconds since the epoch; that is where every latency of the report starts.
+//! answered (durable at the edge) is kept per request: its seqs, when it was sent and when it
+//! was answered (µs since the epoch). Every latency of the report starts at the send: the
+//! append is part of what is measured, as the raw sum counts one fsync for it.
+//!
+//! The load generator is lean so that it is never what limits a run: one thread per agent
+//! posting ten NDJSON requests a second (staggered over the agents) on one keep-alive
+//! connection, with the request's body written into a reused buffer; its CPU is measured with
+//! the rest (`usage`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgesync_servicekit::now_ms;
 use edgesync_testkit::{FaultProxy, Service};
 
-use crate::{err, Args};
+use crate::{err, now_us, Args};
 
-/// Per device, what it answered: seq → when (ms since the epoch).
-pub type Answers = BTreeMap<String, BTreeMap<u64, u64>>;
+/// One answered request: seqs `first..=last`, sent and answered at (µs since the epoch).
+#[derive(Clone, Copy, Debug)]
+pub struct Request {
+    /// First seq stored.
+    pub first: u64,
+    /// Last seq stored.
+    pub last: u64,
+    /// When the request was sent.
+    pub sent_us: u64,
+    /// When the durable answer came.
+    pub answered_us: u64,
+}
+
+impl Request {
+    /// Events it carried.
+    pub fn len(&self) -> u64 {
+        self.last + 1 - self.first
+    }
+}
+
+/// Per device, its answered requests in seq order.
+pub type Answers = BTreeMap<String, Vec<Request>>;
 
 /// One agent of the fleet.
 pub struct Agent {
@@ -25,11 +52,17 @@ pub struct Agent {
     proxy: FaultProxy,
     /// The running agent.
     pub service: Service,
-    answered: Arc<Mutex<BTreeMap<u64, u64>>>,
+    answered: Arc<Mutex<Vec<Request>>>,
+    /// Events answered so far.
+    answered_events: Arc<AtomicU64>,
+    /// Requests that failed (no answer, or not 200).
+    failed: Arc<AtomicU64>,
+    /// The next event index of its feed (the `i` field).
+    next: Arc<AtomicU64>,
 }
 
 impl Agent {
-    fn answered(&self) -> BTreeMap<u64, u64> {
+    fn answered(&self) -> Vec<Request> {
         self.answered
             .lock()
             .map(|x| x.clone())
@@ -38,6 +71,12 @@ impl Agent {
 
     fn acked(&self) -> f64 {
         self.service.metric("edgesync_agent_acked_watermark", "")
+    }
+
+    /// The last seq it answered, 0 if none.
+    pub fn last_answered(&self) -> u64 {
+        let a = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        a.last().map_or(0, |r| r.last)
     }
 }
 
@@ -60,7 +99,7 @@ impl Fleet {
             if args.link_kib_per_s > 0 {
                 proxy.set_bandwidth(Some(args.link_kib_per_s * 1024));
             }
-            let sets = [
+            let mut sets = vec![
                 format!("device.id={device}"),
                 "spool.dir=\"{dir}/spool\"".into(),
                 format!("uplink.port={}", proxy.addr().port()),
@@ -69,6 +108,7 @@ impl Fleet {
                 "uplink.backoff_max_ms=2000".into(),
                 "uplink.resend_timeout_ms=5000".into(),
             ];
+            sets.extend(args.agent_sets.iter().cloned());
             let service =
                 Service::start(bin.to_owned(), Some("run"), &device, &sets).map_err(err)?;
             agents.push(Agent {
@@ -76,6 +116,9 @@ impl Fleet {
                 proxy,
                 service,
                 answered: Arc::default(),
+                answered_events: Arc::default(),
+                failed: Arc::default(),
+                next: Arc::default(),
             });
         }
         Ok(Self {
@@ -89,19 +132,32 @@ impl Fleet {
         self.agents.iter().map(|a| a.service.http).collect()
     }
 
+    /// The agents' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.agents
+            .iter()
+            .filter_map(|a| a.service.process.pid())
+            .collect()
+    }
+
     /// One event through every agent, acknowledged, before the timed feed, so that the figures
     /// are the running pipeline's (consumer groups assigned, producers with ids) and not its
     /// start-up.
     pub fn warm_up(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(120);
         for a in &self.agents {
-            let (seqs, t) = post_events(a.service.http, &events_body(&a.device, 0, 1))
+            let mut conn = Conn::new(a.service.http);
+            let mut body = String::new();
+            events_body(&mut body, &a.device, 0, 1);
+            let r = conn
+                .post_events(body.as_bytes())
                 .map_err(|x| format!("{}: warm-up event refused: {x}", a.device))?;
-            let mut ans = a.answered.lock().unwrap_or_else(|p| p.into_inner());
-            for seq in seqs {
+            a.next.store(1, Ordering::SeqCst);
+            for seq in r.first..=r.last {
                 self.warm.insert((a.device.clone(), seq));
-                ans.insert(seq, t);
             }
+            a.answered_events.fetch_add(r.len(), Ordering::SeqCst);
+            a.answered.lock().unwrap_or_else(|p| p.into_inner()).push(r);
         }
         while self.agents.iter().any(|a| a.acked() < 1.0) {
             if Instant::now() > deadline {
@@ -117,16 +173,29 @@ impl Fleet {
         self.warm.contains(&(device.to_owned(), seq))
     }
 
+    /// Starts feeding every agent `rate` events/s (ten requests a second, the agents' ticks
+    /// staggered over the 100 ms) until the returned feed is stopped.
+    pub fn start_feed(&self, rate: u64) -> Feed {
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = self.agents.len().max(1) as u32;
+        let start = Instant::now() + Duration::from_millis(20);
+        let threads = self
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let first_tick = start + Duration::from_millis(100) * i as u32 / n;
+                producer(a, rate.max(1), first_tick, Arc::clone(&stop))
+            })
+            .collect();
+        Feed { stop, threads }
+    }
+
     /// Feeds every agent at `args.rate` events/s for `args.seconds`, cutting one link at a time
     /// as `args` says and printing progress (`released`: events in Kafka so far); returns the
     /// number of cuts. Every link is healed at the end.
     pub fn feed(&self, args: &Args, released: impl Fn() -> f64, started: Instant) -> usize {
-        let stop = Arc::new(AtomicBool::new(false));
-        let producers: Vec<_> = self
-            .agents
-            .iter()
-            .map(|a| producer(a, args.rate.max(1), Arc::clone(&stop)))
-            .collect();
+        let feed = self.start_feed(args.rate);
         let until = Instant::now() + Duration::from_secs(args.seconds);
         let mut outage: Option<(usize, Instant)> = None;
         let mut next_cut = Instant::now() + Duration::from_secs(args.outage_every.max(1));
@@ -152,20 +221,13 @@ impl Fleet {
                 self.progress(released(), started, cuts);
             }
         }
-        stop.store(true, Ordering::SeqCst);
-        producers.into_iter().for_each(|p| {
-            let _ = p.join();
-        });
+        feed.stop();
         self.agents.iter().for_each(|a| a.proxy.heal());
         cuts
     }
 
     fn progress(&self, released: f64, started: Instant, cuts: usize) {
-        let answered: usize = self
-            .agents
-            .iter()
-            .map(|a| a.answered.lock().map(|x| x.len()).unwrap_or(0))
-            .sum();
+        let answered = self.answered_events();
         let acked: f64 = self.agents.iter().map(Agent::acked).sum();
         println!(
             "    t={:>3}s  answered {answered:>7}  in Kafka {released:>7.0}  acknowledged {acked:>7.0}  links cut so far {cuts}",
@@ -173,23 +235,37 @@ impl Fleet {
         );
     }
 
-    /// Waits (up to 180 s) until every agent is acknowledged up to the last seq it answered
-    /// and its spool is empty; whether all were.
-    pub fn drain(&self) -> bool {
-        let last: Vec<u64> = self
-            .agents
+    /// Events answered so far, over the fleet.
+    pub fn answered_events(&self) -> u64 {
+        self.agents
             .iter()
-            .map(|a| a.answered().keys().next_back().copied().unwrap_or(0))
-            .collect();
-        let drained = |a: &Agent, last: u64| {
-            a.acked() as u64 >= last && a.service.metric("edgesync_agent_spool_events", "") == 0.0
-        };
-        let all = || self.agents.iter().zip(&last).all(|(a, l)| drained(a, *l));
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while Instant::now() < deadline && !all() {
-            std::thread::sleep(Duration::from_millis(500));
+            .map(|a| a.answered_events.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Requests that failed so far, over the fleet.
+    pub fn failed_requests(&self) -> u64 {
+        self.agents
+            .iter()
+            .map(|a| a.failed.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// Whether every agent is acknowledged up to the last seq it answered, with an empty spool.
+    pub fn drained_now(&self) -> bool {
+        self.agents.iter().all(|a| {
+            a.acked() as u64 >= a.last_answered()
+                && a.service.metric("edgesync_agent_spool_events", "") == 0.0
+        })
+    }
+
+    /// Waits (up to `timeout`) until [`Fleet::drained_now`]; whether it came.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !self.drained_now() {
+            std::thread::sleep(Duration::from_millis(250));
         }
-        all()
+        self.drained_now()
     }
 
     /// What every agent answered.
@@ -206,56 +282,178 @@ impl Fleet {
     }
 }
 
-/// A thread posting ten requests a second to `a`, each with a tenth of `rate` events, until
-/// `stop`; what the agent answers goes to its answers.
-fn producer(a: &Agent, rate: u64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let (device, http, answered) = (a.device.clone(), a.service.http, Arc::clone(&a.answered));
-    std::thread::spawn(move || {
-        let per = rate.div_ceil(10);
-        let mut next = 0u64;
-        let mut tick = Instant::now();
-        while !stop.load(Ordering::SeqCst) {
-            if let Ok((seqs, t)) = post_events(http, &events_body(&device, next, per)) {
-                let mut ans = answered.lock().unwrap_or_else(|p| p.into_inner());
-                ans.extend(seqs.map(|s| (s, t)));
-                next += per;
-            }
-            tick += Duration::from_millis(100);
-            std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+/// The producer threads of a feed.
+pub struct Feed {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Feed {
+    /// Stops every producer and waits for its request in flight.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
         }
-    })
-}
-
-/// Posts NDJSON events to an agent; the seqs it answered (durable), now.
-fn post_events(
-    agent: SocketAddr,
-    body: &[u8],
-) -> Result<(std::ops::RangeInclusive<u64>, u64), String> {
-    let (status, _, text) =
-        edgesync_testkit::http(agent, "POST", "/v1/events", "application/x-ndjson", body)
-            .map_err(err)?;
-    if status != 200 {
-        return Err(format!("{status}: {text}"));
     }
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(err)?;
-    let (a, b) = (
-        v["first_seq"].as_u64().unwrap_or(1),
-        v["last_seq"].as_u64().unwrap_or(0),
-    );
-    Ok((a..=b, now_ms()))
 }
 
-/// `n` events of `device` from index `start`: +1 on the fleet's and the device's counters, and
-/// the pressure into the device's max register.
-fn events_body(device: &str, start: u64, n: u64) -> Vec<u8> {
-    let mut out = String::new();
+/// A thread posting ten requests a second to `a` from `first_tick`, each with a tenth of
+/// `rate` events, until `stop`; what the agent answers goes to its answers. A request that
+/// takes longer than its tick is followed at once by the next (the ticks are kept), so the
+/// offered rate holds while the agent keeps up, and the shortfall shows when it does not.
+fn producer(
+    a: &Agent,
+    rate: u64,
+    first_tick: Instant,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let device = a.device.clone();
+    let http = a.service.http;
+    let (answered, count, failed, next) = (
+        Arc::clone(&a.answered),
+        Arc::clone(&a.answered_events),
+        Arc::clone(&a.failed),
+        Arc::clone(&a.next),
+    );
+    let name = format!("feed-{device}");
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let per = rate.div_ceil(10);
+            let mut conn = Conn::new(http);
+            let mut body = String::new();
+            let mut tick = first_tick;
+            std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+            while !stop.load(Ordering::SeqCst) {
+                let i = next.fetch_add(per, Ordering::SeqCst);
+                events_body(&mut body, &device, i, per);
+                match conn.post_events(body.as_bytes()) {
+                    Ok(r) => {
+                        count.fetch_add(r.len(), Ordering::SeqCst);
+                        answered.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                tick += Duration::from_millis(100);
+                std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+            }
+        })
+        .unwrap_or_else(|e| panic!("spawn a producer thread: {e}"))
+}
+
+/// A keep-alive HTTP/1.1 connection to an agent: one request at a time, written in one
+/// `write` (no Nagle delay), answered with a `Content-Length` body (axum's JSON).
+struct Conn {
+    addr: SocketAddr,
+    stream: Option<BufReader<TcpStream>>,
+    head: Vec<u8>,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            stream: None,
+            head: Vec::new(),
+        }
+    }
+
+    /// Posts NDJSON events; the request with the seqs the agent answered (durable). Any
+    /// failure drops the connection (the next request opens a new one); nothing is retried,
+    /// since a request whose answer was lost may have been stored.
+    fn post_events(&mut self, body: &[u8]) -> Result<Request, String> {
+        let sent_us = now_us();
+        let r = self.exchange(body);
+        if r.is_err() {
+            self.stream = None;
+        }
+        let (status, text) = r.map_err(err)?;
+        if status != 200 {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&text)));
+        }
+        let answered_us = now_us();
+        let v: serde_json::Value = serde_json::from_slice(&text).map_err(err)?;
+        match (v["first_seq"].as_u64(), v["last_seq"].as_u64()) {
+            (Some(first), Some(last)) if last >= first => Ok(Request {
+                first,
+                last,
+                sent_us,
+                answered_us,
+            }),
+            _ => Err(format!("no seqs in the answer: {v}")),
+        }
+    }
+
+    fn exchange(&mut self, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            self.stream = Some(BufReader::with_capacity(16 << 10, s));
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(std::io::Error::other("no connection"));
+        };
+        self.head.clear();
+        write!(
+            self.head,
+            "POST /v1/events HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        )?;
+        self.head.extend_from_slice(body);
+        stream.get_mut().write_all(&self.head)?;
+        // Status line, then headers up to the blank line.
+        let mut line = String::new();
+        stream.read_line(&mut line)?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let (mut len, mut close) = (None, false);
+        loop {
+            line.clear();
+            if stream.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::other("connection closed in the headers"));
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                if k == "content-length" {
+                    len = v.parse::<usize>().ok();
+                } else if k == "connection" && v.eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+            }
+        }
+        let len = len.ok_or_else(|| std::io::Error::other("no content-length"))?;
+        let mut text = vec![0; len];
+        stream.read_exact(&mut text)?;
+        if close {
+            self.stream = None;
+        }
+        Ok((status, text))
+    }
+}
+
+/// Writes into `out` (cleared) `n` events of `device` from index `start`: +1 on the fleet's
+/// and the device's counters, and the pressure into the device's max register.
+fn events_body(out: &mut String, device: &str, start: u64, n: u64) {
+    out.clear();
     for i in start..start + n {
         let p = 100.0 + (i % 17) as f64 / 10.0;
-        out.push_str(&format!(
+        let _ = writeln!(
+            out,
             "{{\"stream\":\"pump.telemetry\",\"fields\":{{\"i\":{i},\"pressure_kpa\":{p}}},\"ops\":[\
              {{\"op\":\"inc\",\"key\":\"fleet/readings\",\"by\":1}},{{\"op\":\"inc\",\"key\":\"{device}/readings\",\"by\":1}},\
-             {{\"op\":\"max\",\"key\":\"{device}/pressure-max\",\"value\":{p}}}]}}\n"
-        ));
+             {{\"op\":\"max\",\"key\":\"{device}/pressure-max\",\"value\":{p}}}]}}"
+        );
     }
-    out.into_bytes()
 }

@@ -1,34 +1,45 @@
 //! `edgesync-local`: the whole pipeline on this machine, fed and measured.
 //!
 //! Starts Mosquitto and a Kafka broker (Apache Kafka in KRaft mode by default, or tansu on
-//! SQLite storage with `--broker tansu`), the reconciler, the
-//! bridge and a fleet of agents, each agent behind its own fault proxy that cuts its link now
-//! and then. Producers post events to the agents over HTTP at a steady rate. At the end the
-//! links heal, every agent must drain its spool, and the report is computed from the output
-//! topics themselves: every answered event found once, converged counters equal to the
-//! reference, latency from the agent's answer to the event's record in Kafka and to the
-//! converged record that includes it (against the raw hops — MQTT, Kafka, fsync — timed on the
-//! same brokers in the same run), bytes on the wire against raw. A real Prometheus on the
-//! shipped `deploy/prometheus/` config scrapes every service throughout; the report gives what
-//! it saw (targets up, rules evaluated, alerts firing). Everything it started stops with it
-//! (also on Ctrl-C or a crash: the processes die with their parent).
+//! SQLite storage with `--broker tansu`), the reconciler, the bridge and a fleet of agents,
+//! each agent behind its own fault proxy that cuts its link now and then. Producers post
+//! events to the agents over HTTP at a steady rate, while a reader follows the output topics
+//! live (`observe`). At the end the links heal, every agent must drain its spool, and the
+//! report is computed from what the reader saw: every answered event found once, converged
+//! counters equal to the reference, latency from the append to the event read from
+//! `edgesync.events` and to the converged record that includes it read from `edgesync.state`,
+//! each against the sum of the raw hops it crosses (MQTT, Kafka, fsync: timed on the same
+//! brokers in the same run), where the time goes stage by stage, the CPU of every process,
+//! bytes on the wire against raw. A real Prometheus on the shipped `deploy/prometheus/` config
+//! scrapes every service throughout; the report gives what it saw (targets up, rules
+//! evaluated, alerts firing).
+//!
+//! With `--steps` it draws the capacity curve instead (`capacity`): the same pipeline, started
+//! once and warmed up, fed step by step at a rising rate with links up until it saturates.
+//!
+//! Everything it started stops with it (also on Ctrl-C or a crash: the processes die with
+//! their parent).
 #![allow(clippy::print_stdout)]
 
+mod capacity;
 mod fleet;
 mod hops;
-mod readback;
+mod observe;
 mod report;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{workspace_binary, Broker, Kafka, Mosquitto, Prometheus, Service};
 
 use fleet::Fleet;
+use hops::RawHops;
+use observe::Observer;
 use report::Report;
+use usage::Component;
 
 /// Run the edgesync pipeline locally on embedded defaults and report how it did.
 #[derive(Debug, Parser)]
@@ -47,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     rate: u64,
     /// Every this many seconds (after the previous cut healed) one agent's link is cut
-    /// (0: links never fail).
+    /// (0: links never fail). Ignored with `--steps` (links stay up).
     #[arg(long, default_value_t = 5)]
     outage_every: u64,
     /// How long a cut lasts.
@@ -63,6 +74,41 @@ struct Args {
     /// `--reconciler-set 'exactly_once="transactions"'`; named in the report.
     #[arg(long = "reconciler-set", value_name = "KEY=VALUE")]
     reconciler_sets: Vec<String>,
+    /// An agent setting, as its `--set` takes it (repeatable); named in the report.
+    #[arg(long = "agent-set", value_name = "KEY=VALUE")]
+    agent_sets: Vec<String>,
+    /// A bridge setting, as its `--set` takes it (repeatable); named in the report.
+    #[arg(long = "bridge-set", value_name = "KEY=VALUE")]
+    bridge_sets: Vec<String>,
+    /// The capacity curve: total offered rates (events/s over the fleet, `k` for thousands),
+    /// fed one step after another on one pipeline, links up, e.g. `1k,5k,10k,20k`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    steps: Vec<u64>,
+    /// How long each step feeds.
+    #[arg(long, default_value_t = 20)]
+    step_seconds: u64,
+    /// Before the first step: a feed at the first step's rate for this long (not measured).
+    #[arg(long, default_value_t = 10)]
+    warm_seconds: u64,
+    /// After each step: how long the pipeline may take to drain before the run stops.
+    #[arg(long, default_value_t = 60)]
+    drain_seconds: u64,
+    /// Run every step even after one that is not sustainable.
+    #[arg(long)]
+    all_steps: bool,
+    /// With `--steps`: write `<PATH>.json` and `<PATH>.csv`.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.strip_suffix(['k', 'K']) {
+        Some(n) => (n, 1000.0),
+        None => (s, 1.0),
+    };
+    let v: f64 = num.parse().map_err(|e| format!("{s}: {e}"))?;
+    Ok((v * mul).round() as u64)
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -75,9 +121,21 @@ fn err(x: impl std::fmt::Display) -> String {
     x.to_string()
 }
 
+/// Wall clock, µs since the epoch (the same clock as Kafka's record timestamps).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    let result = if args.steps.is_empty() {
+        run(&args)
+    } else {
+        run_steps(&args)
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => fail(e),
@@ -103,11 +161,12 @@ fn services(args: &Args, k: &Kafka, m: &Mosquitto) -> Result<(Service, Service),
     sets.extend(args.reconciler_sets.iter().cloned());
     let reconciler =
         Service::start(bin("edgesync-reconciler")?, None, "reconciler", &sets).map_err(err)?;
-    let sets = [
+    let mut sets = vec![
         kafka,
         format!("mqtt.port={}", m.port()),
         "kafka.partitions=4".into(),
     ];
+    sets.extend(args.bridge_sets.iter().cloned());
     let bridge = Service::start(bin("edgesync-bridge")?, None, "bridge", &sets).map_err(err)?;
     Ok((reconciler, bridge))
 }
@@ -117,28 +176,44 @@ fn services(args: &Args, k: &Kafka, m: &Mosquitto) -> Result<(Service, Service),
 struct Pipeline {
     started: Instant,
     broker: String,
-    raw_hops: Vec<(&'static str, Vec<u64>)>,
-    prometheus: Prometheus,
+    observer: Observer,
+    prometheus: Option<Prometheus>,
     fleet: Fleet,
     bridge: Service,
     reconciler: Service,
+    /// The processes whose CPU is measured.
+    components: Vec<Component>,
     k: Kafka,
-    _m: Mosquitto,
+    m: Mosquitto,
 }
 
 fn run(args: &Args) -> Result<bool, String> {
-    let mut p = Pipeline::start(args)?;
+    let mut p = Pipeline::start(args, true)?;
     println!("==> warming up: one event per agent, end to end");
     p.fleet.warm_up()?;
+    let links = match args.outage_every {
+        0 => "links up".to_owned(),
+        n => format!("one link cut for {} s every {n} s", args.outage_secs),
+    };
     println!(
-        "==> feeding {} events/s per agent for {} s; one link cut for {} s every {} s",
-        args.rate, args.seconds, args.outage_secs, args.outage_every
+        "==> feeding {} events/s per agent for {} s; {links}",
+        args.rate, args.seconds
     );
     let released = || p.reconciler.metric("edgesync_reconciler_events_total", "");
+    let cpu0 = usage::read(&p.components);
+    let (fed0, t0) = (p.fleet.answered_events(), Instant::now());
     let cuts = p.fleet.feed(args, released, p.started);
+    let cpu = usage::between(&p.components, &cpu0, &usage::read(&p.components));
+    let fed_per_s = (p.fleet.answered_events() - fed0) as f64 / t0.elapsed().as_secs_f64();
     println!("==> feeding stopped; links healed; waiting for every spool to drain");
-    let drained = p.fleet.drain();
-    let ok = p.report(args, cuts, drained)?;
+    let drained = p.fleet.drain(Duration::from_secs(180));
+    // The reader has everything once every answered event and its converged record are read.
+    edgesync_testkit::wait_until(Duration::from_secs(30), || {
+        p.observer.unique_events() >= p.fleet.answered_events()
+            && p.observer.not_converged(&p.fleet) == 0
+    });
+    let raw = p.time_raw_hops()?;
+    let ok = p.report(args, cuts, drained, &cpu, fed_per_s, &raw)?;
     println!(
         "\n{}",
         if ok {
@@ -150,20 +225,161 @@ fn run(args: &Args) -> Result<bool, String> {
     Ok(ok)
 }
 
+fn run_steps(args: &Args) -> Result<bool, String> {
+    let mut p = Pipeline::start(args, false)?;
+    println!("==> warming up: one event per agent, end to end");
+    p.fleet.warm_up()?;
+    let first = args.steps.first().copied().unwrap_or(1000);
+    let agents = p.fleet.agents.len().max(1) as u64;
+    println!(
+        "==> warming up: {first} events/s for {} s (not measured)",
+        args.warm_seconds
+    );
+    let feed = p.fleet.start_feed(first.div_ceil(agents));
+    std::thread::sleep(Duration::from_secs(args.warm_seconds));
+    feed.stop();
+    p.fleet.drain(Duration::from_secs(args.drain_seconds));
+    println!(
+        "==> capacity: {} agents, steps of {} s at {} events/s, links up; each step drains before the next",
+        p.fleet.agents.len(),
+        args.step_seconds,
+        args.steps
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let steps = capacity::run(&p, args);
+    let (sustainable, limit) = capacity::summary(&steps);
+    // Whatever the steps did, nothing may be lost or doubled: drained, then checked.
+    let drained = p.fleet.drain(Duration::from_secs(args.drain_seconds));
+    edgesync_testkit::wait_until(Duration::from_secs(30), || {
+        p.observer.unique_events() >= p.fleet.answered_events()
+    });
+    let raw = p.time_raw_hops()?;
+    let answers = p.fleet.answers();
+    let o = p.observer.lock();
+    let total: u64 = answers.values().flatten().map(fleet::Request::len).sum();
+    let delivered = o.delivered(&answers);
+    let clean = total == delivered
+        && o.duplicates == 0
+        && o.mismatched == 0
+        && o.undecodable == 0
+        && drained;
+    println!(
+        "\n==> {}: sustainable rate {}; first to saturate {limit}",
+        p.broker,
+        sustainable.map_or("none of the steps".into(), |r| format!("{r:.0} events/s")),
+    );
+    println!(
+        "==> every step: {total} events answered, {delivered} delivered, {} duplicated, {} misread ({} decoded in full), counters equal the reference: {}",
+        o.duplicates,
+        o.mismatched + o.undecodable,
+        o.decoded,
+        o.counters_match(&answers)
+    );
+    println!("\n==> CPU per step (cores), every process:\n");
+    for s in &steps {
+        println!(
+            "offered {:.0} events/s (accepted {:.0}):\n",
+            s.offered, s.accepted
+        );
+        s.cpu.print(s.accepted);
+        println!();
+    }
+    if let Some(out) = &args.out {
+        let q = |v: &Vec<u64>| {
+            serde_json::json!({
+                "p50": report::ms(report::percentile(v, 0.5)),
+                "p99": report::ms(report::percentile(v, 0.99)),
+            })
+        };
+        let doc = serde_json::json!({
+            "broker": p.broker,
+            "source": describe(),
+            "date": date(),
+            "machine": {
+                "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+                "cpu": cpu_model(),
+            },
+            "agents": p.fleet.agents.len(),
+            "step_seconds": args.step_seconds,
+            "settings": args.reconciler_sets.iter().chain(&args.agent_sets).chain(&args.bridge_sets).collect::<Vec<_>>(),
+            "raw_hops_ms": {
+                "fsync": q(&raw.fsync),
+                "mqtt": q(&raw.mqtt),
+                "kafka": q(&raw.kafka),
+            },
+            "steps": steps.iter().map(capacity::Step::json).collect::<Vec<_>>(),
+            "sustainable_events_per_s": sustainable,
+            "first_limit": limit,
+            "complete": {
+                "answered": total,
+                "delivered": delivered,
+                "duplicates": o.duplicates,
+                "misread": o.mismatched + o.undecodable,
+                "counters_match": o.counters_match(&answers),
+            },
+        });
+        let json = serde_json::to_string_pretty(&doc).map_err(err)?;
+        let path = out.with_extension("json");
+        std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+        let path = out.with_extension("csv");
+        std::fs::write(&path, capacity::csv(&steps))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("==> wrote {0}.json and {0}.csv", out.display());
+    }
+    Ok(clean)
+}
+
+/// `git describe` of the workspace the binary was built from, if it is a checkout.
+fn describe() -> String {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    std::process::Command::new("git")
+        .args(["-C", root, "describe", "--always", "--dirty"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(String::new, |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        })
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map_or_else(
+            |_| String::new(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        )
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default()
+}
+
 impl Pipeline {
-    /// The brokers (with the raw hops timed on them), the services, the fleet and Prometheus.
-    fn start(args: &Args) -> Result<Self, String> {
+    /// Times the raw hops on this run's brokers, once the run is over: the brokers are warm
+    /// (a fresh JVM is slower for its first minutes) and the pipeline idle.
+    fn time_raw_hops(&self) -> Result<RawHops, String> {
+        println!("==> timing the raw hops on these brokers, warm and idle (MQTT publish → subscriber, Kafka produce → consumer, fsync)");
+        RawHops::time(self.m.addr(), &self.k)
+    }
+
+    /// The brokers, the services, the fleet, the observers
+    /// (with the MQTT tap when `tap`) and, for a single run, Prometheus.
+    fn start(args: &Args, single: bool) -> Result<Self, String> {
         let started = Instant::now();
         let broker = args.broker.version();
         println!("==> starting Mosquitto and the Kafka broker ({broker})");
-        let m = Mosquitto::start().map_err(err)?;
-        let k = Kafka::start_on(args.broker).map_err(err)?;
-        println!("==> timing the raw hops on these brokers (MQTT publish → subscriber, Kafka produce → consumer, fsync)");
-        let raw_hops = vec![
-            ("MQTT QoS 1 publish → subscriber", hops::mqtt(m.addr())?),
-            ("Kafka produce (acks=all) → consumer", hops::kafka(&k)?),
-            ("one fsync of 256 B", hops::fsync()?),
-        ];
+        let mut m = Mosquitto::start().map_err(err)?;
+        let mut k = Kafka::start_on(args.broker).map_err(err)?;
         println!("==> starting edgesync-reconciler and edgesync-bridge");
         let (reconciler, bridge) = services(args, &k, &m)?;
         let link = match args.link_kib_per_s {
@@ -175,53 +391,112 @@ impl Pipeline {
             args.agents, args.link_latency_ms
         );
         let fleet = Fleet::start(args, m.addr(), &bin("edgesync-agent")?)?;
-        println!("==> starting Prometheus on deploy/prometheus (every service scraped, the alert rules evaluated)");
-        let prometheus = Prometheus::start(&[
-            ("edgesync-agent", fleet.http_addrs()),
-            ("edgesync-bridge", vec![bridge.http]),
-            ("edgesync-reconciler", vec![reconciler.http]),
-        ])
-        .map_err(err)?;
+        let mut prometheus = if single {
+            println!("==> starting Prometheus on deploy/prometheus (every service scraped, the alert rules evaluated)");
+            Some(
+                Prometheus::start(&[
+                    ("edgesync-agent", fleet.http_addrs()),
+                    ("edgesync-bridge", vec![bridge.http]),
+                    ("edgesync-reconciler", vec![reconciler.http]),
+                ])
+                .map_err(err)?,
+            )
+        } else {
+            None
+        };
+        println!(
+            "==> following edgesync.events, edgesync.state and edgesync.deltas{}",
+            if single {
+                ", and the MQTT batch topics (QoS 0)"
+            } else {
+                ""
+            }
+        );
+        let observer = Observer::start(&k, single.then(|| m.addr()), if single { 1 } else { 64 })?;
+        let one = |name: &str, pid: Option<u32>| Component {
+            name: name.to_owned(),
+            pids: pid.into_iter().collect(),
+        };
+        let mut components = vec![
+            Component {
+                name: format!("agents ({})", fleet.agents.len()),
+                pids: fleet.pids(),
+            },
+            one("bridge", bridge.process.pid()),
+            one("reconciler", reconciler.process.pid()),
+            one("Mosquitto", m.process().pid()),
+            one(&broker, k.process().pid()),
+            one(
+                "edgesync-local (load generator, observers, link proxies)",
+                Some(std::process::id()),
+            ),
+        ];
+        if let Some(prom) = prometheus.as_mut() {
+            components.push(one("Prometheus", prom.process().pid()));
+        }
+        components.retain(|c| !c.pids.is_empty());
         Ok(Self {
             started,
             broker,
-            k,
-            _m: m,
-            raw_hops,
-            reconciler,
-            bridge,
-            fleet,
+            observer,
             prometheus,
+            fleet,
+            bridge,
+            reconciler,
+            components,
+            k,
+            m,
         })
     }
 
-    /// Reads the output topics back, prints the report and says whether the run passed.
-    fn report(&self, args: &Args, cuts: usize, drained: bool) -> Result<bool, String> {
+    /// Prints the report and says whether the run passed.
+    fn report(
+        &mut self,
+        args: &Args,
+        cuts: usize,
+        drained: bool,
+        cpu: &usage::Window,
+        fed_per_s: f64,
+        raw: &RawHops,
+    ) -> Result<bool, String> {
         // What Prometheus, on the shipped config and rules, saw of the run.
-        let ops = self.prometheus.view().map_err(err)?;
+        let ops = match &self.prometheus {
+            Some(prom) => prom.view().map_err(err)?,
+            None => return Err("no Prometheus in this run".into()),
+        };
+        self.observer.stop();
         let (fleet, bridge, reconciler) = (&self.fleet, &self.bridge, &self.reconciler);
-        let codec = Codec::new(Limits::default()).map_err(err)?;
         let answers = fleet.answers();
-        let mut seen = readback::read(&self.k, &codec, fleet, &answers)?;
-        let to_converged = seen.converged_latencies(fleet, &answers);
+        let o = self.observer.lock();
+        let latency = o.latencies(&answers, fleet, |us| self.observer.ticks(us), |_| true);
         let report = Report {
             broker: self.broker.clone(),
-            reconciler_sets: &args.reconciler_sets,
-            total: answers.values().map(|a| a.len()).sum(),
-            delivered: seen.delivered(&answers),
-            duplicates: seen.duplicates,
+            sets: args
+                .reconciler_sets
+                .iter()
+                .map(|s| format!("reconciler {s}"))
+                .chain(args.agent_sets.iter().map(|s| format!("agent {s}")))
+                .chain(args.bridge_sets.iter().map(|s| format!("bridge {s}")))
+                .collect(),
+            total: answers.values().flatten().map(fleet::Request::len).sum(),
+            delivered: o.delivered(&answers),
+            duplicates: o.duplicates,
+            failed_requests: fleet.failed_requests(),
+            misread: o.mismatched + o.undecodable,
             cuts,
-            to_event: &seen.to_event,
-            to_converged: &to_converged,
+            latency: &latency,
+            fleet,
             bridge,
             reconciler,
-            raw_hops: &self.raw_hops,
+            raw,
+            cpu,
+            fed_per_s,
             wire_and_raw: (
                 fleet.metric_sum("edgesync_agent_published_wire_bytes_total"),
                 fleet.metric_sum("edgesync_agent_published_raw_bytes_total"),
             ),
-            keys: seen.keys.len(),
-            counters_ok: seen.counters_match(&answers),
+            keys: o.keys.len(),
+            counters_ok: o.counters_match(&answers),
             drained,
             dropped_and_dead: (
                 fleet.metric_sum("edgesync_agent_dropped_events_total"),
@@ -231,7 +506,7 @@ impl Pipeline {
             ops,
         };
         println!(
-            "\n==> report ({} agents, {} s of feeding, {cuts} link cuts, {} s in all)",
+            "\n==> report ({} agents, {} s of feeding, {cuts} link cuts, {} s in all)\n",
             args.agents,
             args.seconds,
             self.started.elapsed().as_secs()

@@ -1,32 +1,54 @@
-//! The report of a run: one Markdown table of what was delivered, how fast, at what cost, and
-//! what Prometheus saw; `ok` is the verdict the exit code gives.
+//! The report of a run: what was delivered, how fast against the raw hops it is built from,
+//! where the time goes, what each process cost, and what Prometheus saw; `ok` is the verdict
+//! the exit code gives.
+//!
+//! The latency targets (issue #17) compare each end-to-end latency with the sum of the raw
+//! hops an event crosses, each timed on the same brokers and disk in the same run
+//! (`hops.rs`): **append → event read from `edgesync.events`** crosses one fsync, one MQTT
+//! QoS 1 hop and two Kafka hops (bridge → reconciler, reconciler → reader); **append →
+//! converged record read from `edgesync.state`** one fsync, one MQTT hop and three Kafka hops
+//! (the third: device stage → key stage). p50 is compared with the sum of the hops' p50s
+//! (target ≤ 2×), p99 with the sum of their p99s (target ≤ 4×).
 
 use edgesync_testkit::{PrometheusView, Service};
+
+use crate::fleet::Fleet;
+use crate::hops::RawHops;
+use crate::observe::Latencies;
+use crate::usage::Window;
 
 /// Everything the report prints.
 pub struct Report<'a> {
     /// The broker and its version.
     pub broker: String,
-    /// Reconciler settings the run changed.
-    pub reconciler_sets: &'a [String],
+    /// Service settings the run changed (`--reconciler-set`, `--agent-set`).
+    pub sets: Vec<String>,
     /// Events the agents answered.
-    pub total: usize,
+    pub total: u64,
     /// Of which found in the events topic.
-    pub delivered: usize,
+    pub delivered: u64,
     /// Found more than once.
     pub duplicates: u64,
+    /// Requests that got no durable answer.
+    pub failed_requests: u64,
+    /// Event records whose dot the two readings disagreed on, or that did not decode.
+    pub misread: u64,
     /// Whether links were cut (latencies then include outages).
     pub cuts: usize,
-    /// Answer → event record, ms, sorted.
-    pub to_event: &'a [u64],
-    /// Answer → converged record, ms, sorted.
-    pub to_converged: &'a [u64],
-    /// The bridge and the reconciler, for their own histograms.
+    /// The timed events' latencies.
+    pub latency: &'a Latencies,
+    /// The fleet, the bridge and the reconciler, for their own histograms.
+    pub fleet: &'a Fleet,
+    /// See `fleet`.
     pub bridge: &'a Service,
-    /// See `bridge`.
+    /// See `fleet`.
     pub reconciler: &'a Service,
-    /// The raw hops timed on the same brokers: name and samples in µs, sorted.
-    pub raw_hops: &'a [(&'static str, Vec<u64>)],
+    /// The raw hops timed on the same brokers.
+    pub raw: &'a RawHops,
+    /// CPU of every process while the feed ran.
+    pub cpu: &'a Window,
+    /// Events answered per second while the feed ran.
+    pub fed_per_s: f64,
     /// Batch bytes on the wire and the raw spool bytes they carried.
     pub wire_and_raw: (f64, f64),
     /// Keys with a converged record.
@@ -50,25 +72,28 @@ impl Report<'_> {
             ops.targets_up == ops.targets && ops.unhealthy_rules.is_empty() && ops.rules > 0;
         self.total == self.delivered
             && self.duplicates == 0
+            && self.misread == 0
             && self.counters_ok
             && self.drained
             && self.dropped_and_dead.0 == 0.0
             && ops_ok
     }
 
-    /// Prints the table.
+    /// Prints the tables.
     pub fn print(&self) {
         println!("| | |\n|---|---|");
         println!("| Kafka broker | {} |", self.broker);
-        if !self.reconciler_sets.is_empty() {
-            println!(
-                "| reconciler settings | `{}` |",
-                self.reconciler_sets.join("`, `")
-            );
+        if !self.sets.is_empty() {
+            println!("| settings | `{}` |", self.sets.join("`, `"));
         }
         self.print_delivery();
-        self.print_latency();
         self.print_costs();
+        println!();
+        self.print_latency();
+        println!();
+        self.print_stages();
+        println!("\nCPU while feeding:\n");
+        self.cpu.print(self.fed_per_s);
     }
 
     fn print_delivery(&self) {
@@ -77,7 +102,7 @@ impl Report<'_> {
         println!("| delivered to edgesync.events | {delivered} |");
         println!(
             "| missing / duplicated | {} / {} |",
-            total - delivered,
+            total - delivered.min(total),
             self.duplicates
         );
         let completeness = if total == 0 {
@@ -86,41 +111,111 @@ impl Report<'_> {
             delivered as f64 * 100.0 / total as f64
         };
         println!("| completeness | {completeness:.4} % |");
+        if self.failed_requests > 0 || self.misread > 0 {
+            println!(
+                "| requests without an answer / event records misread | {} / {} |",
+                self.failed_requests, self.misread
+            );
+        }
     }
 
+    /// End-to-end latency against the raw sums, with the ratios the targets use.
     fn print_latency(&self) {
         let outages = if self.cuts > 0 {
-            " (outages included)"
+            " (link outages included)"
         } else {
             ""
         };
-        println!(
-            "| latency, agent answer → event in Kafka | {}{outages} |",
-            spread_ms(self.to_event)
-        );
-        println!(
-            "| latency, agent answer → converged record | {} ({} events) |",
-            spread_ms(self.to_converged),
-            self.to_converged.len()
-        );
-        // Where the time goes, from the services' own histograms (bucket upper bounds).
-        println!(
-            "| bridge: MQTT receive → Kafka confirmed (its histogram) | {} |",
-            histogram(self.bridge, "edgesync_bridge_produce_latency_seconds")
-        );
-        println!(
-            "| reconciler: event HLC → converged emit (its histogram) | {} |",
-            histogram(
-                self.reconciler,
-                "edgesync_reconciler_convergence_latency_seconds"
-            )
-        );
-        for (name, us) in self.raw_hops {
+        let l = self.latency;
+        println!("| latency, ms{outages} | p50 | p99 | max |");
+        println!("|---|---|---|---|");
+        for (what, samples, kafka_hops) in [
+            ("append → event read from `edgesync.events`", &l.to_event, 2),
+            (
+                "append → converged record read from `edgesync.state`",
+                &l.to_converged,
+                3,
+            ),
+        ] {
+            let (p50, p99) = (ms(percentile(samples, 0.5)), ms(percentile(samples, 0.99)));
+            let (s50, s99) = self.raw.sum(kafka_hops);
             println!(
-                "| raw hop: {name} | p50 {:.2} ms, p99 {:.2} ms |",
-                percentile(us, 0.5) as f64 / 1000.0,
-                percentile(us, 0.99) as f64 / 1000.0
+                "| {what} ({} events) | {p50:.1} | {p99:.1} | {:.1} |",
+                samples.len(),
+                ms(samples.last().copied().unwrap_or(0))
             );
+            println!(
+                "| raw sum: fsync + MQTT + {kafka_hops} × Kafka hop | {s50:.1} | {s99:.1} | |"
+            );
+            println!(
+                "| ratio (targets: p50 ≤ 2×, p99 ≤ 4×) | **{}** | **{}** | |",
+                ratio(p50, s50, 2.0),
+                ratio(p99, s99, 4.0)
+            );
+        }
+        for (name, us) in self.raw.rows() {
+            println!(
+                "| raw hop: {name} | {:.2} | {:.2} | {:.2} |",
+                ms(percentile(us, 0.5)),
+                ms(percentile(us, 0.99)),
+                ms(us.last().copied().unwrap_or(0))
+            );
+        }
+    }
+
+    /// Where the time goes: each stage from the topics and the MQTT tap, then the services'
+    /// own histograms.
+    fn print_stages(&self) {
+        println!("| where the time goes, ms | p50 | p99 | events |");
+        println!("|---|---|---|---|");
+        for (name, v) in &self.latency.stages {
+            if v.is_empty() {
+                continue;
+            }
+            println!(
+                "| {name} | {:.1} | {:.1} | {} |",
+                ms(percentile(v, 0.5)),
+                ms(percentile(v, 0.99)),
+                v.len()
+            );
+        }
+        let agents: Vec<String> = self
+            .fleet
+            .agents
+            .iter()
+            .filter_map(|a| a.service.get("/metrics").ok().map(|x| x.1))
+            .collect();
+        let text = |s: &Service| s.get("/metrics").map(|(_, t)| t).unwrap_or_default();
+        let (bridge, reconciler) = (text(self.bridge), text(self.reconciler));
+        for (what, texts, name) in [
+            (
+                "agents: one spool group write, fsync included (their histogram)",
+                agents.clone(),
+                "edgesync_agent_spool_write_seconds",
+            ),
+            (
+                "agents: ingest arrival → durable answer (their histogram)",
+                agents,
+                "edgesync_agent_append_latency_seconds",
+            ),
+            (
+                "bridge: MQTT receive → Kafka confirmed (its histogram)",
+                vec![bridge],
+                "edgesync_bridge_produce_latency_seconds",
+            ),
+            (
+                "reconciler: event HLC → converged emit (its histogram)",
+                vec![reconciler],
+                "edgesync_reconciler_convergence_latency_seconds",
+            ),
+        ] {
+            match (
+                bucket_quantile_ms(&texts, name, 0.5),
+                bucket_quantile_ms(&texts, name, 0.99),
+            ) {
+                (Some(a), Some(b)) => println!("| {what} | ≤ {a:.1} | ≤ {b:.1} | |"),
+                _ => println!("| {what} | no samples | | |"),
+            }
         }
     }
 
@@ -157,6 +252,15 @@ impl Report<'_> {
     }
 }
 
+/// `x / of` as `2.31× ✓` against `target`.
+pub fn ratio(x: f64, of: f64, target: f64) -> String {
+    if of <= 0.0 {
+        return "–".into();
+    }
+    let r = x / of;
+    format!("{r:.2}× {}", if r <= target { "✓" } else { "✗" })
+}
+
 fn yes_no(b: bool) -> &'static str {
     if b {
         "yes"
@@ -165,45 +269,40 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
-/// `p50 …, p99 …, max …` of sorted milliseconds.
-fn spread_ms(sorted: &[u64]) -> String {
-    format!(
-        "p50 {} ms, p99 {} ms, max {} ms",
-        percentile(sorted, 0.5),
-        percentile(sorted, 0.99),
-        sorted.last().copied().unwrap_or(0)
-    )
+/// µs → ms.
+pub fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
 }
 
-/// p50 and p99 of a service's histogram `name`, as bucket upper bounds.
-fn histogram(svc: &Service, name: &str) -> String {
-    let text = svc.get("/metrics").map(|(_, t)| t).unwrap_or_default();
-    match (
-        bucket_quantile_ms(&text, name, 0.5),
-        bucket_quantile_ms(&text, name, 0.99),
-    ) {
-        (Some(a), Some(b)) => format!("p50 ≤ {a:.1} ms, p99 ≤ {b:.1} ms"),
-        _ => "no samples".into(),
-    }
-}
-
-/// The upper bound of the histogram bucket holding quantile `q` of Prometheus histogram
-/// `name` in a `/metrics` text, in milliseconds (bucket resolution: an estimate).
-fn bucket_quantile_ms(metrics: &str, name: &str, q: f64) -> Option<f64> {
+/// The upper bound (ms) of the bucket holding quantile `q` of Prometheus histogram `name`,
+/// its buckets summed over several `/metrics` texts (bucket resolution: an estimate).
+pub fn bucket_quantile_ms(texts: &[String], name: &str, q: f64) -> Option<f64> {
     let prefix = format!("{name}_bucket{{le=\"");
-    let buckets: Vec<(f64, f64)> = metrics
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (le, count) = rest.split_once("\"}")?;
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for text in texts {
+        for l in text.lines() {
+            let Some(rest) = l.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((le, count)) = rest.split_once("\"}") else {
+                continue;
+            };
             let le = if le == "+Inf" {
                 f64::INFINITY
             } else {
-                le.parse().ok()?
+                let Ok(x) = le.parse() else { continue };
+                x
             };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect();
+            let Ok(count) = count.trim().parse::<f64>() else {
+                continue;
+            };
+            match buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some(b) => b.1 += count,
+                None => buckets.push((le, count)),
+            }
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total = buckets.last()?.1;
     (total > 0.0).then_some(())?;
     buckets
