@@ -18,5 +18,7 @@ KAFKA_VERSION=$(sed -n 's|.*<kafka.version>\(.*\)</kafka.version>.*|\1|p' "$ROOT
 export KAFKA_VERSION
 export EDGESYNC_KAFKA_LIBS="$EDGESYNC_HOME/kafka-$KAFKA_VERSION/libs"
 export FASTAVRO_VERSION=1.13.1
+# Draws the capacity curve (scripts/plot_capacity.py).
+export MATPLOTLIB_VERSION=3.11.2
 
 say() { printf '\n==> %s\n' "$*"; }
