@@ -18,7 +18,10 @@
 //!    acks are monotone per replica.
 //! 3. The agent trims its spool only at or below an acknowledged watermark, and after any
 //!    (re)connect or timeout it sends again from `watermark + 1` (go-back-N): nothing the server
-//!    acknowledged is sent again, and nothing unacknowledged is ever forgotten.
+//!    acknowledged is sent again, and nothing unacknowledged is ever forgotten. Before it goes
+//!    back it asks for the server's current watermark (the retained ack: on a connect, and
+//!    after a timeout), so that a batch that arrived but whose ack was lost is acknowledged,
+//!    not sent again.
 //! 4. Duplicates, reordering and partial overlaps between batches are expected and harmless:
 //!    events are de-duplicated by dot, state deltas are joins.
 

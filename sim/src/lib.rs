@@ -6,23 +6,40 @@
 //! registers, sets and rollups shared between devices; each behind an intermittent link
 //! (exponential up/down periods, latency with jitter, loss, duplication, reordering,
 //! bandwidth); device crashes (volatile state lost, durable state kept) and server restarts.
+//! The link comes from a named profile ([`SimConfig::profile`]: `default`, `cellular`,
+//! `outage`), every parameter printed with the results.
 //!
-//! Virtual time, one seed, no wall clock, no threads: the same configuration gives the same
-//! report, byte for byte. After the measured window the network heals and faults stop, and the
-//! run continues until both approaches are quiescent, so "completeness after heal" says what an
-//! approach lost for good.
+//! Virtual time, one seed, no wall clock: the same configuration gives the same report, byte
+//! for byte. Devices interact only through the server, whose protocol state is per replica, so
+//! the fleet runs as parts of consecutive devices, each with its own event queue, on as many
+//! threads as there are (the parts' outcomes merge by sums and CRDT joins, in part order: the
+//! report does not depend on the thread count). After the measured window the network heals
+//! and faults stop, and the run continues until both approaches are quiescent, so
+//! "completeness after heal" says what an approach lost for good.
+//!
+//! A protocol-only run ([`SimConfig::protocol_only`]) leaves out the baseline and the batch
+//! codec (batch sizes on the wire come from a model measured with the codec): the agent and
+//! server machines, the deltas and the checks below are the same, at a hundred times the fleet.
 //!
 //! ## Definitions
 //! - **completeness**: distinct generated events applied at the server / events generated.
 //! - **latency**: from an event's (true) generation time to when the server applied it
-//!   (edgesync: released in dot order; baseline: first arrival), over applied events.
+//!   (edgesync: released in dot order; baseline: first arrival), over applied events (so an
+//!   approach that drops old events has them missing from its latencies, not long).
 //! - **sync failure rate**: sync attempts (a batch or request put on the link) abandoned before
 //!   their acknowledgement arrived — lost, timed out, cut by the link, or lost in a crash —
-//!   divided by all attempts.
+//!   divided by all attempts. The report splits the failed attempts into those that never
+//!   reached the server (lost on the link, sent into an outage not yet noticed, arriving while
+//!   the server restarts: no sender avoids these, so the link's loss rate bounds the rate from
+//!   below) and those the server had (the acknowledgement was lost or late, or the sender
+//!   crashed first: what a protocol can avoid).
 //! - **bandwidth**: payload bytes on the wire in both directions / the Avro-encoded size of
-//!   every generated event, once each (transport headers excluded for both approaches).
-//! - **state equals reference**: the reference is every generated event's CRDT deltas joined;
-//!   edgesync compares digests of full states, the baseline compares each key's read value.
+//!   every generated event, once each (transport headers excluded for both approaches; a
+//!   request for the retained ack counts its topic filter).
+//! - **state equals reference**: the reference is every generated event's CRDT deltas joined
+//!   (computed as the join of the devices' own states, which each are the join of their
+//!   deltas); edgesync compares digests of full states, the baseline compares each key's read
+//!   value.
 
 use edgesync_core::StateDigest;
 

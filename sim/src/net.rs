@@ -171,16 +171,30 @@ impl<E> Ord for Item<E> {
     }
 }
 
-/// The discrete-event queue of virtual time.
+/// Buckets of the queue's wheel, each [`SLOT_MS`] wide: they cover the next 65.5 s, where
+/// nearly every event of a device falls (arrivals, acks, ticks, its next reading).
+const WHEEL_SLOTS: u64 = 4096;
+/// Width of a bucket, ms.
+const SLOT_MS: u64 = 16;
+
+/// The discrete-event queue of virtual time: earliest first, ties in insertion order (so a run
+/// is deterministic). A calendar queue: a wheel of small heaps, one per 16 ms of the next
+/// 65.5 s, and one heap for everything later, moved onto the wheel as time gets near it.
+/// Events are never scheduled before the last one taken (an earlier time counts as the
+/// current bucket's, and still comes out in order).
 pub struct Queue<E> {
-    heap: BinaryHeap<Item<E>>,
+    wheel: Vec<BinaryHeap<Item<E>>>,
+    on_wheel: usize,
+    later: BinaryHeap<Item<E>>,
+    /// The bucket (absolute: time / `SLOT_MS`) the wheel's first slot holds.
+    slot: u64,
     seq: u64,
 }
 
 impl<E> std::fmt::Debug for Queue<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
-            .field("pending", &self.heap.len())
+            .field("pending", &(self.on_wheel + self.later.len()))
             .finish()
     }
 }
@@ -188,7 +202,10 @@ impl<E> std::fmt::Debug for Queue<E> {
 impl<E> Default for Queue<E> {
     fn default() -> Self {
         Self {
-            heap: BinaryHeap::new(),
+            wheel: (0..WHEEL_SLOTS).map(|_| BinaryHeap::new()).collect(),
+            on_wheel: 0,
+            later: BinaryHeap::new(),
+            slot: 0,
             seq: 0,
         }
     }
@@ -198,18 +215,102 @@ impl<E> Queue<E> {
     /// Schedules `ev` at `at`.
     pub fn push(&mut self, at: Ms, ev: E) {
         self.seq += 1;
-        self.heap.push(Item {
+        self.place(Item {
             at,
             seq: self.seq,
             ev,
         });
     }
 
+    fn place(&mut self, item: Item<E>) {
+        let slot = (item.at / SLOT_MS).max(self.slot);
+        if slot < self.slot + WHEEL_SLOTS {
+            self.wheel[(slot % WHEEL_SLOTS) as usize].push(item);
+            self.on_wheel += 1;
+        } else {
+            self.later.push(item);
+        }
+    }
+
+    /// Moves onto the wheel what it now covers.
+    fn refill(&mut self) {
+        while self
+            .later
+            .peek()
+            .is_some_and(|i| i.at / SLOT_MS < self.slot + WHEEL_SLOTS)
+        {
+            if let Some(item) = self.later.pop() {
+                self.place(item);
+            }
+        }
+    }
+
+    /// The bucket holding the earliest event, if any.
+    fn first(&mut self) -> Option<&mut BinaryHeap<Item<E>>> {
+        loop {
+            if self.on_wheel == 0 {
+                let next = self.later.peek()?.at / SLOT_MS;
+                self.slot = self.slot.max(next);
+                self.refill();
+            }
+            let i = (self.slot % WHEEL_SLOTS) as usize;
+            if !self.wheel[i].is_empty() {
+                return Some(&mut self.wheel[i]);
+            }
+            self.slot += 1;
+            self.refill();
+        }
+    }
+
     /// The next event, unless it is due after `stop`.
     pub fn pop_until(&mut self, stop: Ms) -> Option<(Ms, E)> {
-        if self.heap.peek().is_some_and(|i| i.at > stop) {
+        let bucket = self.first()?;
+        if bucket.peek().is_some_and(|i| i.at > stop) {
             return None;
         }
-        self.heap.pop().map(|i| (i.at, i.ev))
+        let item = bucket.pop()?;
+        self.on_wheel -= 1;
+        Some((item.at, item.ev))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_gives_events_by_time_then_insertion_order() {
+        let mut r = Rng::new(5);
+        let mut q = Queue::default();
+        let mut reference = BinaryHeap::new();
+        let (mut now, mut seq) = (0, 0);
+        let mut popped = 0;
+        for _ in 0..200_000 {
+            if r.below(3) > 0 {
+                // Mostly soon, sometimes far ahead, sometimes at the same instant.
+                let at = now
+                    + match r.below(10) {
+                        0 => 0,
+                        1 => r.below(20_000_000),
+                        2 => r.below(70_000),
+                        _ => r.below(20_000),
+                    };
+                seq += 1;
+                q.push(at, seq);
+                reference.push(Item { at, seq, ev: seq });
+            } else if let Some(want) = reference.pop() {
+                let got = q.pop_until(Ms::MAX);
+                assert_eq!(got, Some((want.at, want.ev)));
+                now = want.at;
+                popped += 1;
+            }
+        }
+        let stop = now + 30_000;
+        while let Some((at, ev)) = q.pop_until(stop) {
+            let want = reference.pop().unwrap();
+            assert_eq!((at, ev), (want.at, want.ev));
+        }
+        assert!(reference.peek().is_none_or(|i| i.at > stop));
+        assert!(popped > 50_000);
     }
 }
