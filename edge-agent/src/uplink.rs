@@ -7,22 +7,34 @@
 //! batches it asks for (QoS 1 on its batch topic), and trims the spool behind every ack. A lost
 //! connection is retried with exponential backoff and jitter. TLS (and mutual TLS) and a
 //! per-device user name and password are optional.
+//!
+//! The loop never waits on the disk. Batches are built (spool read, records decoded, deltas
+//! joined, encoded and compressed) on the blocking pool ahead of the window: up to a window's
+//! worth of the requests the agent will make next, in parallel, so that when an ack opens the
+//! window the next batch is ready to publish. A prepared batch is used only if it answers
+//! exactly the request the agent then makes (same first seq and limits); otherwise it is
+//! dropped and the request built anew. Trims run on their own task, which takes the latest
+//! acknowledged watermark whenever it is free (a trim is idempotent and a later one covers an
+//! earlier), so an ack costs the loop no fsync. Nagle's algorithm is off on the socket; the
+//! broker should turn it off on its side too (Mosquitto: `set_tcp_nodelay true`), or each
+//! ack it sends right after a PUBACK waits for the agent's delayed TCP acknowledgement.
 
 use edgesync_servicekit::crash::crash_point;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgesync_core::{DeviceId, ReplicaId};
 use edgesync_protocol::agent::AckEffect;
-use edgesync_protocol::{Agent, AgentConfig, AgentDurable};
+use edgesync_protocol::{Agent, AgentConfig, AgentDurable, BatchRequest};
 use edgesync_schemas::{topics, Codec};
 use edgesync_servicekit::mqtt::MqttSecurity;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::AgentMetrics;
-use crate::outbox::{build_batch, OutboxError};
+use crate::outbox::{build_batch, Built, OutboxError};
 use crate::spool::Spool;
 
 /// Uplink settings.
@@ -87,6 +99,9 @@ pub enum UplinkError {
     /// A blocking spool task panicked or was cancelled.
     #[error("spool task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The trim task ended while the uplink ran.
+    #[error("the trim task stopped")]
+    TrimStopped,
 }
 
 /// Runs spool work (RocksDB reads, a trim that waits for the writer thread) on tokio's
@@ -110,6 +125,20 @@ pub struct UplinkDeps {
     pub metrics: Arc<AgentMetrics>,
 }
 
+/// A batch built and encoded off the loop.
+struct Packed {
+    built: Built,
+    /// The encoded batch; `None` when it is too large for the codec's limits.
+    bytes: Option<Vec<u8>>,
+}
+
+/// A request being (or already) built ahead of the window.
+struct Slot {
+    id: u64,
+    req: BatchRequest,
+    done: Option<Result<Packed, UplinkError>>,
+}
+
 /// One connection's state machine and the I/O it drives.
 struct Uplink {
     cfg: UplinkConfig,
@@ -123,6 +152,16 @@ struct Uplink {
     backoff: Duration,
     jitter: Jitter,
     connected_once: bool,
+    /// Requests being built, in the order the agent will make them.
+    ahead: VecDeque<Slot>,
+    /// Where the agent's next request will start, as far as the uplink can tell: after the
+    /// last batch sent (the agent itself says so whenever its window has room).
+    next_unsent: u64,
+    next_slot: u64,
+    /// Where built batches come back (slot id, outcome).
+    built: mpsc::UnboundedSender<(u64, Result<Packed, UplinkError>)>,
+    /// The latest watermark to trim to, for the trim task.
+    trim: watch::Sender<u64>,
 }
 
 impl Uplink {
@@ -131,28 +170,30 @@ impl Uplink {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Tells the agent of the seqs the spool made durable since the last turn, then builds
-    /// and publishes every batch it asks for.
+    /// Tells the agent of the seqs the spool made durable since the last turn, publishes
+    /// every batch it asks for that is built, and starts building what it will ask for next.
     async fn send_due(&mut self) -> Result<(), UplinkError> {
         let last = self.deps.spool.meta().next_seq - 1;
         for seq in self.agent.last_seq() + 1..=last {
             self.agent.appended(seq)?;
         }
         while let Some(req) = self.agent.poll_send() {
-            let (s, c, r) = (
-                Arc::clone(&self.deps.spool),
-                Arc::clone(&self.deps.codec),
-                self.replica.clone(),
-            );
-            let (built, encoded) = blocking(move || {
-                let built = build_batch(&s, &c, &r, &req)?;
-                let encoded = c.encode_batch(&built.batch);
-                Ok((built, encoded))
-            })
-            .await?;
+            if self.ahead.front().is_some_and(|s| s.req != req) {
+                // The agent went elsewhere (an ack from the server, a timeout, a reconnect,
+                // or a batch cut short by its byte limit): what was built ahead is stale.
+                self.ahead.clear();
+            }
+            if self.ahead.is_empty() {
+                self.start_build(req);
+            }
+            let Some(done) = self.ahead.front_mut().and_then(|s| s.done.take()) else {
+                break; // still being built: the loop goes on and comes back when it is
+            };
+            self.ahead.pop_front();
+            let Packed { built, bytes } = done?;
             let m = &self.deps.metrics;
             m.corrupt(built.corrupt as u64);
-            let Ok(bytes) = encoded else {
+            let Some(bytes) = bytes else {
                 break; // too large for the limits: the window shrinks on the next request
             };
             m.batches.inc();
@@ -168,8 +209,74 @@ impl Uplink {
             crash_point("uplink.after_publish");
             let (first, last) = (built.batch.first_seq(), built.batch.last_seq());
             self.agent.sent(first, last, self.now())?;
+            self.next_unsent = last + 1;
         }
+        self.build_ahead();
         Ok(())
+    }
+
+    /// Starts building the requests the agent will make after those already being built, up
+    /// to a window's worth, assuming each batch is as long as its request allows (true unless
+    /// its byte limit cuts it short, which `send_due` notices).
+    fn build_ahead(&mut self) {
+        if !self.agent.is_streaming() {
+            return;
+        }
+        let c = self.cfg.agent;
+        while self.ahead.len() < c.max_inflight_batches {
+            let first = match self.ahead.back() {
+                Some(s) => s.req.first_seq + s.req.max_events as u64,
+                None => self
+                    .agent
+                    .poll_send()
+                    .map_or(self.next_unsent.max(self.agent.acked() + 1), |r| {
+                        r.first_seq
+                    }),
+            };
+            if first > self.agent.last_seq() {
+                return;
+            }
+            let available = (self.agent.last_seq() - first + 1).min(usize::MAX as u64) as usize;
+            self.start_build(BatchRequest {
+                first_seq: first,
+                max_events: c.max_batch_events.min(available),
+                max_bytes: c.max_batch_bytes,
+            });
+        }
+    }
+
+    /// Builds and encodes `req` on the blocking pool; the outcome comes back on `built`.
+    fn start_build(&mut self, req: BatchRequest) {
+        let id = self.next_slot;
+        self.next_slot += 1;
+        self.ahead.push_back(Slot {
+            id,
+            req,
+            done: None,
+        });
+        let (s, c, r, tx) = (
+            Arc::clone(&self.deps.spool),
+            Arc::clone(&self.deps.codec),
+            self.replica.clone(),
+            self.built.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let packed = build_batch(&s, &c, &r, &req)
+                .map(|built| {
+                    let bytes = c.encode_batch(&built.batch).ok();
+                    Packed { built, bytes }
+                })
+                .map_err(UplinkError::from);
+            let _ = tx.send((id, packed)); // the uplink may be gone
+        });
+    }
+
+    /// A build finished: its slot holds the outcome (a slot already dropped as stale is gone,
+    /// and so is its outcome, failed or not).
+    fn on_built(&mut self, id: u64, packed: Result<Packed, UplinkError>) {
+        if let Some(slot) = self.ahead.iter_mut().find(|s| s.id == id) {
+            slot.done = Some(packed);
+        }
     }
 
     async fn on_connected(&mut self) {
@@ -200,8 +307,7 @@ impl Uplink {
         }
         if let AckEffect::Advanced { trim_to } = self.agent.on_ack(ack.watermark, self.now()) {
             crash_point("uplink.after_ack");
-            let s = Arc::clone(&self.deps.spool);
-            blocking(move || Ok(s.trim(trim_to)?)).await?;
+            self.trim.send_replace(trim_to);
         }
         Ok(())
     }
@@ -235,6 +341,12 @@ pub async fn run(
         acked: meta.acked,
     };
     let (client, mut events) = AsyncClient::new(cfg.mqtt_options(cfg.device.as_str()), 64);
+    // A batch or a PUBACK must not wait for the broker's delayed TCP acknowledgement of the
+    // last small packet (Nagle): with a window of a few batches that is a 40 ms stall per turn.
+    events.network_options.set_tcp_nodelay(true);
+    let (built, mut built_rx) = mpsc::unbounded_channel();
+    let (trim, trims) = watch::channel(meta.acked);
+    let mut trimmer = tokio::spawn(trim_behind(Arc::clone(&deps.spool), trims));
     let mut u = Uplink {
         agent: Agent::new(cfg.agent, durable)?,
         replica: ReplicaId::new(cfg.device.clone(), meta.incarnation),
@@ -244,6 +356,11 @@ pub async fn run(
         backoff: cfg.backoff_min,
         jitter: Jitter(meta.incarnation.get() | 1),
         connected_once: false,
+        ahead: VecDeque::new(),
+        next_unsent: meta.acked + 1,
+        next_slot: 0,
+        built,
+        trim,
         client,
         deps,
         cfg,
@@ -251,6 +368,14 @@ pub async fn run(
     let appended = Arc::clone(&u.deps.appended);
     loop {
         u.send_due().await?;
+        if u.agent.take_ack_request() {
+            // The agent asks for the server's current watermark (a batch timed out): subscribing
+            // again makes the broker send the retained ack again.
+            let _ = u
+                .client
+                .subscribe(u.ack_topic.as_str(), QoS::AtLeastOnce)
+                .await;
+        }
         let tick = u
             .agent
             .next_deadline()
@@ -265,19 +390,43 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => u.on_lost(e, &shutdown).await,
             },
+            Some((id, packed)) = built_rx.recv() => u.on_built(id, packed),
             _ = tokio::time::sleep(tick) => {
                 let now = u.now();
                 u.agent.on_tick(now);
             }
             _ = appended.notified() => {}
+            trimmed = &mut trimmer => return Err(match trimmed {
+                Ok(Ok(())) => UplinkError::TrimStopped,
+                Ok(Err(e)) => e,
+                Err(e) => e.into(),
+            }),
             _ = shutdown.cancelled() => {}
         }
         if shutdown.is_cancelled() {
             u.deps.metrics.link_up.set(0);
             let _ = u.client.disconnect().await;
-            return Ok(());
+            // The last trim asked for finishes; what it would have trimmed is sent again after
+            // a restart only if it did not, and the server ignores it.
+            drop(u);
+            return trimmer.await?;
         }
     }
+}
+
+/// Trims the spool to the latest watermark it is given, whenever the previous trim is done;
+/// returns when the sender is gone (after trimming to the last value) or a trim fails.
+async fn trim_behind(spool: Arc<Spool>, mut to: watch::Receiver<u64>) -> Result<(), UplinkError> {
+    let mut trimmed = *to.borrow_and_update();
+    while to.changed().await.is_ok() {
+        let w = *to.borrow_and_update();
+        if w > trimmed {
+            let s = Arc::clone(&spool);
+            blocking(move || Ok(s.trim(w)?)).await?;
+            trimmed = w;
+        }
+    }
+    Ok(())
 }
 
 /// What a replay sent.
