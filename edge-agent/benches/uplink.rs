@@ -54,7 +54,7 @@ use edgesync_protocol::{Server, ServerConfig};
 use edgesync_schemas::{topics, Ack, Codec, Limits};
 use edgesync_servicekit::config::ServiceConfig;
 use edgesync_testkit::cpu::{process_secs, since, thread_secs};
-use edgesync_testkit::{deploy, knob, Mosquitto};
+use edgesync_testkit::{deploy, knob, Mosquitto, MosquittoOptions};
 use rumqttc::{AsyncClient, Client, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -282,8 +282,18 @@ struct Run {
     mosquitto: f64,
 }
 
+/// A fresh broker: Nagle off on its client sockets unless `UPLINK_BENCH_NAGLE=1`.
+fn broker() -> Mosquitto {
+    let nagle: u8 = knob("UPLINK_BENCH_NAGLE", 0);
+    Mosquitto::start_with(MosquittoOptions {
+        tcp_nodelay: nagle == 0,
+        ..MosquittoOptions::default()
+    })
+    .unwrap()
+}
+
 fn agent(n: u64, template: &Path, perf: Option<&str>) -> (Run, Vec<Vec<u8>>) {
-    let mut m = Mosquitto::start().unwrap();
+    let mut m = broker();
     let mpid = m.process().pid().unwrap();
     let server = ServerStandIn::start(m.addr());
     let dir = tempfile::tempdir().unwrap();
@@ -359,7 +369,7 @@ fn agent(n: u64, template: &Path, perf: Option<&str>) -> (Run, Vec<Vec<u8>>) {
 }
 
 fn raw(n: u64, payloads: &[Vec<u8>]) -> Run {
-    let mut m = Mosquitto::start().unwrap();
+    let mut m = broker();
     let mpid = m.process().pid().unwrap();
     let server = ServerStandIn::start(m.addr());
     let dir = tempfile::tempdir().unwrap();
