@@ -8,6 +8,14 @@
 //! write the touched replicas' states, the next input offset and the events checkpoint in one
 //! synced RocksDB batch; then commit the offsets to the group.
 //!
+//! Pipelined (`read_back`): while one group's outputs travel to Kafka the stage applies the
+//! next group, so the stage's CPU and the broker's confirmation overlap instead of taking
+//! turns. What each group must persist — the touched replicas' states, its next input
+//! offsets, its acks and its ledger lines — is taken when the group is applied
+//! ([`Staged`]), so a later group's effects never reach the store before that group's
+//! outputs are durable. Groups finish in the order they were applied, at most one is in
+//! flight, and none is in flight when partitions move (a rebalance finishes it first).
+//!
 //! Exactly-once events without transactions (`exactly_once = "read_back"`, the default): the
 //! device stage is the only writer of events partition p while it owns deltas partition p. A crash between producing events and the
 //! state write leaves events in Kafka that the restored state does not know it released. So
@@ -36,12 +44,13 @@ use edgesync_schemas::{Ack, DeadLetterReason, Framing, StateRecord};
 use edgesync_servicekit::now_ms;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer as _;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::Ledger;
-use crate::stage::{self, Change, Io, Out};
+use crate::ledger::{Entry, Ledger};
+use crate::out::{Out, Producer};
+use crate::stage::{self, Change, Io};
 use crate::store::{Batch, Stage};
 use crate::Error;
 
@@ -83,13 +92,13 @@ const TXN_CALL: std::time::Duration = std::time::Duration::from_secs(60);
 impl Transactions {
     /// Partition `p`'s producer, ready: `init_transactions` fences an earlier owner of `p` and
     /// completes or aborts its open transaction.
-    fn open(&self, p: i32) -> Result<FutureProducer, Error> {
+    fn open(&self, p: i32) -> Result<Producer, Error> {
         let id = format!("{}-{p}", self.id_prefix);
-        let producer: FutureProducer = self
+        let producer: Producer = self
             .producer
             .clone()
             .set("transactional.id", &id)
-            .create()?;
+            .create_with_context(crate::out::Deliveries)?;
         producer.init_transactions(TXN_CALL)?;
         tracing::info!(partition = p, transactional_id = %id, "transactional producer ready");
         Ok(producer)
@@ -105,6 +114,17 @@ struct Applied {
     skews: BTreeMap<ReplicaId, i64>,
     events: u64,
     deltas: u64,
+}
+
+/// A group applied, its outputs enqueued: what remains to do once Kafka has them, taken as of
+/// this group (a later group may already have changed the servers).
+struct Staged {
+    out: Out,
+    applied: Applied,
+    /// The touched replicas' states and the next input offsets.
+    store: Batch,
+    /// The touched replicas' ledger lines.
+    lines: Vec<(ReplicaId, Entry)>,
 }
 
 /// What the stage works with.
@@ -123,26 +143,39 @@ struct Owned {
     /// Next input offset this process's state reflects.
     next: i64,
     /// The partition's transactional producer (`exactly_once = "transactions"`).
-    txn: Option<FutureProducer>,
+    txn: Option<Producer>,
 }
 
 impl DeviceStage {
-    /// Runs until `shutdown` is cancelled (finishing the group in hand).
+    /// Runs until `shutdown` is cancelled (finishing the groups in hand).
     pub fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let rt = stage::runtime()?;
         let mut owned: HashMap<i32, Owned> = HashMap::new();
         let mut skip: HashMap<ReplicaId, u64> = HashMap::new();
+        let mut in_flight = stage::InFlight::default();
         while !shutdown.is_cancelled() {
-            let msgs = self.io.member.poll(self.cfg.max_group, "deltas")?;
-            // Rebalances happen inside poll: handle them before the records they precede.
-            for change in self.io.member.ctx.take() {
-                self.change(change, &mut owned, &mut skip, &rt)?;
+            let wait = in_flight.poll_wait();
+            let msgs = self.io.member.poll(self.cfg.max_group, wait, "deltas")?;
+            // Rebalances happen inside poll: handle them, with nothing in flight, before the
+            // records they precede.
+            let changes = self.io.member.ctx.take();
+            if !changes.is_empty() || msgs.is_empty() {
+                in_flight.drain(|g| self.finish(g, true))?;
             }
-            if !msgs.is_empty() {
-                self.process(msgs, &mut owned, &mut skip, &rt)?;
+            for change in changes {
+                self.change(change, &mut owned, &mut skip)?;
             }
+            if msgs.is_empty() {
+                continue;
+            }
+            if self.cfg.transactions.is_some() {
+                // One transaction per partition, each finished before the next.
+                self.process(msgs, &mut owned, &mut skip)?;
+                continue;
+            }
+            let next = self.stage(msgs, &self.io.producer, &mut owned, &mut skip)?;
+            in_flight.push(next, |g| self.finish(g, true))?;
         }
-        Ok(())
+        in_flight.drain(|g| self.finish(g, true))
     }
 
     fn change(
@@ -150,7 +183,6 @@ impl DeviceStage {
         change: Change,
         owned: &mut HashMap<i32, Owned>,
         skip: &mut HashMap<ReplicaId, u64>,
-        rt: &tokio::runtime::Runtime,
     ) -> Result<(), Error> {
         match change {
             Change::Revoked(ps) => {
@@ -162,7 +194,7 @@ impl DeviceStage {
             }
             Change::Assigned(ps) => {
                 for p in ps {
-                    self.assign(p, owned, skip, rt)?;
+                    self.assign(p, owned, skip)?;
                 }
             }
         }
@@ -174,7 +206,6 @@ impl DeviceStage {
         p: i32,
         owned: &mut HashMap<i32, Owned>,
         skip: &mut HashMap<ReplicaId, u64>,
-        rt: &tokio::runtime::Runtime,
     ) -> Result<(), Error> {
         let c = &self.cfg;
         // First, so that a zombie owner is fenced before the events are read back.
@@ -214,7 +245,7 @@ impl DeviceStage {
             owned[&p]
                 .server
                 .replicas()
-                .map(|(r, s)| (r.clone(), s.clone())),
+                .map(|(r, s)| (r.clone(), Entry::of(s))),
         );
         // The group starts at its committed offset: replay what lies between.
         tracing::info!(
@@ -233,22 +264,23 @@ impl DeviceStage {
                 local,
                 start,
                 c.max_group,
-                |msgs| self.process(msgs, owned, skip, rt),
+                |msgs| self.process(msgs, owned, skip),
             )?;
         }
         Ok(())
     }
 
-    /// Processes polled records: as one group, or with transactions one group per partition.
+    /// Processes records to the end, one group at a time: as one group, or with transactions
+    /// one group (and transaction) per partition.
     fn process(
         &self,
         msgs: Vec<OwnedMessage>,
         owned: &mut HashMap<i32, Owned>,
         skip: &mut HashMap<ReplicaId, u64>,
-        rt: &tokio::runtime::Runtime,
     ) -> Result<(), Error> {
         if self.cfg.transactions.is_none() {
-            return self.process_group(msgs, None, owned, skip, rt);
+            let g = self.stage(msgs, &self.io.producer, owned, skip)?;
+            return self.finish(g, true);
         }
         let mut parts: BTreeMap<i32, Vec<OwnedMessage>> = BTreeMap::new();
         for m in msgs {
@@ -257,67 +289,96 @@ impl DeviceStage {
         for (p, part) in parts {
             // A revoked partition has no producer: its records are the new owner's.
             if let Some(txn) = owned.get(&p).and_then(|o| o.txn.clone()) {
-                self.process_group(part, Some(txn), owned, skip, rt)?;
+                self.transaction(part, &txn, owned, skip)?;
             }
         }
         Ok(())
     }
 
-    /// One group: apply, make the outputs durable in Kafka (and, in a transaction, the input
-    /// offsets with them), then write the state and offsets in one synced batch.
-    fn process_group(
+    /// One partition's group as one transaction: its outputs, acks and input offsets
+    /// committed together, then the state written.
+    fn transaction(
         &self,
         msgs: Vec<OwnedMessage>,
-        txn: Option<FutureProducer>,
+        txn: &Producer,
         owned: &mut HashMap<i32, Owned>,
         skip: &mut HashMap<ReplicaId, u64>,
-        rt: &tokio::runtime::Runtime,
     ) -> Result<(), Error> {
-        let producer = txn.as_ref().unwrap_or(&self.io.producer);
-        if let Some(t) = &txn {
-            t.begin_transaction()?;
+        txn.begin_transaction()?;
+        let mut g = self.stage(msgs, txn, owned, skip)?;
+        self.send_acks(&g.applied.acks, &mut g.out)?;
+        if let Err(e) = self.commit_transaction(txn, &g.applied.offsets) {
+            let _ = txn.abort_transaction(TXN_CALL);
+            return Err(e);
         }
-        let now = now_ms();
+        self.finish(g, false)
+    }
+
+    /// Applies a group and enqueues its outputs with `producer`; takes what the group must
+    /// persist once they are durable.
+    fn stage(
+        &self,
+        msgs: Vec<OwnedMessage>,
+        producer: &Producer,
+        owned: &mut HashMap<i32, Owned>,
+        skip: &mut HashMap<ReplicaId, u64>,
+    ) -> Result<Staged, Error> {
         let mut out = Out::new(producer);
-        let a = self.apply(msgs, &mut out, owned, skip, now)?;
-        let last_event = match &txn {
-            None => {
-                // Events, deltas and dead letters durable in Kafka before anything else.
-                let last = out.wait(rt)?;
-                let mut acks = Out::new(producer);
-                self.send_acks(&a.acks, &mut acks, now)?;
-                // Not awaited: the events they acknowledge are durable already, and a lost ack
-                // only makes the agent send again (saves a broker round trip per group).
-                acks.detach(rt, "ack", self.io.metrics.acks_failed.clone());
-                crash_point("acks.after_produce");
-                last
+        let applied = self.apply(msgs, &mut out, owned, skip, now_ms())?;
+        let mut store = Batch::default();
+        let mut lines = Vec::with_capacity(applied.touched.len());
+        for (p, r) in &applied.touched {
+            if let Some(s) = owned.get(p).and_then(|o| o.server.state(r)) {
+                store.replica(&self.io.codec, *p, r, s)?;
+                lines.push((r.clone(), Entry::of(s)));
             }
-            Some(t) => {
-                self.send_acks(&a.acks, &mut out, now)?;
-                if let Err(e) = self.commit_transaction(t, &a.offsets) {
-                    let _ = t.abort_transaction(TXN_CALL);
-                    return Err(e);
-                }
-                out.wait(rt)?
-            }
-        };
+        }
+        for (p, next) in &applied.offsets {
+            store.offset(Stage::Device, *p, *next);
+        }
+        Ok(Staged {
+            out,
+            applied,
+            store,
+            lines,
+        })
+    }
+
+    /// Once Kafka has a group's outputs (events, deltas and dead letters; in a transaction
+    /// also its acks and offsets): the acks (`send_acks`, unless the transaction carried
+    /// them), the state, offsets and events checkpoints in one synced write, the offsets to
+    /// the group, the ledger.
+    fn finish(&self, g: Staged, send_acks: bool) -> Result<(), Error> {
+        let Staged {
+            out,
+            applied: a,
+            mut store,
+            lines,
+        } = g;
+        let last_event = out.wait()?;
+        if send_acks {
+            let counter = self.io.metrics.acks_failed.clone();
+            let mut acks = Out::detached(&self.io.producer, "ack", counter);
+            // Not awaited: the events they acknowledge are durable already, and a lost ack
+            // only makes the agent send again (saves a broker round trip per group).
+            self.send_acks(&a.acks, &mut acks)?;
+            crash_point("acks.after_produce");
+        }
         crash_point("device.after_produce");
         // Counted once Kafka has them.
         self.io.metrics.events.inc_by(a.events);
         self.io.metrics.deltas.inc_by(a.deltas);
         self.io.metrics.acks.inc_by(a.acks.len() as u64);
-        self.persist(&a, &last_event, owned)?;
+        for (p, off) in &last_event {
+            store.checkpoint(*p, off + 1);
+        }
+        self.io.store.commit(store)?;
         crash_point("device.after_checkpoint");
-        if txn.is_none() {
+        if self.cfg.transactions.is_none() {
             stage::commit(&self.io.member.consumer, &self.cfg.deltas_topic, &a.offsets);
         }
         crash_point("device.after_commit");
-        self.ledger.update(a.touched.iter().filter_map(|(p, r)| {
-            owned
-                .get(p)
-                .and_then(|o| o.server.state(r))
-                .map(|s| (r.clone(), s.clone()))
-        }));
+        self.ledger.update(lines);
         for (r, s) in &a.skews {
             self.ledger.skew(r, *s);
         }
@@ -325,11 +386,7 @@ impl DeviceStage {
     }
 
     /// The input offsets into the open transaction, then commit (which flushes its records).
-    fn commit_transaction(
-        &self,
-        t: &FutureProducer,
-        offsets: &BTreeMap<i32, i64>,
-    ) -> Result<(), Error> {
+    fn commit_transaction(&self, t: &Producer, offsets: &BTreeMap<i32, i64>) -> Result<(), Error> {
         if !offsets.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for (p, o) in offsets {
@@ -488,12 +545,8 @@ impl DeviceStage {
     }
 
     /// Enqueues each replica's new watermark on the acks topic.
-    fn send_acks(
-        &self,
-        acks: &BTreeMap<ReplicaId, u64>,
-        out: &mut Out,
-        now: u64,
-    ) -> Result<(), Error> {
+    fn send_acks(&self, acks: &BTreeMap<ReplicaId, u64>, out: &mut Out) -> Result<(), Error> {
+        let now = now_ms();
         for (replica, watermark) in acks {
             let bytes = self.io.codec.encode_ack(&Ack {
                 replica: replica.clone(),
@@ -503,30 +556,6 @@ impl DeviceStage {
             let device = replica.device.as_str().as_bytes();
             out.send(&self.cfg.acks_topic, None, device, &bytes, false);
         }
-        Ok(())
-    }
-
-    /// The touched replicas' states, the next input offsets and the events checkpoints in one
-    /// synced write.
-    fn persist(
-        &self,
-        a: &Applied,
-        last_event: &BTreeMap<i32, i64>,
-        owned: &HashMap<i32, Owned>,
-    ) -> Result<(), Error> {
-        let mut b = Batch::default();
-        for (p, r) in &a.touched {
-            if let Some(s) = owned.get(p).and_then(|o| o.server.state(r)) {
-                b.replica(&self.io.codec, *p, r, s)?;
-            }
-        }
-        for (p, next) in &a.offsets {
-            b.offset(Stage::Device, *p, *next);
-        }
-        for (p, off) in last_event {
-            b.checkpoint(*p, off + 1);
-        }
-        self.io.store.commit(b)?;
         Ok(())
     }
 

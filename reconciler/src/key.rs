@@ -3,6 +3,13 @@
 //! compacted state topic. Joins are idempotent, commutative and associative, so replays,
 //! duplicates and any arrival order converge to the same value; emitting the same converged
 //! value twice is harmless (compaction keeps the latest).
+//!
+//! Per group: join the deltas into the keys' states, produce the converged values, and once
+//! Kafka has them write the states and the next input offsets in one synced batch, then
+//! commit the offsets. Pipelined like the device stage: the next group is joined while one
+//! group's values travel to Kafka. That group's states are not in the store yet, so the next
+//! group reads a key from them first ([`Staged::states`]); groups finish in order, at most one
+//! is in flight, and none when partitions move.
 
 use edgesync_servicekit::crash::crash_point;
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +20,8 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::stage::{self, Change, Io, Out};
+use crate::out::Out;
+use crate::stage::{self, Change, Io};
 use crate::store::{Batch, Stage};
 use crate::Error;
 
@@ -30,6 +38,16 @@ pub struct KeyConfig {
     pub max_group: usize,
 }
 
+/// A group joined, its converged values enqueued: what to write once Kafka has them.
+struct Staged {
+    out: Out,
+    /// The joined states and the next input offsets.
+    store: Batch,
+    offsets: BTreeMap<i32, i64>,
+    /// The joined states, for the next group (the store has them only once this one finishes).
+    states: HashMap<String, StateRecord>,
+}
+
 /// What the stage works with.
 #[allow(missing_debug_implementations)]
 pub struct KeyStage {
@@ -40,37 +58,41 @@ pub struct KeyStage {
 }
 
 impl KeyStage {
-    /// Runs until `shutdown` is cancelled (finishing the group in hand).
+    /// Runs until `shutdown` is cancelled (finishing the groups in hand).
     pub fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
-        let rt = stage::runtime()?;
         let mut next: HashMap<i32, i64> = HashMap::new();
+        let mut in_flight = stage::InFlight::default();
         while !shutdown.is_cancelled() {
-            let msgs = self.io.member.poll(self.cfg.max_group, "state-deltas")?;
-            for change in self.io.member.ctx.take() {
+            let wait = in_flight.poll_wait();
+            let msgs = self
+                .io
+                .member
+                .poll(self.cfg.max_group, wait, "state-deltas")?;
+            let changes = self.io.member.ctx.take();
+            if !changes.is_empty() || msgs.is_empty() {
+                in_flight.drain(|g| self.finish(g))?;
+            }
+            for change in changes {
                 match change {
                     Change::Revoked(ps) => ps.iter().for_each(|p| {
                         next.remove(p);
                     }),
                     Change::Assigned(ps) => {
                         for p in ps {
-                            self.assign(p, &mut next, &rt)?;
+                            self.assign(p, &mut next)?;
                         }
                     }
                 }
             }
             if !msgs.is_empty() {
-                self.process(msgs, &mut next, &rt)?;
+                let staged = self.stage(msgs, &mut next, in_flight.get())?;
+                in_flight.push(staged, |g| self.finish(g))?;
             }
         }
-        Ok(())
+        in_flight.drain(|g| self.finish(g))
     }
 
-    fn assign(
-        &self,
-        p: i32,
-        next: &mut HashMap<i32, i64>,
-        rt: &tokio::runtime::Runtime,
-    ) -> Result<(), Error> {
+    fn assign(&self, p: i32, next: &mut HashMap<i32, i64>) -> Result<(), Error> {
         let c = &self.cfg;
         let (local, start) = self
             .io
@@ -90,18 +112,20 @@ impl KeyStage {
                 local,
                 start,
                 c.max_group,
-                |msgs| self.process(msgs, next, rt),
+                |msgs| self.stage(msgs, next, None).and_then(|g| self.finish(g)),
             )?;
         }
         Ok(())
     }
 
-    fn process(
+    /// Joins a group's deltas (reading each key from `in_flight` before the store) and
+    /// enqueues the converged values.
+    fn stage(
         &self,
         msgs: Vec<OwnedMessage>,
         next: &mut HashMap<i32, i64>,
-        rt: &tokio::runtime::Runtime,
-    ) -> Result<(), Error> {
+        in_flight: Option<&Staged>,
+    ) -> Result<Staged, Error> {
         let c = &self.cfg;
         let now = now_ms();
         let mut out = Out::new(&self.io.producer);
@@ -128,7 +152,10 @@ impl KeyStage {
             };
             let current = match dirty.remove(&delta.key) {
                 Some(s) => Some(s),
-                None => self.io.store.state(&self.io.codec, &delta.key)?,
+                None => match in_flight.and_then(|g| g.states.get(&delta.key)) {
+                    Some(s) => Some(s.clone()),
+                    None => self.io.store.state(&self.io.codec, &delta.key)?,
+                },
             };
             let mut merged = match current {
                 Some(s) => s,
@@ -153,7 +180,8 @@ impl KeyStage {
             self.io.metrics.merges.inc();
             dirty.insert(merged.key.clone(), merged);
         }
-        let mut b = Batch::default();
+        let mut store = Batch::default();
+        let mut states = HashMap::with_capacity(dirty.len());
         for (key, mut s) in dirty {
             s.emitted_at_ms = now;
             let bytes = self
@@ -161,17 +189,30 @@ impl KeyStage {
                 .codec
                 .encode_state_record(&s, Framing::SingleObject)?;
             out.send(&c.state_topic, None, key.as_bytes(), &bytes, false);
-            b.state(&self.io.codec, &s)?;
+            store.state(&self.io.codec, &s)?;
             self.io.metrics.states.inc();
+            states.insert(key, s);
         }
-        out.wait(rt)?;
-        crash_point("key.after_produce");
         for (p, n) in &offsets {
-            b.offset(Stage::Key, *p, *n);
+            store.offset(Stage::Key, *p, *n);
         }
-        self.io.store.commit(b)?;
+        Ok(Staged {
+            out,
+            store,
+            offsets,
+            states,
+        })
+    }
+
+    /// Once Kafka has a group's values: the states and offsets in one synced write, then the
+    /// offsets to the group.
+    fn finish(&self, g: Staged) -> Result<(), Error> {
+        g.out.wait()?;
+        crash_point("key.after_produce");
+        self.io.store.commit(g.store)?;
         crash_point("key.after_store_write");
-        stage::commit(&self.io.member.consumer, &c.state_deltas_topic, &offsets);
+        let topic = &self.cfg.state_deltas_topic;
+        stage::commit(&self.io.member.consumer, topic, &g.offsets);
         crash_point("key.after_commit");
         Ok(())
     }

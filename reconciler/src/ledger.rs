@@ -32,7 +32,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn of(s: &ReplicaState) -> Self {
+    /// The line of a replica in state `s` (its clock skew is kept by [`Ledger::update`]).
+    pub fn of(s: &ReplicaState) -> Self {
         let max_seen = s.ctx.max_seen();
         Self {
             watermark: s.ctx.watermark(),
@@ -73,11 +74,11 @@ impl Ledger {
         }
     }
 
-    /// Records the current state of some replicas (keeping their last clock skew).
-    pub fn update(&self, states: impl IntoIterator<Item = (ReplicaId, ReplicaState)>) {
+    /// Records the current lines of some replicas ([`Entry::of`] their states), keeping each
+    /// one's last clock skew.
+    pub fn update(&self, lines: impl IntoIterator<Item = (ReplicaId, Entry)>) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        for (r, s) in states {
-            let mut entry = Entry::of(&s);
+        for (r, mut entry) in lines {
             entry.clock_skew_ms = e.get(&r).and_then(|x| x.clock_skew_ms);
             e.insert(r, entry);
         }

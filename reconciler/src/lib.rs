@@ -17,6 +17,7 @@ pub mod device;
 pub mod key;
 pub mod ledger;
 pub mod metrics;
+pub mod out;
 pub mod service;
 pub mod stage;
 pub mod store;

@@ -14,7 +14,6 @@ use edgesync_servicekit::now_ms;
 use edgesync_servicekit::ops;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,7 @@ use crate::device::{DeviceConfig, DeviceStage, Transactions};
 use crate::key::{KeyConfig, KeyStage};
 use crate::ledger::Ledger;
 use crate::metrics::ReconcilerMetrics;
+use crate::out::{Deliveries, Producer};
 use crate::stage;
 use crate::store::Store;
 use crate::Error;
@@ -59,8 +59,8 @@ pub enum ServiceError {
 
 /// The producer both stages share: `durable_producer_config` with lz4 and a 2 ms linger;
 /// every `[kafka.properties]` entry wins.
-pub fn producer(k: &KafkaSection) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    producer_config(k).create()
+pub fn producer(k: &KafkaSection) -> Result<Producer, rdkafka::error::KafkaError> {
+    producer_config(k).create_with_context(Deliveries)
 }
 
 /// The settings of [`producer`].
@@ -135,7 +135,7 @@ async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), Serv
 struct Shared {
     codec: Arc<Codec>,
     store: Arc<Store>,
-    producer: FutureProducer,
+    producer: Producer,
     metrics: Arc<ReconcilerMetrics>,
     ledger: Arc<Ledger>,
     /// The static member id's prefix (empty: dynamic membership).

@@ -1,7 +1,7 @@
 //! What both stages share: their `Io` (codec, store, producer, a group consumer whose
 //! rebalances are reported to the processing loop, a reader for replaying a partition range,
-//! metrics), the resume points of a partition, dead-lettering, and producing with a wait for
-//! Kafka.
+//! metrics), the resume points of a partition and dead-lettering. Producing with a wait for
+//! Kafka is `out`.
 //!
 //! Progress lives in the state store, not in Kafka: each stage writes the next input offset
 //! of a partition in the same RocksDB batch as the state it produced. Kafka's committed
@@ -20,7 +20,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -137,6 +136,54 @@ pub fn member_config(base: &ClientConfig, group: &str, instance: Option<&str>) -
     c
 }
 
+/// How long a stage with nothing in hand waits for its first record before it looks at its
+/// shutdown token again.
+pub const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// A stage's pipeline: at most one group in flight (its outputs travelling to Kafka) while
+/// the next is applied. Groups finish in the order they were put in flight.
+#[derive(Debug)]
+pub struct InFlight<G>(Option<G>);
+
+impl<G> Default for InFlight<G> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<G> InFlight<G> {
+    /// How long to wait for the next records: not at all while a group is in flight (it is
+    /// finished as soon as nothing else is there to apply), [`IDLE_POLL`] otherwise.
+    pub fn poll_wait(&self) -> Duration {
+        match self.0 {
+            Some(_) => Duration::ZERO,
+            None => IDLE_POLL,
+        }
+    }
+
+    /// The group in flight.
+    pub fn get(&self) -> Option<&G> {
+        self.0.as_ref()
+    }
+
+    /// Finishes the group in flight, if any.
+    pub fn drain(
+        &mut self,
+        finish: impl FnOnce(G) -> Result<(), crate::Error>,
+    ) -> Result<(), crate::Error> {
+        self.0.take().map_or(Ok(()), finish)
+    }
+
+    /// Puts `next` in flight after finishing the group before it.
+    pub fn push(
+        &mut self,
+        next: G,
+        finish: impl FnOnce(G) -> Result<(), crate::Error>,
+    ) -> Result<(), crate::Error> {
+        self.0.replace(next).map_or(Ok(()), finish)
+    }
+}
+
 /// A stage's membership of its group: the consumer, its rebalance reports, and what it takes
 /// to join again.
 #[allow(missing_debug_implementations)]
@@ -165,13 +212,18 @@ impl Member {
         })
     }
 
-    /// Up to `max` records (see `poll_group`). After a fatal consumer error (Apache Kafka
+    /// Up to `max` records, waiting up to `wait` for the first (see `poll_group`). After a fatal consumer error (Apache Kafka
     /// fences a static member whose rejoin it failed to persist in a failover) the old consumer
     /// is closed, every partition it held is reported revoked, and a new consumer joins as the
     /// same member; the assignments that follow resume from the state store as after any
     /// rebalance. Without this the stage would stop and wait for its unit to restart it.
-    pub fn poll(&mut self, max: usize, what: &str) -> Result<Vec<OwnedMessage>, KafkaError> {
-        match poll_group(&self.consumer, max, what) {
+    pub fn poll(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        what: &str,
+    ) -> Result<Vec<OwnedMessage>, KafkaError> {
+        match poll_group(&self.consumer, max, wait, what) {
             Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
                 tracing::error!(error = %e, consumer = what, "consumer unusable; joining again as the same member");
                 std::thread::sleep(Duration::from_secs(1));
@@ -320,102 +372,6 @@ fn position(r: &BaseConsumer, topic: &str, p: i32) -> Result<Option<i64>, KafkaE
         }))
 }
 
-/// Records to produce with one producer, and a wait for all of them.
-pub struct Out {
-    producer: FutureProducer,
-    pending: Vec<(DeliveryFuture, Option<i32>)>,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Out")
-            .field("pending", &self.pending.len())
-            .finish()
-    }
-}
-
-impl Out {
-    /// Nothing yet, to be produced with `producer`.
-    pub fn new(producer: &FutureProducer) -> Self {
-        Self {
-            producer: producer.clone(),
-            pending: Vec::new(),
-        }
-    }
-
-    /// Enqueues a record (waiting while librdkafka's queue is full); `track` marks records
-    /// whose partition/offset the caller wants back.
-    pub fn send(
-        &mut self,
-        topic: &str,
-        partition: Option<i32>,
-        key: &[u8],
-        payload: &[u8],
-        track: bool,
-    ) {
-        loop {
-            let mut rec = FutureRecord::to(topic).key(key).payload(payload);
-            if let Some(p) = partition {
-                rec = rec.partition(p);
-            }
-            match self.producer.send_result(rec) {
-                Ok(d) => {
-                    self.pending
-                        .push((d, track.then_some(partition.unwrap_or(-1))));
-                    return;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-
-    /// Waits for every delivery; returns the highest offset per tracked partition.
-    pub fn wait(
-        self,
-        rt: &tokio::runtime::Runtime,
-    ) -> Result<std::collections::BTreeMap<i32, i64>, crate::Error> {
-        rt.block_on(async {
-            let mut last = std::collections::BTreeMap::new();
-            for (d, track) in self.pending {
-                match d.await {
-                    Ok(Ok(delivery)) => {
-                        if track.is_some() {
-                            let e = last.entry(delivery.partition).or_insert(delivery.offset);
-                            *e = (*e).max(delivery.offset);
-                        }
-                    }
-                    Ok(Err((e, _))) => return Err(crate::Error::Kafka(e)),
-                    Err(_) => return Err(crate::Error::Replay("delivery report lost".into())),
-                }
-            }
-            Ok(last)
-        })
-    }
-
-    /// Lets the deliveries finish in the background, logging and counting failures (in
-    /// `failed`): for records whose loss costs only a repeat, such as acknowledgements (a lost
-    /// one makes the agent send again and be acknowledged again), so that the stage does not
-    /// wait a broker round trip for them.
-    pub fn detach(
-        self,
-        rt: &tokio::runtime::Runtime,
-        what: &'static str,
-        failed: prometheus_client::metrics::counter::Counter,
-    ) {
-        rt.spawn(async move {
-            for (d, _) in self.pending {
-                if !matches!(d.await, Ok(Ok(_))) {
-                    failed.inc();
-                    tracing::warn!(
-                        what,
-                        "delivery failed; the record will be produced again when its source is"
-                    );
-                }
-            }
-        });
-    }
-}
-
 /// Commits `offsets` (next to read, per partition of `topic`) to the group, without waiting.
 pub fn commit(c: &BaseConsumer<Ctx>, topic: &str, offsets: &std::collections::BTreeMap<i32, i64>) {
     if offsets.is_empty() {
@@ -430,26 +386,23 @@ pub fn commit(c: &BaseConsumer<Ctx>, topic: &str, offsets: &std::collections::BT
     }
 }
 
-/// A current-thread runtime for a stage thread to wait on deliveries with.
-pub fn runtime() -> Result<tokio::runtime::Runtime, crate::Error> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| crate::Error::Replay(e.to_string()))
-}
-
-/// Up to `max` records: waits up to 100 ms for the first, then takes what is already there.
+/// Up to `max` records: waits up to `wait` for the first, then takes what is already there.
 /// A fatal consumer error (the consumer is unusable) is returned for [`Member::poll`] to join
 /// again; others are logged.
 fn poll_group(
     c: &BaseConsumer<Ctx>,
     max: usize,
+    wait: Duration,
     what: &str,
 ) -> Result<Vec<OwnedMessage>, KafkaError> {
     let mut msgs = Vec::new();
     while msgs.len() < max {
-        let timeout = if msgs.is_empty() { 100 } else { 0 };
-        match c.poll(Duration::from_millis(timeout)) {
+        let timeout = if msgs.is_empty() {
+            wait
+        } else {
+            Duration::ZERO
+        };
+        match c.poll(timeout) {
             Some(Ok(m)) => msgs.push(m.detach()),
             Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => return Err(e),
             Some(Err(e)) => {
@@ -470,7 +423,7 @@ pub struct Io {
     /// State store.
     pub store: Arc<crate::store::Store>,
     /// Producer.
-    pub producer: FutureProducer,
+    pub producer: crate::out::Producer,
     /// The stage's membership of its group.
     pub member: Member,
     /// Reader for replays (and the events tail).
@@ -498,7 +451,7 @@ impl Io {
     /// `kafka:<topic>/<partition>@<offset>`, original bytes) on `dlq_topic` and counts it.
     pub fn dead(
         &self,
-        out: &mut Out,
+        out: &mut crate::out::Out,
         dlq_topic: &str,
         m: &OwnedMessage,
         reason: edgesync_schemas::DeadLetterReason,
