@@ -33,8 +33,14 @@
 //! reconciler with `perf record -g` for 5 s from its first batch, in the first round),
 //! `RECONCILER_BENCH_JFR=<prefix>` (a Java Flight Recording of an Apache Kafka broker over each
 //! side's first timed window, into `<prefix>-alone.jfr` and
-//! `<prefix>-reconciler.jfr`; read with `jfr print --events jdk.ExecutionSample`), and
-//! `EDGESYNC_TEST_BROKER` as for the tests: `apache` (default), `tansu` or `tansu-memory`.
+//! `<prefix>-reconciler.jfr`; read with `jfr print --events jdk.ExecutionSample`),
+//! `RECONCILER_BENCH_BIN=<path>` (another `edgesync-reconciler` binary, e.g. an earlier
+//! commit's, measured against the same baseline) and `EDGESYNC_TEST_BROKER` as for the
+//! tests: `apache` (default), `tansu` or `tansu-memory`.
+//!
+//! On Apache Kafka it also prints what the broker served each side, per 1,000 events and by
+//! request type (`testkit::broker_requests`, the broker's own JMX metrics): requests, and the
+//! milliseconds its request threads spent in them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -48,7 +54,7 @@ use edgesync_core::{
 };
 use edgesync_schemas::{Codec, Framing, Limits};
 use edgesync_servicekit::config::ServiceConfig;
-use edgesync_testkit::{cpu, knob, partition_for, Kafka, Service};
+use edgesync_testkit::{broker_requests, cpu, knob, partition_for, Kafka, Service};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
@@ -192,11 +198,15 @@ struct Run {
     client: BTreeMap<String, f64>,
     /// CPU seconds of each thread group of the broker in the timed window.
     broker: BTreeMap<String, f64>,
+    /// What the broker served for the side (Apache Kafka only): for the baseline the timed
+    /// window, for the reconciler its whole life (start-up included, idle shutdown not).
+    served: Option<broker_requests::Reading>,
 }
 
 fn events_alone(k: &mut Kafka, w: &Workload, names: &Names, jfr: Option<&str>) -> Run {
     let p = baseline_producer(k);
     let broker_pid = k.process().pid().unwrap();
+    let served = broker_requests::read(broker_pid);
     let (me, b0) = (std::process::id(), cpu::thread_secs(broker_pid));
     let t0 = cpu::thread_secs(me);
     let started = Instant::now();
@@ -220,11 +230,21 @@ fn events_alone(k: &mut Kafka, w: &Workload, names: &Names, jfr: Option<&str>) -
         0,
         "baseline deliveries failed"
     );
+    let (client, broker) = (cpu::thread_secs(me), cpu::thread_secs(broker_pid));
     Run {
         rate: n as f64 / secs,
-        client: cpu::since(&t0, &cpu::thread_secs(me)),
-        broker: cpu::since(&b0, &cpu::thread_secs(broker_pid)),
+        client: cpu::since(&t0, &client),
+        broker: cpu::since(&b0, &broker),
+        served: served_since(served, broker_pid),
     }
+}
+
+/// What the broker `pid` served since `before`.
+fn served_since(
+    before: Option<broker_requests::Reading>,
+    pid: u32,
+) -> Option<broker_requests::Reading> {
+    Some(broker_requests::read(pid)?.since(&before?))
 }
 
 fn reconciler(
@@ -234,12 +254,17 @@ fn reconciler(
     perf: Option<&str>,
     jfr: Option<&str>,
 ) -> Run {
-    let program = PathBuf::from(env!("CARGO_BIN_EXE_edgesync-reconciler"));
+    let program = std::env::var_os("RECONCILER_BENCH_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_edgesync-reconciler")),
+        PathBuf::from,
+    );
     let env = [("RUST_LOG".to_owned(), "warn".to_owned())];
     let mut sets = settings(k);
     sets.extend(names.settings());
+    let broker_pid = k.process().pid().unwrap();
+    let served = broker_requests::read(broker_pid);
     let svc = Service::start_with_env(program, None, "bench reconciler", &sets, &env).unwrap();
-    let (pid, broker_pid) = (svc.process.pid().unwrap(), k.process().pid().unwrap());
+    let pid = svc.process.pid().unwrap();
     let metric = |name: &str| svc.metric(name, "") as u64;
     while metric("edgesync_reconciler_batches_total") == 0 {
         std::thread::sleep(Duration::from_millis(2));
@@ -254,15 +279,17 @@ fn reconciler(
     }
     let secs = started.elapsed().as_secs_f64();
     flight.dump();
-    let run = Run {
-        rate: n as f64 / secs,
-        client: cpu::since(&t0, &cpu::thread_secs(pid)),
-        broker: cpu::since(&b0, &cpu::thread_secs(broker_pid)),
-    };
+    let (client, broker) = (cpu::thread_secs(pid), cpu::thread_secs(broker_pid));
     if let Some(mut r) = recording {
         r.wait().unwrap();
     }
-    run
+    drop(svc);
+    Run {
+        rate: n as f64 / secs,
+        client: cpu::since(&t0, &client),
+        broker: cpu::since(&b0, &broker),
+        served: served_since(served, broker_pid),
+    }
 }
 
 /// `perf record` of `pid` for 5 s into `out`.
@@ -297,6 +324,9 @@ impl FlightRecord {
             "name=bench",
             "settings=profile",
             "jdk.ExecutionSample#period=1ms",
+            // Every compilation and deoptimization, to see what the JIT works on.
+            "jdk.Compilation#threshold=0ms",
+            "jdk.Deoptimization#enabled=true",
         ]);
         rec
     }
@@ -380,7 +410,9 @@ impl Names {
 /// the other's records (tansu slows down as its log grows), warmed up by both sides on a
 /// smaller workload of their own topics: a fresh JVM spends its first seconds compiling
 /// (C1/C2 threads took more CPU than the request handlers in a cold 3 s run), which a broker in
-/// service has long done.
+/// service has long done. On 2 cores its compile queue outlasts the warm-up (JFR showed
+/// methods queued before it compiled during the timed window, 800 compilations in a second),
+/// so the timed run also waits for the compiler threads to go quiet.
 fn broker_with(w: &Workload, warm_up: &Workload) -> Kafka {
     let mut k = Kafka::start().unwrap();
     if !warm_up.outputs.is_empty() {
@@ -389,6 +421,12 @@ fn broker_with(w: &Workload, warm_up: &Workload) -> Kafka {
         reconciler(&mut k, warm_up, &WARM_UP, None, None);
     }
     TIMED.prepare(&k, w);
+    // Then until the broker's compiler threads have worked off their queue (less than 2 % of a
+    // core over a second), so that neither side pays for compiling what the other warmed up.
+    let pid = k.process().pid().unwrap();
+    let (window, max) = (Duration::from_secs(1), Duration::from_secs(120));
+    let waited = cpu::wait_quiet(pid, cpu::JIT_THREADS, 0.02, window, max);
+    println!("broker JIT quiet after {:.0} s", waited.as_secs_f64());
     k
 }
 
@@ -487,4 +525,50 @@ fn report(n: u64, rounds: usize, alone: &[Run], recs: &[Run]) {
         (ta, tr) = (ta + sa, tr + sr);
     }
     println!("| all | {ta:.2} | {tr:.2} |");
+    served_report(events, alone, recs);
+}
+
+/// Requests the broker served per 1,000 events, and its request threads' milliseconds in
+/// them, by request type (Apache Kafka: read from its JMX metrics), mean over runs.
+fn served_report(events: f64, alone: &[Run], recs: &[Run]) {
+    let readings = |v: &[Run]| -> Vec<broker_requests::Reading> {
+        v.iter().filter_map(|r| r.served.clone()).collect()
+    };
+    let (a, r) = (readings(alone), readings(recs));
+    if a.is_empty() || r.is_empty() {
+        return;
+    }
+    let mut types: Vec<&String> = a.iter().chain(&r).flat_map(|x| x.by_type.keys()).collect();
+    types.sort();
+    types.dedup();
+    let per_k = |v: &[broker_requests::Reading], t: &str, ms: bool| {
+        let sum: u64 = v
+            .iter()
+            .filter_map(|x| x.by_type.get(t))
+            .map(|s| if ms { s.local_ms } else { s.requests })
+            .sum();
+        sum as f64 / v.len() as f64 * 1000.0 / events
+    };
+    println!(
+        "\nWhat the broker served per 1,000 events (its JMX request metrics, mean over runs):"
+    );
+    println!("| request | events alone: requests | ms on request threads | reconciler: requests | ms on request threads |");
+    println!("|---|---|---|---|---|");
+    for t in types {
+        println!(
+            "| {t} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            per_k(&a, t, false),
+            per_k(&a, t, true),
+            per_k(&r, t, false),
+            per_k(&r, t, true)
+        );
+    }
+    let records = |v: &[broker_requests::Reading]| {
+        v.iter().map(|x| x.records).sum::<u64>() as f64 / v.len() as f64 * 1000.0 / events
+    };
+    println!(
+        "| records appended (all topics) | {:.0} | | {:.0} | |",
+        records(&a),
+        records(&r)
+    );
 }

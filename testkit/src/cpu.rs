@@ -44,6 +44,37 @@ pub fn since(
         .collect()
 }
 
+/// The thread groups of a JVM that compile code (C1 and C2 compiler threads).
+pub const JIT_THREADS: &[&str] = &["C1 CompilerThre", "C2 CompilerThre"];
+
+/// Waits until the thread groups of `pid` named in `groups` used less than `share` of one core
+/// over a `window`, or until `max` has passed; returns how long it waited. For benchmarks on a
+/// JVM broker: a fresh JVM keeps compiling for a long while after its first load (its compile
+/// queue outlives any short warm-up on 2 cores), and a broker in service has long finished.
+pub fn wait_quiet(
+    pid: u32,
+    groups: &[&str],
+    share: f64,
+    window: std::time::Duration,
+    max: std::time::Duration,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    let busy = || -> f64 {
+        let t = thread_secs(pid);
+        groups.iter().filter_map(|g| t.get(*g)).sum()
+    };
+    let mut last = busy();
+    while started.elapsed() < max {
+        std::thread::sleep(window);
+        let now = busy();
+        if now - last < share * window.as_secs_f64() {
+            break;
+        }
+        last = now;
+    }
+    started.elapsed()
+}
+
 /// utime + stime of a `stat` file: fields 14 and 15, counted after the parenthesised name
 /// (which may itself hold spaces).
 fn stat_secs(path: &str) -> Option<f64> {

@@ -19,6 +19,7 @@
 //! started it even when that test is killed; dropping a handle kills the process; a handle
 //! dropped while its test panics prints the tail of the process's log first.
 
+pub mod broker_requests;
 pub mod cpu;
 mod kafka;
 mod mosquitto;
