@@ -23,6 +23,7 @@
 use std::time::{Duration, Instant};
 
 use crate::fleet::Request;
+use crate::observe;
 use crate::report::{ms, percentile};
 use crate::usage::{self, round3, Window};
 use crate::{now_us, Args, Pipeline};
@@ -69,6 +70,8 @@ pub struct Step {
     pub drain: Option<f64>,
     /// Requests that got no durable answer.
     pub failed: u64,
+    /// p50 and p99 of each stage with samples (ms), in the order of `observe::STAGES`.
+    pub stages: Vec<(usize, f64, f64)>,
     /// CPU while the step ran.
     pub cpu: Window,
     /// Why the step is not sustainable (empty: it is).
@@ -103,20 +106,26 @@ impl Step {
                 .map(|c| format!("{} {:.2}", c.name, c.cores))
                 .collect();
             return format!(
-                "the machine: {:.2} of {:.0} cores busy (largest: {})",
+                "the machine: {:.2} of {:.0} cores busy, {:.2} of them by the pipeline (largest: {}) and {:.2} by other processes",
                 self.cpu.machine_cores,
                 self.cpu.machine_of,
-                top.join(", ")
+                self.cpu.ours(),
+                top.join(", "),
+                (self.cpu.machine_cores - self.cpu.ours()).max(0.0)
             );
         }
-        let (_, _, spooled) = self.growth;
-        let place = if spooled > 0.05 * self.offered {
-            "in the agents' spools (unacknowledged: send window and acknowledgement round trip)"
-        } else {
-            "downstream of the agents"
-        };
+        let slowest = self
+            .stages
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("no stage measured".to_owned(), |(i, p50, _)| {
+                format!(
+                    "the time goes to {} (p50 {p50:.0} ms)",
+                    observe::STAGE_OWNERS[*i]
+                )
+            });
         format!(
-            "no CPU ceiling (machine {:.2} of {:.0} cores); the backlog builds {place}",
+            "no CPU ceiling (machine {:.2} of {:.0} cores busy); {slowest}",
             self.cpu.machine_cores, self.cpu.machine_of
         )
     }
@@ -161,6 +170,11 @@ impl Step {
                 "device_stage_lag_records": self.peaks.2,
                 "key_stage_lag_records": self.peaks.3,
             },
+            "stages_ms": self.stages.iter().map(|(i, p50, p99)| serde_json::json!({
+                "stage": observe::STAGES[*i],
+                "p50": round3(*p50),
+                "p99": round3(*p99),
+            })).collect::<Vec<_>>(),
             "drain_s": self.drain.map(round3),
             "failed_requests": self.failed,
             "cpu_cores": {
@@ -261,6 +275,13 @@ fn one(p: &Pipeline, args: &Args, rate: u64) -> Step {
         ),
         drain,
         failed: fleet.failed_requests() - failed0,
+        stages: l
+            .stages
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, v))| !v.is_empty())
+            .map(|(i, (_, v))| (i, q(v).0, q(v).1))
+            .collect(),
         cpu: usage::between(&p.components, &cpu0, &cpu1),
         not_sustainable: Vec::new(),
     };

@@ -285,6 +285,10 @@ fn run_steps(args: &Args) -> Result<bool, String> {
             s.offered, s.accepted
         );
         s.cpu.print(s.accepted);
+        println!("\n| where the time goes, ms | p50 | p99 |\n|---|---|---|");
+        for (i, p50, p99) in &s.stages {
+            println!("| {} | {p50:.1} | {p99:.1} |", observe::STAGES[*i]);
+        }
         println!();
     }
     if let Some(out) = &args.out {

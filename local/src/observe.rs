@@ -416,7 +416,7 @@ pub struct Latencies {
 }
 
 /// The stages of an event's way, in order (see [`Observed::latencies`]).
-pub const STAGES: [&str; 7] = [
+pub const STAGES: [&str; 8] = [
     "append: request sent → durable answer (agent ingest, group commit, fsync)",
     "agent: durable answer → batch at the MQTT broker's subscribers (batching, send window, publish)",
     "bridge: batch at the broker → produced to edgesync.deltas (receive, validate)",
@@ -424,6 +424,19 @@ pub const STAGES: [&str; 7] = [
     "Kafka hop: event record produced → read from edgesync.events",
     "Kafka hop + key stage: event record produced → converged record produced",
     "Kafka hop: converged record produced → read from edgesync.state",
+    "agent + MQTT + bridge: durable answer → produced to edgesync.deltas (without the MQTT tap)",
+];
+
+/// The stages as components, for naming where the time goes.
+pub const STAGE_OWNERS: [&str; 8] = [
+    "the agents' ingest (append)",
+    "the agents' uplink",
+    "the bridge",
+    "the reconciler's device stage (with its input's Kafka hop)",
+    "the events topic's Kafka hop",
+    "the reconciler's key stage (with its input's Kafka hop)",
+    "the state topic's Kafka hop",
+    "the agents' uplink, MQTT and the bridge",
 ];
 
 impl Observed {
@@ -476,6 +489,9 @@ impl Observed {
                         }
                     };
                     push(0, us(sent, answered));
+                    if broker == 0 {
+                        push(7, us(answered, deltas));
+                    }
                     push(1, us(answered, broker));
                     push(2, us(broker, deltas));
                     push(3, us(deltas, e.created));
