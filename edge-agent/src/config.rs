@@ -17,7 +17,7 @@ use edgesync_servicekit::config::ServiceConfig;
 use serde::Deserialize;
 
 use crate::ingest::IngestConfig;
-use crate::spool::{Durability, QuotaPolicy, SpoolConfig};
+use crate::spool::{Durability, QuotaPolicy, SpoolConfig, SpoolMemory};
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -71,6 +71,10 @@ pub struct SpoolSection {
     pub max_age_secs: u64,
     /// `block`, `drop-oldest` or `drop-newest`.
     pub policy: PolicyName,
+    /// RocksDB's block cache (data, index and filter blocks), in bytes.
+    pub cache_bytes: u64,
+    /// One RocksDB memtable, in bytes (at most two at once).
+    pub write_buffer_bytes: u64,
 }
 
 impl Default for SpoolSection {
@@ -81,6 +85,8 @@ impl Default for SpoolSection {
             max_bytes: 1 << 30,
             max_age_secs: 0,
             policy: PolicyName::Block,
+            cache_bytes: SpoolMemory::default().cache_bytes as u64,
+            write_buffer_bytes: SpoolMemory::default().write_buffer_bytes as u64,
         }
     }
 }
@@ -288,6 +294,11 @@ impl ServiceConfig for Config {
         if self.spool.max_bytes == 0 {
             return Err(ConfigError::Invalid("spool.max_bytes must be > 0".into()));
         }
+        if self.spool.cache_bytes == 0 || self.spool.write_buffer_bytes < 64 << 10 {
+            return Err(ConfigError::Invalid(
+                "spool.cache_bytes must be > 0 and spool.write_buffer_bytes >= 65536".into(),
+            ));
+        }
         if let Some(m) = &self.ingest_mqtt {
             if m.topics.is_empty() {
                 return Err(ConfigError::Invalid("ingest_mqtt.topics is empty".into()));
@@ -317,6 +328,10 @@ impl Config {
                 PolicyName::Block => QuotaPolicy::Block,
                 PolicyName::DropOldest => QuotaPolicy::DropOldest,
                 PolicyName::DropNewest => QuotaPolicy::DropNewest,
+            },
+            memory: SpoolMemory {
+                cache_bytes: usize::try_from(s.cache_bytes).unwrap_or(usize::MAX),
+                write_buffer_bytes: usize::try_from(s.write_buffer_bytes).unwrap_or(usize::MAX),
             },
             ..SpoolConfig::default()
         }
@@ -368,6 +383,7 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge-agent.toml");
         let c = Config::load(Some(&p), [], &[]).unwrap();
         assert_eq!(c.device.id, "pump-0042");
+        assert_eq!(c.spool_config().memory, SpoolMemory::default());
     }
 
     #[test]
@@ -396,6 +412,7 @@ mod tests {
             ("uplink.port=70000", "port"),
             ("uplink.max_inflight=0", "max_inflight"),
             ("spool.max_bytes=0", "max_bytes"),
+            ("spool.write_buffer_bytes=1000", "write_buffer_bytes"),
         ] {
             let e = Config::load(None, [], &["device.id=a".into(), set.into()]).unwrap_err();
             assert!(e.to_string().contains(why), "{set}: {e}");

@@ -38,7 +38,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use edgesync_core::{Incarnation, SeqRange};
-use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
 
 /// How durable an answered append is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +87,60 @@ pub struct GroupWrite {
 /// Called after every group write; must be cheap (it runs on the writer thread).
 pub type Observer = Arc<dyn Fn(GroupWrite) + Send + Sync>;
 
+/// What bounds the spool's RocksDB memory, so that the agent's memory does not grow with what
+/// it holds: RocksDB keeps at most about `cache_bytes + 2 * write_buffer_bytes` (its defaults
+/// are a 32 MiB cache, index and filter blocks beside it for every table file, and two 64 MiB
+/// memtables: an agent offline with a million events held about 80 MiB more than one with a
+/// hundred).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpoolMemory {
+    /// One LRU cache for data, index and filter blocks.
+    pub cache_bytes: usize,
+    /// One memtable; there are at most two (the one written and the one being flushed).
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for SpoolMemory {
+    /// 8 MiB of cache, two 8 MiB memtables.
+    fn default() -> Self {
+        Self {
+            cache_bytes: 8 << 20,
+            write_buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+impl SpoolMemory {
+    /// The bytes RocksDB may hold: the cache and both memtables.
+    pub fn budget(&self) -> usize {
+        self.cache_bytes
+            .saturating_add(self.write_buffer_bytes.saturating_mul(2))
+    }
+
+    /// These bounds applied to `opts`.
+    fn apply(&self, opts: &mut Options) {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(self.cache_bytes));
+        // Index and filter blocks in the cache, not beside it for each table file (where they
+        // grow with the data); L0's pinned, since every read looks at them.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        opts.set_block_based_table_factory(&table);
+        opts.set_write_buffer_size(self.write_buffer_bytes);
+        opts.set_max_write_buffer_number(2);
+        // A spool within its quota has a few dozen table files; keep descriptors bounded too.
+        opts.set_max_open_files(256);
+    }
+}
+
+/// Options for reads that visit every record once (the open's count, `verify`): their blocks
+/// are not kept in the cache, which holds what the uplink reads again.
+fn scan_options() -> ReadOptions {
+    let mut r = ReadOptions::default();
+    r.fill_cache(false);
+    r
+}
+
 /// Spool settings.
 #[derive(Clone)]
 pub struct SpoolConfig {
@@ -97,6 +154,8 @@ pub struct SpoolConfig {
     pub policy: QuotaPolicy,
     /// Most append requests joined into one write (bounds one group's latency).
     pub max_group: usize,
+    /// What bounds RocksDB's memory.
+    pub memory: SpoolMemory,
     /// Time source.
     pub clock: Clock,
     /// Told the cost of every group write.
@@ -111,6 +170,7 @@ impl std::fmt::Debug for SpoolConfig {
             .field("max_age", &self.max_age)
             .field("policy", &self.policy)
             .field("max_group", &self.max_group)
+            .field("memory", &self.memory)
             .field("observer", &self.observer.is_some())
             .finish()
     }
@@ -124,6 +184,7 @@ impl Default for SpoolConfig {
             max_age: None,
             policy: QuotaPolicy::Block,
             max_group: 4096,
+            memory: SpoolMemory::default(),
             clock: system_clock(),
             observer: None,
         }
@@ -386,7 +447,9 @@ fn recover(db: &DB, stored_next: u64, acked: u64) -> Result<Held, SpoolError> {
         gaps: Vec::new(),
     };
     let mut expect = acked + 1;
-    for item in db.iterator(IteratorMode::From(&keys::event_key(0), Direction::Forward)) {
+    let first = keys::event_key(0);
+    let from = IteratorMode::From(&first, Direction::Forward);
+    for item in db.iterator_opt(from, scan_options()) {
         let (k, v) = item?;
         let Some(seq) = keys::seq_of(&k) else { break };
         if seq > expect {
@@ -420,6 +483,7 @@ impl Spool {
         // Replay every intact WAL record, skipping a torn or damaged one (see `salvage`).
         opts.set_wal_recovery_mode(DBRecoveryMode::SkipAnyCorruptedRecord);
         opts.set_compression_type(rocksdb::DBCompressionType::Zstd);
+        cfg.memory.apply(&mut opts);
         let mut s = Salvage::default();
         salvage::finish_swap(dir, &opts)?;
         let db = match salvage::open_repairing(dir, &opts, &mut s)? {
@@ -487,7 +551,8 @@ impl Spool {
         if !dir.join("CURRENT").exists() {
             return Err(SpoolError::NotASpool(dir.to_owned()));
         }
-        let opts = Options::default();
+        let mut opts = Options::default();
+        SpoolMemory::default().apply(&mut opts);
         let db = DB::open_for_read_only(&opts, dir, false)?;
         if db.get(keys::FORMAT)?.is_none() {
             return Err(SpoolError::NotASpool(dir.to_owned()));

@@ -23,11 +23,9 @@ impl Spool {
             acked: meta.acked,
         };
         let mut expect: Option<u64> = None;
-        for item in self
-            .db
-            .db()?
-            .iterator(IteratorMode::From(&keys::event_key(0), Direction::Forward))
-        {
+        let first = keys::event_key(0);
+        let from = IteratorMode::From(&first, Direction::Forward);
+        for item in self.db.db()?.iterator_opt(from, super::scan_options()) {
             let (k, v) = item?;
             let Some(seq) = keys::seq_of(&k) else { break };
             r.records += 1;
