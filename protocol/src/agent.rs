@@ -284,10 +284,11 @@ impl Agent {
         self.link = Link::Down;
     }
 
-    /// Whether the agent asks for the server's current watermark (once per request): the driver
-    /// re-reads the retained ack (MQTT: subscribes to the ack topic again, and the broker sends
-    /// the retained message) and hands it to [`Agent::on_ack`]. A driver that does not only
-    /// makes a timed-out batch wait `resume_wait_ms` before it is sent again.
+    /// Whether the agent asks for the server's current watermark (once per request; check after
+    /// [`Agent::on_tick`]): the driver re-reads the retained ack (MQTT: subscribes to the ack
+    /// topic again, and the broker sends the retained message again) and hands it to
+    /// [`Agent::on_ack`]. A driver that does not still works, but a timed-out batch then waits
+    /// up to another `resend_timeout_ms` before it is sent again.
     pub fn take_ack_request(&mut self) -> bool {
         std::mem::take(&mut self.ack_requested)
     }

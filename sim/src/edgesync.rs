@@ -1,5 +1,6 @@
 //! edgesync in the simulator: real agent and server state machines (`edgesync-protocol`),
-//! real batches through the real codec, over simulated links.
+//! real batches through the real codec (or, in protocol-only runs, batches as values with a
+//! modelled wire size), over simulated links.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -8,14 +9,12 @@ use std::rc::Rc;
 use edgesync_core::{Crdt, DeltaBatch, Event, EventLimits};
 use edgesync_protocol::agent::{AckEffect, AgentStats};
 use edgesync_protocol::{Agent, AgentConfig, AgentDurable, Server, ServerConfig};
-
-use crate::fleet::device_name;
 use edgesync_schemas::{Ack, Codec};
 
 use crate::config::{SimConfig, WireModel};
 use crate::fleet::{
-    join_into, join_maps, ms, next_crash, produce, purpose, DeviceGen, DeviceState, Ms, Produced,
-    ReadValue, Sizes,
+    device_name, join_into, join_maps, ms, next_crash, produce, purpose, DeviceGen, DeviceState,
+    Ms, Produced, ReadValue, Sizes,
 };
 use crate::net::{Dir, Link, Queue, ServerSchedule};
 use crate::report::Metrics;
