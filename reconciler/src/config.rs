@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use edgesync_schemas::topics::kafka as topics;
+
+use crate::store::StoreMemory;
 use edgesync_servicekit::config::ServiceConfig;
 use serde::Deserialize;
 
@@ -39,6 +41,48 @@ pub struct Config {
     /// How the device stage writes each event to the events topic exactly once.
     #[serde(default)]
     pub exactly_once: ExactlyOnce,
+    /// The state store's RocksDB memory.
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]`: what bounds the state store's RocksDB memory (`crate::store::StoreMemory`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// The block cache (data, index and filter blocks), in bytes.
+    pub block_cache_bytes: u64,
+    /// One memtable, in bytes.
+    pub write_buffer_bytes: u64,
+    /// Most memtables at once (at least 2).
+    pub max_write_buffers: u32,
+    /// Most table files open at once (-1: all of them).
+    pub max_open_files: i32,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let m = StoreMemory::default();
+        Self {
+            block_cache_bytes: m.block_cache_bytes as u64,
+            write_buffer_bytes: m.write_buffer_bytes as u64,
+            max_write_buffers: m.max_write_buffers as u32,
+            max_open_files: m.max_open_files,
+        }
+    }
+}
+
+impl StoreSection {
+    /// The store's memory bounds.
+    pub fn memory(&self) -> StoreMemory {
+        let size = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
+        StoreMemory {
+            block_cache_bytes: size(self.block_cache_bytes),
+            write_buffer_bytes: size(self.write_buffer_bytes),
+            max_write_buffers: self.max_write_buffers as usize,
+            max_open_files: self.max_open_files,
+        }
+    }
 }
 
 /// `exactly_once`: the device stage's method (ARCHITECTURE.md compares them).
@@ -165,6 +209,18 @@ impl ServiceConfig for Config {
                 "kafka.partitions and replication_factor must be >= 1".into(),
             ));
         }
+        let st = &self.store;
+        if st.block_cache_bytes == 0 || st.write_buffer_bytes < 64 << 10 || st.max_write_buffers < 2
+        {
+            return Err(ConfigError::Invalid(
+                "store.block_cache_bytes must be > 0, store.write_buffer_bytes >= 65536 and store.max_write_buffers >= 2".into(),
+            ));
+        }
+        if st.max_open_files != -1 && st.max_open_files < 20 {
+            return Err(ConfigError::Invalid(
+                "store.max_open_files must be -1 (unlimited) or >= 20".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -184,5 +240,10 @@ mod tests {
         assert!(e.to_string().contains("evnts_topic"), "{e}");
         let e = Config::load(None, [], &["max_group_records=0".into()]).unwrap_err();
         assert!(e.to_string().contains("max_group_records"), "{e}");
+        assert_eq!(c.store.memory(), StoreMemory::default());
+        let e = Config::load(None, [], &["store.max_write_buffers=1".into()]).unwrap_err();
+        assert!(e.to_string().contains("max_write_buffers"), "{e}");
+        let c = Config::load(None, [], &["store.block_cache_bytes=8388608".into()]).unwrap();
+        assert_eq!(c.store.memory().block_cache_bytes, 8 << 20);
     }
 }

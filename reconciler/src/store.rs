@@ -6,6 +6,12 @@
 //! partition after the last event this store knows was emitted; `r/<partition>/<device>\0
 //! <incarnation>` a replica's state; `s/<key>` a key's converged state record; `i` this
 //! store's group instance id (UTF-8), made once.
+//!
+//! Memory is bounded by [`StoreMemory`]: one LRU block cache holds data, index and filter
+//! blocks alike (so neither the number of keys nor the number of table files grows memory
+//! outside it), the memtables are bounded in size and number, and so are open table files.
+//! Nothing here keeps a per-key map: a key's state is read from RocksDB when a delta for it
+//! arrives.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +19,10 @@ use std::path::Path;
 use edgesync_core::{DeviceId, DropReason, Incarnation, ReplicaContext, ReplicaId};
 use edgesync_protocol::ReplicaState;
 use edgesync_schemas::{Codec, Framing, StateRecord};
-use rocksdb::{DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, DBRecoveryMode, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
+};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +56,78 @@ impl Stage {
             Stage::Key => b'k',
         }
     }
+}
+
+/// What bounds the store's RocksDB memory (`[store]` in the configuration). RocksDB's own
+/// memory is at most about [`StoreMemory::budget`]: the block cache plus the memtables; table
+/// files open at once cost a file descriptor and a small reader each on top.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// The LRU block cache: data blocks, and the index and filter blocks of every table file
+    /// (charged to the cache rather than held beside it, so they cannot grow past it).
+    pub block_cache_bytes: usize,
+    /// One memtable (RocksDB's `write_buffer_size`): writes collect here before a flush.
+    pub write_buffer_bytes: usize,
+    /// Most memtables at once, the one being written and those being flushed
+    /// (`max_write_buffer_number`, at least 2).
+    pub max_write_buffers: usize,
+    /// Most table files open at once (`max_open_files`; -1 keeps every file open).
+    pub max_open_files: i32,
+}
+
+impl Default for StoreMemory {
+    /// 256 MiB of block cache and two 64 MiB memtables (384 MiB in all), 512 open files.
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 64 << 20,
+            max_write_buffers: 2,
+            max_open_files: 512,
+        }
+    }
+}
+
+impl StoreMemory {
+    /// The bytes RocksDB may hold in memory: the block cache plus every memtable.
+    pub fn budget(&self) -> usize {
+        self.block_cache_bytes.saturating_add(
+            self.write_buffer_bytes
+                .saturating_mul(self.max_write_buffers),
+        )
+    }
+
+    /// These bounds applied to `opts`.
+    fn apply(&self, opts: &mut Options) {
+        let cache = Cache::new_lru_cache(self.block_cache_bytes);
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        // Index and filter blocks live in the cache too (by default each open table file keeps
+        // its own outside it, which grows with the data); L0's stay pinned, since every read
+        // looks at them, and they go in at high priority so data blocks are evicted first.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // The key stage looks up every key it is sent, most of them new at first: a bloom
+        // filter (10 bits a key, in the cache) answers "absent" without reading a data block.
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+        opts.set_write_buffer_size(self.write_buffer_bytes);
+        opts.set_max_write_buffer_number(self.max_write_buffers.min(i32::MAX as usize) as i32);
+        opts.set_max_open_files(self.max_open_files);
+    }
+}
+
+/// RocksDB's own count of the memory it holds ([`Store::memory_usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// The block cache's capacity (the configured size).
+    pub block_cache_capacity: u64,
+    /// Bytes in the block cache (data, index and filter blocks).
+    pub block_cache: u64,
+    /// Bytes of every memtable, active and being flushed.
+    pub memtables: u64,
+    /// Table readers' memory outside the block cache.
+    pub table_readers: u64,
 }
 
 /// The store.
@@ -144,12 +225,18 @@ impl Batch {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir` with the default [`StoreMemory`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &StoreMemory::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, its memory bounded by `memory`.
+    pub fn open_with(dir: &Path, memory: &StoreMemory) -> Result<Self, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         opts.set_compression_type(rocksdb::DBCompressionType::Zstd);
+        memory.apply(&mut opts);
         Ok(Self {
             db: DB::open(&opts, dir)?,
         })
@@ -172,6 +259,17 @@ impl Store {
         w.set_sync(true);
         self.db.put_opt(KEY, id.as_bytes(), &w)?;
         Ok(id)
+    }
+
+    /// What RocksDB holds in memory now, by its own count.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        let int = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        MemoryUsage {
+            block_cache_capacity: int("rocksdb.block-cache-capacity"),
+            block_cache: int("rocksdb.block-cache-usage"),
+            memtables: int("rocksdb.cur-size-all-mem-tables"),
+            table_readers: int("rocksdb.estimate-table-readers-mem"),
+        }
     }
 
     /// Writes `b` durably (one fsync).
@@ -400,5 +498,45 @@ mod tests {
         assert_eq!(store.offset(Stage::Device, 3).unwrap(), Some(42));
         assert_eq!(store.offset(Stage::Key, 3).unwrap(), None);
         assert_eq!(store.checkpoint(3).unwrap(), Some(17));
+    }
+
+    #[test]
+    fn memory_stays_within_the_configured_cache_and_write_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let codec = Codec::new(Limits::default()).unwrap();
+        let memory = StoreMemory {
+            block_cache_bytes: 1 << 20,
+            write_buffer_bytes: 256 << 10,
+            max_write_buffers: 2,
+            max_open_files: 64,
+        };
+        let store = Store::open_with(dir.path(), &memory).unwrap();
+        let replica = |i: u32| {
+            ReplicaId::new(
+                DeviceId::new(&format!("pump-{i}")).unwrap(),
+                Incarnation::new(u64::from(i) + 1).unwrap(),
+            )
+        };
+        let state = ReplicaState {
+            ctx: ReplicaContext::from_parts(&replica(0), 5, [(8, 9)]).unwrap(),
+            ..ReplicaState::default()
+        };
+        // About 20 MB of replica states: many times the cache and the write buffers.
+        for chunk in 0..40u32 {
+            let mut b = Batch::default();
+            for i in chunk * 5_000..(chunk + 1) * 5_000 {
+                b.replica(&codec, (i % 4) as i32, &replica(i), &state)
+                    .unwrap();
+            }
+            store.commit(b).unwrap();
+        }
+        for p in 0..4 {
+            assert_eq!(store.replicas(&codec, p).unwrap().len(), 50_000);
+        }
+        let used = store.memory_usage();
+        assert_eq!(used.block_cache_capacity, 1 << 20);
+        assert!(used.block_cache <= 1 << 20, "{used:?}");
+        assert!(used.memtables <= 2 * (256 << 10) + (64 << 10), "{used:?}");
+        assert_eq!(memory.budget(), (1 << 20) + (512 << 10));
     }
 }
