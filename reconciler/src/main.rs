@@ -7,6 +7,11 @@ use edgesync_reconciler::config::Config;
 use edgesync_reconciler::service;
 use edgesync_servicekit::cli::{self, ConfigArgs};
 
+/// jemalloc for the whole process, librdkafka's and RocksDB's allocations included (see the
+/// workspace's `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The edgesync reconciler: consumes device batches (edgesync.deltas), releases each event
 /// once, in dot order per device, to edgesync.events; joins state deltas into RocksDB and emits
 /// converged values to the compacted edgesync.state; sends watermarks to edgesync.acks for the
