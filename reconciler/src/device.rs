@@ -3,8 +3,8 @@
 //!
 //! Per group of input records: apply each batch to the protocol's `Server` of its partition
 //! (the sans-IO state machine, unchanged); produce released events to the *same partition* of
-//! the events topic, deltas to the state-deltas topic and dead letters, and wait until Kafka
-//! has them; then produce the acks (a device may trim only what is durable downstream); then
+//! the events topic, the group's deltas joined per key (`GroupDeltas`) to the state-deltas
+//! topic and dead letters, and wait until Kafka has them; then produce the acks (a device may trim only what is durable downstream); then
 //! write the touched replicas' states, the next input offset and the events checkpoint in one
 //! synced RocksDB batch; then commit the offsets to the group.
 //!
@@ -114,6 +114,46 @@ struct Applied {
     skews: BTreeMap<ReplicaId, i64>,
     events: u64,
     deltas: u64,
+}
+
+/// The group's state deltas, joined per key (one record per key and CRDT kind).
+///
+/// Joins are associative, commutative and idempotent, so the key stage converges to the same
+/// state whether it gets each batch's delta or their join; the join's version vector is the
+/// merge of theirs and its `emitted_at_ms` the oldest. A thousand batches of a hundred devices
+/// incrementing one fleet counter become one record instead of a thousand (the key stage then
+/// decodes, joins and stores one delta). Deltas of different kinds under one key are not
+/// joined: each goes on as its own record, for the key stage to dead-letter as before.
+#[derive(Default)]
+struct GroupDeltas(BTreeMap<String, Vec<StateRecord>>);
+
+impl GroupDeltas {
+    /// Adds one batch's joined deltas, from `replica` at `watermark`.
+    fn add(
+        &mut self,
+        deltas: BTreeMap<String, Crdt>,
+        replica: &ReplicaId,
+        watermark: u64,
+        emitted_at_ms: u64,
+    ) {
+        for (key, delta) in deltas {
+            let records = self.0.entry(key).or_default();
+            let same_kind = records.iter_mut().find(|r| r.state.kind() == delta.kind());
+            if let Some(r) = same_kind.and_then(|r| r.state.join(&delta).is_ok().then_some(r)) {
+                r.version_vector.observe(replica, watermark);
+                r.emitted_at_ms = r.emitted_at_ms.min(emitted_at_ms);
+                continue;
+            }
+            let mut version_vector = VersionVector::new();
+            version_vector.observe(replica, watermark);
+            records.push(StateRecord {
+                key: String::new(),
+                state: delta,
+                version_vector,
+                emitted_at_ms,
+            });
+        }
+    }
 }
 
 /// A group applied, its outputs enqueued: what remains to do once Kafka has them, taken as of
@@ -323,6 +363,7 @@ impl DeviceStage {
         owned: &mut HashMap<i32, Owned>,
         skip: &mut HashMap<ReplicaId, u64>,
     ) -> Result<Staged, Error> {
+        self.io.metrics.group("device", msgs.len());
         let mut out = Out::new(producer);
         let applied = self.apply(msgs, &mut out, owned, skip, now_ms())?;
         let mut store = Batch::default();
@@ -414,6 +455,7 @@ impl DeviceStage {
         now: u64,
     ) -> Result<Applied, Error> {
         let mut a = Applied::default();
+        let mut deltas = GroupDeltas::default();
         for m in msgs {
             let p = m.partition();
             let Some(o) = owned.get_mut(&p) else {
@@ -437,17 +479,12 @@ impl DeviceStage {
             if let Some(s) = self.release(&applied, p, skip, out, now, &mut a)? {
                 a.skews.insert(replica.clone(), s);
             }
-            self.emit_deltas(
-                applied.deltas,
-                &replica,
-                applied.watermark,
-                oldest_hlc.unwrap_or(now),
-                out,
-                &mut a,
-            )?;
+            let emitted_at = oldest_hlc.unwrap_or(now);
+            deltas.add(applied.deltas, &replica, applied.watermark, emitted_at);
             a.acks.insert(replica.clone(), applied.watermark);
             a.touched.insert((p, replica));
         }
+        self.emit_deltas(deltas, out, &mut a)?;
         Ok(a)
     }
 
@@ -513,33 +550,24 @@ impl DeviceStage {
         Ok(last_skew)
     }
 
-    /// Enqueues each joined delta on the state-deltas topic, keyed by its key, with the
-    /// replica's watermark as its version vector.
+    /// Enqueues the group's joined deltas on the state-deltas topic, keyed by their key.
     fn emit_deltas(
         &self,
-        deltas: BTreeMap<String, Crdt>,
-        replica: &ReplicaId,
-        watermark: u64,
-        emitted_at_ms: u64,
+        deltas: GroupDeltas,
         out: &mut Out,
         a: &mut Applied,
     ) -> Result<(), Error> {
-        for (key, delta) in deltas {
-            let mut vv = VersionVector::new();
-            vv.observe(replica, watermark);
-            let rec = StateRecord {
-                key: key.clone(),
-                state: delta,
-                version_vector: vv,
-                emitted_at_ms,
-            };
-            let bytes = self
-                .io
-                .codec
-                .encode_state_record(&rec, Framing::SingleObject)?;
-            let topic = &self.cfg.state_deltas_topic;
-            out.send(topic, None, key.as_bytes(), &bytes, false);
-            a.deltas += 1;
+        for (key, records) in deltas.0 {
+            for mut rec in records {
+                rec.key.clone_from(&key);
+                let bytes = self
+                    .io
+                    .codec
+                    .encode_state_record(&rec, Framing::SingleObject)?;
+                let topic = &self.cfg.state_deltas_topic;
+                out.send(topic, None, key.as_bytes(), &bytes, false);
+                a.deltas += 1;
+            }
         }
         Ok(())
     }

@@ -128,6 +128,7 @@ impl KeyStage {
     ) -> Result<Staged, Error> {
         let c = &self.cfg;
         let now = now_ms();
+        self.io.metrics.group("key", msgs.len());
         let mut out = Out::new(&self.io.producer);
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         let mut dirty: BTreeMap<String, StateRecord> = BTreeMap::new();
@@ -189,7 +190,7 @@ impl KeyStage {
                 .codec
                 .encode_state_record(&s, Framing::SingleObject)?;
             out.send(&c.state_topic, None, key.as_bytes(), &bytes, false);
-            store.state(&self.io.codec, &s)?;
+            store.state(&key, &bytes);
             self.io.metrics.states.inc();
             states.insert(key, s);
         }

@@ -85,6 +85,11 @@ edgesync_servicekit::metric_set! {
         /// partitions this process owns (from librdkafka's statistics).
         consumer_lag: Family<StageLabel, Gauge> = stage_family(),
             "consumer_lag", "Records behind the end of the input topic on the partitions this process owns, by stage (librdkafka statistics)";
+        /// Input records per processing group, by stage: each group costs a wait for Kafka,
+        /// a synced store write and an offset commit, so small groups under load mean many
+        /// small produce requests.
+        group_records: Family<StageLabel, Histogram, fn() -> Histogram> = Family::new_with_constructor(group_histogram),
+            "group_records", "Input records per processing group, by stage";
     }
     extra {}
 }
@@ -100,6 +105,10 @@ fn stage_family() -> Family<StageLabel, Gauge> {
     family
 }
 
+fn group_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 9))
+}
+
 const COMPLETENESS_BUCKETS: [f64; 6] = [0.5, 0.9, 0.99, 0.999, 0.9999, 1.0];
 
 impl ReconcilerMetrics {
@@ -110,6 +119,15 @@ impl ReconcilerMetrics {
                 stage: stage.into(),
             })
             .clone()
+    }
+
+    /// Records the size of a processing group of `stage`.
+    pub fn group(&self, stage: &str, records: usize) {
+        self.group_records
+            .get_or_create(&StageLabel {
+                stage: stage.into(),
+            })
+            .observe(records as f64);
     }
 
     /// Counts a dead letter.

@@ -211,16 +211,10 @@ impl Batch {
         Ok(())
     }
 
-    /// A key's converged state.
-    pub fn state(&mut self, codec: &Codec, s: &StateRecord) -> Result<(), StoreError> {
-        let v = codec
-            .encode_state_record(s, Framing::SingleObject)
-            .map_err(|e| StoreError::Corrupt {
-                what: format!("state {}", s.key),
-                why: e.to_string(),
-            })?;
-        self.wb.put(state_key(&s.key), v);
-        Ok(())
+    /// A key's converged state, as `codec.encode_state_record(s, Framing::SingleObject)` gives
+    /// it (the bytes the key stage also produces to the state topic, encoded once).
+    pub fn state(&mut self, key: &str, single_object: &[u8]) {
+        self.wb.put(state_key(key), single_object);
     }
 }
 
