@@ -201,6 +201,8 @@ struct Run {
     /// What the broker served for the side (Apache Kafka only): for the baseline the timed
     /// window, for the reconciler its whole life (start-up included, idle shutdown not).
     served: Option<broker_requests::Reading>,
+    /// Input records per processing group of the device and key stages (reconciler only).
+    groups: Option<(f64, f64)>,
 }
 
 fn events_alone(k: &mut Kafka, w: &Workload, names: &Names, jfr: Option<&str>) -> Run {
@@ -236,6 +238,7 @@ fn events_alone(k: &mut Kafka, w: &Workload, names: &Names, jfr: Option<&str>) -
         client: cpu::since(&t0, &client),
         broker: cpu::since(&b0, &broker),
         served: served_since(served, broker_pid),
+        groups: None,
     }
 }
 
@@ -283,12 +286,19 @@ fn reconciler(
     if let Some(mut r) = recording {
         r.wait().unwrap();
     }
+    let group = |stage: &str| {
+        let labels = format!("stage=\"{stage}\"");
+        let sum = svc.metric("edgesync_reconciler_group_records_sum", &labels);
+        sum / svc.metric("edgesync_reconciler_group_records_count", &labels)
+    };
+    let groups = Some((group("device"), group("key")));
     drop(svc);
     Run {
         rate: n as f64 / secs,
         client: cpu::since(&t0, &client),
         broker: cpu::since(&b0, &broker),
         served: served_since(served, broker_pid),
+        groups,
     }
 }
 
@@ -298,7 +308,7 @@ fn record(pid: u32, out: &str) -> std::process::Child {
         .args([
             "record",
             "-F",
-            "499",
+            "1999",
             "-g",
             "-o",
             out,
@@ -525,6 +535,15 @@ fn report(n: u64, rounds: usize, alone: &[Run], recs: &[Run]) {
         (ta, tr) = (ta + sa, tr + sr);
     }
     println!("| all | {ta:.2} | {tr:.2} |");
+    let groups: Vec<String> = recs
+        .iter()
+        .filter_map(|r| r.groups)
+        .map(|(d, k)| format!("{d:.0} / {k:.0}"))
+        .collect();
+    println!(
+        "\ninput records per group, device / key stage (mean per run): {}",
+        groups.join(", ")
+    );
     served_report(events, alone, recs);
 }
 
@@ -571,4 +590,31 @@ fn served_report(events: f64, alone: &[Run], recs: &[Run]) {
         records(&a),
         records(&r)
     );
+    topics_report(events, &a, &r);
+}
+
+/// Produce requests and records per 1,000 events by topic (Apache Kafka's per-topic
+/// `BrokerTopicMetrics`), mean over runs: where the reconciler's extra requests go.
+fn topics_report(events: f64, a: &[broker_requests::Reading], r: &[broker_requests::Reading]) {
+    let mut topics: Vec<&String> = a.iter().chain(r).flat_map(|x| x.topics.keys()).collect();
+    topics.sort();
+    topics.dedup();
+    println!(
+        "\nProduce requests (one partition's batch each) and records per 1,000 events, by topic:"
+    );
+    println!("| topic | events alone: requests | records | reconciler: requests | records |");
+    println!("|---|---|---|---|---|");
+    let per_k = |v: &[broker_requests::Reading], t: &str, f: fn(&(u64, u64)) -> u64| {
+        let sum: u64 = v.iter().filter_map(|x| x.topics.get(t)).map(f).sum();
+        sum as f64 / v.len() as f64 * 1000.0 / events
+    };
+    for t in topics.into_iter().filter(|t| !t.starts_with("warm")) {
+        println!(
+            "| {t} | {:.2} | {:.0} | {:.2} | {:.0} |",
+            per_k(a, t, |x| x.0),
+            per_k(a, t, |x| x.1),
+            per_k(r, t, |x| x.0),
+            per_k(r, t, |x| x.1)
+        );
+    }
 }

@@ -1,6 +1,7 @@
 // Prints an Apache Kafka broker's request counters, read over JMX from the broker's own
 // process (attach API, same user, no port opened): one line per request type,
-// "<type> <requests> <local-time-ms-total>", then "records <records appended>".
+// "<type> <requests> <local-time-ms-total>", then "records <records appended>", then per
+// topic "topic <name> <produce requests> <records appended>".
 // Run as `java BrokerRequests.java <pid>` (Java 11+ runs a single source file).
 import com.sun.tools.attach.VirtualMachine;
 import java.util.Map;
@@ -24,6 +25,16 @@ public class BrokerRequests {
             }
             var in = new ObjectName("kafka.server:type=BrokerTopicMetrics,name=MessagesInPerSec");
             System.out.println("records " + c.getAttribute(in, "Count"));
+            // Per topic: produce requests (one per partition batch) and records appended.
+            var perTopic = new ObjectName(
+                "kafka.server:type=BrokerTopicMetrics,name=TotalProduceRequestsPerSec,topic=*");
+            for (ObjectName n : c.queryNames(perTopic, null)) {
+                String topic = n.getKeyProperty("topic");
+                var msgs = new ObjectName(
+                    "kafka.server:type=BrokerTopicMetrics,name=MessagesInPerSec,topic=" + topic);
+                long records = c.isRegistered(msgs) ? ((Number) c.getAttribute(msgs, "Count")).longValue() : 0;
+                System.out.println("topic " + topic + " " + c.getAttribute(n, "Count") + " " + records);
+            }
         } finally {
             vm.detach();
         }

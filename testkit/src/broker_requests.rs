@@ -14,13 +14,17 @@ pub struct Served {
     pub local_ms: u64,
 }
 
-/// A reading: per request type (`Produce`, `Fetch`, ...), and the records appended.
+/// A reading: per request type (`Produce`, `Fetch`, ...), the records appended, and per topic
+/// the produce requests and records appended.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reading {
     /// By request type.
     pub by_type: BTreeMap<String, Served>,
     /// Records appended to the broker's logs (`MessagesInPerSec`).
     pub records: u64,
+    /// Per topic: produce requests (one partition's batch each, as librdkafka sends them;
+    /// `TotalProduceRequestsPerSec`) and records appended.
+    pub topics: BTreeMap<String, (u64, u64)>,
 }
 
 impl Reading {
@@ -39,9 +43,22 @@ impl Reading {
             })
             .filter(|(_, d)| d.requests > 0)
             .collect();
+        let topics = self
+            .topics
+            .iter()
+            .map(|(t, (req, rec))| {
+                let (b_req, b_rec) = before.topics.get(t).copied().unwrap_or_default();
+                (
+                    t.clone(),
+                    (req.saturating_sub(b_req), rec.saturating_sub(b_rec)),
+                )
+            })
+            .filter(|(_, (req, _))| *req > 0)
+            .collect();
         Reading {
             by_type,
             records: self.records.saturating_sub(before.records),
+            topics,
         }
     }
 }
@@ -66,6 +83,10 @@ fn parse(text: &str) -> Option<Reading> {
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["records", n] => r.records = n.parse().ok()?,
+            ["topic", t, req, rec] => {
+                r.topics
+                    .insert((*t).to_owned(), (req.parse().ok()?, rec.parse().ok()?));
+            }
             [t, n, ms] => {
                 let s = Served {
                     requests: n.parse().ok()?,
@@ -85,8 +106,8 @@ mod tests {
 
     #[test]
     fn readings_parse_and_subtract() {
-        let a = parse("Fetch 10 5\nProduce 4 2\nrecords 100\n").unwrap();
-        let b = parse("Fetch 30 9\nProduce 4 2\nrecords 350\n").unwrap();
+        let a = parse("Fetch 10 5\nProduce 4 2\nrecords 100\ntopic e 3 90\n").unwrap();
+        let b = parse("Fetch 30 9\nProduce 4 2\nrecords 350\ntopic e 5 290\n").unwrap();
         let d = b.since(&a);
         assert_eq!(d.records, 250);
         assert_eq!(
@@ -97,6 +118,7 @@ mod tests {
             })
         );
         assert!(!d.by_type.contains_key("Produce"), "no Produce in between");
+        assert_eq!(d.topics.get("e"), Some(&(2, 200)));
         assert_eq!(parse("garbage"), None);
     }
 }
