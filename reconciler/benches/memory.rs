@@ -4,19 +4,22 @@
 //! `cargo bench -p edgesync-reconciler --bench memory` runs the `edgesync-reconciler` binary on
 //! Apache Kafka (single node, the test kit's sizing), once per scenario on a fresh broker:
 //! it starts the reconciler on empty topics (4 partitions), reads its idle RSS, writes one
-//! batch per replica (10 events, 10 state keys: max registers, so a key's state has the same
-//! size however many replicas write it) to the deltas topic as the bridges would, waits until
-//! every event is in the events topic, every delta merged and the emitted states have stopped
-//! moving (converged), and reads `VmRSS` and `VmHWM` (the peak) from `/proc`.
+//! batch per replica to the deltas topic as the bridges would (10 events setting max registers
+//! on the replica's own keys, `keys / replicas` of them: every key has one writer, so a key's
+//! state, version vector included, has the same size in every scenario), waits until every
+//! event is in the events topic, every delta merged and the emitted states have stopped moving
+//! (converged), and reads `VmRSS` and `VmHWM` (the peak) from `/proc`; then stops it (SIGTERM)
+//! and starts it again on its state directory, and once it has taken its partitions back (every
+//! replica's protocol state loaded from the store, one ledger line each) reads them again: what
+//! the process keeps, without what processing the load left in the allocator.
 //!
 //! Scenarios (`MEMORY_BENCH_ONLY=a,c` picks some):
 //!
-//! - **a**: 100,000 replicas, 1,000,000 distinct keys, the shipped `[store]` settings;
-//! - **b**: 100,000 replicas, 1,000 keys (each written by 100 replicas), shipped settings:
-//!   against a, what a million keys cost in memory;
-//! - **c**: 1,000 replicas, 1,000 keys, shipped settings: against b, what a replica costs;
+//! - **a**: 100,000 replicas, 1,000,000 keys, the shipped `[store]` settings;
+//! - **b**: 100,000 replicas, 100,000 keys: against a, what 900,000 more keys cost;
+//! - **c**: 1,000 replicas, 1,000 keys: against b, what 99,000 more replicas cost;
 //! - **d**: as a, with a small store (`MEMORY_BENCH_SMALL`, default 16 MiB of block cache and
-//!   two 8 MiB memtables): RSS follows the setting.
+//!   two 8 MiB memtables).
 //!
 //! `MEMORY_BENCH_REPLICAS` and `MEMORY_BENCH_KEYS` change the large counts (100,000 and
 //! 1,000,000); `MEMORY_BENCH_SET` adds `;`-separated `--set` values to every scenario.
@@ -67,9 +70,9 @@ impl ProducerContext for Counting {
     }
 }
 
-/// Replica `r`'s batch: seqs 1..=10, each event setting one of its 10 keys (`k/<index>`, the
-/// index `(10 r + j) mod keys`).
-fn batch(codec: &Codec, r: u64, keys: u64) -> (String, Vec<u8>) {
+/// Replica `r`'s batch: seqs 1..=10, event `j` setting its key `j mod per` of its `per` own
+/// keys (`k/<r * per + j mod per>`).
+fn batch(codec: &Codec, r: u64, per: u64) -> (String, Vec<u8>) {
     let dev = format!("dev-{r:07}");
     let replica = ReplicaId::new(DeviceId::new(&dev).unwrap(), Incarnation::new(7).unwrap());
     let mut state = BTreeMap::new();
@@ -77,7 +80,7 @@ fn batch(codec: &Codec, r: u64, keys: u64) -> (String, Vec<u8>) {
         .map(|j| {
             let value = 100.0 + ((r + j) % 97) as f64;
             state.insert(
-                format!("k/{:07}", (r * PER_BATCH + j) % keys),
+                format!("k/{:07}", r * per + j % per),
                 Crdt::MaxRegister(MaxRegister::of(Value::Double(value))),
             );
             Event {
@@ -108,8 +111,9 @@ fn write_batches(k: &Kafka, s: &Scenario) {
         .set("linger.ms", "5")
         .create_with_context(Counting::default())
         .unwrap();
+    let per = (s.keys / s.replicas).clamp(1, PER_BATCH);
     for r in 0..s.replicas {
-        let (dev, bytes) = batch(&codec, r, s.keys);
+        let (dev, bytes) = batch(&codec, r, per);
         let partition = partition_for(dev.as_bytes(), PARTITIONS as u32) as i32;
         let mut rec = BaseRecord::to("edgesync.deltas")
             .partition(partition)
@@ -158,6 +162,8 @@ struct Measured {
     idle: u64,
     rss: u64,
     hwm: u64,
+    /// After a restart on the converged state.
+    restarted: (u64, u64),
     budget: usize,
     secs: f64,
     store_bytes: u64,
@@ -189,7 +195,7 @@ fn run(s: &Scenario) -> Measured {
         .budget();
     let program = PathBuf::from(env!("CARGO_BIN_EXE_edgesync-reconciler"));
     let env = [("RUST_LOG".to_owned(), "warn".to_owned())];
-    let svc = Service::start_with_env(program, None, "bench reconciler", &sets, &env).unwrap();
+    let mut svc = Service::start_with_env(program, None, "bench reconciler", &sets, &env).unwrap();
     let pid = svc.process.pid().unwrap();
     let metric = |name: &str| svc.metric(name, "") as u64;
     // Idle: both stages joined their groups on the empty topics.
@@ -197,7 +203,8 @@ fn run(s: &Scenario) -> Measured {
     let idle = rss(pid).0;
     let started = Instant::now();
     write_batches(&k, s);
-    let (events, deltas) = (s.replicas * PER_BATCH, s.replicas * PER_BATCH);
+    let per = (s.keys / s.replicas).clamp(1, PER_BATCH);
+    let (events, deltas) = (s.replicas * PER_BATCH, s.replicas * per);
     while metric("edgesync_reconciler_events_total") < events
         || metric("edgesync_reconciler_merges_total") < deltas
     {
@@ -225,11 +232,22 @@ fn run(s: &Scenario) -> Measured {
         s.replicas,
         "replicas in the ledger"
     );
-    let (rss, hwm) = rss(pid);
+    let (rss_now, hwm) = rss(pid);
+    svc.process.terminate(Duration::from_secs(30));
+    svc.process.restart().unwrap();
+    let metric = |name: &str| svc.metric(name, "") as u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while metric("edgesync_reconciler_replicas") < s.replicas {
+        assert!(Instant::now() < deadline, "partitions not taken back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let restarted = rss(svc.process.pid().unwrap());
     Measured {
         idle,
-        rss,
+        rss: rss_now,
         hwm,
+        restarted,
         budget,
         secs,
         store_bytes: dir_bytes(&svc.dir().join("state")),
@@ -259,7 +277,7 @@ fn main() {
         Scenario {
             name: "b",
             replicas,
-            keys: 1_000,
+            keys: replicas,
             sets: vec![],
         },
         Scenario {
@@ -275,8 +293,8 @@ fn main() {
             sets: small.clone(),
         },
     ];
-    println!("| scenario | replicas | keys | events | store settings | RocksDB budget (MiB) | idle RSS (MiB) | converged VmRSS (MiB) | VmHWM (MiB) | state dir on disk (MiB) | time to converge (s) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario | replicas | keys | events | store settings | RocksDB budget (MiB) | idle RSS (MiB) | converged VmRSS (MiB) | VmHWM (MiB) | VmRSS after a restart (MiB) | state dir on disk (MiB) | time to converge (s) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut got = BTreeMap::new();
     for s in &scenarios {
         if !only.is_empty() && !only.split(',').any(|o| o == s.name) {
@@ -284,7 +302,7 @@ fn main() {
         }
         let m = run(s);
         println!(
-            "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             s.name,
             s.replicas,
             s.keys,
@@ -298,25 +316,27 @@ fn main() {
             mib(m.idle),
             mib(m.rss),
             mib(m.hwm),
+            mib(m.restarted.0),
             mib(m.store_bytes),
             m.secs
         );
-        got.insert(s.name, (s.replicas, m.rss));
+        got.insert(s.name, (s.replicas, s.keys, m.rss, m.restarted.0));
     }
-    if let (Some((_, a)), Some((_, b))) = (got.get("a"), got.get("b")) {
-        println!(
-            "a - b: {:.0} MiB for {} more keys ({:.1} B a key)",
-            (*a as f64 - *b as f64) / (1 << 20) as f64,
-            keys - 1_000,
-            (*a as f64 - *b as f64) / (keys - 1_000) as f64
-        );
-    }
-    if let (Some((rb, b)), Some((rc, c))) = (got.get("b"), got.get("c")) {
-        println!(
-            "b - c: {:.0} MiB for {} more replicas ({:.0} B a replica)",
-            (*b as f64 - *c as f64) / (1 << 20) as f64,
-            rb - rc,
-            (*b as f64 - *c as f64) / (rb - rc) as f64
-        );
-    }
+    let diff = |x: &str, y: &str, what: &str| {
+        if let (Some(a), Some(b)) = (got.get(x), got.get(y)) {
+            let (n, d_conv, d_rest) = match what {
+                "key" => (a.1 - b.1, a.2 as f64 - b.2 as f64, a.3 as f64 - b.3 as f64),
+                _ => (a.0 - b.0, a.2 as f64 - b.2 as f64, a.3 as f64 - b.3 as f64),
+            };
+            println!(
+                "{x} - {y}: {n} more {what}s: {:+.0} MiB converged ({:+.0} B a {what}), {:+.0} MiB after a restart ({:+.0} B a {what})",
+                d_conv / (1 << 20) as f64,
+                d_conv / n as f64,
+                d_rest / (1 << 20) as f64,
+                d_rest / n as f64
+            );
+        }
+    };
+    diff("a", "b", "key");
+    diff("b", "c", "replica");
 }
