@@ -9,7 +9,7 @@
 //! connection, with the request's body written into a reused buffer; its CPU is measured with
 //! the rest (`usage`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -84,7 +84,8 @@ impl Agent {
 pub struct Fleet {
     /// Every agent.
     pub agents: Vec<Agent>,
-    warm: BTreeSet<(String, u64)>,
+    /// Per device, the last seq of its warm-up (events up to it are not timed).
+    warm: BTreeMap<String, u64>,
 }
 
 impl Fleet {
@@ -123,7 +124,7 @@ impl Fleet {
         }
         Ok(Self {
             agents,
-            warm: BTreeSet::new(),
+            warm: BTreeMap::new(),
         })
     }
 
@@ -153,9 +154,7 @@ impl Fleet {
                 .post_events(body.as_bytes())
                 .map_err(|x| format!("{}: warm-up event refused: {x}", a.device))?;
             a.next.store(1, Ordering::SeqCst);
-            for seq in r.first..=r.last {
-                self.warm.insert((a.device.clone(), seq));
-            }
+            self.warm.insert(a.device.clone(), r.last);
             a.answered_events.fetch_add(r.len(), Ordering::SeqCst);
             a.answered.lock().unwrap_or_else(|p| p.into_inner()).push(r);
         }
@@ -170,7 +169,23 @@ impl Fleet {
 
     /// Whether `seq` of `device` was a warm-up event.
     pub fn is_warm(&self, device: &str, seq: u64) -> bool {
-        self.warm.contains(&(device.to_owned(), seq))
+        self.warm.get(device).is_some_and(|w| seq <= *w)
+    }
+
+    /// Feeds every agent `rate` events/s for `secs` (links up) and waits for the pipeline to
+    /// drain: the warm-up of a measured run (a fresh JVM compiles for its first minute or so).
+    /// Its events are delivered and checked like any, but not timed.
+    pub fn warm_feed(&mut self, rate: u64, secs: u64, drain: Duration) {
+        if secs == 0 {
+            return;
+        }
+        let feed = self.start_feed(rate);
+        std::thread::sleep(Duration::from_secs(secs));
+        feed.stop();
+        self.drain(drain);
+        for a in &self.agents {
+            self.warm.insert(a.device.clone(), a.last_answered());
+        }
     }
 
     /// Starts feeding every agent `rate` events/s (ten requests a second, the agents' ticks

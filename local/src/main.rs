@@ -87,9 +87,11 @@ struct Args {
     /// How long each step feeds.
     #[arg(long, default_value_t = 20)]
     step_seconds: u64,
-    /// Before the first step: a feed at the first step's rate for this long (not measured).
-    #[arg(long, default_value_t = 10)]
-    warm_seconds: u64,
+    /// Before measuring: a feed at the run's rate (with `--steps`, the first step's), links
+    /// up, for this long, then a drain; its events are checked but not timed. Default: 0, and
+    /// 10 with `--steps`.
+    #[arg(long)]
+    warm_seconds: Option<u64>,
     /// After each step: how long the pipeline may take to drain before the run stops.
     #[arg(long, default_value_t = 60)]
     drain_seconds: u64,
@@ -191,6 +193,15 @@ fn run(args: &Args) -> Result<bool, String> {
     let mut p = Pipeline::start(args, true)?;
     println!("==> warming up: one event per agent, end to end");
     p.fleet.warm_up()?;
+    let warm = args.warm_seconds.unwrap_or(0);
+    if warm > 0 {
+        println!(
+            "==> warming up: {} events/s per agent for {warm} s, links up (checked, not timed)",
+            args.rate
+        );
+        p.fleet
+            .warm_feed(args.rate, warm, Duration::from_secs(args.drain_seconds));
+    }
     let links = match args.outage_every {
         0 => "links up".to_owned(),
         n => format!("one link cut for {} s every {n} s", args.outage_secs),
@@ -231,14 +242,10 @@ fn run_steps(args: &Args) -> Result<bool, String> {
     p.fleet.warm_up()?;
     let first = args.steps.first().copied().unwrap_or(1000);
     let agents = p.fleet.agents.len().max(1) as u64;
-    println!(
-        "==> warming up: {first} events/s for {} s (not measured)",
-        args.warm_seconds
-    );
-    let feed = p.fleet.start_feed(first.div_ceil(agents));
-    std::thread::sleep(Duration::from_secs(args.warm_seconds));
-    feed.stop();
-    p.fleet.drain(Duration::from_secs(args.drain_seconds));
+    let warm = args.warm_seconds.unwrap_or(10);
+    println!("==> warming up: {first} events/s for {warm} s (not measured)");
+    let drain = Duration::from_secs(args.drain_seconds);
+    p.fleet.warm_feed(first.div_ceil(agents), warm, drain);
     println!(
         "==> capacity: {} agents, steps of {} s at {} events/s, links up; each step drains before the next",
         p.fleet.agents.len(),
