@@ -3,8 +3,10 @@
 
     plot_capacity.py OUT.png capacity-apache.json [capacity-tansu.json ...]
 
-Left: delivered against offered events/s (the diagonal is "delivered all"); right: p50 and
-p99 latency of each step's events, append -> event read from edgesync.events. One colour per
+Left: delivered against offered events/s (the diagonal is "delivered all"); middle: p50 and
+p99 latency of each step's events, append -> event read from edgesync.events; right: the
+machine's busy cores during each step, the pipeline's own (every process of the run, the load
+generator included) and everything else's (other users of a shared machine). One colour per
 broker; a filled marker is a sustainable step, a hollow one is not; the dotted line is the
 sustainable rate. Files that do not exist are skipped (a broker not run yet).
 """
@@ -28,7 +30,7 @@ def main():
     runs = [json.load(open(p)) for p in paths]
     if not runs:
         sys.exit("no capacity results to draw")
-    fig, (rate, lat) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (rate, lat, cpu) = plt.subplots(1, 3, figsize=(17, 4.8))
     top = max(s["offered_events_per_s"] for r in runs for s in r["steps"])
     rate.plot([0, top], [0, top], color="grey", lw=0.8, ls="--", label="delivered = offered")
     for i, r in enumerate(runs):
@@ -43,12 +45,16 @@ def main():
         rate.plot(x, delivered, color=c, lw=1.2, label=name)
         lat.plot(x, p50, color=c, lw=1.2, label=f"{name}: p50")
         lat.plot(x, p99, color=c, lw=1.2, ls="--", label=f"{name}: p99")
-        for ax, ys in [(rate, delivered), (lat, p50), (lat, p99)]:
+        ours = [sum(p["cores"] for p in s["cpu_cores"]["processes"]) for s in steps]
+        busy = [s["cpu_cores"]["machine_busy"] for s in steps]
+        cpu.plot(x, ours, color=c, lw=1.2, label=f"{name}: the pipeline")
+        cpu.plot(x, busy, color=c, lw=1.2, ls=":", label=f"{name}: the machine (all processes)")
+        for ax, ys in [(rate, delivered), (lat, p50), (lat, p99), (cpu, ours)]:
             for xi, yi, good in zip(x, ys, ok):
                 ax.plot([xi], [yi], marker="o", ms=5, color=c, mfc=c if good else "white")
         best = r.get("sustainable_events_per_s")
         if best:
-            for ax in (rate, lat):
+            for ax in (rate, lat, cpu):
                 ax.axvline(best, color=c, ls=":", lw=1)
             rate.annotate(
                 f"sustainable {best / 1000:.0f}k/s",
@@ -58,7 +64,7 @@ def main():
                 color=c,
                 fontsize=8,
             )
-    for ax in (rate, lat):
+    for ax in (rate, lat, cpu):
         ax.set_xscale("log")
         ax.set_xlabel("offered events/s (10 agents, links up)")
         ax.grid(True, which="both", lw=0.3)
@@ -68,6 +74,11 @@ def main():
     lat.set_yscale("log")
     lat.set_ylabel("append → event read, ms")
     lat.set_title("latency of each step's events")
+    cores = max(r.get("machine", {}).get("cores", 2) for r in runs)
+    cpu.set_ylim(0, cores * 1.05)
+    cpu.set_ylabel("busy cores")
+    cpu.set_title("CPU during each step")
+    cpu.legend(fontsize=8, loc="lower right")
     rate.legend(fontsize=8, loc="upper left")
     lat.legend(fontsize=8, loc="upper left")
     r0 = runs[0]
