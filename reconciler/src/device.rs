@@ -347,6 +347,7 @@ impl DeviceStage {
         txn.begin_transaction()?;
         let mut g = self.stage(msgs, txn, owned, skip)?;
         self.send_acks(&g.applied.acks, &mut g.out)?;
+        g.out.flush();
         if let Err(e) = self.commit_transaction(txn, &g.applied.offsets) {
             let _ = txn.abort_transaction(TXN_CALL);
             return Err(e);
@@ -366,6 +367,8 @@ impl DeviceStage {
         self.io.metrics.group("device", msgs.len());
         let mut out = Out::new(producer);
         let applied = self.apply(msgs, &mut out, owned, skip, now_ms())?;
+        // Out on their way while the next group is applied.
+        out.flush();
         let mut store = Batch::default();
         let mut lines = Vec::with_capacity(applied.touched.len());
         for (p, r) in &applied.touched {
@@ -403,6 +406,7 @@ impl DeviceStage {
             // Not awaited: the events they acknowledge are durable already, and a lost ack
             // only makes the agent send again (saves a broker round trip per group).
             self.send_acks(&a.acks, &mut acks)?;
+            acks.flush();
             crash_point("acks.after_produce");
         }
         crash_point("device.after_produce");

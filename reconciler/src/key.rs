@@ -197,6 +197,8 @@ impl KeyStage {
         for (p, n) in &offsets {
             store.offset(Stage::Key, *p, *n);
         }
+        // Out on their way while the next group is joined.
+        out.flush();
         Ok(Staged {
             out,
             store,

@@ -115,17 +115,61 @@ impl Ticket {
     }
 }
 
-/// Records to produce with one producer, and a wait for all of them.
+/// Records to produce with one producer, held until [`Out::flush`] (or the wait), and a wait
+/// for all of them.
+///
+/// Held, because librdkafka's idempotent producer keeps one produce request in flight per
+/// partition (confluentinc/librdkafka#4989), so a request carries what was enqueued for its
+/// partition while the previous one was answered: records trickling in as a group is applied
+/// went out in many small requests, and the broker's cost is per request as much as per
+/// record. Enqueued together they leave in full batches.
 pub struct Out {
     producer: Producer,
     /// Records whose partition and offset the caller wants back (events).
     tracked: Arc<Ticket>,
     rest: Arc<Ticket>,
+    held: Held,
+}
+
+/// Records not yet handed to librdkafka: their keys and payloads back to back in one buffer.
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    records: Vec<HeldRecord>,
+    topics: Vec<String>,
+}
+
+struct HeldRecord {
+    topic: usize,
+    partition: Option<i32>,
+    key: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+    track: bool,
+}
+
+impl Held {
+    fn topic(&mut self, name: &str) -> usize {
+        match self.topics.iter().position(|t| t == name) {
+            Some(i) => i,
+            None => {
+                self.topics.push(name.to_owned());
+                self.topics.len() - 1
+            }
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> std::ops::Range<usize> {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        start..self.bytes.len()
+    }
 }
 
 impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Out").finish_non_exhaustive()
+        f.debug_struct("Out")
+            .field("held", &self.held.records.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,24 +180,26 @@ impl Out {
             producer: producer.clone(),
             tracked: Ticket::new(true, OnFailure::Keep),
             rest: Ticket::new(false, OnFailure::Keep),
+            held: Held::default(),
         }
     }
 
     /// Records nobody waits for: a failed delivery is logged and counted in `failed`. For
     /// records whose loss costs only a repeat, such as acknowledgements (a lost one makes the
     /// agent send again and be acknowledged again), so that a stage does not wait a broker
-    /// round trip for them.
+    /// round trip for them. They are enqueued when this is dropped, if not flushed before.
     pub fn detached(producer: &Producer, what: &'static str, failed: Counter) -> Self {
         let ticket = Ticket::new(false, OnFailure::Count(what, failed));
         Self {
             producer: producer.clone(),
             tracked: Arc::clone(&ticket),
             rest: ticket,
+            held: Held::default(),
         }
     }
 
-    /// Enqueues a record (waiting while librdkafka's queue is full); `track` marks records
-    /// whose partition and offset the caller wants back from [`Out::wait`].
+    /// Holds a record for [`Out::flush`]; `track` marks records whose partition and offset
+    /// the caller wants back from [`Out::wait`].
     pub fn send(
         &mut self,
         topic: &str,
@@ -162,24 +208,50 @@ impl Out {
         payload: &[u8],
         track: bool,
     ) {
-        let ticket = if track { &self.tracked } else { &self.rest };
-        ticket.lock().pending += 1;
-        let mut rec = BaseRecord::with_opaque_to(topic, Arc::clone(ticket))
-            .key(key)
-            .payload(payload);
-        if let Some(p) = partition {
-            rec = rec.partition(p);
-        }
-        while let Err((_, back)) = self.producer.send(rec) {
-            rec = back;
-            std::thread::sleep(Duration::from_millis(5));
+        let h = &mut self.held;
+        let record = HeldRecord {
+            topic: h.topic(topic),
+            partition,
+            key: h.push(key),
+            payload: h.push(payload),
+            track,
+        };
+        h.records.push(record);
+    }
+
+    /// Enqueues every held record with librdkafka, in the order they were sent (waiting while
+    /// its queue is full).
+    pub fn flush(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for r in &held.records {
+            let ticket = if r.track { &self.tracked } else { &self.rest };
+            ticket.lock().pending += 1;
+            let mut rec = BaseRecord::with_opaque_to(&held.topics[r.topic], Arc::clone(ticket))
+                .key(&held.bytes[r.key.clone()])
+                .payload(&held.bytes[r.payload.clone()]);
+            if let Some(p) = r.partition {
+                rec = rec.partition(p);
+            }
+            while let Err((_, back)) = self.producer.send(rec) {
+                rec = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 
-    /// Waits for every delivery; returns the highest offset per partition of the tracked
-    /// records, or the first failure.
-    pub fn wait(self) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    /// Flushes, then waits for every delivery; returns the highest offset per partition of the
+    /// tracked records, or the first failure.
+    pub fn wait(mut self) -> Result<BTreeMap<i32, i64>, KafkaError> {
+        self.flush();
         self.rest.wait()?;
         self.tracked.wait()
+    }
+}
+
+impl Drop for Out {
+    /// Held records are enqueued, never dropped: waiting is optional (detached records), the
+    /// records are not.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
