@@ -57,15 +57,28 @@ pub enum ServiceError {
     },
 }
 
-/// The producer both stages share: `durable_producer_config` with lz4 and a 2 ms linger;
-/// every `[kafka.properties]` entry wins.
+/// The producer both stages share: `durable_producer_config` with lz4 and a 2 ms linger, and
+/// a local queue sized by bytes rather than by count; every `[kafka.properties]` entry wins.
 pub fn producer(k: &KafkaSection) -> Result<Producer, rdkafka::error::KafkaError> {
     producer_config(k).create_with_context(Deliveries)
 }
 
-/// The settings of [`producer`].
+/// The settings of [`producer`]. A stage hands librdkafka a whole group at once (`out.rs`):
+/// 2,000 batches of 100 events are 200,000 records, over librdkafka's default of 100,000 queued
+/// messages, which made the stage wait for its own group to drain instead of applying the next
+/// one. So the queue is bounded in bytes (256 MiB, a quarter of librdkafka's default byte
+/// bound), not in records.
 pub fn producer_config(k: &KafkaSection) -> rdkafka::ClientConfig {
-    durable_producer_config(&k.bootstrap_servers, &k.properties, "lz4", 2)
+    let mut c = durable_producer_config(&k.bootstrap_servers, &k.properties, "lz4", 2);
+    for (name, value) in [
+        ("queue.buffering.max.messages", "10000000"),
+        ("queue.buffering.max.kbytes", "262144"),
+    ] {
+        if !k.properties.contains_key(name) {
+            c.set(name, value);
+        }
+    }
+    c
 }
 
 /// The device stage's transactional producers' settings: [`producer_config`] with a delivery
