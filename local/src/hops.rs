@@ -4,7 +4,7 @@
 //! idempotent, `acks=all`, `linger.ms=5`) reaching a consumer (the services' fetch settings:
 //! `fetch.wait.max.ms=10`), and one fsync of a small write on the spools' disk.
 //!
-//! Each hop is timed 200 times, one sample every 5 ms, once the run is over: on brokers the
+//! Each hop is timed 1,000 times, one sample every 5 ms, once the run is over: on brokers the
 //! run has warmed up (a fresh JVM compiles its produce and fetch paths for minutes, and a hop
 //! timed on it cold is slower than the same hop inside the warm pipeline) and with the pipeline
 //! idle, so that a sample is a hop's own cost, not a queue. The targets' sums (`RawHops::sum`) add the
@@ -21,8 +21,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::Message;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
-/// Samples per hop; one every `GAP`, so that each is a latency, not a queue.
-const SAMPLES: usize = 200;
+/// Samples per hop; one every `GAP`, so that each is a latency, not a queue. A thousand, so
+/// that the p99 is the tenth slowest sample and one stall of a shared machine does not make it.
+const SAMPLES: usize = 1000;
 const GAP: Duration = Duration::from_millis(5);
 
 /// Latencies in microseconds, sorted.
