@@ -22,7 +22,9 @@
 //!   two 8 MiB memtables).
 //!
 //! `MEMORY_BENCH_REPLICAS` and `MEMORY_BENCH_KEYS` change the large counts (100,000 and
-//! 1,000,000); `MEMORY_BENCH_SET` adds `;`-separated `--set` values to every scenario.
+//! 1,000,000); `MEMORY_BENCH_SET` adds `;`-separated `--set` values to every scenario, and
+//! `MEMORY_BENCH_ENV` `;`-separated `NAME=value` variables to the reconciler's environment
+//! (e.g. `MALLOC_ARENA_MAX=2`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::collections::BTreeMap;
@@ -194,7 +196,15 @@ fn run(s: &Scenario) -> Measured {
         .memory()
         .budget();
     let program = PathBuf::from(env!("CARGO_BIN_EXE_edgesync-reconciler"));
-    let env = [("RUST_LOG".to_owned(), "warn".to_owned())];
+    let mut env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+    if let Ok(extra) = std::env::var("MEMORY_BENCH_ENV") {
+        env.extend(
+            extra
+                .split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+    }
     let mut svc = Service::start_with_env(program, None, "bench reconciler", &sets, &env).unwrap();
     let pid = svc.process.pid().unwrap();
     let metric = |name: &str| svc.metric(name, "") as u64;
