@@ -8,12 +8,11 @@ use axum::routing::get;
 use edgesync_protocol::ServerConfig;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::kafka::{
-    client_config, durable_producer_config, ensure_topics, TopicSpec,
+    client_config, durable_producer_config, ensure_topics, partition_counts, TopicSpec,
 };
 use edgesync_servicekit::now_ms;
 use edgesync_servicekit::ops;
 use prometheus_client::registry::Registry;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -102,30 +101,22 @@ fn transactions(cfg: &Config) -> Option<Transactions> {
     })
 }
 
-/// The deltas topic's partition count, if it exists.
-fn partitions_of(base: &ClientConfig, topic: &str) -> Result<Option<i32>, Error> {
-    let c: BaseConsumer = base.create()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len() as i32)
-        .filter(|n| *n > 0))
-}
-
 /// Creates the pipeline's topics when missing, with the deltas topic's partition count if it
 /// exists (the events topic must match it: the device stage writes events partition p while
 /// it owns deltas partition p).
 async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), ServiceError> {
-    let (b, deltas) = (base.clone(), k.deltas_topic.clone());
-    let existing = tokio::task::spawn_blocking(move || partitions_of(&b, &deltas))
+    let b = base.clone();
+    let existing = tokio::task::spawn_blocking(move || partition_counts(&b))
         .await
         .map_err(|source| ServiceError::Task {
-            what: "reading the deltas topic's metadata",
+            what: "reading the cluster's topics",
             source,
-        })??;
-    let n = existing.unwrap_or(k.partitions);
+        })?
+        .map_err(Error::from)?;
+    let n = existing
+        .get(&k.deltas_topic)
+        .copied()
+        .unwrap_or(k.partitions);
     let spec = |name, config: Vec<(&'static str, &'static str)>| TopicSpec {
         name,
         partitions: n,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -80,13 +81,44 @@ pub struct TopicSpec<'a> {
     pub config: Vec<(&'a str, &'a str)>,
 }
 
-/// Creates every topic of `specs` that does not exist yet.
+/// How long start-up waits for the cluster's metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The partition count of each topic the cluster has (one metadata request, which any live
+/// broker answers). Blocking: call it off the async threads.
+pub fn partition_counts(config: &ClientConfig) -> Result<BTreeMap<String, i32>, KafkaError> {
+    // A consumer: a producer's metadata request would create a topic it names.
+    let c: BaseConsumer = config.create()?;
+    let md = c.fetch_metadata(None, METADATA_TIMEOUT)?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect())
+}
+
+/// Creates every topic of `specs` that does not exist yet. When all exist (every start but
+/// the first) no admin request is made: creating goes through the cluster's controller, which
+/// a restart while a broker is down could wait a request timeout for.
 pub async fn ensure_topics(
     config: &ClientConfig,
     specs: &[TopicSpec<'_>],
 ) -> Result<(), KafkaError> {
+    let c = config.clone();
+    let existing = tokio::task::spawn_blocking(move || partition_counts(&c))
+        .await
+        .map_err(|_| KafkaError::Canceled)??;
+    let missing: Vec<&TopicSpec> = specs
+        .iter()
+        .filter(|s| !existing.contains_key(s.name))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(topics = ?missing.iter().map(|s| s.name).collect::<Vec<_>>(), "creating topics");
     let admin: AdminClient<DefaultClientContext> = config.create()?;
-    let topics: Vec<NewTopic> = specs
+    let topics: Vec<NewTopic> = missing
         .iter()
         .map(|s| {
             let mut t = NewTopic::new(s.name, s.partitions, TopicReplication::Fixed(s.replication));
