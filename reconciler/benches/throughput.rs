@@ -205,6 +205,15 @@ struct Run {
     groups: Option<(f64, f64)>,
 }
 
+/// Fails the bench if the broker died: the producers never give a record up
+/// (`message.timeout.ms=0`), so waiting for their deliveries would wait for ever.
+fn alive(k: &mut Kafka) {
+    let p = k.process();
+    if !p.is_running() {
+        panic!("the broker exited; its log:\n{}", p.log_tail(40));
+    }
+}
+
 fn events_alone(k: &mut Kafka, w: &Workload, names: &Names, jfr: Option<&str>) -> Run {
     let p = baseline_producer(k);
     let broker_pid = k.process().pid().unwrap();
@@ -223,6 +232,7 @@ fn events_alone(k: &mut Kafka, w: &Workload, names: &Names, jfr: Option<&str>) -
     let n = w.outputs.len() as u64;
     let c = p.context();
     while c.ok.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed) < n {
+        alive(k);
         std::thread::sleep(Duration::from_millis(1));
     }
     let secs = started.elapsed().as_secs_f64();
@@ -270,6 +280,7 @@ fn reconciler(
     let pid = svc.process.pid().unwrap();
     let metric = |name: &str| svc.metric(name, "") as u64;
     while metric("edgesync_reconciler_batches_total") == 0 {
+        alive(k);
         std::thread::sleep(Duration::from_millis(2));
     }
     let (t0, b0) = (cpu::thread_secs(pid), cpu::thread_secs(broker_pid));
@@ -278,6 +289,7 @@ fn reconciler(
     let flight = FlightRecord::start(broker_pid, jfr.map(|p| format!("{p}-reconciler.jfr")));
     let n = w.outputs.len() as u64;
     while metric("edgesync_reconciler_events_total") < n {
+        alive(k);
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = started.elapsed().as_secs_f64();

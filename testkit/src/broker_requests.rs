@@ -66,6 +66,11 @@ impl Reading {
 /// Reads the counters of the Apache Kafka broker running as process `pid` (same user); `None`
 /// when they cannot be read (not a JVM, or no JDK with the attach module).
 pub fn read(pid: u32) -> Option<Reading> {
+    // The attach API asks a process for its attach listener with SIGQUIT, which ends any
+    // process that is not a JVM (tansu): never attach to one.
+    if !is_jvm(pid) {
+        return None;
+    }
     let source = concat!(env!("CARGO_MANIFEST_DIR"), "/java/BrokerRequests.java");
     let out = std::process::Command::new("java")
         .args(["--add-modules", "jdk.attach", source, &pid.to_string()])
@@ -75,6 +80,11 @@ pub fn read(pid: u32) -> Option<Reading> {
         return None;
     }
     parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Whether process `pid` has a JVM loaded.
+fn is_jvm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/libjvm.so"))
 }
 
 fn parse(text: &str) -> Option<Reading> {
