@@ -84,6 +84,9 @@ fn mqtt_client(mqtt: MqttIn, stop: CancellationToken) -> (AsyncClient, JoinHandl
     opts.set_keep_alive(mqtt.keep_alive);
     mqtt.security.apply(&mut opts);
     let (client, mut events) = AsyncClient::new(opts, 1024);
+    // A device's ack must not wait for the broker's delayed TCP acknowledgement of the last
+    // one (Nagle, about 40 ms): the agent's window turns on it.
+    events.network_options.set_tcp_nodelay(true);
     let event_loop = tokio::spawn(async move {
         loop {
             tokio::select! {

@@ -165,10 +165,12 @@ async fn disconnect(client: &AsyncClient, events: &mut EventLoop) {
 /// Runs until `shutdown` is cancelled, then drains in-flight messages for at most `grace`.
 pub async fn run(cfg: MqttIn, out: KafkaOut, shutdown: CancellationToken, grace: Duration) {
     // At most max_inflight PUBACKs can be pending: never a reason for the acker to wait.
-    let (client, mut events) = AsyncClient::new(
-        session_options(&cfg, out.max_payload),
-        cfg.max_inflight + 64,
-    );
+    let mut opts = session_options(&cfg, out.max_payload);
+    // PUBACKs leave at once (no Nagle): the broker holds a device's batch until it has one.
+    let mut net = opts.network_options();
+    net.set_tcp_nodelay(true);
+    opts.set_network_options(net);
+    let (client, mut events) = AsyncClient::new(opts, cfg.max_inflight + 64);
     // Unbounded on purpose: the receive maximum bounds it, and the event loop must not wait.
     let (to_producer, from_loop) = mpsc::unbounded_channel::<(Publish, Instant)>();
     let (to_acker, from_producer) = mpsc::channel::<Pending>(cfg.max_inflight);

@@ -286,7 +286,7 @@ struct Run {
 fn broker() -> Mosquitto {
     let nagle: u8 = knob("UPLINK_BENCH_NAGLE", 0);
     Mosquitto::start_with(MosquittoOptions {
-        tcp_nodelay: nagle == 0,
+        nagle: nagle != 0,
         ..MosquittoOptions::default()
     })
     .unwrap()

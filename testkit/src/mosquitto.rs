@@ -27,12 +27,13 @@ pub struct MosquittoOptions {
     /// each time, which with thousands of queued messages stalls the broker for seconds
     /// (its clients then miss keep-alives and reconnect over and over).
     pub save_every_change: bool,
-    /// Nagle's algorithm off on client sockets (`set_tcp_nodelay true`; Mosquitto's default
-    /// is false). With it on, a small packet the broker sends after another that the client
-    /// has not acknowledged yet (an ack after a PUBACK, a batch after a PUBACK) waits for the
-    /// client's delayed TCP acknowledgement, about 40 ms on Linux: request-and-answer traffic
-    /// such as an agent's window and its acks stalls on it.
-    pub tcp_nodelay: bool,
+    /// Nagle's algorithm left on for client sockets, Mosquitto's own default. Off by default
+    /// (`set_tcp_nodelay true`), as the shipped `deploy/mosquitto.conf` sets it: with it on, a
+    /// small packet the broker sends after another that the client has not acknowledged yet
+    /// (an ack after a PUBACK, a batch to the bridge after the last) waits for the client's
+    /// delayed TCP acknowledgement, about 40 ms on Linux, and request-and-answer traffic such
+    /// as an agent's window and its acks stalls on it.
+    pub nagle: bool,
 }
 
 /// A running Mosquitto. Dropping it kills the broker and removes its directory.
@@ -102,7 +103,7 @@ fn config(
          max_queued_messages 100000\n",
         d.display(),
     ));
-    if opts.tcp_nodelay {
+    if !opts.nagle {
         conf.push_str("set_tcp_nodelay true\n");
     }
     if opts.save_every_change {
