@@ -107,6 +107,18 @@ pub struct BatchRequest {
     pub max_bytes: usize,
 }
 
+impl BatchRequest {
+    /// Whether a batch built for `self` is a valid answer to `asked`: the same first seq and
+    /// byte limit, and no more events than `asked` allows ([`Agent::sent`] takes any batch
+    /// from the next unsent seq up to the request's end). A driver that builds ahead may send
+    /// what it built when the agent's request has since grown, instead of building again.
+    pub fn answers(&self, asked: &BatchRequest) -> bool {
+        self.first_seq == asked.first_seq
+            && self.max_bytes == asked.max_bytes
+            && self.max_events <= asked.max_events
+    }
+}
+
 /// What an acknowledgement changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckEffect {
@@ -466,6 +478,34 @@ mod tests {
             out.push((r.first_seq, last));
         }
         out
+    }
+
+    #[test]
+    fn a_batch_built_before_the_request_grew_still_answers_it() {
+        let req = |first_seq, max_events| BatchRequest {
+            first_seq,
+            max_events,
+            max_bytes: 1 << 20,
+        };
+        assert!(req(5, 3).answers(&req(5, 3)));
+        assert!(
+            req(5, 3).answers(&req(5, 10)),
+            "fewer events than asked: valid"
+        );
+        assert!(!req(5, 10).answers(&req(5, 3)), "more than asked");
+        assert!(!req(4, 3).answers(&req(5, 10)), "another first seq");
+        let mut a = agent_with(3);
+        a.connected(0);
+        a.on_tick(100);
+        let built = a.poll_send().unwrap();
+        for seq in 4..=8 {
+            a.appended(seq).unwrap();
+        }
+        let asked = a.poll_send().unwrap();
+        assert!(built.answers(&asked));
+        let last = built.first_seq + built.max_events as u64 - 1;
+        a.sent(built.first_seq, last, 1).unwrap();
+        assert_eq!(a.poll_send().unwrap().first_seq, last + 1);
     }
 
     #[test]
