@@ -684,11 +684,16 @@ impl Spool {
     ) -> Result<Vec<Entry>, SpoolError> {
         let mut out = Vec::new();
         let (mut seqs, mut size) = (0usize, 0usize);
-        // A dropped range starting below `from` may cover it.
         let db = self.db.db()?;
-        let mut it = db.raw_iterator();
-        it.seek_for_prev(keys::event_key(from));
         let mut start = from;
+        // A dropped range starting below `from` may cover it. Looked for only when no record
+        // starts at `from` itself: a backward seek steps over the tombstone of every seq
+        // trimmed before it, and with the memtable full of them that was most of an agent's
+        // CPU (two thirds at 1,000 events/s, building one batch per append).
+        let mut it = db.raw_iterator();
+        if db.get_pinned(keys::event_key(from))?.is_none() {
+            it.seek_for_prev(keys::event_key(from));
+        }
         if let (Some(k), Some(v)) = (it.key(), it.value()) {
             if let (Some(seq), Some(keys::Record::Dropped { last, reason, .. })) =
                 (keys::seq_of(k), keys::decode(v))
