@@ -14,8 +14,8 @@
 //! window the next batch is ready to publish. A prepared batch is used if it answers the
 //! request the agent then makes (`BatchRequest::answers`: the same first seq, no more events
 //! than asked), even when more events have become durable since it was built: rebuilding it
-//! each time the request grew kept an agent taking appends rebuilding the same batch (a core
-//! for ten agents at 1,000 events/s each, and tens of milliseconds before a batch left).
+//! each time the request grew kept an agent taking appends rebuilding the same batch, and
+//! its batches waiting (the agent's part of bench-latency's p50 went from 37 to 17 ms).
 //! Otherwise (an ack, a timeout or a reconnect moved the agent) it is dropped and the request
 //! built anew. Trims run on their own task, which takes the latest
 //! acknowledged watermark whenever it is free (a trim is idempotent and a later one covers an
