@@ -47,6 +47,45 @@ struct Sample {
     key_lag: f64,
 }
 
+/// Traffic per answered event on each link the sizing model needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Traffic {
+    /// Batches the agents published (MQTT messages, and `edgesync.deltas` records).
+    pub batches: f64,
+    /// The agents' published batches (MQTT payload, compressed), bytes.
+    pub mqtt: f64,
+    /// `edgesync.events` records.
+    pub events: f64,
+    /// `edgesync.state` records.
+    pub state: f64,
+}
+
+impl Traffic {
+    /// Counters now: (batches published, wire bytes published, event record bytes, state
+    /// record bytes).
+    fn counters(p: &Pipeline) -> [f64; 4] {
+        let (e, s) = p.observer.lock().record_bytes;
+        [
+            p.fleet.metric_sum("edgesync_agent_published_batches_total"),
+            p.fleet
+                .metric_sum("edgesync_agent_published_wire_bytes_total"),
+            e as f64,
+            s as f64,
+        ]
+    }
+
+    /// Between two readings of [`Traffic::counters`], per event.
+    fn per_event(before: [f64; 4], after: [f64; 4], events: u64) -> Self {
+        let per = |i: usize| (after[i] - before[i]) / events.max(1) as f64;
+        Self {
+            batches: per(0),
+            mqtt: per(1),
+            events: per(2),
+            state: per(3),
+        }
+    }
+}
+
 /// What one step measured.
 #[derive(Debug)]
 pub struct Step {
@@ -72,6 +111,10 @@ pub struct Step {
     pub failed: u64,
     /// p50 and p99 of each stage with samples (ms), in the order of `observe::STAGES`.
     pub stages: Vec<(usize, f64, f64)>,
+    /// Per answered event: the agents' batches and their bytes on the MQTT wire, and the
+    /// bytes of the event and converged records read from Kafka (key and value, before the
+    /// topic's compression).
+    pub per_event: Traffic,
     /// CPU while the step ran.
     pub cpu: Window,
     /// Why the step is not sustainable (empty: it is).
@@ -177,6 +220,12 @@ impl Step {
             })).collect::<Vec<_>>(),
             "drain_s": self.drain.map(round3),
             "failed_requests": self.failed,
+            "per_event": {
+                "batches": (self.per_event.batches * 1e6).round() / 1e6,
+                "mqtt_batch_bytes": round3(self.per_event.mqtt),
+                "event_record_bytes": round3(self.per_event.events),
+                "state_record_bytes": round3(self.per_event.state),
+            },
             "cpu_cores": {
                 "machine_busy": round3(self.cpu.machine_cores),
                 "machine_cores": self.cpu.machine_of,
@@ -218,6 +267,7 @@ fn one(p: &Pipeline, args: &Args, rate: u64) -> Step {
     let failed0 = fleet.failed_requests();
     let answered0 = fleet.answered_events();
     let cpu0 = usage::read(&p.components);
+    let traffic0 = Traffic::counters(p);
     let start_us = now_us();
     let started = Instant::now();
     let feed = fleet.start_feed(per_agent);
@@ -245,6 +295,7 @@ fn one(p: &Pipeline, args: &Args, rate: u64) -> Step {
         std::thread::sleep(Duration::from_millis(200));
     }
     let drain = drained(p).then(|| stopped.elapsed().as_secs_f64());
+    let traffic = Traffic::per_event(traffic0, Traffic::counters(p), answered);
     let answers = fleet.answers();
     let o = p.observer.lock();
     let in_step = |r: &Request| r.sent_us >= start_us && r.sent_us < end_us;
@@ -282,6 +333,7 @@ fn one(p: &Pipeline, args: &Args, rate: u64) -> Step {
             .filter(|(_, (_, v))| !v.is_empty())
             .map(|(i, (_, v))| (i, q(v).0, q(v).1))
             .collect(),
+        per_event: traffic,
         cpu: usage::between(&p.components, &cpu0, &cpu1),
         not_sustainable: Vec::new(),
     };

@@ -73,6 +73,9 @@ pub struct Observed {
     pub duplicates: u64,
     /// Event records read.
     pub events_read: u64,
+    /// Bytes (key and value, as produced: before the topic's compression) of the event
+    /// records read, and of the converged records read.
+    pub record_bytes: (u64, u64),
     /// Event records the codec refused.
     pub undecodable: u64,
     /// Events decoded in full by the codec.
@@ -242,6 +245,7 @@ impl Reader {
         let payload = m.payload().unwrap_or_default();
         let mut o = self.data.lock().unwrap_or_else(|p| p.into_inner());
         o.events_read += 1;
+        o.record_bytes.0 += record_len(m);
         let fast = event_dot(payload, self.event_fp);
         let full = (fast.is_none() || o.events_read.is_multiple_of(self.full_every)).then(|| {
             self.codec.decode_event(payload).map(|e| {
@@ -296,6 +300,7 @@ impl Reader {
             return;
         };
         let mut o = self.data.lock().unwrap_or_else(|p| p.into_inner());
+        o.record_bytes.1 += record_len(m);
         if let Crdt::GCounter(g) = &s.state {
             let v = o.counters.entry(s.key.clone()).or_default();
             *v = (*v).max(g.value());
@@ -332,6 +337,11 @@ impl Reader {
 
 /// The dot of an event record in single-object framing with fingerprint `fp`, read from its
 /// first three fields (`device`, `incarnation`, `seq`: event.avsc) without decoding the rest.
+/// A record's key and value bytes.
+fn record_len(m: &BorrowedMessage<'_>) -> u64 {
+    (m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64
+}
+
 fn event_dot(b: &[u8], fp: u64) -> Option<(&str, u64, u64)> {
     let rest = b.strip_prefix(&[0xC3, 0x01])?;
     let (f, rest) = rest.split_first_chunk::<8>()?;
