@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use edgesync_servicekit::config::ServiceConfig;
+use edgesync_testkit::mem::{dir_bytes, mib, rss};
 use edgesync_testkit::{free_port, knob, Service};
 
 const PER_REQUEST: u64 = 1_000;
@@ -29,35 +30,6 @@ fn ndjson(start: u64, n: u64) -> Vec<u8> {
         ));
     }
     out.into_bytes()
-}
-
-/// `VmRSS` and `VmHWM` of `pid`, in bytes.
-fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1 << 20) as f64
 }
 
 struct Measured {

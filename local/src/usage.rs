@@ -8,8 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Linux's `USER_HZ`: the unit of the times in `/proc/*/stat`.
-const TICKS_PER_SEC: f64 = 100.0;
+use edgesync_testkit::cpu::stat_secs;
 
 /// A component: a name and its processes.
 #[derive(Clone, Debug)]
@@ -62,15 +61,6 @@ fn threads_of(pid: u32, out: &mut BTreeMap<(u32, u32), (String, f64)>) {
             out.insert((pid, tid), (name.trim().to_owned(), s));
         }
     }
-}
-
-/// utime + stime of a `stat` file: fields 14 and 15, counted after the parenthesised name.
-fn stat_secs(path: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    let after = stat.get(stat.rfind(')')? + 2..)?;
-    let f: Vec<&str> = after.split(' ').collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / TICKS_PER_SEC)
 }
 
 /// Busy and total jiffies of the machine (`/proc/stat`, first line; idle and iowait are not

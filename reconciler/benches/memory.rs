@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edgesync_core::crdt::MaxRegister;
@@ -39,10 +39,10 @@ use edgesync_core::{
 use edgesync_reconciler::config::Config;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::config::ServiceConfig;
-use edgesync_testkit::{knob, partition_for, Kafka, Service};
+use edgesync_testkit::mem::{dir_bytes, mib, rss};
+use edgesync_testkit::{knob, partition_for, CountingDeliveries, Kafka, Service};
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 const PARTITIONS: i32 = 4;
 /// Events, and distinct state keys, in each replica's batch.
@@ -53,23 +53,6 @@ struct Scenario {
     replicas: u64,
     keys: u64,
     sets: Vec<String>,
-}
-
-/// Counts confirmations and failures.
-#[derive(Default)]
-struct Counting {
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Counting {}
-
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        let n = if r.is_ok() { &self.ok } else { &self.failed };
-        n.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// Replica `r`'s batch: seqs 1..=10, event `j` setting its key `j mod per` of its `per` own
@@ -106,12 +89,12 @@ fn batch(codec: &Codec, r: u64, per: u64) -> (String, Vec<u8>) {
 /// it, as the bridges would.
 fn write_batches(k: &Kafka, s: &Scenario) {
     let codec = Codec::new(Limits::default()).unwrap();
-    let p: ThreadedProducer<Counting> = ClientConfig::new()
+    let p: ThreadedProducer<CountingDeliveries> = ClientConfig::new()
         .set("bootstrap.servers", k.bootstrap())
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .create_with_context(Counting::default())
+        .create_with_context(CountingDeliveries::default())
         .unwrap();
     let per = (s.keys / s.replicas).clamp(1, PER_BATCH);
     for r in 0..s.replicas {
@@ -133,31 +116,6 @@ fn write_batches(k: &Kafka, s: &Scenario) {
     }
     p.flush(Duration::from_secs(120)).unwrap();
     assert_eq!(p.context().failed.load(Ordering::Relaxed), 0);
-}
-
-/// `VmRSS` and `VmHWM` of `pid`, in bytes.
-fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
 }
 
 struct Measured {
@@ -262,10 +220,6 @@ fn run(s: &Scenario) -> Measured {
         secs,
         store_bytes: dir_bytes(&svc.dir().join("state")),
     }
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1 << 20) as f64
 }
 
 fn main() {

@@ -45,7 +45,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edgesync_core::crdt::{GCounter, RollupMap};
@@ -54,9 +54,10 @@ use edgesync_core::{
 };
 use edgesync_schemas::{Codec, Framing, Limits};
 use edgesync_servicekit::config::ServiceConfig;
-use edgesync_testkit::{broker_requests, cpu, knob, partition_for, Kafka, Service};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use edgesync_testkit::{
+    broker_requests, cpu, knob, partition_for, CountingDeliveries, Kafka, Service,
+};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 const DEVICES: u64 = 100;
 const PER: u64 = 100;
@@ -137,28 +138,11 @@ fn settings(k: &Kafka) -> Vec<String> {
     sets
 }
 
-/// Counts confirmations and failures.
-#[derive(Default)]
-struct Counting {
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl ClientContext for Counting {}
-
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
-        let n = if r.is_ok() { &self.ok } else { &self.failed };
-        n.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// The reconciler's producer settings, with a counting context.
-fn baseline_producer(k: &Kafka) -> ThreadedProducer<Counting> {
+fn baseline_producer(k: &Kafka) -> ThreadedProducer<CountingDeliveries> {
     let cfg = edgesync_reconciler::config::Config::load(None, [], &settings(k)).unwrap();
     edgesync_reconciler::service::producer_config(&cfg.kafka)
-        .create_with_context(Counting::default())
+        .create_with_context(CountingDeliveries::default())
         .unwrap()
 }
 
@@ -179,7 +163,7 @@ fn write_batches(k: &Kafka, topic: &str, w: &Workload) {
     assert_eq!(p.context().failed.load(Ordering::Relaxed), 0);
 }
 
-fn send(p: &ThreadedProducer<Counting>, mut rec: BaseRecord<'_, String, Vec<u8>>) {
+fn send(p: &ThreadedProducer<CountingDeliveries>, mut rec: BaseRecord<'_, String, Vec<u8>>) {
     loop {
         match p.send(rec) {
             Ok(()) => return,
@@ -231,7 +215,7 @@ fn events_alone(k: &mut Kafka, w: &Workload, names: &Names, jfr: Option<&str>) -
     }
     let n = w.outputs.len() as u64;
     let c = p.context();
-    while c.ok.load(Ordering::Relaxed) + c.failed.load(Ordering::Relaxed) < n {
+    while c.reported() < n {
         alive(k);
         std::thread::sleep(Duration::from_millis(1));
     }

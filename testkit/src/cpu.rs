@@ -75,9 +75,10 @@ pub fn wait_quiet(
     started.elapsed()
 }
 
-/// utime + stime of a `stat` file: fields 14 and 15, counted after the parenthesised name
-/// (which may itself hold spaces).
-fn stat_secs(path: &str) -> Option<f64> {
+/// utime + stime of a `stat` file (`/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat`), in
+/// seconds: fields 14 and 15, counted after the parenthesised name (which may itself hold
+/// spaces).
+pub fn stat_secs(path: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(path).ok()?;
     let after = stat.get(stat.rfind(')')? + 2..)?;
     let f: Vec<&str> = after.split(' ').collect();

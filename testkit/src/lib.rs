@@ -22,6 +22,7 @@
 pub mod broker_requests;
 pub mod cpu;
 mod kafka;
+pub mod mem;
 mod mosquitto;
 mod names;
 mod process;
@@ -30,7 +31,7 @@ mod proxy;
 mod services;
 mod tls;
 
-pub use kafka::{partition_for, Broker, Kafka, Record, Storage};
+pub use kafka::{partition_for, Broker, CountingDeliveries, Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::{
     deploy, files_by_size, flip_bytes, knob, outside_python, read_outputs, tools_home, unique,

@@ -13,18 +13,47 @@ mod apache;
 mod tansu;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::{ClientConfig, ClientContext};
 use tempfile::TempDir;
 
 pub use tansu::Storage;
 
 use crate::process::Managed;
 use crate::{io, Error};
+
+/// A producer context that counts delivery reports: the leanest client a benchmark can time
+/// a broker with (no per-record future).
+#[derive(Debug, Default)]
+pub struct CountingDeliveries {
+    /// Records confirmed.
+    pub ok: AtomicU64,
+    /// Records that failed.
+    pub failed: AtomicU64,
+}
+
+impl CountingDeliveries {
+    /// Reports so far, confirmed or failed.
+    pub fn reported(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl ClientContext for CountingDeliveries {}
+
+impl ProducerContext for CountingDeliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        let n = if r.is_ok() { &self.ok } else { &self.failed };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Which broker to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
