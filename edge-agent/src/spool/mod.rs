@@ -384,6 +384,27 @@ fn random_incarnation() -> Result<Incarnation, SpoolError> {
 }
 
 /// A u64 meta value; `None` when absent, an error when present but not 8 bytes.
+/// The end and reason of the dropped range that starts below `from` and covers it, if any.
+/// Looked for backwards only when a forward seek finds no record starting at `from`: a
+/// backward seek steps over every trimmed seq below `from` (a trim's range deletion leaves
+/// the keys in place until a compaction), and doing it on every read was two thirds of an
+/// agent's CPU at 1,000 events/s (one batch per append).
+fn dropped_over(db: &DB, from: u64) -> Option<(u64, u8)> {
+    let key = keys::event_key(from);
+    let mut it = db.raw_iterator();
+    it.seek(key);
+    if it.key().and_then(keys::seq_of) == Some(from) {
+        return None;
+    }
+    it.seek_for_prev(key);
+    match (keys::seq_of(it.key()?)?, keys::decode(it.value()?)?) {
+        (seq, keys::Record::Dropped { last, reason, .. }) if seq < from && last >= from => {
+            Some((last, reason))
+        }
+        _ => None,
+    }
+}
+
 fn meta_u64(db: &DB, key: &'static [u8], name: &'static str) -> Result<Option<u64>, SpoolError> {
     match db.get(key)? {
         None => Ok(None),
@@ -686,34 +707,15 @@ impl Spool {
         let (mut seqs, mut size) = (0usize, 0usize);
         let db = self.db.db()?;
         let mut start = from;
-        // A dropped range starting below `from` may cover it. Looked for only when no record
-        // starts at `from` itself (a forward seek finds out): a backward seek steps over every
-        // trimmed seq below `from` (a trim's range deletion leaves the keys in place until a
-        // compaction), and doing it on every read was two thirds of an agent's CPU at 1,000
-        // events/s (one batch per append).
-        let mut it = db.raw_iterator();
-        it.seek(keys::event_key(from));
-        if it.key().and_then(keys::seq_of) == Some(from) {
-            it = db.raw_iterator(); // unpositioned: nothing below `from` to look at
-        } else {
-            it.seek_for_prev(keys::event_key(from));
+        if let Some((last, reason)) = dropped_over(&db, from) {
+            out.push(Entry::Dropped {
+                first: from,
+                last,
+                reason: DropReason::from_byte(reason),
+            });
+            seqs += (last - from + 1) as usize;
+            start = last + 1;
         }
-        if let (Some(k), Some(v)) = (it.key(), it.value()) {
-            if let (Some(seq), Some(keys::Record::Dropped { last, reason, .. })) =
-                (keys::seq_of(k), keys::decode(v))
-            {
-                if seq < from && last >= from {
-                    out.push(Entry::Dropped {
-                        first: from,
-                        last,
-                        reason: DropReason::from_byte(reason),
-                    });
-                    seqs += (last - from + 1) as usize;
-                    start = last + 1;
-                }
-            }
-        }
-        drop(it);
         for item in db.iterator(IteratorMode::From(
             &keys::event_key(start),
             Direction::Forward,
