@@ -182,6 +182,19 @@ impl Step {
             .sum()
     }
 
+    /// The Kafka broker's cores (Apache Kafka or tansu, whichever the run has).
+    fn broker_cores(&self) -> f64 {
+        self.component("Apache Kafka") + self.component("tansu")
+    }
+
+    /// The component whose busiest thread is the busiest of all.
+    fn busiest(&self) -> Option<&usage::Used> {
+        self.cpu
+            .components
+            .iter()
+            .max_by(|a, b| a.busiest.1.total_cmp(&b.busiest.1))
+    }
+
     fn feed_cores(&self) -> f64 {
         self.cpu
             .components
@@ -440,18 +453,9 @@ fn header() -> String {
 
 fn row(s: &Step) -> String {
     let busiest = s
-        .cpu
-        .components
-        .iter()
-        .max_by(|a, b| a.busiest.1.total_cmp(&b.busiest.1))
+        .busiest()
         .map(|c| format!("{} `{}` {:.0} %", c.name, c.busiest.0, c.busiest.1 * 100.0))
         .unwrap_or_default();
-    let broker = s
-        .cpu
-        .components
-        .iter()
-        .find(|c| c.name.starts_with("Apache Kafka") || c.name.starts_with("tansu"))
-        .map_or(0.0, |c| c.cores);
     format!(
         "| {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0}, {:.0}, {:.0} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.2} of {:.0} | {busiest} | {} |",
         s.offered,
@@ -468,7 +472,7 @@ fn row(s: &Step) -> String {
         s.component("bridge"),
         s.component("reconciler"),
         s.component("Mosquitto"),
-        broker,
+        s.broker_cores(),
         s.feed_cores(),
         s.cpu.machine_cores,
         s.cpu.machine_of,
@@ -508,17 +512,7 @@ pub fn csv(steps: &[Step]) -> String {
         "offered,accepted,delivered,event_p50_ms,event_p99_ms,converged_p50_ms,converged_p99_ms,growth_undelivered,growth_unconverged,growth_spooled,peak_spooled,peak_oldest_unacked_s,peak_device_lag,peak_key_lag,drain_s,cpu_agents,cpu_bridge,cpu_reconciler,cpu_mosquitto,cpu_broker,cpu_load_generator,cpu_machine,busiest_thread,busiest_thread_cores,sustainable\n",
     );
     for s in steps {
-        let busiest = s
-            .cpu
-            .components
-            .iter()
-            .max_by(|a, b| a.busiest.1.total_cmp(&b.busiest.1));
-        let broker = s
-            .cpu
-            .components
-            .iter()
-            .find(|c| c.name.starts_with("Apache Kafka") || c.name.starts_with("tansu"))
-            .map_or(0.0, |c| c.cores);
+        let busiest = s.busiest();
         out.push_str(&format!(
             "{:.0},{:.0},{:.0},{:.3},{:.3},{:.3},{:.3},{:.0},{:.0},{:.0},{:.0},{:.3},{:.0},{:.0},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3},{}\n",
             s.offered,
@@ -540,7 +534,7 @@ pub fn csv(steps: &[Step]) -> String {
             s.component("bridge"),
             s.component("reconciler"),
             s.component("Mosquitto"),
-            broker,
+            s.broker_cores(),
             s.feed_cores(),
             s.cpu.machine_cores,
             busiest.map_or(String::new(), |c| format!("{} {}", c.name, c.busiest.0).replace(',', ";")),
