@@ -8,7 +8,7 @@ use axum::routing::get;
 use edgesync_protocol::ServerConfig;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_servicekit::kafka::{
-    client_config, durable_producer_config, ensure_topics, partition_counts, TopicSpec,
+    client_config, create_missing, durable_producer_config, existing_topics, TopicSpec,
 };
 use edgesync_servicekit::now_ms;
 use edgesync_servicekit::ops;
@@ -45,7 +45,7 @@ pub enum ServiceError {
     /// A stage's thread could not be started.
     #[error("start a stage thread: {0}")]
     Thread(#[source] std::io::Error),
-    /// A blocking start-up task (opening the state store, reading topic metadata) panicked
+    /// A blocking start-up task (opening the state store) panicked
     /// or was cancelled.
     #[error("{what}: {source}")]
     Task {
@@ -105,14 +105,7 @@ fn transactions(cfg: &Config) -> Option<Transactions> {
 /// exists (the events topic must match it: the device stage writes events partition p while
 /// it owns deltas partition p).
 async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), ServiceError> {
-    let b = base.clone();
-    let existing = tokio::task::spawn_blocking(move || partition_counts(&b))
-        .await
-        .map_err(|source| ServiceError::Task {
-            what: "reading the cluster's topics",
-            source,
-        })?
-        .map_err(Error::from)?;
+    let existing = existing_topics(base).await.map_err(Error::from)?;
     let n = existing
         .get(&k.deltas_topic)
         .copied()
@@ -131,7 +124,9 @@ async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), Serv
         spec(&k.acks_topic, vec![]),
         spec(&k.dlq_topic, vec![]),
     ];
-    ensure_topics(base, &specs).await.map_err(Error::from)?;
+    create_missing(base, &specs, &existing)
+        .await
+        .map_err(Error::from)?;
     Ok(())
 }
 

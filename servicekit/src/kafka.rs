@@ -85,8 +85,15 @@ pub struct TopicSpec<'a> {
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The partition count of each topic the cluster has (one metadata request, which any live
-/// broker answers). Blocking: call it off the async threads.
-pub fn partition_counts(config: &ClientConfig) -> Result<BTreeMap<String, i32>, KafkaError> {
+/// broker answers).
+pub async fn existing_topics(config: &ClientConfig) -> Result<BTreeMap<String, i32>, KafkaError> {
+    let c = config.clone();
+    tokio::task::spawn_blocking(move || partition_counts(&c))
+        .await
+        .map_err(|_| KafkaError::Canceled)?
+}
+
+fn partition_counts(config: &ClientConfig) -> Result<BTreeMap<String, i32>, KafkaError> {
     // A consumer: a producer's metadata request would create a topic it names.
     let c: BaseConsumer = config.create()?;
     let md = c.fetch_metadata(None, METADATA_TIMEOUT)?;
@@ -98,17 +105,23 @@ pub fn partition_counts(config: &ClientConfig) -> Result<BTreeMap<String, i32>, 
         .collect())
 }
 
-/// Creates every topic of `specs` that does not exist yet. When all exist (every start but
-/// the first) no admin request is made: creating goes through the cluster's controller, which
-/// a restart while a broker is down could wait a request timeout for.
+/// Creates every topic of `specs` that does not exist yet ([`create_missing`] on
+/// [`existing_topics`]).
 pub async fn ensure_topics(
     config: &ClientConfig,
     specs: &[TopicSpec<'_>],
 ) -> Result<(), KafkaError> {
-    let c = config.clone();
-    let existing = tokio::task::spawn_blocking(move || partition_counts(&c))
-        .await
-        .map_err(|_| KafkaError::Canceled)??;
+    create_missing(config, specs, &existing_topics(config).await?).await
+}
+
+/// Creates every topic of `specs` that `existing` lacks. When all exist (every start but the
+/// first) no admin request is made: creating goes through the cluster's controller, which a
+/// restart while a broker is down could wait a request timeout for.
+pub async fn create_missing(
+    config: &ClientConfig,
+    specs: &[TopicSpec<'_>],
+    existing: &BTreeMap<String, i32>,
+) -> Result<(), KafkaError> {
     let missing: Vec<&TopicSpec> = specs
         .iter()
         .filter(|s| !existing.contains_key(s.name))
