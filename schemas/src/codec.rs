@@ -137,8 +137,12 @@ pub struct Codec {
     current: Vec<Current>,
     /// Every writer schema this codec can decode, by fingerprint.
     writers: HashMap<u64, Known>,
-    /// Confluent schema ids, each mapped to the current schema of a kind.
-    confluent: HashMap<u32, MessageKind>,
+    /// Confluent schema ids, each mapped to the fingerprint of a writer schema in `writers`.
+    confluent: HashMap<u32, u64>,
+    /// How records of each kind are framed on the Kafka topics this process writes for
+    /// analytics (indexed by [`MessageKind::index`]): single-object unless a registry gave the
+    /// kind an id ([`Codec::use_registry_id`]).
+    outputs: Vec<Framing>,
 }
 
 impl std::fmt::Debug for Codec {
@@ -167,13 +171,45 @@ fn same_outcome<T: std::fmt::Debug>(
     }
 }
 
+/// CRC-64-AVRO of `schema`'s Parsing Canonical Form, as the Avro spec (and Java's and
+/// fastavro's implementations) define it. apache-avro strips `logicalType` but then leaves
+/// `{"type":"long"}` where the spec reduces it to `"long"`, so a schema with a logical type
+/// would get a fingerprint no other reader computes; the schema is handed to it with the
+/// logical types already stripped (the canonical form drops them anyway).
 fn fingerprint(schema: &Schema) -> u64 {
-    let fp = schema.fingerprint::<Rabin>();
+    let stripped = serde_json::to_value(schema)
+        .map(without_logical_types)
+        .ok()
+        .and_then(|json| Schema::parse(&json).ok());
+    let fp = stripped.as_ref().unwrap_or(schema).fingerprint::<Rabin>();
     let mut b = [0u8; 8];
     for (dst, src) in b.iter_mut().zip(fp.bytes.iter()) {
         *dst = *src;
     }
     u64::from_le_bytes(b)
+}
+
+/// `json` with every `logicalType` attribute removed, and a `{"type": T}` left alone by that
+/// reduced to `T` (the spec's [STRIP] and [PRIMITIVES] rules, in that order).
+fn without_logical_types(json: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match json {
+        J::Object(mut map) => {
+            let had = map.remove("logicalType").is_some();
+            if had && map.len() == 1 {
+                if let Some(J::String(t)) = map.get("type") {
+                    return J::String(t.clone());
+                }
+            }
+            J::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, without_logical_types(v)))
+                    .collect(),
+            )
+        }
+        J::Array(items) => J::Array(items.into_iter().map(without_logical_types).collect()),
+        other => other,
+    }
 }
 
 impl Codec {
@@ -189,6 +225,7 @@ impl Codec {
             current: Vec::with_capacity(MessageKind::ALL.len()),
             writers: HashMap::new(),
             confluent: HashMap::new(),
+            outputs: vec![Framing::SingleObject; MessageKind::ALL.len()],
         };
         for (kind, schema) in MessageKind::ALL.into_iter().zip(builtin()?.iter().copied()) {
             let fingerprint = fingerprint(schema);
@@ -248,7 +285,58 @@ impl Codec {
 
     /// Maps a Confluent schema id to the current schema of `kind` (as registered in a registry).
     pub fn register_confluent_id(&mut self, schema_id: u32, kind: MessageKind) {
-        self.confluent.insert(schema_id, kind);
+        let fp = self.current(kind).fingerprint;
+        self.confluent.insert(schema_id, fp);
+    }
+
+    /// Maps a Confluent schema id to a version of `kind`'s schema (one the registry holds under
+    /// that id), so that records written with it are read, resolved into the current schema.
+    pub fn register_confluent_writer(
+        &mut self,
+        schema_id: u32,
+        kind: MessageKind,
+        json: &str,
+    ) -> Result<(), SchemaError> {
+        let fp = match Schema::parse_str(json) {
+            Ok(s) if fingerprint(&s) == self.current(kind).fingerprint => fingerprint(&s),
+            _ => self.register_writer_schema(kind, json)?,
+        };
+        self.confluent.insert(schema_id, fp);
+        Ok(())
+    }
+
+    /// Frames `kind`'s output records in the Confluent wire format with `schema_id`, the id a
+    /// registry gave the current schema of `kind` (and reads that id).
+    pub fn use_registry_id(&mut self, kind: MessageKind, schema_id: u32) {
+        self.register_confluent_id(schema_id, kind);
+        self.outputs[kind.index()] = Framing::Confluent { schema_id };
+    }
+
+    /// How `kind`'s output records are framed: [`Framing::SingleObject`] unless
+    /// [`Codec::use_registry_id`] set an id.
+    pub fn output_framing(&self, kind: MessageKind) -> Framing {
+        self.outputs[kind.index()]
+    }
+
+    /// `single_object` (a `kind` record this codec encoded with [`Framing::SingleObject`]) as
+    /// the output framing of `kind` gives it: the same datum, only the header differs.
+    pub fn as_output<'a>(
+        &self,
+        kind: MessageKind,
+        single_object: &'a [u8],
+    ) -> std::borrow::Cow<'a, [u8]> {
+        match (
+            self.output_framing(kind),
+            single_object.get(SINGLE_OBJECT_HEADER_LEN..),
+        ) {
+            (Framing::Confluent { .. }, Some(datum)) => {
+                let mut out = Vec::with_capacity(CONFLUENT_HEADER_LEN + datum.len());
+                self.header(kind, self.output_framing(kind), &mut out);
+                out.extend_from_slice(datum);
+                std::borrow::Cow::Owned(out)
+            }
+            _ => std::borrow::Cow::Borrowed(single_object),
+        }
     }
 
     /// The decoder entry of the current schema of `kind`.
@@ -361,11 +449,12 @@ impl Codec {
                     });
                 };
                 let id = u32::from_be_bytes(*id);
-                let registered = *self
+                let writer = self
                     .confluent
                     .get(&id)
+                    .and_then(|fp| self.writers.get(fp))
                     .ok_or(DecodeError::UnknownSchemaId(id))?;
-                Ok((self.known_current(registered)?, datum))
+                Ok((writer, datum))
             }
             [0xC3] => Err(DecodeError::Truncated {
                 len: 1,

@@ -111,9 +111,11 @@ impl Rec {
         })
     }
 
+    /// A long, or a long with the `timestamp-millis` logical type (the schemas give it to
+    /// wall-clock fields; the encoding is the same).
     pub(crate) fn long(&mut self, field: &'static str) -> Result<i64, DecodeError> {
         match self.take(field)? {
-            Avro::Long(v) => Ok(v),
+            Avro::Long(v) | Avro::TimestampMillis(v) => Ok(v),
             _ => Err(DecodeError::Shape {
                 field,
                 expected: "long",

@@ -363,6 +363,82 @@ fn a_reader_on_the_old_schema_reads_data_with_an_added_optional_field() {
 }
 
 #[test]
+fn the_analytics_schemas_fingerprints_are_pinned() {
+    // The single-object fingerprint hashes a schema's Parsing Canonical Form, which keeps
+    // names, types and order but drops docs and logical types: adding those (as this release
+    // did) leaves data written by earlier releases readable. A change here is a new version of
+    // the schema, to be made under the rules in schemas/README.md. Values as fastavro computes
+    // them, so the outside reader agrees.
+    let c = codec();
+    for (kind, hex) in [
+        (MessageKind::Event, "6571ca3623674e7a"),
+        (MessageKind::StateRecord, "9b29f443a43012b4"),
+        (MessageKind::DeadLetter, "7bb71f13148b1b94"),
+        (MessageKind::Ack, "780deb49904e0978"),
+    ] {
+        let got: String = c
+            .fingerprint(kind)
+            .to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, hex, "{kind:?}");
+    }
+}
+
+#[test]
+fn confluent_ids_of_older_versions_are_read_and_outputs_take_the_registry_id() {
+    let mut c = codec();
+    assert_eq!(c.output_framing(MessageKind::Event), Framing::SingleObject);
+    let e = Event {
+        dot: Dot::new(replica(1), 3),
+        hlc: Hlc::new(1_700_000_000_000, 2),
+        stream: "pump.telemetry".into(),
+        schema_version: 1,
+        fields: BTreeMap::from([("bar".into(), edgesync_core::Value::Double(2.5))]),
+        tags: BTreeMap::new(),
+    };
+    let single = c.encode_event(&e, Framing::SingleObject).unwrap();
+    assert_eq!(&*c.as_output(MessageKind::Event, &single), &single[..]);
+
+    // Version 1 of the subject is this release's schema (id 7); version 2 (id 8), a later
+    // release's, adds an optional field. Both are read; outputs carry id 7.
+    let mut v2: serde_json_like::Json = serde_json_like::parse(MessageKind::Event.avsc());
+    v2.add_field(r#"{"name": "unit", "type": ["null", "string"], "default": null}"#);
+    c.register_confluent_writer(7, MessageKind::Event, MessageKind::Event.avsc())
+        .unwrap();
+    c.register_confluent_writer(8, MessageKind::Event, &v2.to_string())
+        .unwrap();
+    c.use_registry_id(MessageKind::Event, 7);
+    assert_eq!(
+        c.output_framing(MessageKind::Event),
+        Framing::Confluent { schema_id: 7 }
+    );
+    let framed = c.as_output(MessageKind::Event, &single).into_owned();
+    assert_eq!(framed[..5], [0, 0, 0, 0, 7]);
+    assert_eq!(framed[5..], single[10..]);
+    assert_eq!(
+        framed,
+        c.encode_event(&e, c.output_framing(MessageKind::Event))
+            .unwrap()
+    );
+    assert_eq!(c.decode_event(&framed).unwrap(), e);
+    // The same datum under id 8 followed by a null `unit` (union branch 0) is v2's encoding.
+    let mut newer = vec![0, 0, 0, 0, 8];
+    newer.extend_from_slice(&single[10..]);
+    newer.push(0);
+    assert_eq!(c.decode_event(&newer).unwrap(), e);
+    let mut unknown = framed.clone();
+    unknown[4] = 9;
+    assert!(matches!(
+        c.decode_event(&unknown),
+        Err(DecodeError::UnknownSchemaId(9))
+    ));
+    // Single-object records from before the switch stay readable.
+    assert_eq!(c.decode_event(&single).unwrap(), e);
+}
+
+#[test]
 fn oversized_payloads_and_zip_bombs_are_rejected() {
     let c = Codec::new(Limits::default()).unwrap();
     let big = vec![0u8; Limits::default().max_payload_bytes + 1];
