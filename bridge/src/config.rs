@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use edgesync_schemas::topics::kafka as topics;
 use edgesync_servicekit::config::ServiceConfig;
+use edgesync_servicekit::registry::RegistrySection;
 use serde::Deserialize;
 
 pub use edgesync_servicekit::config::ConfigError;
@@ -31,6 +32,10 @@ pub struct Config {
     /// Shutdown grace period: in-flight messages get this long to reach Kafka and be acked.
     #[serde(default = "default_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// A Schema Registry: set, dead letters carry the Confluent wire format with the id it
+    /// assigns; unset, single-object encoding.
+    #[serde(default)]
+    pub schema_registry: Option<RegistrySection>,
 }
 
 fn default_max_payload() -> usize {

@@ -29,7 +29,7 @@ use edgesync_servicekit::crash::crash_point;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edgesync_schemas::{Codec, DeadLetter, DeadLetterReason, Framing};
+use edgesync_schemas::{Codec, DeadLetter, DeadLetterReason, MessageKind};
 use edgesync_servicekit::mqtt::MqttSecurity;
 use edgesync_servicekit::now_ms;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -268,7 +268,10 @@ async fn produce(
                     received_at_ms: now_ms(),
                     payload: publish.payload.to_vec(),
                 };
-                let payload = match out.codec.encode_dead_letter(&dl, Framing::SingleObject) {
+                let payload = match out
+                    .codec
+                    .encode_dead_letter(&dl, out.codec.output_framing(MessageKind::DeadLetter))
+                {
                     Ok(b) => b,
                     Err(e) => {
                         // Cannot happen for a well-formed record; keep the message unacknowledged.

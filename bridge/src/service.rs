@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgesync_schemas::{Codec, Limits};
+use edgesync_schemas::{Codec, Limits, MessageKind};
 use edgesync_servicekit::mqtt::{MqttSecurity, MqttSecurityFiles};
 use edgesync_servicekit::ops;
+use edgesync_servicekit::registry::framed;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,9 @@ pub enum ServiceError {
     /// The HTTP server failed.
     #[error("http: {0}")]
     Http(#[source] std::io::Error),
+    /// The dead-letter schema could not be published to the Schema Registry.
+    #[error(transparent)]
+    Registry(#[from] edgesync_servicekit::registry::RegistryError),
 }
 
 /// Runs the bridge until `shutdown` is cancelled; `listener` serves `/metrics`.
@@ -43,7 +47,9 @@ pub async fn run(
     let metrics = Arc::new(BridgeMetrics::register(&mut registry));
     metrics.inflight_limit.set(cfg.mqtt.max_inflight as i64);
     let registry = Arc::new(registry);
-    let codec = Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
+    let codec = Codec::new(Limits::default()).map_err(ServiceError::Codec)?;
+    let outputs = vec![(cfg.kafka.dlq_topic.clone(), MessageKind::DeadLetter)];
+    let codec = Arc::new(framed(codec, cfg.schema_registry.clone(), outputs).await?);
     if cfg.kafka.create_topics {
         kafka::ensure_topics(&cfg.kafka).await?;
     }

@@ -9,6 +9,7 @@ use edgesync_schemas::topics::kafka as topics;
 
 use crate::store::StoreMemory;
 use edgesync_servicekit::config::ServiceConfig;
+use edgesync_servicekit::registry::RegistrySection;
 use serde::Deserialize;
 
 pub use edgesync_servicekit::config::ConfigError;
@@ -44,6 +45,10 @@ pub struct Config {
     /// The state store's RocksDB memory.
     #[serde(default)]
     pub store: StoreSection,
+    /// A Schema Registry: set, the events, state and dead-letter topics carry the Confluent
+    /// wire format with the ids it assigns; unset, single-object encoding.
+    #[serde(default)]
+    pub schema_registry: Option<RegistrySection>,
 }
 
 /// `[store]`: what bounds the state store's RocksDB memory (`crate::store::StoreMemory`).

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use edgesync_core::{Crdt, DeltaBatch, ReplicaId, VersionVector};
 use edgesync_protocol::{Server, ServerConfig};
-use edgesync_schemas::{Ack, DeadLetterReason, Framing, StateRecord};
+use edgesync_schemas::{Ack, DeadLetterReason, Framing, MessageKind, StateRecord};
 use edgesync_servicekit::now_ms;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
@@ -541,9 +541,8 @@ impl DeviceStage {
                 .metrics
                 .observe_skew(skew_ms, self.cfg.skew_bound_ms);
             last_skew = Some(skew_ms);
-            self.io
-                .codec
-                .encode_event_into(e, Framing::SingleObject, &mut bytes)?;
+            let framing = self.io.codec.output_framing(MessageKind::Event);
+            self.io.codec.encode_event_into(e, framing, &mut bytes)?;
             let device = replica.device.as_str().as_bytes();
             out.send(&self.cfg.events_topic, Some(p), device, &bytes, true);
             a.events += 1;

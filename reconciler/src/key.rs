@@ -14,7 +14,7 @@
 use edgesync_servicekit::crash::crash_point;
 use std::collections::{BTreeMap, HashMap};
 
-use edgesync_schemas::{DeadLetterReason, Framing, StateRecord};
+use edgesync_schemas::{DeadLetterReason, Framing, MessageKind, StateRecord};
 use edgesync_servicekit::now_ms;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -185,11 +185,14 @@ impl KeyStage {
         let mut states = HashMap::with_capacity(dirty.len());
         for (key, mut s) in dirty {
             s.emitted_at_ms = now;
+            // The store keeps the self-describing single-object form (readable whatever the
+            // registry configuration later is); the topic gets the output framing.
             let bytes = self
                 .io
                 .codec
                 .encode_state_record(&s, Framing::SingleObject)?;
-            out.send(&c.state_topic, None, key.as_bytes(), &bytes, false);
+            let output = self.io.codec.as_output(MessageKind::StateRecord, &bytes);
+            out.send(&c.state_topic, None, key.as_bytes(), &output, false);
             store.state(&key, &bytes);
             self.io.metrics.states.inc();
             states.insert(key, s);

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use axum::routing::get;
 use edgesync_protocol::ServerConfig;
-use edgesync_schemas::{Codec, Limits};
+use edgesync_schemas::{Codec, Limits, MessageKind};
 use edgesync_servicekit::kafka::{
     client_config, create_missing, durable_producer_config, existing_topics, TopicSpec,
 };
 use edgesync_servicekit::now_ms;
 use edgesync_servicekit::ops;
+use edgesync_servicekit::registry::framed;
 use prometheus_client::registry::Registry;
 use rdkafka::ClientConfig;
 use tokio::net::TcpListener;
@@ -36,6 +37,9 @@ pub enum ServiceError {
     /// The codec could not be built.
     #[error("codec: {0}")]
     Codec(#[source] edgesync_schemas::SchemaError),
+    /// The output schemas could not be published to the Schema Registry.
+    #[error(transparent)]
+    Registry(#[from] edgesync_servicekit::registry::RegistryError),
     /// The system's randomness could not be read (for a new group instance id).
     #[error("read random bits for the group instance id: {0}")]
     Random(#[source] std::io::Error),
@@ -130,6 +134,19 @@ async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), Serv
     Ok(())
 }
 
+/// The codec, framing the analytics-facing outputs with the Schema Registry's ids when one is
+/// configured.
+async fn codec(cfg: &Config) -> Result<Codec, ServiceError> {
+    let codec = Codec::new(Limits::default()).map_err(ServiceError::Codec)?;
+    let k = &cfg.kafka;
+    let outputs = vec![
+        (k.events_topic.clone(), MessageKind::Event),
+        (k.state_topic.clone(), MessageKind::StateRecord),
+        (k.dlq_topic.clone(), MessageKind::DeadLetter),
+    ];
+    Ok(framed(codec, cfg.schema_registry.clone(), outputs).await?)
+}
+
 /// What both stages share.
 struct Shared {
     codec: Arc<Codec>,
@@ -143,8 +160,12 @@ struct Shared {
 
 impl Shared {
     /// Opens the state store (off the runtime thread) and makes the producer and the rest.
-    async fn open(cfg: &Config, metrics: Arc<ReconcilerMetrics>) -> Result<Self, ServiceError> {
-        let codec = Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
+    async fn open(
+        cfg: &Config,
+        codec: Codec,
+        metrics: Arc<ReconcilerMetrics>,
+    ) -> Result<Self, ServiceError> {
+        let codec = Arc::new(codec);
         let dir = cfg.state_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
@@ -289,6 +310,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
+    // First: a registry that refuses the output schemas stops the start before anything else.
+    let codec = codec(&cfg).await?;
     let k = &cfg.kafka;
     let base = client_config(&[], &k.bootstrap_servers, &k.properties);
     if k.create_topics {
@@ -296,7 +319,7 @@ pub async fn run(
     }
     let mut registry = Registry::default();
     let metrics = Arc::new(ReconcilerMetrics::register(&mut registry));
-    let shared = Shared::open(&cfg, metrics).await?;
+    let shared = Shared::open(&cfg, codec, metrics).await?;
     let (device, keys) = stages(&cfg, &base, &shared)?;
     let stop = shutdown.child_token();
     let threads = [

@@ -467,10 +467,11 @@ impl Io {
             received_at_ms: edgesync_servicekit::now_ms(),
             payload: m.payload().unwrap_or_default().to_vec(),
         };
-        match self
-            .codec
-            .encode_dead_letter(&d, edgesync_schemas::Framing::SingleObject)
-        {
+        match self.codec.encode_dead_letter(
+            &d,
+            self.codec
+                .output_framing(edgesync_schemas::MessageKind::DeadLetter),
+        ) {
             Ok(bytes) => {
                 out.send(dlq_topic, None, m.key().unwrap_or_default(), &bytes, false);
                 self.metrics.dead(reason);

@@ -212,7 +212,8 @@ impl Batch {
     }
 
     /// A key's converged state, as `codec.encode_state_record(s, Framing::SingleObject)` gives
-    /// it (the bytes the key stage also produces to the state topic, encoded once).
+    /// it (encoded once: the key stage produces the same datum, in the output framing, to the
+    /// state topic).
     pub fn state(&mut self, key: &str, single_object: &[u8]) {
         self.wb.put(state_key(key), single_object);
     }

@@ -4,7 +4,8 @@
 //! the same for operators: configuration in three layers with unknown fields refused
 //! ([`config`]) and from the command line ([`cli`]), shutdown on SIGINT/SIGTERM through a cancellation token ([`on_signal`]),
 //! Prometheus text rendering ([`render_metrics`]) and the `/metrics` + `/healthz` endpoints
-//! ([`ops`]), MQTT TLS and credentials ([`mqtt`]) and the one HTTP client ([`http`]).
+//! ([`ops`]), MQTT TLS and credentials ([`mqtt`]), the one HTTP client ([`http`]) and the
+//! Schema Registry client the services publish their output schemas with ([`registry`]).
 
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod mqtt;
 pub mod ops;
+pub mod registry;
 
 use std::future::Future;
 use std::io::Read;
