@@ -17,6 +17,10 @@ export CONFLUENT_KAFKA_VERSION=2.16.1
 KAFKA_VERSION=$(sed -n 's|.*<kafka.version>\(.*\)</kafka.version>.*|\1|p' "$ROOT/scripts/kafka/pom.xml")
 export KAFKA_VERSION
 export EDGESYNC_KAFKA_LIBS="$EDGESYNC_HOME/kafka-$KAFKA_VERSION/libs"
+# The Schema Registry (Apicurio): the version lives in the POM setup builds it from.
+APICURIO_VERSION=$(sed -n 's|.*<apicurio.version>\(.*\)</apicurio.version>.*|\1|p' "$ROOT/scripts/schema-registry/pom.xml")
+export APICURIO_VERSION
+export EDGESYNC_SCHEMA_REGISTRY="$EDGESYNC_HOME/apicurio-registry-$APICURIO_VERSION"
 export FASTAVRO_VERSION=1.13.1
 # Draws the capacity curve (scripts/plot_capacity.py).
 export MATPLOTLIB_VERSION=3.11.2

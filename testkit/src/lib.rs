@@ -12,6 +12,8 @@
 //!   delay and throttle traffic, and counts bytes in each direction.
 //! - [`Prometheus`]: Prometheus on the project's own `deploy/prometheus/` config and alert
 //!   rules, pointed at the services under test.
+//! - [`SchemaRegistry`]: Apicurio Registry (assembled from Maven Central by `scripts/setup`)
+//!   with in-memory storage, its Confluent-compatible API on a free port.
 //! - [`Managed`]: process control for any of these and for the project's own binaries — start,
 //!   wait until really ready, `kill -9`, restart on the same data directory.
 //!
@@ -28,17 +30,20 @@ mod names;
 mod process;
 mod prometheus;
 mod proxy;
+mod registry;
 mod services;
 mod tls;
 
 pub use kafka::{partition_for, Broker, CountingDeliveries, Kafka, Record, Storage};
 pub use mosquitto::{Mosquitto, MosquittoOptions};
 pub use names::{
-    deploy, files_by_size, flip_bytes, knob, outside_python, read_outputs, tools_home, unique,
+    deploy, files_by_size, flip_bytes, knob, outside_python, read_outputs, read_outputs_from,
+    tools_home, unique,
 };
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use prometheus::{Prometheus, View as PrometheusView};
 pub use proxy::FaultProxy;
+pub use registry::SchemaRegistry;
 pub use services::{http, metric_in, workspace_binary, Service};
 pub use tls::TestPki;
 

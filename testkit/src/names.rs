@@ -67,24 +67,46 @@ where
 /// The outside reader (`tests/python/read_outputs.py`: PyPI confluent-kafka + fastavro, only
 /// the `.avsc` files) on the broker at `bootstrap`, waiting for at least `events` events, read
 /// with `isolation` (`read_committed` or `read_uncommitted`): its JSON report (`events`: seqs
-/// per device in topic order, `state`: the latest counter per key).
+/// per device in topic order, `sums`: the sum of `pressure_kpa` per device, `state`: the
+/// latest counter per key, `framings`: records per topic and framing).
 pub fn read_outputs(
     bootstrap: &str,
     events: usize,
     isolation: &str,
 ) -> Result<serde_json::Value, crate::Error> {
+    read_outputs_from(bootstrap, None, events, isolation)
+}
+
+/// [`read_outputs`], with the writer schemas from the Schema Registry at `registry` (its
+/// Confluent-compatible API) instead of the `.avsc` files when given: confluent-kafka's own
+/// `SchemaRegistryClient` and `AvroDeserializer`.
+pub fn read_outputs_from(
+    bootstrap: &str,
+    registry: Option<&str>,
+    events: usize,
+    isolation: &str,
+) -> Result<serde_json::Value, crate::Error> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = outside_python([
+    let schemas: [std::ffi::OsString; 2] = match registry {
+        Some(url) => ["--registry".into(), url.into()],
+        None => [
+            "--schemas".into(),
+            root.join("schemas/avro").into_os_string(),
+        ],
+    };
+    let mut args: Vec<std::ffi::OsString> = vec![
         root.join("tests/python/read_outputs.py").into_os_string(),
         "--bootstrap".into(),
         bootstrap.into(),
-        "--schemas".into(),
-        root.join("schemas/avro").into_os_string(),
+    ];
+    args.extend(schemas);
+    args.extend([
         "--events".into(),
         events.to_string().into(),
         "--isolation".into(),
         isolation.into(),
-    ])?;
+    ]);
+    let out = outside_python(args)?;
     serde_json::from_slice(&out).map_err(|e| crate::Error::Command {
         command: "read_outputs.py".into(),
         output: e.to_string(),

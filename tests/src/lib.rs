@@ -9,7 +9,9 @@
 //! - the converged counters in `edgesync.state` equal the reference computed from the answers;
 //! - each agent's own state digest equals its converged record's (edge and server agree);
 //! - nothing was dead-lettered;
-//! - the outside reader (PyPI's confluent-kafka and fastavro, `read_committed`) sees the same.
+//! - the outside reader (PyPI's confluent-kafka and fastavro, `read_committed`) sees the same,
+//!   from the `.avsc` files, or through the Schema Registry alone once the services use one
+//!   ([`Fleet::use_registry`]).
 //!
 //! Every event an agent takes is `+1` on `fleet/readings` and on `<device>/readings`, so the
 //! reference is a count.
@@ -24,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use edgesync_core::Crdt;
 use edgesync_schemas::topics::kafka as topics;
-use edgesync_schemas::{Codec, Limits, StateRecord};
+use edgesync_schemas::{Codec, Limits, MessageKind, StateRecord};
+use edgesync_servicekit::registry::{subject, Registry, RegistrySection};
 use edgesync_testkit::{
-    read_outputs, workspace_binary, FaultProxy, Kafka, Mosquitto, Record, Service,
+    read_outputs_from, workspace_binary, FaultProxy, Kafka, Mosquitto, Record, Service,
 };
 
 /// A built workspace binary (the suite runs after `cargo build --workspace`).
@@ -93,6 +96,8 @@ pub struct Fleet {
     answered: BTreeMap<String, BTreeSet<u64>>,
     sent: BTreeMap<String, u64>,
     codec: Codec,
+    /// The Schema Registry the services frame their outputs for, if any.
+    registry: Option<String>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -151,6 +156,38 @@ impl Fleet {
             answered: BTreeMap::new(),
             sent: BTreeMap::new(),
             codec: Codec::new(Limits::default()).unwrap(),
+            registry: None,
+        }
+    }
+
+    /// Restarts the bridge and the reconciler with `[schema_registry] url` set to `url`: from
+    /// then on their analytics-facing outputs carry the Confluent wire format, and the history
+    /// check reads them through the registry.
+    pub fn use_registry(&mut self, url: &str) {
+        for (svc, prefix) in [
+            (&mut self.reconciler, "EDGESYNC_RECONCILER__"),
+            (&mut self.bridge, "EDGESYNC_BRIDGE__"),
+        ] {
+            let var = format!("{prefix}SCHEMA_REGISTRY__URL");
+            svc.process.set_env(&var, Some(url));
+            svc.process.restart().unwrap();
+        }
+        self.registry = Some(url.to_owned());
+    }
+
+    /// Makes the fleet's codec read every schema id the registry holds for the outputs.
+    fn learn_registry_ids(&mut self) {
+        let Some(url) = &self.registry else { return };
+        let registry = Registry::new(&RegistrySection::at(url.as_str())).unwrap();
+        for (topic, kind) in [
+            (topics::EVENTS, MessageKind::Event),
+            (topics::STATE, MessageKind::StateRecord),
+        ] {
+            for v in registry.versions(&subject(topic)).unwrap() {
+                self.codec
+                    .register_confluent_writer(v.id, kind, &v.schema)
+                    .unwrap();
+            }
         }
     }
 
@@ -207,6 +244,7 @@ impl Fleet {
                 self.reconciler.process.log_tail(15)
             );
         }
+        self.learn_registry_ids();
         self.assert_events(k);
         let states = self.assert_state(k);
         self.assert_digests(&states);
@@ -291,7 +329,8 @@ impl Fleet {
 
     /// The outside reader: PyPI's confluent-kafka and fastavro with only the .avsc files.
     fn assert_outside_reader(&self, k: &Kafka) {
-        let read = read_outputs(&k.bootstrap(), self.answered(), "read_committed")
+        let registry = self.registry.as_deref();
+        let read = read_outputs_from(&k.bootstrap(), registry, self.answered(), "read_committed")
             .unwrap_or_else(|e| panic!("{e}"));
         for d in &self.devices {
             let want: Vec<u64> = self.answered[d].iter().copied().collect();

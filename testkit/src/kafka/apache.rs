@@ -38,7 +38,7 @@ pub fn libs() -> PathBuf {
     crate::names::tools_home().join(format!("kafka-{}/libs", version()))
 }
 
-fn java() -> PathBuf {
+pub(crate) fn java() -> PathBuf {
     std::env::var_os("JAVA_HOME")
         .map(|h| PathBuf::from(h).join("bin/java"))
         .filter(|p| p.exists())

@@ -9,7 +9,7 @@
 //! resumed and restarted on its own data through [`Kafka::node`]; dropping the handle kills
 //! every node and removes their directories.
 
-mod apache;
+pub(crate) mod apache;
 mod tansu;
 
 use std::net::SocketAddr;
