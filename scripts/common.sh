@@ -21,6 +21,8 @@ export EDGESYNC_KAFKA_LIBS="$EDGESYNC_HOME/kafka-$KAFKA_VERSION/libs"
 APICURIO_VERSION=$(sed -n 's|.*<apicurio.version>\(.*\)</apicurio.version>.*|\1|p' "$ROOT/scripts/schema-registry/pom.xml")
 export APICURIO_VERSION
 export EDGESYNC_SCHEMA_REGISTRY="$EDGESYNC_HOME/apicurio-registry-$APICURIO_VERSION"
+# The analytics team's tools for the tests (tests/java): console consumer, Kafka Streams app.
+export EDGESYNC_ANALYTICS="$EDGESYNC_HOME/analytics"
 export FASTAVRO_VERSION=1.13.1
 # Draws the capacity curve (scripts/plot_capacity.py).
 export MATPLOTLIB_VERSION=3.11.2

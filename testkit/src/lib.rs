@@ -13,7 +13,8 @@
 //! - [`Prometheus`]: Prometheus on the project's own `deploy/prometheus/` config and alert
 //!   rules, pointed at the services under test.
 //! - [`SchemaRegistry`]: Apicurio Registry (assembled from Maven Central by `scripts/setup`)
-//!   with in-memory storage, its Confluent-compatible API on a free port.
+//!   with in-memory storage, its Confluent-compatible API on a free port; [`analytics`]: the
+//!   analytics team's tools that read through it (kafka-console-consumer, Kafka Streams).
 //! - [`Managed`]: process control for any of these and for the project's own binaries — start,
 //!   wait until really ready, `kill -9`, restart on the same data directory.
 //!
@@ -21,6 +22,7 @@
 //! started it even when that test is killed; dropping a handle kills the process; a handle
 //! dropped while its test panics prints the tail of the process's log first.
 
+pub mod analytics;
 pub mod broker_requests;
 pub mod cpu;
 mod kafka;

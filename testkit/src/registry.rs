@@ -88,6 +88,11 @@ impl SchemaRegistry {
         format!("http://127.0.0.1:{}{CCOMPAT_PATH}", self.port)
     }
 
+    /// The base URL of its own (Apicurio v2) API, what Apicurio's serdes take.
+    pub fn apicurio_url(&self) -> String {
+        format!("http://127.0.0.1:{}/apis/registry/v2", self.port)
+    }
+
     /// Its HTTP address.
     pub fn addr(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.port).into()

@@ -115,15 +115,32 @@ impl Fleet {
     /// need in a test, and `kafka` (settings for both services' `kafka` sections, e.g. the
     /// replication factor on a cluster).
     pub fn start(k: &Kafka, prefix: &str, n: usize, kafka: &[&str]) -> Self {
+        Self::start_with(k, prefix, n, kafka, &[], None)
+    }
+
+    /// [`Fleet::start`] with more reconciler settings (`reconciler`, e.g. its exactly-once
+    /// method) and both services framing their outputs for the Schema Registry at `registry`
+    /// from the start.
+    pub fn start_with(
+        k: &Kafka,
+        prefix: &str,
+        n: usize,
+        kafka: &[&str],
+        reconciler: &[&str],
+        registry: Option<&str>,
+    ) -> Self {
         let mosquitto = Mosquitto::start().unwrap();
         let mut common = vec![format!("kafka.bootstrap_servers={}", k.bootstrap())];
         common.extend(kafka.iter().map(|s| format!("kafka.{s}")));
+        common.extend(registry.map(|url| format!("schema_registry.url={url:?}")));
         let with = |extra: &[String]| [common.clone(), extra.to_vec()].concat();
+        let mut own = vec!["state_dir=\"{dir}/state\"".to_owned()];
+        own.extend(reconciler.iter().map(|s| (*s).to_owned()));
         let reconciler = Service::start(
             binary("edgesync-reconciler"),
             None,
             "reconciler",
-            &with(&["state_dir=\"{dir}/state\"".into()]),
+            &with(&own),
         )
         .unwrap();
         let bridge = Service::start(
@@ -156,7 +173,7 @@ impl Fleet {
             answered: BTreeMap::new(),
             sent: BTreeMap::new(),
             codec: Codec::new(Limits::default()).unwrap(),
-            registry: None,
+            registry: registry.map(str::to_owned),
         }
     }
 
@@ -202,6 +219,14 @@ impl Fleet {
                 .or_default()
                 .extend(first..=last);
         }
+    }
+
+    /// The seqs each device's agent answered.
+    pub fn answered_seqs(&self, device: &str) -> Vec<u64> {
+        self.answered
+            .get(device)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// How many events the agents answered in all.

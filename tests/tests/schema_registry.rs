@@ -6,6 +6,7 @@
 //! registry refuses stops a service's start with a clear error.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use edgesync_schemas::{Codec, Limits, MessageKind};
 use edgesync_servicekit::registry::{
     frame_outputs, subject, Registry, RegistryError, RegistrySection,
 };
+use edgesync_testkit::analytics::{console_consumer, DeviceTotals};
 use edgesync_testkit::{read_outputs_from, Broker, Kafka, SchemaRegistry};
 use edgesync_tests::{binary, Fleet};
 
@@ -69,6 +71,106 @@ fn analytics_read_the_pipeline_through_the_registry_across_a_switch_of_framing()
         assert_eq!(status, 200, "{topic}: {body}");
         assert!(body.contains("\"BACKWARD\""), "{topic}: {body}");
     }
+}
+
+/// The analytics team's Java tools, reading a pipeline that used the registry from its first
+/// record, with transactions on (so the topic holds aborted records a `read_committed` reader
+/// must skip: the reconciler is killed mid-run).
+#[test]
+fn kafka_console_consumer_and_a_kafka_streams_job_read_the_events_through_the_registry() {
+    let mut k = Kafka::start_on(Broker::Apache).unwrap();
+    let registry = SchemaRegistry::start().unwrap();
+    let url = registry.url();
+    let transactions = ["exactly_once=\"transactions\""];
+    let mut f = Fleet::start_with(
+        &k,
+        "an-pump",
+        3,
+        &["partitions=4"],
+        &transactions,
+        Some(&url),
+    );
+    let totals_topic = "analytics.device-totals";
+    let streams = DeviceTotals::start(
+        &k.bootstrap(),
+        &registry,
+        topics::EVENTS,
+        totals_topic,
+        "edgesync-analytics",
+    )
+    .unwrap();
+    for round in 0..4 {
+        f.send_round(20);
+        if round == 1 {
+            f.reconciler.process.restart().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    f.assert_converged(&mut k, Duration::from_secs(180));
+    let total = f.answered();
+
+    // kafka-console-consumer, read_committed, values decoded through the registry.
+    let lines = console_consumer(
+        &k.bootstrap(),
+        topics::EVENTS,
+        &registry,
+        total,
+        "read_committed",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in &lines {
+        let (key, value) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("no key: {line}"));
+        let e: serde_json::Value =
+            serde_json::from_str(value).unwrap_or_else(|err| panic!("{err}: {value}"));
+        assert_eq!(e["device"], key, "{line}");
+        assert_eq!(e["fields"]["pressure_kpa"], 101.5, "{line}");
+        seqs.entry(key.to_owned())
+            .or_default()
+            .push(e["seq"].as_u64().unwrap());
+    }
+    for d in &f.devices {
+        assert_eq!(
+            seqs.remove(d).unwrap_or_default(),
+            f.answered_seqs(d),
+            "{d} as kafka-console-consumer sees it"
+        );
+    }
+    assert!(seqs.is_empty(), "unknown devices: {seqs:?}");
+
+    // The Kafka Streams job's totals per device: the count and sum of the reference.
+    let want: BTreeMap<String, String> = f
+        .devices
+        .iter()
+        .map(|d| {
+            let n = f.answered_seqs(d).len();
+            (d.clone(), format!("{n} {:?}", 101.5 * n as f64))
+        })
+        .collect();
+    let latest = |records: &[edgesync_testkit::Record]| -> BTreeMap<String, String> {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    r.key.clone(),
+                    String::from_utf8_lossy(&r.payload).into_owned(),
+                )
+            })
+            .collect()
+    };
+    let records = k
+        .read_topic(totals_topic, Duration::from_secs(120), |r| {
+            latest(r) == want
+        })
+        .unwrap();
+    assert_eq!(
+        latest(&records),
+        want,
+        "Kafka Streams totals\n{}",
+        streams.log_tail(30)
+    );
 }
 
 #[test]
