@@ -138,6 +138,8 @@ pub struct KafkaSection {
     pub state_topic: String,
     /// Output: watermarks for the bridge to carry back to devices.
     pub acks_topic: String,
+    /// Output: per device, the completeness ledger's lines (compacted).
+    pub completeness_topic: String,
     /// Output: records that could not be processed.
     pub dlq_topic: String,
     /// Consumer group of the device stage.
@@ -172,6 +174,7 @@ impl Default for KafkaSection {
             state_deltas_topic: topics::STATE_DELTAS.into(),
             state_topic: topics::STATE.into(),
             acks_topic: topics::ACKS.into(),
+            completeness_topic: topics::COMPLETENESS.into(),
             dlq_topic: topics::DLQ.into(),
             device_group: "edgesync-reconciler-device".into(),
             key_group: "edgesync-reconciler-key".into(),

@@ -38,7 +38,7 @@ use edgesync_servicekit::crash::crash_point;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use edgesync_core::{Crdt, DeltaBatch, ReplicaId, VersionVector};
+use edgesync_core::{Crdt, DeltaBatch, DeviceId, ReplicaId, VersionVector};
 use edgesync_protocol::{Server, ServerConfig};
 use edgesync_schemas::{Ack, DeadLetterReason, Framing, MessageKind, StateRecord};
 use edgesync_servicekit::now_ms;
@@ -65,6 +65,8 @@ pub struct DeviceConfig {
     pub state_deltas_topic: String,
     /// Output, keyed by device.
     pub acks_topic: String,
+    /// Output, keyed by device (compacted): the ledger's lines of each changed device.
+    pub completeness_topic: String,
     /// Bad records.
     pub dlq_topic: String,
     /// Records per group.
@@ -281,12 +283,13 @@ impl DeviceStage {
                 txn,
             },
         );
-        self.ledger.update(
-            owned[&p]
-                .server
-                .replicas()
-                .map(|(r, s)| (r.clone(), Entry::of(s))),
-        );
+        let replicas = &owned[&p].server;
+        self.ledger
+            .update(replicas.replicas().map(|(r, s)| (r.clone(), Entry::of(s))));
+        // A new owner states every device it took: records lost with the previous one (never
+        // awaited) are replaced.
+        let devices: BTreeSet<&DeviceId> = replicas.replicas().map(|(r, _)| &r.device).collect();
+        self.publish_completeness(devices)?;
         // The group starts at its committed offset: replay what lies between.
         tracing::info!(
             partition = p,
@@ -427,6 +430,25 @@ impl DeviceStage {
         for (r, s) in &a.skews {
             self.ledger.skew(r, *s);
         }
+        self.publish_completeness(a.touched.iter().map(|(_, r)| &r.device).collect())
+    }
+
+    /// Enqueues the completeness records of `devices`, as the ledger has them now. Not awaited
+    /// (like acks): a lost record is replaced by the device's next change, or by the next
+    /// owner of its partition, which publishes all of them; compaction keeps the latest.
+    fn publish_completeness(&self, devices: BTreeSet<&DeviceId>) -> Result<(), Error> {
+        let now = now_ms();
+        let failed = self.io.metrics.completeness_failed.clone();
+        let mut out = Out::detached(&self.io.producer, "completeness", failed);
+        let framing = self.io.codec.output_framing(MessageKind::Completeness);
+        for d in devices {
+            if let Some(rec) = self.ledger.record(d, now) {
+                let bytes = self.io.codec.encode_completeness(&rec, framing)?;
+                let topic = &self.cfg.completeness_topic;
+                out.send(topic, None, d.as_str().as_bytes(), &bytes, false);
+            }
+        }
+        out.flush();
         Ok(())
     }
 

@@ -1,12 +1,15 @@
 //! The completeness ledger: per replica the watermark, the exact missing ranges and the age
-//! of the current gap, kept up to date by the device stage and read by `/v1/status` and the
-//! metrics. Per-device detail lives here, never in metric labels.
+//! of the current gap, kept up to date by the device stage and read by `/v1/status`, the
+//! metrics and the `edgesync.completeness` topic ([`Ledger::record`], one record per device
+//! with a line per incarnation). Per-device detail lives here, never in metric labels.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
+use edgesync_core::id::{DeviceId, Incarnation};
 use edgesync_core::{ReplicaId, SeqRange};
 use edgesync_protocol::ReplicaState;
+use edgesync_schemas::{Completeness, ReplicaCompleteness};
 use serde_json::json;
 
 /// One replica's line.
@@ -47,20 +50,16 @@ impl Entry {
         }
     }
 
-    /// Seen / highest seen (1.0 without gaps).
+    /// Seen / highest seen (1.0 without gaps), as the completeness topic states it.
     pub fn completeness(&self) -> f64 {
-        if self.max_seen == 0 {
-            return 1.0;
-        }
-        let missing: u64 = self.missing.iter().map(SeqRange::len).sum();
-        (self.max_seen - missing) as f64 / self.max_seen as f64
+        ReplicaCompleteness::ratio(self.max_seen, &self.missing)
     }
 }
 
-/// The ledger of the replicas this process owns.
+/// The ledger of the replicas this process owns, by device and incarnation.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    entries: Mutex<HashMap<ReplicaId, Entry>>,
+    entries: Mutex<HashMap<DeviceId, BTreeMap<Incarnation, Entry>>>,
     /// Devices whose clock is off by more than this are flagged.
     skew_bound_ms: u64,
 }
@@ -74,20 +73,28 @@ impl Ledger {
         }
     }
 
+    fn entries(&self) -> MutexGuard<'_, HashMap<DeviceId, BTreeMap<Incarnation, Entry>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records the current lines of some replicas ([`Entry::of`] their states), keeping each
     /// one's last clock skew.
     pub fn update(&self, lines: impl IntoIterator<Item = (ReplicaId, Entry)>) {
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.entries();
         for (r, mut entry) in lines {
-            entry.clock_skew_ms = e.get(&r).and_then(|x| x.clock_skew_ms);
-            e.insert(r, entry);
+            let device = e.entry(r.device).or_default();
+            entry.clock_skew_ms = device.get(&r.incarnation).and_then(|x| x.clock_skew_ms);
+            device.insert(r.incarnation, entry);
         }
     }
 
     /// Records a replica's latest clock skew (receive time minus event HLC).
     pub fn skew(&self, replica: &ReplicaId, skew_ms: i64) {
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(x) = e.get_mut(replica) {
+        let mut e = self.entries();
+        if let Some(x) = e
+            .get_mut(&replica.device)
+            .and_then(|d| d.get_mut(&replica.incarnation))
+        {
             x.clock_skew_ms = Some(skew_ms);
         }
     }
@@ -99,16 +106,57 @@ impl Ledger {
 
     /// Forgets replicas (their partition moved to another process).
     pub fn forget<'a>(&self, replicas: impl IntoIterator<Item = &'a ReplicaId>) {
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.entries();
         for r in replicas {
-            e.remove(r);
+            if let Some(d) = e.get_mut(&r.device) {
+                d.remove(&r.incarnation);
+                if d.is_empty() {
+                    e.remove(&r.device);
+                }
+            }
         }
     }
 
     /// A copy of every entry.
     pub fn snapshot(&self) -> Vec<(ReplicaId, Entry)> {
-        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        e.iter().map(|(r, x)| (r.clone(), x.clone())).collect()
+        let e = self.entries();
+        e.iter()
+            .flat_map(|(d, lines)| {
+                lines
+                    .iter()
+                    .map(|(i, x)| (ReplicaId::new(d.clone(), *i), x.clone()))
+            })
+            .collect()
+    }
+
+    /// `device`'s record for the completeness topic, as of `now_ms`: a line per incarnation
+    /// the ledger holds (`None` when it holds none).
+    pub fn record(&self, device: &DeviceId, now_ms: u64) -> Option<Completeness> {
+        let e = self.entries();
+        let replicas = e
+            .get(device)?
+            .iter()
+            .map(|(incarnation, x)| ReplicaCompleteness {
+                incarnation: *incarnation,
+                watermark: x.watermark,
+                max_seen: x.max_seen,
+                missing: x.missing.clone(),
+                gap_since_ms: x.gap_since_ms,
+                pending: x.pending as u64,
+                dropped: x
+                    .dropped_by_reason
+                    .iter()
+                    .map(|(r, n)| ((*r).to_owned(), *n))
+                    .collect(),
+                clock_skew_ms: x.clock_skew_ms,
+                clock_skewed: self.flagged(x.clock_skew_ms),
+            })
+            .collect();
+        Some(Completeness {
+            device: device.clone(),
+            replicas,
+            emitted_at_ms: now_ms,
+        })
     }
 
     /// The status document: replicas with gaps first, least complete first.

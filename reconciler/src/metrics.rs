@@ -49,6 +49,10 @@ edgesync_servicekit::metric_set! {
         /// Acknowledgements whose delivery failed (the agent sends again and is acknowledged then).
         acks_failed: Counter = Counter::default(),
             "acks_failed", "Acknowledgements whose delivery failed";
+        /// Completeness records whose delivery failed (the device's next change, or the next
+        /// owner of its partition, publishes it again).
+        completeness_failed: Counter = Counter::default(),
+            "completeness_failed", "Completeness records whose delivery failed";
         /// Deltas joined into the state store.
         merges: Counter = Counter::default(), "merges", "Deltas joined into the state store";
         /// Converged states emitted.

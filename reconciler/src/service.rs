@@ -126,6 +126,7 @@ async fn create_topics(base: &ClientConfig, k: &KafkaSection) -> Result<(), Serv
         spec(&k.state_deltas_topic, vec![]),
         spec(&k.state_topic, vec![("cleanup.policy", "compact")]),
         spec(&k.acks_topic, vec![]),
+        spec(&k.completeness_topic, vec![("cleanup.policy", "compact")]),
         spec(&k.dlq_topic, vec![]),
     ];
     create_missing(base, &specs, &existing)
@@ -143,6 +144,7 @@ async fn codec(cfg: &Config) -> Result<Codec, ServiceError> {
         (k.events_topic.clone(), MessageKind::Event),
         (k.state_topic.clone(), MessageKind::StateRecord),
         (k.dlq_topic.clone(), MessageKind::DeadLetter),
+        (k.completeness_topic.clone(), MessageKind::Completeness),
     ];
     Ok(framed(codec, cfg.schema_registry.clone(), outputs).await?)
 }
@@ -227,6 +229,7 @@ fn stages(
             events_topic: k.events_topic.clone(),
             state_deltas_topic: k.state_deltas_topic.clone(),
             acks_topic: k.acks_topic.clone(),
+            completeness_topic: k.completeness_topic.clone(),
             dlq_topic: k.dlq_topic.clone(),
             max_group: cfg.max_group_records,
             server: ServerConfig {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use edgesync_core::crdt::GCounter;
 use edgesync_core::{
-    Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, Value,
+    Crdt, DeltaBatch, DeviceId, Dot, Event, EventLimits, Hlc, Incarnation, ReplicaId, SeqRange,
+    Value,
 };
 use edgesync_schemas::{Codec, DeadLetterReason, Limits};
 use edgesync_testkit::{on_both_brokers, read_outputs, Broker, Kafka, Record, Service};
@@ -325,6 +326,21 @@ fn the_ledger_shows_a_gap_with_its_exact_missing_range_until_it_is_filled() {
         metrics.contains("edgesync_reconciler_replicas_clock_skew_flagged 1"),
         "{metrics}"
     );
+    // The same line on the compacted completeness topic, keyed by device.
+    let latest = |recs: &[Record]| {
+        recs.iter()
+            .rev()
+            .find(|r| r.key == "pump-gap")
+            .map(|r| codec.decode_completeness(&r.payload).unwrap())
+    };
+    let recs = read(&k, "edgesync.completeness", Duration::from_secs(30), |r| {
+        latest(r).is_some_and(|c| c.replicas[0].max_seen == 40)
+    });
+    let line = &latest(&recs).unwrap().replicas[0];
+    assert_eq!((line.watermark, line.pending), (10, 20), "{line:?}");
+    assert_eq!(line.missing, vec![SeqRange::new(11, 20).unwrap()]);
+    assert!(line.gap_since_ms.is_some() && line.clock_skewed, "{line:?}");
+    assert_eq!(line.completeness(), 0.75);
     // Only 1..=10 are released so far.
     let early = read(&k, "edgesync.events", Duration::from_secs(5), |r| {
         r.len() > 10
@@ -341,6 +357,14 @@ fn the_ledger_shows_a_gap_with_its_exact_missing_range_until_it_is_filled() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(status(&r)["devices"][0]["watermark"], 40);
+    let recs = read(&k, "edgesync.completeness", Duration::from_secs(30), |r| {
+        latest(r).is_some_and(|c| c.replicas[0].watermark == 40)
+    });
+    let line = &latest(&recs).unwrap().replicas[0];
+    assert!(
+        line.missing.is_empty() && line.gap_since_ms.is_none(),
+        "{line:?}"
+    );
 }
 
 #[test]

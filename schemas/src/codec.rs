@@ -12,7 +12,7 @@ use edgesync_core::{DeltaBatch, Dot, Event, EventLimits, ReplicaId};
 
 use crate::convert;
 use crate::error::{DecodeError, EncodeError};
-use crate::records::{Ack, DeadLetter, StateRecord, DEAD_LETTER_MAX_PAYLOAD};
+use crate::records::{Ack, Completeness, DeadLetter, StateRecord, DEAD_LETTER_MAX_PAYLOAD};
 use crate::value::{long_u64, Rec};
 use crate::{MessageKind, SchemaError};
 
@@ -868,6 +868,20 @@ impl Codec {
     /// Decodes a dead letter.
     pub fn decode_dead_letter(&self, bytes: &[u8]) -> Result<DeadLetter, DecodeError> {
         DeadLetter::from_avro(self.decode_framed(MessageKind::DeadLetter, bytes)?)
+    }
+
+    /// Encodes a device's completeness record.
+    pub fn encode_completeness(
+        &self,
+        c: &Completeness,
+        framing: Framing,
+    ) -> Result<Vec<u8>, EncodeError> {
+        self.encode_framed(MessageKind::Completeness, &c.to_avro(), framing)
+    }
+
+    /// Decodes a completeness record.
+    pub fn decode_completeness(&self, bytes: &[u8]) -> Result<Completeness, DecodeError> {
+        Completeness::from_avro(self.decode_framed(MessageKind::Completeness, bytes)?)
     }
 }
 

@@ -11,6 +11,7 @@
 //! | [`edgesync_core::Event`] | `event.avsc` | single-object or Confluent | Kafka `edgesync.events` |
 //! | [`StateRecord`] | `state_record.avsc` | single-object or Confluent | Kafka `edgesync.state` (compacted) |
 //! | [`DeadLetter`] | `dead_letter.avsc` | single-object or Confluent | Kafka `edgesync.dlq` |
+//! | [`Completeness`] | `completeness.avsc` | single-object or Confluent | Kafka `edgesync.completeness` (compacted) |
 //! | [`edgesync_core::Crdt`] | `crdt_state.avsc` | raw datum, nested as `bytes` | inside batches and state records |
 //! | an event and its deltas | `spool_record.avsc` | single-object | an edge agent's spool (RocksDB) |
 //!
@@ -48,7 +49,10 @@ pub use codec::{
     SINGLE_OBJECT_MAGIC,
 };
 pub use error::{DecodeError, EncodeError};
-pub use records::{Ack, DeadLetter, DeadLetterReason, StateRecord, DEAD_LETTER_MAX_PAYLOAD};
+pub use records::{
+    Ack, Completeness, DeadLetter, DeadLetterReason, ReplicaCompleteness, StateRecord,
+    DEAD_LETTER_MAX_PAYLOAD,
+};
 
 /// The message kinds, one schema each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,11 +71,13 @@ pub enum MessageKind {
     CrdtState,
     /// `spool_record.avsc`
     SpoolRecord,
+    /// `completeness.avsc`
+    Completeness,
 }
 
 impl MessageKind {
     /// Every kind.
-    pub const ALL: [MessageKind; 7] = [
+    pub const ALL: [MessageKind; 8] = [
         MessageKind::Event,
         MessageKind::DeltaBatch,
         MessageKind::Ack,
@@ -79,6 +85,7 @@ impl MessageKind {
         MessageKind::DeadLetter,
         MessageKind::CrdtState,
         MessageKind::SpoolRecord,
+        MessageKind::Completeness,
     ];
 
     /// Position in [`MessageKind::ALL`].
@@ -96,6 +103,7 @@ impl MessageKind {
             MessageKind::DeadLetter => include_str!("../avro/dead_letter.avsc"),
             MessageKind::CrdtState => include_str!("../avro/crdt_state.avsc"),
             MessageKind::SpoolRecord => include_str!("../avro/spool_record.avsc"),
+            MessageKind::Completeness => include_str!("../avro/completeness.avsc"),
         }
     }
 
@@ -109,6 +117,7 @@ impl MessageKind {
             MessageKind::DeadLetter => "dead_letter.avsc",
             MessageKind::CrdtState => "crdt_state.avsc",
             MessageKind::SpoolRecord => "spool_record.avsc",
+            MessageKind::Completeness => "completeness.avsc",
         }
     }
 }

@@ -1,8 +1,11 @@
-//! The non-batch wire records: acks, converged state records, dead letters.
+//! The non-batch wire records: acks, converged state records, dead letters, completeness.
+
+use std::collections::BTreeMap;
 
 use apache_avro::types::Value as Avro;
 use edgesync_core::crdt::Crdt;
-use edgesync_core::{ReplicaId, StateDigest, Value, VersionVector};
+use edgesync_core::id::{DeviceId, Incarnation};
+use edgesync_core::{ReplicaId, SeqRange, StateDigest, Value, VersionVector};
 
 use crate::convert::vv_to_avro;
 use crate::error::DecodeError;
@@ -261,6 +264,167 @@ impl DeadLetter {
             device,
             received_at_ms: r.unsigned("received_at_ms")?,
             payload: r.bytes("payload")?,
+        })
+    }
+}
+
+/// How complete one device's data is at the server (`completeness.avsc`): per replica of the
+/// device, its line of the reconciler's completeness ledger.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Completeness {
+    /// The device (also the Kafka key).
+    pub device: DeviceId,
+    /// Its replicas, by incarnation.
+    pub replicas: Vec<ReplicaCompleteness>,
+    /// When it was emitted.
+    pub emitted_at_ms: u64,
+}
+
+/// One replica's line in a [`Completeness`] record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaCompleteness {
+    /// The spool incarnation.
+    pub incarnation: Incarnation,
+    /// Every seq in `1..=watermark` arrived or was dropped at the edge.
+    pub watermark: u64,
+    /// Highest seq that arrived.
+    pub max_seen: u64,
+    /// The seqs below `max_seen` that have not arrived.
+    pub missing: Vec<SeqRange>,
+    /// When the current gap opened (server clock).
+    pub gap_since_ms: Option<u64>,
+    /// Events held back above the gap.
+    pub pending: u64,
+    /// Seqs dropped at the edge, by reason symbol (`QUOTA`, `AGE`, `CORRUPT`, `OTHER`).
+    pub dropped: BTreeMap<String, u64>,
+    /// Receive time minus the HLC of the latest released event.
+    pub clock_skew_ms: Option<i64>,
+    /// `clock_skew_ms` is beyond the reconciler's bound.
+    pub clock_skewed: bool,
+}
+
+impl ReplicaCompleteness {
+    /// The fraction of `1..=max_seen` that arrived (1.0 without gaps).
+    pub fn completeness(&self) -> f64 {
+        Self::ratio(self.max_seen, &self.missing)
+    }
+
+    /// The fraction of `1..=max_seen` that arrived when `missing` did not.
+    pub fn ratio(max_seen: u64, missing: &[SeqRange]) -> f64 {
+        if max_seen == 0 {
+            return 1.0;
+        }
+        let missing: u64 = missing.iter().map(SeqRange::len).sum();
+        max_seen.saturating_sub(missing) as f64 / max_seen as f64
+    }
+
+    fn to_avro(&self, emitted_at_ms: u64) -> Avro {
+        let opt_long = |v: Option<i64>| match v {
+            None => Avro::Union(0, Box::new(Avro::Null)),
+            Some(x) => Avro::Union(1, Box::new(Avro::Long(x))),
+        };
+        let missing = self
+            .missing
+            .iter()
+            .map(|m| {
+                record(vec![
+                    ("first", long_u64(m.start)),
+                    ("last", long_u64(m.end)),
+                ])
+            })
+            .collect();
+        let dropped = self
+            .dropped
+            .iter()
+            .map(|(r, n)| (r.clone(), long_u64(*n)))
+            .collect();
+        record(vec![
+            ("incarnation", long_u64(self.incarnation.get())),
+            ("watermark", long_u64(self.watermark)),
+            ("max_seen", long_u64(self.max_seen)),
+            ("missing", Avro::Array(missing)),
+            (
+                "gap_since_ms",
+                opt_long(self.gap_since_ms.map(crate::value::clamp_u64)),
+            ),
+            (
+                "gap_age_ms",
+                opt_long(
+                    self.gap_since_ms
+                        .map(|g| crate::value::clamp_u64(emitted_at_ms.saturating_sub(g))),
+                ),
+            ),
+            ("pending", long_u64(self.pending)),
+            ("dropped", Avro::Map(dropped)),
+            ("clock_skew_ms", opt_long(self.clock_skew_ms)),
+            ("clock_skewed", Avro::Boolean(self.clock_skewed)),
+            ("completeness", Avro::Double(self.completeness())),
+        ])
+    }
+
+    fn from_avro(v: Avro) -> Result<Self, DecodeError> {
+        let mut r = Rec::new("ReplicaCompleteness", v)?;
+        let missing = r
+            .array("missing")?
+            .into_iter()
+            .map(|m| {
+                let mut m = Rec::new("MissingRange", m)?;
+                let (first, last) = (m.seq("first")?, m.seq("last")?);
+                SeqRange::new(first, last).ok_or(DecodeError::Shape {
+                    field: "missing",
+                    expected: "ranges with first <= last",
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let dropped = r
+            .map("dropped")?
+            .into_iter()
+            .map(|(k, v)| match v {
+                Avro::Long(n) if n >= 0 => Ok((k, n as u64)),
+                _ => Err(DecodeError::Shape {
+                    field: "dropped",
+                    expected: "counts >= 0",
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            incarnation: r.incarnation()?,
+            watermark: r.unsigned("watermark")?,
+            max_seen: r.unsigned("max_seen")?,
+            missing,
+            gap_since_ms: r.opt_long("gap_since_ms")?.map(|g| g.max(0) as u64),
+            pending: r.unsigned("pending")?,
+            dropped,
+            clock_skew_ms: r.opt_long("clock_skew_ms")?,
+            clock_skewed: r.boolean("clock_skewed")?,
+        })
+    }
+}
+
+impl Completeness {
+    pub(crate) fn to_avro(&self) -> Avro {
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|r| r.to_avro(self.emitted_at_ms))
+            .collect();
+        record(vec![
+            ("device", Avro::String(self.device.as_str().to_owned())),
+            ("replicas", Avro::Array(replicas)),
+            ("emitted_at_ms", long_u64(self.emitted_at_ms)),
+        ])
+    }
+
+    pub(crate) fn from_avro(v: Avro) -> Result<Self, DecodeError> {
+        let mut r = Rec::new("Completeness", v)?;
+        Ok(Self {
+            device: r.device()?,
+            replicas: r
+                .array("replicas")?
+                .into_iter()
+                .map(ReplicaCompleteness::from_avro)
+                .collect::<Result<_, _>>()?,
+            emitted_at_ms: r.unsigned("emitted_at_ms")?,
         })
     }
 }

@@ -73,6 +73,8 @@ pub mod kafka {
     pub const ACKS: &str = "edgesync.acks";
     /// Dead letters with their reason (bridge, reconciler → operators).
     pub const DLQ: &str = "edgesync.dlq";
+    /// Per device, the completeness ledger's lines, compacted (reconciler → analytics).
+    pub const COMPLETENESS: &str = "edgesync.completeness";
 }
 
 #[cfg(test)]

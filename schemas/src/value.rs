@@ -168,6 +168,34 @@ impl Rec {
         }
     }
 
+    pub(crate) fn boolean(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.take(field)? {
+            Avro::Boolean(v) => Ok(v),
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "boolean",
+            }),
+        }
+    }
+
+    /// A `["null", long]` union (the long may carry a logical type).
+    pub(crate) fn opt_long(&mut self, field: &'static str) -> Result<Option<i64>, DecodeError> {
+        match self.take(field)? {
+            Avro::Union(_, inner) => match *inner {
+                Avro::Null => Ok(None),
+                Avro::Long(v) | Avro::TimestampMillis(v) => Ok(Some(v)),
+                _ => Err(DecodeError::Shape {
+                    field,
+                    expected: "null or long",
+                }),
+            },
+            _ => Err(DecodeError::Shape {
+                field,
+                expected: "union",
+            }),
+        }
+    }
+
     /// The symbol of an enum field.
     pub(crate) fn symbol(&mut self, field: &'static str) -> Result<String, DecodeError> {
         match self.take(field)? {

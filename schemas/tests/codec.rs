@@ -375,6 +375,7 @@ fn the_analytics_schemas_fingerprints_are_pinned() {
         (MessageKind::StateRecord, "9b29f443a43012b4"),
         (MessageKind::DeadLetter, "7bb71f13148b1b94"),
         (MessageKind::Ack, "780deb49904e0978"),
+        (MessageKind::Completeness, "6ec1e6e9a45faef9"),
     ] {
         let got: String = c
             .fingerprint(kind)
@@ -384,6 +385,56 @@ fn the_analytics_schemas_fingerprints_are_pinned() {
             .collect();
         assert_eq!(got, hex, "{kind:?}");
     }
+}
+
+#[test]
+fn a_completeness_record_round_trips_with_its_derived_fields() {
+    use edgesync_schemas::{Completeness, ReplicaCompleteness};
+    let c = codec();
+    let line = |inc: u64, missing: Vec<SeqRange>, gap: Option<u64>| ReplicaCompleteness {
+        incarnation: edgesync_core::id::Incarnation::new(inc).unwrap(),
+        watermark: 4,
+        max_seen: 10,
+        missing,
+        gap_since_ms: gap,
+        pending: 3,
+        dropped: BTreeMap::from([("QUOTA".to_owned(), 2)]),
+        clock_skew_ms: Some(-1_500),
+        clock_skewed: false,
+    };
+    let rec = Completeness {
+        device: edgesync_core::DeviceId::new("pump-7").unwrap(),
+        replicas: vec![
+            line(
+                1,
+                vec![SeqRange::new(5, 6).unwrap(), SeqRange::new(9, 9).unwrap()],
+                Some(1_000),
+            ),
+            line(2, vec![], None),
+        ],
+        emitted_at_ms: 61_000,
+    };
+    assert_eq!(rec.replicas[0].completeness(), 0.7);
+    for framing in [Framing::SingleObject, Framing::Confluent { schema_id: 3 }] {
+        let mut c = codec();
+        c.register_confluent_id(3, MessageKind::Completeness);
+        let bytes = c.encode_completeness(&rec, framing).unwrap();
+        assert_eq!(c.decode_completeness(&bytes).unwrap(), rec);
+    }
+    // What a reader without this crate sees: the derived gap age and completeness.
+    let bytes = c.encode_completeness(&rec, Framing::SingleObject).unwrap();
+    let schema = apache_avro::Schema::parse_str(MessageKind::Completeness.avsc()).unwrap();
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .unwrap()
+        .read_value(&mut &bytes[10..])
+        .unwrap();
+    let text = format!("{value:?}");
+    assert!(
+        text.contains("(\"gap_age_ms\", Union(1, Long(60000)))"),
+        "{text}"
+    );
+    assert!(text.contains("(\"completeness\", Double(0.7))"), "{text}");
 }
 
 #[test]

@@ -74,17 +74,19 @@ pub fn read_outputs(
     events: usize,
     isolation: &str,
 ) -> Result<serde_json::Value, crate::Error> {
-    read_outputs_from(bootstrap, None, events, isolation)
+    read_outputs_from(bootstrap, None, events, isolation, false)
 }
 
 /// [`read_outputs`], with the writer schemas from the Schema Registry at `registry` (its
 /// Confluent-compatible API) instead of the `.avsc` files when given: confluent-kafka's own
-/// `SchemaRegistryClient` and `AvroDeserializer`.
+/// `SchemaRegistryClient` and `AvroDeserializer`; with `completeness`, also the latest
+/// completeness record per device (`completeness`: device → a line per incarnation).
 pub fn read_outputs_from(
     bootstrap: &str,
     registry: Option<&str>,
     events: usize,
     isolation: &str,
+    completeness: bool,
 ) -> Result<serde_json::Value, crate::Error> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let schemas: [std::ffi::OsString; 2] = match registry {
@@ -106,6 +108,9 @@ pub fn read_outputs_from(
         "--isolation".into(),
         isolation.into(),
     ]);
+    if completeness {
+        args.push("--completeness".into());
+    }
     let out = outside_python(args)?;
     serde_json::from_slice(&out).map_err(|e| crate::Error::Command {
         command: "read_outputs.py".into(),

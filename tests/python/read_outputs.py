@@ -17,10 +17,12 @@ Only PyPI's confluent-kafka and fastavro: no edgesync code. Two ways, as a team 
 
 Prints one JSON document: per device the seqs found in the events topic (topic order), per
 device the sum of each event's numeric `pressure_kpa` field, per key the latest converged
-counter value in the state topic, and how many records came in each framing.
+counter value in the state topic, how many records came in each framing, and with
+--completeness per device the latest record of the compacted completeness topic (a line per
+incarnation).
 
     read_outputs.py --bootstrap 127.0.0.1:9092 (--schemas schemas/avro | --registry URL)
-        --events N [--isolation read_committed|read_uncommitted]
+        --events N [--isolation read_committed|read_uncommitted] [--completeness]
 
 read_committed (the default, as for Kafka's own clients) skips records of aborted
 transactions, which the reconciler's exactly_once = "transactions" relies on.
@@ -131,6 +133,7 @@ def main():
     ap.add_argument("--events", type=int, required=True, help="events expected at least")
     ap.add_argument("--isolation", default="read_committed",
                     choices=["read_committed", "read_uncommitted"])
+    ap.add_argument("--completeness", action="store_true")
     args = ap.parse_args()
     schemas = RegistrySchemas(args.registry) if args.registry else FileSchemas(args.schemas)
     framings = {}
@@ -157,8 +160,23 @@ def main():
     for s in decoded("edgesync.state", "state_record.avsc", raw):
         if s["kind"] in ("G_COUNTER", "PN_COUNTER"):
             state[s["key"]] = s["counter"]
-    print(json.dumps({"events": events, "sums": sums, "state": state, "framings": framings},
-                     sort_keys=True))
+    report = {"events": events, "sums": sums, "state": state, "framings": framings}
+    if args.completeness:
+        report["completeness"] = {}
+        raw = read_all(args.bootstrap, "edgesync.completeness", lambda r: len(r) > 0,
+                       args.isolation)
+        for c in decoded("edgesync.completeness", "completeness.avsc", raw):
+            report["completeness"][c["device"]] = [{
+                "incarnation": r["incarnation"],
+                "watermark": r["watermark"],
+                "max_seen": r["max_seen"],
+                "missing": [[m["first"], m["last"]] for m in r["missing"]],
+                "pending": r["pending"],
+                "gap_age_ms": r["gap_age_ms"],
+                "dropped": r["dropped"],
+                "completeness": r["completeness"],
+            } for r in c["replicas"]]
+    print(json.dumps(report, sort_keys=True))
 
 
 if __name__ == "__main__":

@@ -352,18 +352,35 @@ impl Fleet {
         }
     }
 
-    /// The outside reader: PyPI's confluent-kafka and fastavro with only the .avsc files.
+    /// The outside reader: PyPI's confluent-kafka and fastavro, with the .avsc files or the
+    /// registry. Also every device's completeness record: no gap, nothing held back, and the
+    /// watermark at the last answered seq.
     fn assert_outside_reader(&self, k: &Kafka) {
         let registry = self.registry.as_deref();
-        let read = read_outputs_from(&k.bootstrap(), registry, self.answered(), "read_committed")
+        let total = self.answered();
+        let read = read_outputs_from(&k.bootstrap(), registry, total, "read_committed", true)
             .unwrap_or_else(|e| panic!("{e}"));
         for d in &self.devices {
-            let want: Vec<u64> = self.answered[d].iter().copied().collect();
+            let want = self.answered_seqs(d);
             assert_eq!(
                 read["events"][d],
                 serde_json::json!(want),
                 "{d} as the outside reader sees it"
             );
+            let lines = read["completeness"][d]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let top = lines.iter().filter_map(|l| l["watermark"].as_u64()).max();
+            assert_eq!(top, want.last().copied(), "{d}'s completeness: {lines:?}");
+            for l in &lines {
+                assert_eq!(l["missing"], serde_json::json!([]), "{d}: {l}");
+                assert_eq!(
+                    (l["pending"].as_u64(), l["completeness"].as_f64()),
+                    (Some(0), Some(1.0)),
+                    "{d}: {l}"
+                );
+            }
         }
         for (key, value) in &self.reference() {
             assert_eq!(

@@ -55,8 +55,14 @@ fn analytics_read_the_pipeline_through_the_registry_across_a_switch_of_framing()
     // The whole history, read by the outside reader through the registry alone.
     f.assert_converged(&mut k, Duration::from_secs(180));
 
-    let read = read_outputs_from(&k.bootstrap(), Some(&registry.url()), 240, "read_committed")
-        .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", registry.log_tail(30)));
+    let read = read_outputs_from(
+        &k.bootstrap(),
+        Some(&registry.url()),
+        240,
+        "read_committed",
+        false,
+    )
+    .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", registry.log_tail(30)));
     let framings = &read["framings"];
     assert!(framings[topics::EVENTS]["single-object"].as_u64().unwrap() >= 30);
     assert!(framings[topics::EVENTS]["confluent"].as_u64().unwrap() > 0);
