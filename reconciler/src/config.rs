@@ -253,5 +253,13 @@ mod tests {
         assert!(e.to_string().contains("max_write_buffers"), "{e}");
         let c = Config::load(None, [], &["store.block_cache_bytes=8388608".into()]).unwrap();
         assert_eq!(c.store.memory().block_cache_bytes, 8 << 20);
+        assert!(c.schema_registry.is_none());
+        let url = "schema_registry.url=\"http://registry:8081\"".to_owned();
+        let c = Config::load(None, [], &[url.clone()]).unwrap();
+        let r = c.schema_registry.unwrap();
+        assert_eq!((r.compatibility.as_str(), r.timeout_ms), ("BACKWARD", 10_000));
+        let typo = "schema_registry.ca_fle=\"x\"".to_owned();
+        let e = Config::load(None, [], &[url, typo]).unwrap_err();
+        assert!(e.to_string().contains("ca_fle"), "{e}");
     }
 }
