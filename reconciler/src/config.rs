@@ -257,7 +257,10 @@ mod tests {
         let url = "schema_registry.url=\"http://registry:8081\"".to_owned();
         let c = Config::load(None, [], &[url.clone()]).unwrap();
         let r = c.schema_registry.unwrap();
-        assert_eq!((r.compatibility.as_str(), r.timeout_ms), ("BACKWARD", 10_000));
+        assert_eq!(
+            (r.compatibility.as_str(), r.timeout_ms),
+            ("BACKWARD", 10_000)
+        );
         let typo = "schema_registry.ca_fle=\"x\"".to_owned();
         let e = Config::load(None, [], &[url, typo]).unwrap_err();
         assert!(e.to_string().contains("ca_fle"), "{e}");
