@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(c.store.memory().block_cache_bytes, 8 << 20);
         assert!(c.schema_registry.is_none());
         let url = "schema_registry.url=\"http://registry:8081\"".to_owned();
-        let c = Config::load(None, [], &[url.clone()]).unwrap();
+        let c = Config::load(None, [], std::slice::from_ref(&url)).unwrap();
         let r = c.schema_registry.unwrap();
         assert_eq!(
             (r.compatibility.as_str(), r.timeout_ms),
