@@ -362,7 +362,9 @@ fn tls(s: &RegistrySection) -> Result<ureq::tls::TlsConfig, RegistryError> {
             detail: e.to_string(),
         }
     };
-    let mut b = TlsConfig::builder();
+    // The provider rumqttc's TLS uses too (the workspace compiles rustls with it alone).
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut b = TlsConfig::builder().unversioned_rustls_crypto_provider(provider);
     if let Some((path, text)) = s.ca_file.as_ref().map(pem).transpose()? {
         let certs = certificates(&text).map_err(bad(path))?;
         b = b.root_certs(RootCerts::new_with_certs(&certs));
@@ -439,4 +441,78 @@ pub async fn framed(
     })
     .await
     .map_err(|e| RegistryError::Interrupted(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+
+    /// One HTTP exchange on a local socket: the request's head, answered with `status`.
+    fn serve_once(status: u16) -> (String, std::thread::JoinHandle<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut head = String::new();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let body = r#"{"message":"refused","error_code":50001}"#;
+            let answer = format!(
+                "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).unwrap();
+            head
+        });
+        (url, t)
+    }
+
+    #[test]
+    fn credentials_go_as_basic_auth_with_the_password_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let (url, head) = serve_once(500);
+        let mut s = RegistrySection::at(url);
+        s.username = Some("edgesync".into());
+        s.password_file = Some(password);
+        let e = Registry::new(&s)
+            .unwrap()
+            .versions("edgesync.events-value")
+            .unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Refused { status: 500, .. }),
+            "{e}"
+        );
+        let head = head.join().unwrap().to_ascii_lowercase();
+        // base64("edgesync:s3cret")
+        assert!(
+            head.contains("authorization: basic zwrnzxn5bmm6cznjcmv0\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.starts_with("get /subjects/edgesync.events-value/versions "),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn half_a_pair_is_refused() {
+        let mut s = RegistrySection::at("http://127.0.0.1:1");
+        s.password_file = Some("/nonexistent".into());
+        assert!(matches!(Registry::new(&s), Err(RegistryError::Config(_))));
+        let mut s = RegistrySection::at("http://127.0.0.1:1");
+        s.client_cert_file = Some("/nonexistent".into());
+        assert!(matches!(Registry::new(&s), Err(RegistryError::Config(_))));
+    }
 }

@@ -16,7 +16,7 @@ use edgesync_servicekit::registry::{
     frame_outputs, subject, Registry, RegistryError, RegistrySection,
 };
 use edgesync_testkit::analytics::{console_consumer, DeviceTotals};
-use edgesync_testkit::{read_outputs_from, Broker, Kafka, SchemaRegistry};
+use edgesync_testkit::{read_outputs_from, Broker, Kafka, SchemaRegistry, TestPki};
 use edgesync_tests::{binary, Fleet};
 
 /// The events schema with its field list changed by `edit`.
@@ -216,6 +216,43 @@ fn a_schema_evolves_backward_through_the_registry_and_an_incompatible_one_is_ref
         }
         other => panic!("an incompatible schema was not refused: {other:?}"),
     }
+}
+
+/// A registry behind TLS that asks for a client certificate: the client verifies it against
+/// the configured CA (and refuses it without), and presents its certificate.
+#[test]
+fn the_registry_client_verifies_the_registry_and_presents_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path(), "edgesync-reconciler").unwrap();
+    let registry = SchemaRegistry::start_tls(&pki).unwrap();
+    let outputs = [(topics::EVENTS, MessageKind::Event)];
+    let mut section = RegistrySection::at(registry.url());
+    assert!(section.url.starts_with("https://"));
+    section.ca_file = Some(pki.ca.clone());
+    section.client_cert_file = Some(pki.client_cert.clone());
+    section.client_key_file = Some(pki.client_key.clone());
+    let mut codec = Codec::new(Limits::default()).unwrap();
+    frame_outputs(&section, &mut codec, &outputs)
+        .unwrap_or_else(|e| panic!("{e}\n{}", registry.log_tail(20)));
+    assert!(matches!(
+        codec.output_framing(MessageKind::Event),
+        edgesync_schemas::Framing::Confluent { .. }
+    ));
+    // The Web PKI roots do not know the test CA.
+    let untrusted = RegistrySection {
+        ca_file: None,
+        ..section.clone()
+    };
+    let e = frame_outputs(&untrusted, &mut codec, &outputs).unwrap_err();
+    assert!(matches!(e, RegistryError::Unreachable { .. }), "{e}");
+    // Without a client certificate the registry ends the handshake.
+    let anonymous = RegistrySection {
+        client_cert_file: None,
+        client_key_file: None,
+        ..section
+    };
+    let e = frame_outputs(&anonymous, &mut codec, &outputs).unwrap_err();
+    assert!(matches!(e, RegistryError::Unreachable { .. }), "{e}");
 }
 
 #[test]
