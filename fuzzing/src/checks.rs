@@ -99,10 +99,25 @@ pub fn records(data: &[u8]) {
     );
     round_trip(
         data,
+        "completeness",
+        |b| c.decode_completeness(b),
+        |r| c.encode_completeness(r, single),
+    );
+    round_trip(
+        data,
         "CRDT state",
         |b| c.decode_crdt_state(b),
         |s| c.encode_crdt_state(s),
     );
+    // The read-back's dot: never a panic, and the decoded event's own dot when it decodes.
+    let dot = c.event_dot(data);
+    if let Ok(e) = c.decode_event(data) {
+        assert_eq!(
+            dot.ok(),
+            Some(e.dot),
+            "event_dot differs from the decoded event's dot"
+        );
+    }
     spool_body(data);
 }
 

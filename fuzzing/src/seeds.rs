@@ -84,6 +84,26 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         "records",
         c.encode_dead_letter(&dead, single).expect("encodes"),
     ));
+    let completeness = edgesync_schemas::Completeness {
+        device: seed_replica().device,
+        replicas: vec![edgesync_schemas::ReplicaCompleteness {
+            incarnation: seed_replica().incarnation,
+            watermark: 4,
+            max_seen: 9,
+            missing: vec![edgesync_core::SeqRange::new(5, 7).expect("a range")],
+            gap_since_ms: Some(1_764_000_000_003),
+            pending: 2,
+            dropped: [("QUOTA".to_owned(), 1)].into(),
+            clock_skew_ms: Some(-20),
+            clock_skewed: false,
+        }],
+        emitted_at_ms: 1_764_000_000_004,
+    };
+    out.push((
+        "records",
+        c.encode_completeness(&completeness, single)
+            .expect("encodes"),
+    ));
     for kind in CrdtKind::ALL {
         out.push((
             "records",

@@ -75,6 +75,7 @@ fn the_seeds_decode() {
                     || c.decode_ack(&bytes).is_ok()
                     || c.decode_state_record(&bytes).is_ok()
                     || c.decode_dead_letter(&bytes).is_ok()
+                    || c.decode_completeness(&bytes).is_ok()
                     || c.decode_crdt_state(&bytes).is_ok()
                     || c.decode_spool_record(&bytes, edgesync_fuzzing::spool_dot())
                         .is_ok()

@@ -267,9 +267,14 @@ impl DeviceStage {
             10_000,
             |msgs| {
                 for m in msgs {
-                    if let Some(e) = m.payload().and_then(|b| codec.decode_event(b).ok()) {
-                        let s = skip.entry(e.dot.replica.clone()).or_insert(0);
-                        *s = (*s).max(e.dot.seq);
+                    // The dot alone: readable whatever schema version or registry id wrote it.
+                    match codec.event_dot(m.payload().unwrap_or_default()) {
+                        Ok(dot) => {
+                            let s = skip.entry(dot.replica).or_insert(0);
+                            *s = (*s).max(dot.seq);
+                        }
+                        Err(e) => tracing::warn!(partition = p, offset = m.offset(), error = %e,
+                            "a record in the events topic names no event; not counted as written"),
                     }
                 }
                 Ok(())
@@ -286,10 +291,6 @@ impl DeviceStage {
         let replicas = &owned[&p].server;
         self.ledger
             .update(replicas.replicas().map(|(r, s)| (r.clone(), Entry::of(s))));
-        // A new owner states every device it took: records lost with the previous one (never
-        // awaited) are replaced.
-        let devices: BTreeSet<&DeviceId> = replicas.replicas().map(|(r, _)| &r.device).collect();
-        self.publish_completeness(devices)?;
         // The group starts at its committed offset: replay what lies between.
         tracing::info!(
             partition = p,
@@ -309,6 +310,13 @@ impl DeviceStage {
                 c.max_group,
                 |msgs| self.process(msgs, owned, skip),
             )?;
+        }
+        // A new owner states every device it took, once it has caught up: records lost with
+        // the previous owner (never awaited) are replaced.
+        if let Some(o) = owned.get(&p) {
+            let devices: BTreeSet<&DeviceId> =
+                o.server.replicas().map(|(r, _)| &r.device).collect();
+            self.publish_completeness(devices)?;
         }
         Ok(())
     }

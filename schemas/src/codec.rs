@@ -297,11 +297,15 @@ impl Codec {
         kind: MessageKind,
         json: &str,
     ) -> Result<(), SchemaError> {
-        let fp = match Schema::parse_str(json) {
-            Ok(s) if fingerprint(&s) == self.current(kind).fingerprint => fingerprint(&s),
-            _ => self.register_writer_schema(kind, json)?,
-        };
-        self.confluent.insert(schema_id, fp);
+        match Schema::parse_str(json) {
+            Ok(s) if fingerprint(&s) == self.current(kind).fingerprint => {
+                self.register_confluent_id(schema_id, kind);
+            }
+            _ => {
+                let fp = self.register_writer_schema(kind, json)?;
+                self.confluent.insert(schema_id, fp);
+            }
+        }
         Ok(())
     }
 
@@ -799,6 +803,28 @@ impl Codec {
             );
         }
         Ok(())
+    }
+
+    /// The dot of an event record, from the first fields of its datum (`device`,
+    /// `incarnation`, `seq`: first in every version of `event.avsc`, which only ever appends
+    /// fields), whatever its framing and whether or not this codec knows the writer schema or
+    /// registry id. What the device stage's read-back needs: records a newer release or a
+    /// registry this process has not seen wrote are still counted, never written again.
+    pub fn event_dot(&self, bytes: &[u8]) -> Result<Dot, DecodeError> {
+        let mut datum = match bytes {
+            [0xC3, 0x01, rest @ ..] if rest.len() >= 8 => &rest[8..],
+            [CONFLUENT_MAGIC, rest @ ..] if rest.len() >= 4 => &rest[4..],
+            _ => {
+                return Err(DecodeError::BadFraming {
+                    found: bytes.iter().take(2).copied().collect(),
+                })
+            }
+        };
+        let device = edgesync_core::DeviceId::new(crate::walk::string(&mut datum)?)?;
+        let incarnation = crate::value::unsigned("incarnation", crate::walk::long(&mut datum)?)?;
+        let incarnation = edgesync_core::Incarnation::new(incarnation)?;
+        let seq = crate::value::seq("seq", crate::walk::long(&mut datum)?)?;
+        Ok(Dot::new(ReplicaId::new(device, incarnation), seq))
     }
 
     /// Decodes and validates an event.

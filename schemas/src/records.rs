@@ -314,7 +314,8 @@ impl ReplicaCompleteness {
         if max_seen == 0 {
             return 1.0;
         }
-        let missing: u64 = missing.iter().map(SeqRange::len).sum();
+        // Saturating: a decoded record's ranges are not checked against max_seen.
+        let missing = missing.iter().fold(0u64, |n, r| n.saturating_add(r.len()));
         max_seen.saturating_sub(missing) as f64 / max_seen as f64
     }
 

@@ -487,6 +487,16 @@ fn confluent_ids_of_older_versions_are_read_and_outputs_take_the_registry_id() {
     ));
     // Single-object records from before the switch stay readable.
     assert_eq!(c.decode_event(&single).unwrap(), e);
+    // The dot is read under any header, known or not: what the exactly-once read-back needs.
+    let fresh = codec();
+    for bytes in [&single, &framed, &newer, &unknown] {
+        assert_eq!(fresh.event_dot(bytes).unwrap(), e.dot);
+    }
+    let mut unknown_fingerprint = single.clone();
+    unknown_fingerprint[2] ^= 0xFF;
+    assert_eq!(fresh.event_dot(&unknown_fingerprint).unwrap(), e.dot);
+    assert!(fresh.event_dot(&[0, 0, 0]).is_err());
+    assert!(fresh.event_dot(&framed[..7]).is_err());
 }
 
 #[test]

@@ -45,7 +45,7 @@ pub use names::{
 pub use process::{free_port, Managed, ProcessSpec, Ready};
 pub use prometheus::{Prometheus, View as PrometheusView};
 pub use proxy::FaultProxy;
-pub use registry::SchemaRegistry;
+pub use registry::{SchemaRegistry, CCOMPAT_PATH};
 pub use services::{http, metric_in, workspace_binary, Service};
 pub use tls::TestPki;
 

@@ -16,7 +16,7 @@ use edgesync_servicekit::registry::{
     frame_outputs, subject, Registry, RegistryError, RegistrySection,
 };
 use edgesync_testkit::analytics::{console_consumer, DeviceTotals};
-use edgesync_testkit::{read_outputs_from, Broker, Kafka, SchemaRegistry, TestPki};
+use edgesync_testkit::{read_outputs_from, Broker, Kafka, SchemaRegistry, TestPki, CCOMPAT_PATH};
 use edgesync_tests::{binary, Fleet};
 
 /// The events schema with its field list changed by `edit`.
@@ -72,7 +72,7 @@ fn analytics_read_the_pipeline_through_the_registry_across_a_switch_of_framing()
         assert_eq!(read["sums"][d].as_f64(), Some(101.5 * 80.0), "{d}");
     }
     for topic in [topics::EVENTS, topics::STATE, topics::DLQ] {
-        let path = format!("/apis/ccompat/v6/config/{}", subject(topic));
+        let path = format!("{CCOMPAT_PATH}/config/{}", subject(topic));
         let (status, body) = edgesync_servicekit::http::get(registry.addr(), &path).unwrap();
         assert_eq!(status, 200, "{topic}: {body}");
         assert!(body.contains("\"BACKWARD\""), "{topic}: {body}");
