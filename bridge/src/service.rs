@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgesync_schemas::{Codec, Limits, MessageKind};
-use edgesync_servicekit::mqtt::{MqttSecurity, MqttSecurityFiles};
+use edgesync_servicekit::mqtt::MqttSecurity;
 use edgesync_servicekit::ops;
 use edgesync_servicekit::registry::framed;
+use edgesync_servicekit::security::SecurityFiles;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +105,7 @@ pub async fn run(
 /// The MQTT session settings both paths use, with the security files read.
 fn mqtt_settings(cfg: &Config) -> Result<MqttIn, ServiceError> {
     let m = &cfg.mqtt;
-    let security = MqttSecurity::load(&MqttSecurityFiles {
+    let security = MqttSecurity::load(&SecurityFiles {
         username: m.username.as_deref(),
         password_file: m.password_file.as_deref(),
         ca_file: m.tls_ca_file.as_deref(),

@@ -23,7 +23,8 @@ use crate::metrics::AgentMetrics;
 use crate::mqtt_ingest::{self, MqttIngestConfig};
 use crate::spool::{system_clock, Clock, Spool, SpoolError};
 use crate::uplink::{self, UplinkConfig, UplinkDeps, UplinkError};
-use edgesync_servicekit::mqtt::{MqttSecurity, MqttSecurityFiles};
+use edgesync_servicekit::mqtt::MqttSecurity;
+use edgesync_servicekit::security::SecurityFiles;
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,7 @@ pub enum ServiceError {
 pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
     let u = &cfg.uplink;
     let tls = u.tls.as_ref();
-    let security = MqttSecurity::load(&MqttSecurityFiles {
+    let security = MqttSecurity::load(&SecurityFiles {
         username: u.username.as_deref(),
         password_file: u.password_file.as_deref(),
         ca_file: tls.map(|t| t.ca_file.as_path()),

@@ -333,9 +333,9 @@ impl Codec {
             self.output_framing(kind),
             single_object.get(SINGLE_OBJECT_HEADER_LEN..),
         ) {
-            (Framing::Confluent { .. }, Some(datum)) => {
+            (framing @ Framing::Confluent { .. }, Some(datum)) => {
                 let mut out = Vec::with_capacity(CONFLUENT_HEADER_LEN + datum.len());
-                self.header(kind, self.output_framing(kind), &mut out);
+                self.header(kind, framing, &mut out);
                 out.extend_from_slice(datum);
                 std::borrow::Cow::Owned(out)
             }

@@ -4,7 +4,8 @@
 //! the same for operators: configuration in three layers with unknown fields refused
 //! ([`config`]) and from the command line ([`cli`]), shutdown on SIGINT/SIGTERM through a cancellation token ([`on_signal`]),
 //! Prometheus text rendering ([`render_metrics`]) and the `/metrics` + `/healthz` endpoints
-//! ([`ops`]), MQTT TLS and credentials ([`mqtt`]), the one HTTP client ([`http`]) and the
+//! ([`ops`]), the TLS and credential files a configuration names ([`security`]), MQTT TLS and
+//! credentials ([`mqtt`]), the one HTTP client ([`http`]) and the
 //! Schema Registry client the services publish their output schemas with ([`registry`]).
 
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod ops;
 pub mod registry;
+pub mod security;
 
 use std::future::Future;
 use std::io::Read;

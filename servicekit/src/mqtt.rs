@@ -1,11 +1,10 @@
 //! MQTT client security shared by the services: TLS (optionally mutual) and credentials, read
 //! from the files a configuration names.
 
-use std::path::{Path, PathBuf};
-
 use rumqttc::{MqttOptions, Transport};
 
 use crate::config::ConfigError;
+use crate::security::SecurityFiles;
 
 /// TLS material, PEM-encoded.
 #[derive(Clone)]
@@ -44,60 +43,21 @@ impl std::fmt::Debug for MqttSecurity {
     }
 }
 
-/// Paths a configuration names.
-#[derive(Clone, Debug, Default)]
-pub struct MqttSecurityFiles<'a> {
-    /// User name.
-    pub username: Option<&'a str>,
-    /// File holding the password (trailing newline ignored).
-    pub password_file: Option<&'a Path>,
-    /// PEM CA file: TLS when set.
-    pub ca_file: Option<&'a Path>,
-    /// PEM client certificate (mutual TLS, with `client_key_file`).
-    pub client_cert_file: Option<&'a Path>,
-    /// PEM client key.
-    pub client_key_file: Option<&'a Path>,
-}
-
-fn read(p: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(p).map_err(|source| ConfigError::Read {
-        path: PathBuf::from(p),
-        source,
-    })
-}
-
 impl MqttSecurity {
-    /// Reads the files.
-    pub fn load(f: &MqttSecurityFiles<'_>) -> Result<Self, ConfigError> {
-        let tls = match f.ca_file {
+    /// Reads the files: TLS when a CA file is set (then with the client certificate, if
+    /// any), credentials when a user name is.
+    pub fn load(f: &SecurityFiles<'_>) -> Result<Self, ConfigError> {
+        let tls = match f.ca()? {
             None => None,
             Some(ca) => Some(MqttTls {
-                ca: read(ca)?,
-                client_auth: match (f.client_cert_file, f.client_key_file) {
-                    (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-                    (None, None) => None,
-                    _ => {
-                        return Err(ConfigError::Invalid(
-                            "a client certificate and its key go together".into(),
-                        ))
-                    }
-                },
+                ca,
+                client_auth: f.client_auth()?,
             }),
         };
-        let credentials = match (f.username, f.password_file) {
-            (Some(user), Some(p)) => {
-                let pass = String::from_utf8_lossy(&read(p)?).trim_end().to_owned();
-                Some((user.to_owned(), pass))
-            }
-            (Some(user), None) => Some((user.to_owned(), String::new())),
-            (None, Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "a password file without a user name".into(),
-                ))
-            }
-            (None, None) => None,
-        };
-        Ok(Self { tls, credentials })
+        Ok(Self {
+            tls,
+            credentials: f.credentials()?,
+        })
     }
 
     /// Applies TLS and credentials to MQTT 5 options.

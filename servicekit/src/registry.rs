@@ -20,11 +20,14 @@
 //! registry against the CA file when one is given (else against the Web PKI roots) and can
 //! present a client certificate.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use edgesync_schemas::{Codec, MessageKind};
 use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::security::SecurityFiles;
 
 /// `[schema_registry]`: present means records on analytics-facing topics are framed in the
 /// Confluent wire format with the ids this registry assigns; absent means single-object.
@@ -68,6 +71,18 @@ impl RegistrySection {
     }
 }
 
+impl RegistrySection {
+    fn files(&self) -> SecurityFiles<'_> {
+        SecurityFiles {
+            username: self.username.as_deref(),
+            password_file: self.password_file.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            client_cert_file: self.client_cert_file.as_deref(),
+            client_key_file: self.client_key_file.as_deref(),
+        }
+    }
+}
+
 fn default_compatibility() -> String {
     "BACKWARD".into()
 }
@@ -83,7 +98,7 @@ pub fn subject(topic: &str) -> String {
 /// Why the registry could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// A file named in `[schema_registry]` could not be read or parsed.
+    /// A PEM file named in `[schema_registry]` could not be parsed.
     #[error("schema registry: {path}: {detail}")]
     File {
         /// The file.
@@ -91,9 +106,9 @@ pub enum RegistryError {
         /// What went wrong.
         detail: String,
     },
-    /// `[schema_registry]` names only half of a pair.
+    /// `[schema_registry]` names a file that cannot be read, or only half of a pair.
     #[error("schema registry: {0}")]
-    Config(&'static str),
+    Config(#[from] ConfigError),
     /// No answer (connection refused, TLS failed, timed out).
     #[error("schema registry {url}: {source}")]
     Unreachable {
@@ -155,11 +170,9 @@ pub struct Version {
     pub schema: String,
 }
 
-/// What [`publish`] did for one subject.
+/// What [`Registry::publish`] did for one subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Published {
-    /// The subject.
-    pub subject: String,
     /// The id of the schema given (new or already registered).
     pub id: u32,
     /// Every version of the subject, the given one included.
@@ -178,18 +191,12 @@ pub struct Registry {
 impl Registry {
     /// A client configured by `s` (reads the password, CA and client certificate files).
     pub fn new(s: &RegistrySection) -> Result<Self, RegistryError> {
-        let auth = match (&s.username, &s.password_file) {
-            (Some(user), Some(p)) => Some(basic(user, read(p)?.trim_end())),
-            (Some(user), None) => Some(basic(user, "")),
-            (None, Some(_)) => {
-                return Err(RegistryError::Config("a password file without a user name"))
-            }
-            (None, None) => None,
-        };
+        let files = s.files();
+        let auth = files.credentials()?.map(|(user, pass)| basic(&user, &pass));
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(s.timeout_ms)))
             .http_status_as_error(false)
-            .tls_config(tls(s)?)
+            .tls_config(tls(&files)?)
             .build()
             .into();
         Ok(Self {
@@ -202,7 +209,6 @@ impl Registry {
 
     /// Steps 1–4 of the module header for `schema` (Avro JSON) under `subject`.
     pub fn publish(&self, subject: &str, schema: &str) -> Result<Published, RegistryError> {
-        let level = &self.compatibility;
         let exists = match self.set_compatibility(subject) {
             Ok(()) => true,
             Err(RegistryError::Refused { status: 404, .. }) => false,
@@ -217,20 +223,13 @@ impl Registry {
             Ok(answer) => id_of(&answer, "register")?,
             Err(RegistryError::Refused {
                 status: 409, body, ..
-            }) => {
-                return Err(RegistryError::Incompatible {
-                    subject: subject.to_owned(),
-                    level: level.clone(),
-                    detail: body,
-                })
-            }
+            }) => return Err(self.incompatible(subject, body)),
             Err(e) => return Err(e),
         };
         if !exists {
             self.set_compatibility(subject)?;
         }
         Ok(Published {
-            subject: subject.to_owned(),
             id,
             versions: self.versions(subject)?,
         })
@@ -249,15 +248,22 @@ impl Registry {
         let path = format!("/compatibility/subjects/{subject}/versions/latest?verbose=true");
         match self.call("POST", &path, Some(body.clone())) {
             Ok(answer) if answer["is_compatible"] == serde_json::Value::Bool(true) => Ok(()),
-            Ok(answer) => Err(RegistryError::Incompatible {
-                subject: subject.to_owned(),
-                level: self.compatibility.clone(),
-                detail: answer
+            Ok(answer) => Err(self.incompatible(
+                subject,
+                answer
                     .get("messages")
                     .map_or_else(String::new, |m| m.to_string()),
-            }),
+            )),
             Err(RegistryError::Refused { status: 404, .. }) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    fn incompatible(&self, subject: &str, detail: String) -> RegistryError {
+        RegistryError::Incompatible {
+            subject: subject.to_owned(),
+            level: self.compatibility.clone(),
+            detail,
         }
     }
 
@@ -345,18 +351,12 @@ fn basic(user: &str, password: &str) -> String {
     format!("Basic {token}")
 }
 
-fn read(p: &Path) -> Result<String, RegistryError> {
-    std::fs::read_to_string(p).map_err(|e| RegistryError::File {
-        path: p.to_owned(),
-        detail: e.to_string(),
-    })
-}
-
-/// The TLS settings of `s`: its CA file as the only roots when given, its client certificate.
-fn tls(s: &RegistrySection) -> Result<ureq::tls::TlsConfig, RegistryError> {
+/// The TLS settings of `f`: its CA file as the only roots when given, its client
+/// certificate.
+fn tls(f: &SecurityFiles<'_>) -> Result<ureq::tls::TlsConfig, RegistryError> {
     use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig};
-    let pem = |p: &PathBuf| read(p).map(|text| (p.clone(), text));
-    let bad = |path: PathBuf| {
+    let bad = |path: Option<&std::path::Path>| {
+        let path = path.map(PathBuf::from).unwrap_or_default();
         move |e: ureq::Error| RegistryError::File {
             path,
             detail: e.to_string(),
@@ -365,30 +365,21 @@ fn tls(s: &RegistrySection) -> Result<ureq::tls::TlsConfig, RegistryError> {
     // The provider rumqttc's TLS uses too (the workspace compiles rustls with it alone).
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut b = TlsConfig::builder().unversioned_rustls_crypto_provider(provider);
-    if let Some((path, text)) = s.ca_file.as_ref().map(pem).transpose()? {
-        let certs = certificates(&text).map_err(bad(path))?;
+    if let Some(ca) = f.ca()? {
+        let certs = certificates(&ca).map_err(bad(f.ca_file))?;
         b = b.root_certs(RootCerts::new_with_certs(&certs));
     }
-    match (&s.client_cert_file, &s.client_key_file) {
-        (Some(c), Some(k)) => {
-            let ((cp, ct), (kp, kt)) = (pem(c)?, pem(k)?);
-            let chain = certificates(&ct).map_err(bad(cp))?;
-            let key = PrivateKey::from_pem(kt.as_bytes()).map_err(bad(kp))?;
-            b = b.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(RegistryError::Config(
-                "a client certificate and its key go together",
-            ))
-        }
+    if let Some((cert, key)) = f.client_auth()? {
+        let chain = certificates(&cert).map_err(bad(f.client_cert_file))?;
+        let key = PrivateKey::from_pem(&key).map_err(bad(f.client_key_file))?;
+        b = b.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
     }
     Ok(b.build())
 }
 
 /// Every certificate in a PEM text.
-fn certificates(pem: &str) -> Result<Vec<ureq::tls::Certificate<'static>>, ureq::Error> {
-    ureq::tls::parse_pem(pem.as_bytes())
+fn certificates(pem: &[u8]) -> Result<Vec<ureq::tls::Certificate<'static>>, ureq::Error> {
+    ureq::tls::parse_pem(pem)
         .filter_map(|item| match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
             Ok(_) => None,
