@@ -26,5 +26,7 @@ export EDGESYNC_ANALYTICS="$EDGESYNC_HOME/analytics"
 export FASTAVRO_VERSION=1.13.1
 # Draws the capacity curve (scripts/plot_capacity.py).
 export MATPLOTLIB_VERSION=3.11.2
+# The Sparkplug B client the edge tests drive sensors with.
+export PYSPARKPLUG_VERSION=0.6.1
 
 say() { printf '\n==> %s\n' "$*"; }

@@ -31,6 +31,11 @@ impl Default for EventLimits {
 pub const STREAM_NAME_MAX_LEN: usize = 128;
 /// Longest field or tag name, in bytes.
 pub const FIELD_NAME_MAX_LEN: usize = 64;
+/// The field that carries when a reading was taken, in ms since the Unix epoch (a Long), where
+/// the producer knows it (a Sparkplug B metric timestamp, a buffering sensor's clock). The
+/// event's HLC stamp is when the agent stored it; analytics that window by the time of the
+/// reading use this field when present and `hlc_wall_ms` otherwise.
+pub const EVENT_TIME_FIELD: &str = "event_time_ms";
 /// Longest state key, in bytes.
 pub const STATE_KEY_MAX_LEN: usize = 256;
 

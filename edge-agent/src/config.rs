@@ -16,6 +16,7 @@ use edgesync_protocol::AgentConfig;
 use edgesync_servicekit::config::ServiceConfig;
 use serde::Deserialize;
 
+use crate::ingest::sparkplug::SparkplugConfig;
 use crate::ingest::IngestConfig;
 use crate::spool::{Durability, QuotaPolicy, SpoolConfig, SpoolMemory};
 
@@ -249,10 +250,14 @@ pub struct IngestMqttSection {
     #[serde(default = "mqtt_port")]
     pub port: u16,
     /// Topic filters (QoS 1); each message is one JSON event or an array of them.
+    #[serde(default)]
     pub topics: Vec<String>,
     /// Client id (a persistent session, so messages published while the agent restarts wait).
     #[serde(default = "ingest_client_id")]
     pub client_id: String,
+    /// Sparkplug B sensors (`spBv1.0/...`), when set.
+    #[serde(default)]
+    pub sparkplug: Option<SparkplugConfig>,
 }
 
 fn localhost() -> String {
@@ -300,8 +305,13 @@ impl ServiceConfig for Config {
             ));
         }
         if let Some(m) = &self.ingest_mqtt {
-            if m.topics.is_empty() {
-                return Err(ConfigError::Invalid("ingest_mqtt.topics is empty".into()));
+            if m.topics.is_empty() && m.sparkplug.is_none() {
+                return Err(ConfigError::Invalid(
+                    "ingest_mqtt: no topics and no [ingest_mqtt.sparkplug]".into(),
+                ));
+            }
+            if let Some(sp) = &m.sparkplug {
+                sp.check().map_err(ConfigError::Invalid)?;
             }
         }
         Ok(())

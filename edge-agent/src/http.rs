@@ -3,7 +3,7 @@
 //! | route | |
 //! |---|---|
 //! | `POST /v1/events` | one JSON event, a JSON array, or NDJSON (`Content-Type: application/x-ndjson`) |
-//! | `GET /v1/status` | spool depth and bytes, oldest unacknowledged age, watermark, link state (JSON) |
+//! | `GET /v1/status` | spool depth and bytes, oldest unacknowledged age, watermark, link state, Sparkplug B nodes and devices online (JSON) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | `ok` once the spool is open |
 //!
@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::ingest::json::{parse_json, parse_ndjson};
+use crate::ingest::sparkplug::Sparkplug;
 use crate::ingest::{Accepted, Ingest, IngestError};
 use crate::metrics::AgentMetrics;
 use crate::spool::{Clock, Spool};
@@ -49,6 +50,8 @@ pub struct HttpState {
     pub policy: &'static str,
     /// Decodes the stored states for their digests in status.
     pub codec: Arc<edgesync_schemas::Codec>,
+    /// The Sparkplug B nodes and devices, for status.
+    pub sparkplug: Option<Arc<std::sync::Mutex<Sparkplug>>>,
 }
 
 impl std::fmt::Debug for HttpState {
@@ -156,14 +159,18 @@ async fn status(State(s): State<HttpState>) -> Response {
     // The state digests read every stored state from RocksDB: off the runtime thread.
     let link_up = Some(s.metrics.link_up.get() == 1);
     let doc = tokio::task::spawn_blocking(move || {
-        status_json(
+        let mut doc = status_json(
             &s.spool,
             &s.codec,
             &s.device,
             s.policy,
             link_up,
             (s.clock)(),
-        )
+        );
+        if let Some(sp) = &s.sparkplug {
+            doc["sparkplug"] = sp.lock().unwrap_or_else(|e| e.into_inner()).status();
+        }
+        doc
     })
     .await;
     match doc {

@@ -38,6 +38,20 @@ pub struct DropLabel {
     pub reason: &'static str,
 }
 
+/// A Sparkplug B message type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SparkplugKindLabel {
+    /// `NBIRTH`, `NDATA`, `DDEATH`, …, or `invalid` for a topic that does not parse.
+    pub kind: &'static str,
+}
+
+/// What was wrong with a Sparkplug B message.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SparkplugProblemLabel {
+    /// See `ingest::sparkplug::Problem::reason`.
+    pub reason: &'static str,
+}
+
 edgesync_servicekit::metric_set! {
     /// Every metric of the agent.
     #[derive(Debug)]
@@ -86,6 +100,21 @@ edgesync_servicekit::metric_set! {
         disconnects: Counter = Counter::default(), "disconnects", "Connection losses";
         /// 1 while connected to the broker.
         link_up: Gauge = Gauge::default(), "link_up", "1 while connected to the broker";
+        /// Sparkplug B messages received, by type.
+        sparkplug_messages: Family<SparkplugKindLabel, Counter> = Family::default(),
+            "sparkplug_messages", "Sparkplug B messages received, by type";
+        /// Sparkplug B problems, by reason.
+        sparkplug_problems: Family<SparkplugProblemLabel, Counter> = Family::default(),
+            "sparkplug_problems", "Sparkplug B problems (seq gaps, data before birth, unknown aliases, malformed payloads, ...)";
+        /// Rebirth requests sent.
+        sparkplug_rebirths: Counter = Counter::default(),
+            "sparkplug_rebirth_requests", "Node Control/Rebirth commands sent";
+        /// Sparkplug B edge nodes online.
+        sparkplug_nodes_online: Gauge = Gauge::default(),
+            "sparkplug_nodes_online", "Sparkplug B edge nodes whose last word was a birth";
+        /// Sparkplug B devices online.
+        sparkplug_devices_online: Gauge = Gauge::default(),
+            "sparkplug_devices_online", "Sparkplug B devices born and not dead, on online nodes";
     }
     extra {
         /// The spool's counters at the last refresh: drops are counted as the increase since.
@@ -138,6 +167,32 @@ impl AgentMetrics {
         self.rejected
             .get_or_create(&RejectLabel { source, reason })
             .inc_by(n);
+    }
+
+    /// Counts one Sparkplug B message of `kind` (`None`: the topic did not parse) with its
+    /// problems and rebirth request, and sets the online gauges from `census`.
+    pub fn sparkplug_seen(
+        &self,
+        kind: Option<&'static str>,
+        problems: &[crate::ingest::sparkplug::Problem],
+        rebirth: bool,
+        census: &crate::ingest::sparkplug::Census,
+    ) {
+        let kind = kind.unwrap_or("invalid");
+        self.sparkplug_messages
+            .get_or_create(&SparkplugKindLabel { kind })
+            .inc();
+        for p in problems {
+            self.sparkplug_problems
+                .get_or_create(&SparkplugProblemLabel { reason: p.reason() })
+                .inc();
+        }
+        if rebirth {
+            self.sparkplug_rebirths.inc();
+        }
+        self.sparkplug_nodes_online.set(census.nodes_online as i64);
+        self.sparkplug_devices_online
+            .set(census.devices_online as i64);
     }
 
     /// Counts records the uplink sent as dropped because they no longer decode.

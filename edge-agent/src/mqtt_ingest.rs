@@ -8,14 +8,21 @@
 //! not acknowledged: the broker's in-flight window turns that into back-pressure on sensors.
 //! Delivery from the local broker is at least once: a crash between the spool write and the
 //! broker ack stores the message's events again, with new seqs.
+//!
+//! Messages under `spBv1.0/` are Sparkplug B when `[ingest_mqtt.sparkplug]` is set: the
+//! [`Sparkplug`] host state turns them into events, and a rebirth request it asks for is
+//! published after the message's events are stored (commands are QoS 0, as the spec has them).
+//! Everything else is edgesync's JSON.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::json::parse_json;
-use crate::ingest::{Ingest, IngestError};
+use crate::ingest::sparkplug::{Command, Sparkplug, NAMESPACE};
+use crate::ingest::{Ingest, IngestError, IngestEvent};
 use crate::metrics::AgentMetrics;
 
 /// Local subscription settings.
@@ -29,6 +36,8 @@ pub struct MqttIngestConfig {
     pub topics: Vec<String>,
     /// Client id of the persistent session.
     pub client_id: String,
+    /// The Sparkplug B host state, when Sparkplug is taken (shared with status).
+    pub sparkplug: Option<Arc<Mutex<Sparkplug>>>,
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -52,7 +61,16 @@ pub async fn run(
     let (client, mut events) = AsyncClient::new(opts, 16 * 1024);
     // The broker's in-flight window bounds unacknowledged QoS 1 messages; this bounds the rest.
     let (tx, rx) = tokio::sync::mpsc::channel::<Publish>(4096);
-    let worker = tokio::spawn(store(rx, client.clone(), ingest, metrics, shutdown.clone()));
+    let worker = tokio::spawn(store(
+        rx,
+        client.clone(),
+        ingest,
+        Decoder {
+            sparkplug: cfg.sparkplug.clone(),
+            metrics,
+        },
+        shutdown.clone(),
+    ));
     loop {
         let ev = tokio::select! {
             ev = events.poll() => ev,
@@ -88,45 +106,96 @@ pub async fn run(
     let _ = client.disconnect().await;
 }
 
+/// Turns messages into events, counting what it refuses.
+struct Decoder {
+    sparkplug: Option<Arc<Mutex<Sparkplug>>>,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl Decoder {
+    /// The message's events (none for a message that is refused whole) and the command to
+    /// publish once they are stored.
+    fn decode(&self, p: &Publish) -> (Vec<IngestEvent>, Option<Command>) {
+        match &self.sparkplug {
+            Some(sp) if p.topic.starts_with(NAMESPACE) => self.sparkplug(sp, p),
+            _ => match parse_json(&p.payload) {
+                Ok(e) => (e, None),
+                Err(e) => {
+                    self.metrics.refused("mqtt", "invalid", 1);
+                    tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
+                    (Vec::new(), None)
+                }
+            },
+        }
+    }
+
+    fn sparkplug(&self, sp: &Mutex<Sparkplug>, p: &Publish) -> (Vec<IngestEvent>, Option<Command>) {
+        let now = edgesync_servicekit::now_ms();
+        let mut host = sp.lock().unwrap_or_else(|e| e.into_inner());
+        let out = host.handle(&p.topic, &p.payload, now);
+        self.metrics.sparkplug_seen(
+            out.kind,
+            &out.problems,
+            out.rebirth.is_some(),
+            &host.census(),
+        );
+        drop(host);
+        for problem in &out.problems {
+            tracing::warn!(topic = %p.topic, %problem, "Sparkplug B message");
+        }
+        (out.events, out.rebirth)
+    }
+}
+
 /// Appends each message's events and acknowledges it once they are durable.
 async fn store(
     mut rx: tokio::sync::mpsc::Receiver<Publish>,
     client: AsyncClient,
     ingest: Ingest,
-    metrics: std::sync::Arc<AgentMetrics>,
+    decoder: Decoder,
     shutdown: CancellationToken,
 ) {
     while let Some(p) = rx.recv().await {
-        let events = match parse_json(&p.payload) {
-            Ok(e) => e,
-            Err(e) => {
-                metrics.refused("mqtt", "invalid", 1);
+        let (events, command) = decoder.decode(&p);
+        if !events.is_empty() && !append(&ingest, &p, events, &shutdown).await {
+            return;
+        }
+        let _ = client.ack(&p).await;
+        if let Some(c) = command {
+            tracing::info!(topic = %c.topic, "Sparkplug B rebirth requested");
+            let _ = client
+                .publish(c.topic, QoS::AtMostOnce, false, c.payload)
+                .await;
+        }
+    }
+}
+
+/// Appends `events`, waiting while the spool is full; false when shutdown came first (the
+/// message stays unacknowledged and the broker delivers it again).
+async fn append(
+    ingest: &Ingest,
+    p: &Publish,
+    events: Vec<IngestEvent>,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        match ingest.append("mqtt", events.clone()).await {
+            Ok(_) => return true,
+            Err(
+                e @ (IngestError::Invalid { .. }
+                | IngestError::TooMany { .. }
+                | IngestError::TooLarge { .. }),
+            ) => {
                 tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
-                let _ = client.ack(&p).await;
-                continue;
+                return true;
             }
-        };
-        loop {
-            match ingest.append("mqtt", events.clone()).await {
-                Ok(_) => break,
-                Err(
-                    e @ (IngestError::Invalid { .. }
-                    | IngestError::TooMany { .. }
-                    | IngestError::TooLarge { .. }),
-                ) => {
-                    tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(reason = %e, "local MQTT message waits for room in the spool");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        // Not acknowledged: the broker delivers it again after a restart.
-                        _ = shutdown.cancelled() => return,
-                    }
+            Err(e) => {
+                tracing::debug!(reason = %e, "local MQTT message waits for room in the spool");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return false,
                 }
             }
         }
-        let _ = client.ack(&p).await;
     }
 }

@@ -6,7 +6,7 @@
 //! event is durable before its answer, so a shutdown that overruns the grace period, or a
 //! `kill -9`, loses nothing that was acknowledged.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgesync_schemas::{Codec, Limits};
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::http::{router, HttpState};
+use crate::ingest::sparkplug::Sparkplug;
 use crate::ingest::{Ingest, StartError};
 use crate::metrics::AgentMetrics;
 use crate::mqtt_ingest::{self, MqttIngestConfig};
@@ -173,15 +174,19 @@ fn mqtt_intake(
     cfg: &Config,
     ingest: &Ingest,
     metrics: &Arc<AgentMetrics>,
+    sparkplug: Option<&Arc<Mutex<Sparkplug>>>,
     stop: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
     cfg.ingest_mqtt.as_ref().map(|m| {
+        let mut topics = m.topics.clone();
+        topics.extend(m.sparkplug.iter().flat_map(|s| s.topics.iter().cloned()));
         tokio::spawn(mqtt_ingest::run(
             MqttIngestConfig {
                 host: m.host.clone(),
                 port: m.port,
-                topics: m.topics.clone(),
+                topics,
                 client_id: m.client_id.clone(),
+                sparkplug: sparkplug.cloned(),
             },
             ingest.clone(),
             Arc::clone(metrics),
@@ -227,8 +232,14 @@ fn start(cfg: &Config, listener: TcpListener, shared: Shared) -> Result<Running,
     };
     let uplink = tokio::spawn(uplink::run(uplink_config(cfg)?, deps, uplink_stop.clone()));
     let intake_stop = CancellationToken::new();
-    let mqtt = mqtt_intake(cfg, &ingest, &metrics, &intake_stop);
+    let sparkplug = cfg
+        .ingest_mqtt
+        .as_ref()
+        .and_then(|m| m.sparkplug.clone())
+        .map(|c| Arc::new(Mutex::new(Sparkplug::new(c, cfg.ingest_config().limits))));
+    let mqtt = mqtt_intake(cfg, &ingest, &metrics, sparkplug.as_ref(), &intake_stop);
     let state = HttpState {
+        sparkplug,
         ingest,
         spool,
         registry: Arc::new(registry),

@@ -13,6 +13,7 @@
 //! a request refused by the quota (block) or dropped by it (drop-newest) leaves no trace.
 
 pub mod json;
+pub mod sparkplug;
 
 use edgesync_servicekit::crash::crash_point;
 use std::collections::BTreeMap;

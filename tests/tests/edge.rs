@@ -1,0 +1,143 @@
+//! The edge side end to end on Apache Kafka: Sparkplug B sensors, driven by PyPI's
+//! `pysparkplug` through Mosquitto, reach `edgesync.events` with every metric value, type and
+//! time.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use edgesync_core::Value;
+use edgesync_schemas::topics::kafka as topics;
+use edgesync_schemas::{Codec, Limits};
+use edgesync_testkit::{outside_python, Broker, FaultProxy, Kafka, Service};
+use edgesync_tests::{agent_sets, binary, latest_counters, status, Fleet};
+
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Double(d) => serde_json::json!(d),
+        Value::Long(l) => serde_json::json!(l),
+        Value::String(s) => serde_json::json!(s),
+        Value::Bool(b) => serde_json::json!(b),
+    }
+}
+
+/// Waits up to `timeout` for `f`.
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
+#[test]
+fn sparkplug_b_metrics_reach_the_events_topic_typed_and_timed() {
+    let k = Kafka::start_on(Broker::Apache).unwrap();
+    let fleet = Fleet::start(&k, "spb", 0, &[]);
+    let link = FaultProxy::start(fleet.mosquitto.addr()).unwrap();
+    let mut sets = agent_sets("spb-gw", &link);
+    sets.extend([
+        format!("ingest_mqtt.port={}", fleet.mosquitto.port()),
+        "ingest_mqtt.sparkplug.stream=\"plant.sparkplug\"".into(),
+        "ingest_mqtt.sparkplug.ops=[{metric=\"Outputs/Count\",op=\"inc\",key=\"{node}/{device}/count\"}]"
+            .into(),
+    ]);
+    let agent = Service::start(binary("edgesync-agent"), Some("run"), "spb-gw", &sets).unwrap();
+    assert!(wait_until(Duration::from_secs(20), || agent
+        .process
+        .log_tail(50)
+        .contains("local MQTT ingest connected")));
+    std::thread::sleep(Duration::from_millis(500)); // its subscription follows the CONNACK
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/sparkplug_node.py");
+    let addr = fleet.mosquitto.addr();
+    let report = outside_python([script, &addr.ip().to_string(), &addr.port().to_string()])
+        .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.process.log_tail(40)));
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    let expected = report["expected"].as_array().unwrap();
+    assert!(expected.len() > 260, "{}", expected.len());
+
+    // Every metric set stored, published and acknowledged.
+    let n = expected.len() as u64;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let s = status(&agent);
+            s["last_seq"] == n && s["acked_watermark"] == n && s["spool_events"] == 0
+        }),
+        "{}\n{}",
+        status(&agent),
+        agent.process.log_tail(40)
+    );
+    let codec = Codec::new(Limits::default()).unwrap();
+    let recs = k
+        .read_topic(topics::EVENTS, Duration::from_secs(60), |r| {
+            r.len() >= expected.len()
+        })
+        .unwrap();
+    let events: Vec<_> = recs
+        .iter()
+        .map(|r| codec.decode_event(&r.payload).unwrap())
+        .collect();
+    assert_eq!(events.len(), expected.len());
+    for (i, (e, want)) in events.iter().zip(expected).enumerate() {
+        assert_eq!(e.dot.seq, i as u64 + 1);
+        assert_eq!(e.stream, "plant.sparkplug");
+        let fields: serde_json::Map<_, _> = e
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json_value(v)))
+            .collect();
+        assert_eq!(
+            serde_json::Value::Object(fields),
+            want["fields"],
+            "event {i}"
+        );
+        assert_eq!(serde_json::json!(e.tags), want["tags"], "event {i}");
+    }
+    // The counter op: 3 + 2 + 260 × 1 + 5.
+    let states = k
+        .read_topic(topics::STATE, Duration::from_secs(60), |r| {
+            latest_counters(&codec, r).get("gw1/pump7/count") == Some(&270)
+        })
+        .unwrap();
+    assert_eq!(
+        latest_counters(&codec, &states).get("gw1/pump7/count"),
+        Some(&270)
+    );
+
+    // Rebirths asked of the node after the gap and of the node that never was born.
+    assert_eq!(report["rebirths"], serde_json::json!(["gw1", "gw2"]));
+    for reason in report["counts"].as_array().unwrap() {
+        let label = format!("reason=\"{}\"", reason.as_str().unwrap());
+        assert!(
+            agent.metric("edgesync_agent_sparkplug_problems_total", &label) >= 1.0,
+            "{label}"
+        );
+    }
+    assert!(agent.metric("edgesync_agent_sparkplug_rebirth_requests_total", "") >= 2.0);
+    // Dead at the end: the node's NDEATH and the device's DDEATH.
+    let s = status(&agent);
+    assert_eq!(
+        s["sparkplug"]["nodes"]["plant1/gw1"]["online"], false,
+        "{s}"
+    );
+    assert_eq!(
+        s["sparkplug"]["nodes"]["plant1/gw1"]["devices"]["pump7"], false,
+        "{s}"
+    );
+    assert_eq!(
+        agent.metric("edgesync_agent_sparkplug_nodes_online", ""),
+        0.0
+    );
+    assert_eq!(
+        agent.metric("edgesync_agent_sparkplug_devices_online", ""),
+        0.0
+    );
+    assert_eq!(
+        agent.metric("edgesync_agent_rejected_events_total", ""),
+        0.0,
+        "nothing refused whole"
+    );
+}
