@@ -86,6 +86,9 @@ pub async fn run(
                     let _ = client.subscribe(t.as_str(), QoS::AtLeastOnce).await;
                 }
             }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                tracing::info!("local MQTT ingest subscribed");
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if tx.send(p).await.is_err() {
                     break;
@@ -117,7 +120,13 @@ impl Decoder {
     /// publish once they are stored.
     fn decode(&self, p: &Publish) -> (Vec<IngestEvent>, Option<Command>) {
         match &self.sparkplug {
-            Some(sp) if p.topic.starts_with(NAMESPACE) => self.sparkplug(sp, p),
+            Some(sp)
+                if p.topic
+                    .strip_prefix(NAMESPACE)
+                    .is_some_and(|t| t.starts_with('/')) =>
+            {
+                self.sparkplug(sp, p)
+            }
             _ => match parse_json(&p.payload) {
                 Ok(e) => (e, None),
                 Err(e) => {
@@ -170,16 +179,31 @@ async fn store(
     }
 }
 
-/// Appends `events`, waiting while the spool is full; false when shutdown came first (the
-/// message stays unacknowledged and the broker delivers it again).
+/// Appends `events` in requests within the ingest limit, waiting while the spool is full;
+/// false when shutdown came first (the message stays unacknowledged and the broker delivers it
+/// again: at least once, as the module header says).
 async fn append(
     ingest: &Ingest,
     p: &Publish,
     events: Vec<IngestEvent>,
     shutdown: &CancellationToken,
 ) -> bool {
+    for chunk in events.chunks(ingest.max_request_events().max(1)) {
+        if !append_one(ingest, p, chunk, shutdown).await {
+            return false;
+        }
+    }
+    true
+}
+
+async fn append_one(
+    ingest: &Ingest,
+    p: &Publish,
+    events: &[IngestEvent],
+    shutdown: &CancellationToken,
+) -> bool {
     loop {
-        match ingest.append("mqtt", events.clone()).await {
+        match ingest.append("mqtt", events.to_vec()).await {
             Ok(_) => return true,
             Err(
                 e @ (IngestError::Invalid { .. }

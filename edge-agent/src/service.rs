@@ -236,7 +236,7 @@ fn start(cfg: &Config, listener: TcpListener, shared: Shared) -> Result<Running,
         .ingest_mqtt
         .as_ref()
         .and_then(|m| m.sparkplug.clone())
-        .map(|c| Arc::new(Mutex::new(Sparkplug::new(c, cfg.ingest_config().limits))));
+        .map(|c| Arc::new(Mutex::new(Sparkplug::new(c, &cfg.ingest_config()))));
     let mqtt = mqtt_intake(cfg, &ingest, &metrics, sparkplug.as_ref(), &intake_stop);
     let state = HttpState {
         sparkplug,

@@ -8,8 +8,8 @@ by name and by alias only, node data, historical (store-and-forward) samples of 
 one message, a seq that wraps past 255, a seq gap (answered with a rebirth when the host asks
 for one), data before birth, an unknown alias, a payload that is not protobuf, and deaths.
 
-Prints a JSON report: `expected`, every metric set the host should turn into an event, in
-publish order (`tags`, `fields` with the field names the host derives, `event_time_ms`);
+Prints a JSON report: `expected`, every metric set the host should turn into an event (a
+birth's values included), in publish order (`tags`, `fields` with the field names the host derives, `event_time_ms`);
 `rebirths`, the nodes whose `Node Control/Rebirth` command arrived; `counts`, the problems
 the host should count at least once.
 """
@@ -119,8 +119,11 @@ class Node:
         node_metrics = [self.bd_seq, spb.Metric(now, "Node Control/Rebirth", spb.DataType.BOOLEAN, value=False)]
         node_metrics += [spb.Metric(now, n, t, value=v, alias=a) for n, t, a, v in NODE_METRICS]
         self.send(spb.MessageType.NBIRTH, spb.NBirth(now, self.next_seq(), tuple(node_metrics)))
+        # A birth's readings are events too; its bdSeq and controls are not.
+        self.expect([(n, v, now, False) for n, _, _, v in NODE_METRICS], None, birth=True)
         dev = [spb.Metric(now, n, t, value=v, alias=a) for n, t, a, v in DEVICE_METRICS]
         self.send(spb.MessageType.DBIRTH, spb.DBirth(now, self.next_seq(), tuple(dev)), DEVICE)
+        self.expect([(n, v, now, False) for n, _, _, v in DEVICE_METRICS], DEVICE, birth=True)
 
     def data(self, samples, device=DEVICE, by_alias=False, seq=None, expect=True):
         """samples: [(name, value, timestamp, historical)]; one DDATA (or NDATA)."""
@@ -138,7 +141,7 @@ class Node:
         if expect:
             self.expect(samples, device)
 
-    def expect(self, samples, device):
+    def expect(self, samples, device, birth=False):
         """The host's events: one per run of samples with one timestamp and flag, no repeat."""
         events = []
         for name, value, ts, hist in samples:
@@ -150,6 +153,8 @@ class Node:
                     tags["sp_device"] = device
                 if hist:
                     tags["is_historical"] = "true"
+                if birth:
+                    tags["sp_birth"] = "true"
                 last = {"key": (ts, hist), "tags": tags, "fields": {"event_time_ms": ts}}
                 events.append(last)
             last["fields"][f] = wire(value)

@@ -48,8 +48,7 @@ fn sparkplug_b_metrics_reach_the_events_topic_typed_and_timed() {
     assert!(wait_until(Duration::from_secs(20), || agent
         .process
         .log_tail(50)
-        .contains("local MQTT ingest connected")));
-    std::thread::sleep(Duration::from_millis(500)); // its subscription follows the CONNACK
+        .contains("local MQTT ingest subscribed")));
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/sparkplug_node.py");
     let addr = fleet.mosquitto.addr();
@@ -81,6 +80,26 @@ fn sparkplug_b_metrics_reach_the_events_topic_typed_and_timed() {
         .map(|r| codec.decode_event(&r.payload).unwrap())
         .collect();
     assert_eq!(events.len(), expected.len());
+    // The script's own expectations derive names and grouping as the host does; a few literal
+    // ones do not: the device's birth, then its first data by name.
+    let birth = &events[1];
+    assert_eq!(birth.tags.get("sp_birth").map(String::as_str), Some("true"));
+    let first = &events[2];
+    for (field, want) in [
+        ("Inputs_Pressure", Value::Double(101.25)),
+        ("Inputs_Temp", Value::Double(21.5)),
+        ("Level", Value::Long(-5)),
+        ("Flow", Value::Long(4_000_000_000)),
+        ("Started_At", Value::Long(1_700_000_000_500)),
+        ("Status", Value::String("running".into())),
+        ("Running", Value::Bool(true)),
+    ] {
+        assert_eq!(first.fields.get(field), Some(&want), "{field}: {first:?}");
+    }
+    assert_eq!(
+        first.tags.get("sp_device").map(String::as_str),
+        Some("pump7")
+    );
     for (i, (e, want)) in events.iter().zip(expected).enumerate() {
         assert_eq!(e.dot.seq, i as u64 + 1);
         assert_eq!(e.stream, "plant.sparkplug");

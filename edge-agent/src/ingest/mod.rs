@@ -365,6 +365,11 @@ pub fn state_digests(spool: &Spool, codec: &Codec) -> BTreeMap<String, String> {
 }
 
 impl Ingest {
+    /// Most events one request may carry.
+    pub fn max_request_events(&self) -> usize {
+        self.cfg.max_request_events
+    }
+
     /// Starts the ingest thread for `device` on `spool`; `appended` is notified after every
     /// stored write (the uplink waits on it).
     pub fn start(

@@ -1,31 +1,33 @@
-//! Sparkplug B ingest: the host-application side of Eclipse Sparkplug B 3.0, sans IO.
+//! Sparkplug B ingest: the agent as a (non-primary) Sparkplug B 3.0 host application, sans IO.
 //!
 //! [`Sparkplug::handle`] takes one MQTT message under `spBv1.0/` and returns the events it
 //! becomes, the rebirth request to publish (if any) and what went wrong; the MQTT task does
 //! the IO. The state it keeps per edge node (`{group}/{node}`):
 //! - **births**: NBIRTH defines the node's metrics (name, datatype, alias) and its `bdSeq`;
-//!   DBIRTH defines a device's. Aliases are unique per edge node, devices included (the spec),
-//!   so one alias table per node. A new NBIRTH forgets the node's devices: they must be born
-//!   again after it.
+//!   DBIRTH defines a device's, replacing that device's earlier definitions. Aliases are
+//!   unique per edge node (the spec), so one alias table per node, each alias remembering the
+//!   device it belongs to. A new NBIRTH forgets the node's devices: they must be born again.
 //! - **seq**: every message of a node after NBIRTH (seq 0) carries the previous seq + 1 modulo
-//!   256. A gap means a lost message: it is counted and a rebirth is requested, and the data
-//!   that did arrive is still taken (it is not wrong, only something before it is missing).
-//! - **data before birth** (an unknown or dead node, an unborn device) and **an unknown alias**
-//!   cannot be read: counted, a rebirth is requested.
+//!   256. The same seq again is a redelivery: dropped and counted, so nothing is stored twice.
+//!   A gap means a lost message: it is counted and a rebirth is requested, and the data that
+//!   did arrive is still taken (it is not wrong, only something before it is missing).
+//! - **data before birth** (an unknown or dead node, an unborn device), **an unknown alias**
+//!   and **a named metric no birth declared** cannot be typed: counted, a rebirth is requested.
 //! - **rebirth requests** (`NCMD` with `Node Control/Rebirth` = true) go out at most once per
 //!   `rebirth_interval_ms` per node, so a node that keeps failing is not flooded.
 //! - **death**: NDEATH (when its `bdSeq` matches the birth's; an older session's will is
 //!   ignored) marks the node and its devices offline; DDEATH one device.
 //!
-//! Mapping (ARCHITECTURE.md, "Sparkplug B"): each NDATA/DDATA becomes events of stream
-//! `stream`, one per metric set: metrics with the same timestamp and `is_historical` flag go
-//! into one event until a name repeats (a store-and-forward batch holds many samples of one
-//! metric). Fields are the metric names made valid ([`field_name`]) with values typed from the
-//! Sparkplug datatype; the metric's timestamp (or the payload's) is the field
-//! [`EVENT_TIME_FIELD`]; tags `sp_group`, `sp_node`, `sp_device` and `is_historical`. Births,
-//! commands and `STATE` messages carry no readings and become no events. Configured `ops` turn
-//! a metric's samples into CRDT operations; `lww` and `rollup` skip historical samples, which
-//! must not overwrite the present.
+//! Mapping (ARCHITECTURE.md, "Sparkplug B"): each NBIRTH, DBIRTH, NDATA and DDATA becomes
+//! events of stream `stream`, one per metric set: metrics with the same timestamp and
+//! `is_historical` flag go into one event until a name repeats (a store-and-forward batch holds
+//! many samples of one metric) or the field or op limit is reached. Fields are the metric
+//! names made valid ([`field_name`]) with values typed from the Sparkplug datatype; the
+//! metric's timestamp (or the payload's) is the field [`EVENT_TIME_FIELD`]; tags `sp_group`,
+//! `sp_node`, `sp_device`, `is_historical` and, on a birth's values, `sp_birth`. Births restate
+//! current values, so configured `ops` run on data only (a rebirth must not count twice);
+//! `lww` and `rollup` skip historical samples, which must not overwrite the present. Deaths,
+//! commands and `STATE` carry no readings.
 
 use std::collections::BTreeMap;
 
@@ -35,18 +37,22 @@ use serde::Deserialize;
 use srad_types::payload::Message as _;
 use srad_types::payload::{metric, DataType, Metric, Payload};
 
-use super::{IngestEvent, Op};
+use super::{IngestConfig, IngestEvent, Op};
 
 /// The Sparkplug B topic namespace.
 pub const NAMESPACE: &str = "spBv1.0";
 const REBIRTH_METRIC: &str = "Node Control/Rebirth";
+/// Birth metrics that are the node's controls and session, not readings.
+const NOT_READINGS: [&str; 2] = ["bdSeq", "Node Control/"];
 const BD_SEQ: &str = "bdSeq";
+/// The longest rebirth interval a config may set (one hour).
+const MAX_REBIRTH_INTERVAL_MS: u64 = 3_600_000;
 
 /// `[ingest_mqtt.sparkplug]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SparkplugConfig {
-    /// Topic filters to subscribe to (QoS 1).
+    /// Topic filters to subscribe to (QoS 1), all under `spBv1.0/`.
     pub topics: Vec<String>,
     /// Stream of the events.
     pub stream: String,
@@ -89,7 +95,8 @@ pub struct MetricOp {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum MetricOpKind {
-    /// G-counter, by the sample (a non-negative integer).
+    /// G-counter, by the sample (a non-negative integer: a count of new things, not a
+    /// cumulative total; use `max` for a total that only grows).
     Inc,
     /// PN-counter, by the sample (an integer).
     Add,
@@ -110,7 +117,22 @@ impl SparkplugConfig {
         if self.topics.is_empty() {
             return Err("ingest_mqtt.sparkplug.topics is empty".into());
         }
+        if let Some(t) = self
+            .topics
+            .iter()
+            .find(|t| !t.starts_with(&format!("{NAMESPACE}/")))
+        {
+            return Err(format!(
+                "ingest_mqtt.sparkplug.topics: {t:?} is not under {NAMESPACE}/"
+            ));
+        }
+        if self.rebirth_interval_ms > MAX_REBIRTH_INTERVAL_MS {
+            return Err(format!(
+                "ingest_mqtt.sparkplug.rebirth_interval_ms must be <= {MAX_REBIRTH_INTERVAL_MS}"
+            ));
+        }
         for o in &self.ops {
+            edgesync_core::event::validate_state_key(&o.key).map_err(|e| e.to_string())?;
             if o.op == MetricOpKind::Rollup && o.bucket_ms == 0 {
                 return Err(format!(
                     "sparkplug op on {:?}: rollup needs bucket_ms > 0",
@@ -128,10 +150,10 @@ pub enum Problem {
     /// The payload is not a Sparkplug B protobuf.
     #[error("payload does not decode: {0}")]
     Malformed(String),
-    /// The topic is not `spBv1.0/{group}/{type}/{node}[/{device}]`.
+    /// The topic is not `spBv1.0/{group}/{type}/{node}[/{device}]` nor `spBv1.0/STATE/{host}`.
     #[error("topic is not a Sparkplug B topic")]
     BadTopic,
-    /// Data or a device birth from a node or device that is not born (or is dead).
+    /// Data, a device birth or death from a node or device that is not born (or is dead).
     #[error("{what} before its birth")]
     BeforeBirth {
         /// The message type.
@@ -145,9 +167,18 @@ pub enum Problem {
         /// The seq that came.
         got: u64,
     },
-    /// A metric by an alias no birth declared.
+    /// The node's last seq again: a redelivered message, dropped.
+    #[error("seq {0} again: a redelivery, dropped")]
+    Duplicate(u64),
+    /// A metric by an alias no birth of this node or device declared.
     #[error("unknown alias {0}")]
     UnknownAlias(u64),
+    /// A metric by a name no birth declared, without a datatype.
+    #[error("metric {0:?} was not born and has no datatype")]
+    NotBorn(String),
+    /// A metric with neither name nor alias.
+    #[error("a metric with neither name nor alias")]
+    Nameless,
     /// A metric of a type with no event field type (arrays, datasets, templates, bytes).
     #[error("metric {name:?}: datatype {datatype} has no field type")]
     Unsupported {
@@ -156,8 +187,9 @@ pub enum Problem {
         /// Its datatype number.
         datatype: u32,
     },
-    /// A value that does not fit its field (an unsigned 64-bit value over i64::MAX, a string
-    /// over the limit, a value of the wrong protobuf kind for its datatype).
+    /// A value that does not fit its field or its op (out of its type's range, a string over
+    /// the limit, a value of the wrong protobuf kind, a negative `inc`, a non-finite sample
+    /// for `max`, `min` or `rollup`).
     #[error("metric {name:?}: {why}")]
     BadValue {
         /// The metric.
@@ -179,10 +211,11 @@ impl Problem {
     /// Short reason for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Problem::Malformed(_) => "malformed",
+            Problem::Malformed(_) | Problem::Nameless => "malformed",
             Problem::BadTopic => "bad_topic",
-            Problem::BeforeBirth { .. } => "before_birth",
+            Problem::BeforeBirth { .. } | Problem::NotBorn(_) => "before_birth",
             Problem::SeqGap { .. } => "seq_gap",
+            Problem::Duplicate(_) => "duplicate",
             Problem::UnknownAlias(_) => "unknown_alias",
             Problem::Unsupported { .. } => "unsupported_type",
             Problem::BadValue { .. } => "bad_value",
@@ -193,8 +226,18 @@ impl Problem {
     fn wants_rebirth(&self) -> bool {
         matches!(
             self,
-            Problem::BeforeBirth { .. } | Problem::SeqGap { .. } | Problem::UnknownAlias(_)
+            Problem::BeforeBirth { .. }
+                | Problem::SeqGap { .. }
+                | Problem::UnknownAlias(_)
+                | Problem::NotBorn(_)
         )
+    }
+
+    fn bad(name: &str, why: impl Into<String>) -> Self {
+        Problem::BadValue {
+            name: name.to_owned(),
+            why: why.into(),
+        }
     }
 }
 
@@ -210,7 +253,7 @@ pub struct Command {
 /// What one message became.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// The message type (`NDATA`, …), if the topic parsed.
+    /// The message type (`NDATA`, …, `STATE`), if the topic parsed.
     pub kind: Option<&'static str>,
     /// Events to append.
     pub events: Vec<IngestEvent>,
@@ -222,6 +265,8 @@ pub struct Outcome {
 
 #[derive(Clone, Debug)]
 struct Def {
+    /// `""` for the node's own metrics.
+    device: String,
     name: String,
     datatype: u32,
 }
@@ -233,7 +278,7 @@ struct Node {
     /// The last seq seen; `None` until NBIRTH.
     seq: Option<u64>,
     aliases: BTreeMap<u64, Def>,
-    /// Datatypes by name: the node's metrics under `""`, each device's under its id.
+    /// Datatypes by (device, name): the node's metrics under `""`.
     types: BTreeMap<(String, String), u32>,
     devices: BTreeMap<String, bool>,
     last_rebirth_ms: Option<u64>,
@@ -246,23 +291,18 @@ struct Topic<'a> {
     device: Option<&'a str>,
 }
 
+const KINDS: [&str; 8] = [
+    "NBIRTH", "NDATA", "NDEATH", "NCMD", "DBIRTH", "DDATA", "DDEATH", "DCMD",
+];
+
 fn parse_topic(topic: &str) -> Option<Topic<'_>> {
     let mut parts = topic.split('/');
     if parts.next()? != NAMESPACE {
         return None;
     }
     let group = parts.next()?;
-    let kind = match parts.next()? {
-        "NBIRTH" => "NBIRTH",
-        "NDATA" => "NDATA",
-        "NDEATH" => "NDEATH",
-        "NCMD" => "NCMD",
-        "DBIRTH" => "DBIRTH",
-        "DDATA" => "DDATA",
-        "DDEATH" => "DDEATH",
-        "DCMD" => "DCMD",
-        _ => return None,
-    };
+    let kind = parts.next()?;
+    let kind = *KINDS.iter().find(|k| **k == kind)?;
     let node = parts.next()?;
     let device = parts.next();
     let wants_device = kind.starts_with('D');
@@ -277,8 +317,16 @@ fn parse_topic(topic: &str) -> Option<Topic<'_>> {
     })
 }
 
+/// `spBv1.0/STATE/{host}`: a host application's own birth and death.
+fn is_state_topic(topic: &str) -> bool {
+    let mut parts = topic.split('/');
+    parts.next() == Some(NAMESPACE) && parts.next() == Some("STATE") && parts.next().is_some()
+}
+
 /// A metric name as an event field name: every character outside `[A-Za-z0-9_]` becomes `_`,
-/// a leading digit gets a `_` before it, and the result is cut to the field name limit.
+/// a leading digit gets a `_` before it, the result is cut to the field name limit, and the
+/// event time's own name gets a `_` before it. Names that differ only in those characters map
+/// to one field name (ARCHITECTURE.md says what then happens).
 pub fn field_name(metric: &str) -> String {
     let mut out: String = metric
         .chars()
@@ -290,48 +338,78 @@ pub fn field_name(metric: &str) -> String {
             }
         })
         .collect();
-    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') || out == EVENT_TIME_FIELD {
         out.insert(0, '_');
     }
     out.truncate(edgesync_core::event::FIELD_NAME_MAX_LEN);
     out
 }
 
+/// An integer metric's raw bits: writers put any integer type in either protobuf field
+/// (Tahu writes UInt32 as a long, pysparkplug as an int).
+fn raw_int(value: &metric::Value) -> Option<(u64, u32)> {
+    match value {
+        metric::Value::IntValue(v) => Some((u64::from(*v), 32)),
+        metric::Value::LongValue(v) => Some((*v, 64)),
+        _ => None,
+    }
+}
+
+/// A signed type of `bits` from raw bits that are either the two's complement in the low bits
+/// (pysparkplug) or sign-extended to the field's width (Tahu).
+fn signed(raw: u64, width: u32, bits: u32) -> Option<i64> {
+    let shift = 64 - bits;
+    let value = ((raw << shift) as i64) >> shift;
+    let extended = if width == 64 {
+        value as u64
+    } else {
+        value as u64 & 0xFFFF_FFFF
+    };
+    (bits == 64 || raw < 1 << bits || raw == extended).then_some(value)
+}
+
 /// A metric's value as a field value, typed by its Sparkplug datatype.
-fn typed(datatype: u32, value: &metric::Value) -> Result<Value, String> {
+fn typed(name: &str, datatype: u32, value: &metric::Value) -> Result<Value, Problem> {
     use metric::Value as V;
     let dt = i32::try_from(datatype)
         .ok()
         .and_then(|d| DataType::try_from(d).ok())
         .unwrap_or(DataType::Unknown);
-    // Signed types travel as two's complement in the low bits (some writers sign-extend to 32
-    // or 64 bits, some do not): the low bits decide.
-    Ok(match (dt, value) {
-        (DataType::Int8, V::IntValue(v)) => Value::Long(i64::from(*v as u8 as i8)),
-        (DataType::Int16, V::IntValue(v)) => Value::Long(i64::from(*v as u16 as i16)),
-        (DataType::Int32, V::IntValue(v)) => Value::Long(i64::from(*v as i32)),
-        (DataType::Int64, V::LongValue(v)) => Value::Long(*v as i64),
-        (DataType::UInt8 | DataType::UInt16 | DataType::UInt32, V::IntValue(v)) => {
-            Value::Long(i64::from(*v))
-        }
-        (DataType::UInt64 | DataType::DateTime, V::LongValue(v)) => Value::Long(
-            i64::try_from(*v).map_err(|_| format!("{v} does not fit a signed 64-bit field"))?,
-        ),
-        (DataType::Float, V::FloatValue(v)) => Value::Double(f64::from(*v)),
-        (DataType::Double, V::DoubleValue(v)) => Value::Double(*v),
-        (DataType::Boolean, V::BooleanValue(v)) => Value::Bool(*v),
+    let int = raw_int(value);
+    let wrong = || {
+        Problem::bad(
+            name,
+            format!("a {} value of the wrong kind or range", dt.as_str_name()),
+        )
+    };
+    let signed_of = |bits| int.and_then(|(raw, width)| signed(raw, width, bits));
+    let unsigned_of = |max: u64| int.map(|(raw, _)| raw).filter(|raw| *raw <= max);
+    let long = |v: Option<i64>| v.map(Value::Long).ok_or_else(wrong);
+    match (dt, value) {
+        (DataType::Int8, _) => long(signed_of(8)),
+        (DataType::Int16, _) => long(signed_of(16)),
+        (DataType::Int32, _) => long(signed_of(32)),
+        (DataType::Int64 | DataType::DateTime, _) => long(signed_of(64)),
+        (DataType::UInt8, _) => long(unsigned_of(u8::MAX.into()).map(|v| v as i64)),
+        (DataType::UInt16, _) => long(unsigned_of(u16::MAX.into()).map(|v| v as i64)),
+        (DataType::UInt32, _) => long(unsigned_of(u32::MAX.into()).map(|v| v as i64)),
+        (DataType::UInt64, _) => long(unsigned_of(i64::MAX as u64).map(|v| v as i64)),
+        (DataType::Float, V::FloatValue(v)) => Ok(Value::Double(f64::from(*v))),
+        (DataType::Double, V::DoubleValue(v)) => Ok(Value::Double(*v)),
+        (DataType::Boolean, V::BooleanValue(v)) => Ok(Value::Bool(*v)),
         (DataType::String | DataType::Text | DataType::Uuid, V::StringValue(v)) => {
-            Value::String(v.clone())
+            Ok(Value::String(v.clone()))
         }
-        (dt, _) => return Err(format!("a {} value of the wrong kind", dt.as_str_name())),
-    })
+        (DataType::Float | DataType::Double | DataType::Boolean, _) => Err(wrong()),
+        (DataType::String | DataType::Text | DataType::Uuid, _) => Err(wrong()),
+        _ => Err(Problem::Unsupported {
+            name: name.to_owned(),
+            datatype,
+        }),
+    }
 }
 
-fn supported(datatype: u32) -> bool {
-    (1..=15).contains(&datatype)
-}
-
-/// One metric of a data message, resolved against the births.
+/// One metric of a message, resolved against the births.
 struct Sample {
     name: String,
     value: Value,
@@ -339,11 +417,18 @@ struct Sample {
     historical: bool,
 }
 
+/// How metrics become events: the config and the limits of one event.
+#[derive(Debug)]
+struct Mapping {
+    cfg: SparkplugConfig,
+    limits: EventLimits,
+    max_ops: usize,
+}
+
 /// The Sparkplug B host state of one agent.
 #[derive(Debug)]
 pub struct Sparkplug {
-    cfg: SparkplugConfig,
-    limits: EventLimits,
+    map: Mapping,
     nodes: BTreeMap<(String, String), Node>,
 }
 
@@ -361,11 +446,14 @@ pub struct Census {
 }
 
 impl Sparkplug {
-    /// A host with no node known yet.
-    pub fn new(cfg: SparkplugConfig, limits: EventLimits) -> Self {
+    /// A host with no node known yet, making events within `ingest`'s limits.
+    pub fn new(cfg: SparkplugConfig, ingest: &IngestConfig) -> Self {
         Self {
-            cfg,
-            limits,
+            map: Mapping {
+                cfg,
+                limits: ingest.limits,
+                max_ops: ingest.max_ops,
+            },
             nodes: BTreeMap::new(),
         }
     }
@@ -373,6 +461,10 @@ impl Sparkplug {
     /// Handles one message received at `now_ms`.
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Outcome {
         let mut out = Outcome::default();
+        if is_state_topic(topic) {
+            out.kind = Some("STATE");
+            return out;
+        }
         let Some(t) = parse_topic(topic) else {
             out.problems.push(Problem::BadTopic);
             return out;
@@ -389,30 +481,25 @@ impl Sparkplug {
                 return out;
             }
         };
-        let key = (t.group.to_owned(), t.node.to_owned());
-        let node = self.nodes.entry(key).or_default();
-        match t.kind {
-            "NBIRTH" => node_birth(node, &p),
-            "NDEATH" => node_death(node, &p, &mut out.problems),
-            "DBIRTH" => device_birth(node, t.device.unwrap_or(""), &p, &mut out.problems),
-            "DDEATH" => device_death(node, t.device.unwrap_or(""), &p, &mut out.problems),
-            _ => {
-                let samples = data(node, &t, &p, &self.limits, &mut out.problems);
-                out.events = self.events(&t, samples);
-            }
-        }
         let node = self
             .nodes
-            .get_mut(&(t.group.to_owned(), t.node.to_owned()))
-            .expect("inserted above");
-        if self.cfg.rebirth && out.problems.iter().any(Problem::wants_rebirth) {
-            let due = node
-                .last_rebirth_ms
-                .is_none_or(|l| now_ms >= l + self.cfg.rebirth_interval_ms);
-            if due {
-                node.last_rebirth_ms = Some(now_ms);
-                out.rebirth = Some(rebirth(t.group, t.node, now_ms));
-            }
+            .entry((t.group.to_owned(), t.node.to_owned()))
+            .or_default();
+        let samples = match t.kind {
+            "NBIRTH" => node_birth(node, &p, &self.map.limits, &mut out.problems),
+            "NDEATH" => node_death(node, &p, &mut out.problems),
+            "DBIRTH" => device_birth(node, &t, &p, &self.map.limits, &mut out.problems),
+            "DDEATH" => device_death(node, &t, &p, &mut out.problems),
+            _ => data(node, &t, &p, &self.map.limits, &mut out.problems),
+        };
+        let birth = t.kind.ends_with("BIRTH");
+        out.events = self.map.events(&t, samples, birth, &mut out.problems);
+        let due = node
+            .last_rebirth_ms
+            .is_none_or(|l| now_ms.saturating_sub(l) >= self.map.cfg.rebirth_interval_ms);
+        if self.map.cfg.rebirth && due && out.problems.iter().any(Problem::wants_rebirth) {
+            node.last_rebirth_ms = Some(now_ms);
+            out.rebirth = Some(rebirth(t.group, t.node, now_ms));
         }
         out
     }
@@ -450,29 +537,50 @@ impl Sparkplug {
             .collect();
         serde_json::json!({"census": self.census(), "nodes": nodes})
     }
+}
 
-    fn events(&self, t: &Topic<'_>, samples: Vec<Sample>) -> Vec<IngestEvent> {
+impl Mapping {
+    fn events(
+        &self,
+        t: &Topic<'_>,
+        samples: Vec<Sample>,
+        birth: bool,
+        problems: &mut Vec<Problem>,
+    ) -> Vec<IngestEvent> {
         let mut events: Vec<IngestEvent> = Vec::new();
         let mut current: Option<(Option<u64>, bool)> = None;
         for s in samples {
             let field = field_name(&s.name);
+            let ops = if birth {
+                Vec::new()
+            } else {
+                self.ops(t, &s, problems)
+            };
             let fits = events.last().is_some_and(|e| {
                 current == Some((s.time_ms, s.historical))
                     && !e.fields.contains_key(&field)
                     && e.fields.len() < self.limits.max_fields
+                    && e.ops.len() + ops.len() <= self.max_ops
             });
             if !fits {
-                events.push(self.event(t, s.time_ms, s.historical));
+                events.push(self.event(t, s.time_ms, s.historical, birth));
                 current = Some((s.time_ms, s.historical));
             }
-            let e = events.last_mut().expect("pushed above");
-            e.ops.extend(self.ops(t, &s));
-            e.fields.insert(field, s.value);
+            if let Some(e) = events.last_mut() {
+                e.ops.extend(ops);
+                e.fields.insert(field, s.value);
+            }
         }
         events
     }
 
-    fn event(&self, t: &Topic<'_>, time_ms: Option<u64>, historical: bool) -> IngestEvent {
+    fn event(
+        &self,
+        t: &Topic<'_>,
+        time_ms: Option<u64>,
+        historical: bool,
+        birth: bool,
+    ) -> IngestEvent {
         let mut tags = BTreeMap::from([
             ("sp_group".to_owned(), t.group.to_owned()),
             ("sp_node".to_owned(), t.node.to_owned()),
@@ -482,6 +590,9 @@ impl Sparkplug {
         }
         if historical {
             tags.insert("is_historical".into(), "true".into());
+        }
+        if birth {
+            tags.insert("sp_birth".into(), "true".into());
         }
         let mut fields = BTreeMap::new();
         if let Some(ms) = time_ms.and_then(|ms| i64::try_from(ms).ok()) {
@@ -496,58 +607,75 @@ impl Sparkplug {
         }
     }
 
-    fn ops(&self, t: &Topic<'_>, s: &Sample) -> Vec<Op> {
-        self.cfg
-            .ops
-            .iter()
-            .filter(|o| o.metric == s.name)
-            .filter_map(|o| {
-                let key = o
-                    .key
-                    .replace("{group}", t.group)
-                    .replace("{node}", t.node)
-                    .replace("{device}", t.device.unwrap_or(""))
-                    .replace("{metric}", &s.name);
-                let value = s.value.clone();
-                match (o.op, &value) {
-                    (MetricOpKind::Inc, Value::Long(v)) => {
-                        u64::try_from(*v).ok().map(|by| Op::Inc { key, by })
-                    }
-                    (MetricOpKind::Add, Value::Long(v)) => Some(Op::Add { key, by: *v }),
-                    (MetricOpKind::Max, _) => Some(Op::Max { key, value }),
-                    (MetricOpKind::Min, _) => Some(Op::Min { key, value }),
-                    (MetricOpKind::Lww, _) if !s.historical => Some(Op::Lww { key, value }),
-                    (MetricOpKind::Rollup, Value::Double(_) | Value::Long(_)) if !s.historical => {
-                        let value = match value {
-                            Value::Double(d) => d,
-                            Value::Long(l) => l as f64,
-                            _ => return None,
-                        };
-                        Some(Op::Rollup {
-                            key,
-                            value,
-                            bucket_ms: o.bucket_ms,
-                        })
-                    }
-                    _ => None,
-                }
-            })
-            .collect()
+    /// The configured ops of a data sample; a value an op cannot take is counted, not sent.
+    fn ops(&self, t: &Topic<'_>, s: &Sample, problems: &mut Vec<Problem>) -> Vec<Op> {
+        let mut out = Vec::new();
+        for o in self.cfg.ops.iter().filter(|o| o.metric == s.name) {
+            let key = o
+                .key
+                .replace("{group}", t.group)
+                .replace("{node}", t.node)
+                .replace("{device}", t.device.unwrap_or(""))
+                .replace("{metric}", &s.name);
+            match op(o, key, s) {
+                Ok(Some(op)) => out.push(op),
+                Ok(None) => {}
+                Err(why) => problems.push(Problem::bad(&s.name, why)),
+            }
+        }
+        out
     }
+}
+
+/// Sample `s` as operation `o` on `key`; `None` where the op skips historical samples.
+fn op(o: &MetricOp, key: String, s: &Sample) -> Result<Option<Op>, String> {
+    let value = s.value.clone();
+    let number = match &value {
+        Value::Double(d) => Some(*d),
+        Value::Long(l) => Some(*l as f64),
+        _ => None,
+    };
+    if number.is_some_and(|n| !n.is_finite()) && o.op != MetricOpKind::Lww {
+        return Err(format!(
+            "{value:?} is not finite, {:?} cannot take it",
+            o.op
+        ));
+    }
+    Ok(match (o.op, &value) {
+        (MetricOpKind::Inc, Value::Long(v)) => Some(Op::Inc {
+            key,
+            by: u64::try_from(*v).map_err(|_| format!("inc by {v}: negative"))?,
+        }),
+        (MetricOpKind::Add, Value::Long(v)) => Some(Op::Add { key, by: *v }),
+        (MetricOpKind::Inc | MetricOpKind::Add, _) => {
+            return Err(format!("{:?} needs an integer, not {value:?}", o.op))
+        }
+        (MetricOpKind::Max, _) => Some(Op::Max { key, value }),
+        (MetricOpKind::Min, _) => Some(Op::Min { key, value }),
+        (MetricOpKind::Lww | MetricOpKind::Rollup, _) if s.historical => None,
+        (MetricOpKind::Lww, _) => Some(Op::Lww { key, value }),
+        (MetricOpKind::Rollup, _) => Some(Op::Rollup {
+            key,
+            value: number.ok_or_else(|| format!("rollup needs a number, not {value:?}"))?,
+            bucket_ms: o.bucket_ms,
+        }),
+    })
 }
 
 fn metric_u64(p: &Payload, name: &str) -> Option<u64> {
     p.metrics
         .iter()
         .find(|m| m.name.as_deref() == Some(name))
-        .and_then(|m| match m.value {
-            Some(metric::Value::LongValue(v)) => Some(v),
-            Some(metric::Value::IntValue(v)) => Some(u64::from(v)),
-            _ => None,
-        })
+        .and_then(|m| m.value.as_ref().and_then(raw_int))
+        .map(|(raw, _)| raw)
 }
 
-fn node_birth(node: &mut Node, p: &Payload) {
+fn node_birth(
+    node: &mut Node,
+    p: &Payload,
+    limits: &EventLimits,
+    problems: &mut Vec<Problem>,
+) -> Vec<Sample> {
     *node = Node {
         online: true,
         bd_seq: metric_u64(p, BD_SEQ),
@@ -556,70 +684,111 @@ fn node_birth(node: &mut Node, p: &Payload) {
         ..Node::default()
     };
     define(node, "", &p.metrics);
+    readings(node, "", p, limits, problems)
 }
 
+/// Records a birth's definitions for `device` (`""`: the node), replacing its earlier ones.
 fn define(node: &mut Node, device: &str, metrics: &[Metric]) {
+    node.aliases.retain(|_, d| d.device != device);
+    node.types.retain(|(d, _), _| d != device);
     for m in metrics {
         let (Some(name), Some(dt)) = (&m.name, m.datatype) else {
             continue;
         };
         node.types.insert((device.to_owned(), name.clone()), dt);
         if let Some(a) = m.alias {
-            node.aliases.insert(
-                a,
-                Def {
-                    name: name.clone(),
-                    datatype: dt,
-                },
-            );
+            let def = Def {
+                device: device.to_owned(),
+                name: name.clone(),
+                datatype: dt,
+            };
+            node.aliases.insert(a, def);
         }
     }
 }
 
-/// Checks and advances the node's seq; false when the node is not born.
-fn next_seq(node: &mut Node, p: &Payload, problems: &mut Vec<Problem>) -> bool {
+/// Where a message stands in its node's seq order.
+enum Seq {
+    /// The node is not born (or dead).
+    Unborn,
+    /// The node's last seq again.
+    Again,
+    /// Next (a gap is recorded as a problem).
+    Next,
+}
+
+/// Checks and advances the node's seq.
+fn next_seq(node: &mut Node, p: &Payload, problems: &mut Vec<Problem>) -> Seq {
     let Some(last) = node.seq.filter(|_| node.online) else {
-        return false;
+        return Seq::Unborn;
     };
     let got = p.seq.unwrap_or(0) % 256;
+    if got == last {
+        problems.push(Problem::Duplicate(got));
+        return Seq::Again;
+    }
     let expected = (last + 1) % 256;
     if got != expected {
         problems.push(Problem::SeqGap { expected, got });
     }
     node.seq = Some(got);
-    true
+    Seq::Next
 }
 
-fn node_death(node: &mut Node, p: &Payload, problems: &mut Vec<Problem>) {
+fn node_death(node: &mut Node, p: &Payload, problems: &mut Vec<Problem>) -> Vec<Sample> {
     let got = metric_u64(p, BD_SEQ);
     if node.online && got.is_some() && node.bd_seq.is_some() && got != node.bd_seq {
         problems.push(Problem::StaleDeath {
             got,
             born: node.bd_seq,
         });
-        return;
+        return Vec::new();
     }
     node.online = false;
     node.seq = None;
     for on in node.devices.values_mut() {
         *on = false;
     }
+    Vec::new()
 }
 
-fn device_birth(node: &mut Node, device: &str, p: &Payload, problems: &mut Vec<Problem>) {
-    if !next_seq(node, p, problems) {
-        problems.push(Problem::BeforeBirth { what: "DBIRTH" });
-        return;
+fn device_birth(
+    node: &mut Node,
+    t: &Topic<'_>,
+    p: &Payload,
+    limits: &EventLimits,
+    problems: &mut Vec<Problem>,
+) -> Vec<Sample> {
+    let device = t.device.unwrap_or("");
+    match next_seq(node, p, problems) {
+        Seq::Unborn => {
+            problems.push(Problem::BeforeBirth { what: t.kind });
+            Vec::new()
+        }
+        Seq::Again => Vec::new(),
+        Seq::Next => {
+            define(node, device, &p.metrics);
+            node.devices.insert(device.to_owned(), true);
+            readings(node, device, p, limits, problems)
+        }
     }
-    node.types.retain(|(d, _), _| d != device);
-    define(node, device, &p.metrics);
-    node.devices.insert(device.to_owned(), true);
 }
 
-fn device_death(node: &mut Node, device: &str, p: &Payload, problems: &mut Vec<Problem>) {
-    if next_seq(node, p, problems) {
-        node.devices.insert(device.to_owned(), false);
+fn device_death(
+    node: &mut Node,
+    t: &Topic<'_>,
+    p: &Payload,
+    problems: &mut Vec<Problem>,
+) -> Vec<Sample> {
+    match next_seq(node, p, problems) {
+        Seq::Unborn => problems.push(Problem::BeforeBirth { what: t.kind }),
+        Seq::Again => {}
+        Seq::Next => {
+            node.devices
+                .insert(t.device.unwrap_or("").to_owned(), false);
+        }
     }
+    Vec::new()
 }
 
 /// The samples of an NDATA or DDATA.
@@ -631,14 +800,35 @@ fn data(
     problems: &mut Vec<Problem>,
 ) -> Vec<Sample> {
     let device = t.device.unwrap_or("");
-    let born = next_seq(node, p, problems)
-        && (t.device.is_none() || node.devices.get(device).copied().unwrap_or(false));
-    if !born {
-        problems.push(Problem::BeforeBirth { what: t.kind });
-        return Vec::new();
+    let seq = next_seq(node, p, problems);
+    let device_born = t.device.is_none() || node.devices.get(device).copied().unwrap_or(false);
+    match seq {
+        Seq::Again => Vec::new(),
+        Seq::Next if device_born => readings(node, device, p, limits, problems),
+        _ => {
+            problems.push(Problem::BeforeBirth { what: t.kind });
+            Vec::new()
+        }
     }
+}
+
+/// The readings among a message's metrics (a birth's controls and session number are not).
+fn readings(
+    node: &Node,
+    device: &str,
+    p: &Payload,
+    limits: &EventLimits,
+    problems: &mut Vec<Problem>,
+) -> Vec<Sample> {
     let mut samples = Vec::with_capacity(p.metrics.len());
     for m in &p.metrics {
+        let control = m
+            .name
+            .as_deref()
+            .is_some_and(|n| NOT_READINGS.iter().any(|c| n.starts_with(c)));
+        if control {
+            continue;
+        }
         match sample(node, device, m, p.timestamp, limits) {
             Ok(Some(s)) => samples.push(s),
             Ok(None) => {}
@@ -661,37 +851,32 @@ fn sample(
             node.types.get(&(device.to_owned(), n.clone())).copied(),
         ),
         (None, Some(a)) => {
-            let d = node.aliases.get(&a).ok_or(Problem::UnknownAlias(a))?;
+            let d = node
+                .aliases
+                .get(&a)
+                .filter(|d| d.device == device)
+                .ok_or(Problem::UnknownAlias(a))?;
             (d.name.clone(), Some(d.datatype))
         }
-        (None, None) => {
-            return Err(Problem::Malformed(
-                "a metric with neither name nor alias".into(),
-            ))
-        }
+        (None, None) => return Err(Problem::Nameless),
     };
-    let datatype = m.datatype.or(born_type).unwrap_or(0);
-    if !supported(datatype) {
-        return Err(Problem::Unsupported { name, datatype });
-    }
+    let datatype = m
+        .datatype
+        .or(born_type)
+        .ok_or_else(|| Problem::NotBorn(name.clone()))?;
     let Some(v) = m.value.as_ref().filter(|_| m.is_null != Some(true)) else {
         // An explicit null is "no value now": nothing to record.
         return Ok(None);
     };
-    let value = typed(datatype, v).map_err(|why| Problem::BadValue {
-        name: name.clone(),
-        why,
-    })?;
+    let value = typed(&name, datatype, v)?;
     if let Value::String(s) = &value {
         if s.len() > limits.max_string_bytes {
-            return Err(Problem::BadValue {
-                name,
-                why: format!(
-                    "{} bytes, the limit is {}",
-                    s.len(),
-                    limits.max_string_bytes
-                ),
-            });
+            let why = format!(
+                "{} bytes, the limit is {}",
+                s.len(),
+                limits.max_string_bytes
+            );
+            return Err(Problem::bad(&name, why));
         }
     }
     Ok(Some(Sample {
@@ -759,7 +944,7 @@ mod tests {
             }],
             ..SparkplugConfig::default()
         };
-        Sparkplug::new(cfg, EventLimits::default())
+        Sparkplug::new(cfg, &IngestConfig::default())
     }
 
     const NB: &str = "spBv1.0/g/NBIRTH/n";
@@ -974,10 +1159,177 @@ mod tests {
     }
 
     #[test]
+    fn a_redelivered_message_is_dropped_not_stored_twice() {
+        use metric::Value as V;
+        let mut h = born();
+        let c = || m(Some("Count"), None, DataType::UInt64, V::LongValue(1));
+        assert_eq!(
+            h.handle(DD, &payload(Some(2), vec![c()]), 0).events.len(),
+            1
+        );
+        let again = h.handle(DD, &payload(Some(2), vec![c()]), 0);
+        assert!(again.events.is_empty() && again.rebirth.is_none());
+        assert_eq!(again.problems, vec![Problem::Duplicate(2)]);
+    }
+
+    #[test]
+    fn a_birth_restates_values_as_events_without_ops_and_controls() {
+        use metric::Value as V;
+        let mut h = host();
+        let nb = vec![
+            m(Some("bdSeq"), None, DataType::Int64, V::LongValue(0)),
+            m(
+                Some("Node Control/Rebirth"),
+                None,
+                DataType::Boolean,
+                V::BooleanValue(false),
+            ),
+            m(Some("Uptime"), Some(1), DataType::UInt32, V::IntValue(9)),
+        ];
+        let out = h.handle(NB, &payload(Some(0), nb), 0);
+        assert_eq!(out.events.len(), 1);
+        let e = &out.events[0];
+        assert_eq!(
+            e.fields.keys().collect::<Vec<_>>(),
+            ["Uptime", EVENT_TIME_FIELD]
+        );
+        assert_eq!(e.tags["sp_birth"], "true");
+        let db = vec![m(Some("Count"), Some(2), DataType::UInt64, V::LongValue(7))];
+        let out = h.handle(DB, &payload(Some(1), db), 0);
+        assert_eq!(out.events[0].fields["Count"], Value::Long(7));
+        assert!(
+            out.events[0].ops.is_empty(),
+            "a rebirth must not count twice"
+        );
+    }
+
+    #[test]
+    fn integers_arrive_in_either_field_and_are_range_checked() {
+        use metric::Value as V;
+        let v = |dt: DataType, x| typed("x", dt as u32, &x);
+        // Tahu writes UInt32 as a long; signed types sign-extended or not.
+        assert_eq!(
+            v(DataType::UInt32, V::LongValue(4_000_000_000)),
+            Ok(Value::Long(4_000_000_000))
+        );
+        assert_eq!(v(DataType::Int8, V::IntValue(251)), Ok(Value::Long(-5)));
+        assert_eq!(
+            v(DataType::Int8, V::LongValue(u64::MAX - 4)),
+            Ok(Value::Long(-5))
+        );
+        assert_eq!(
+            v(DataType::Int16, V::IntValue(0xFFFF_8000)),
+            Ok(Value::Long(-32768))
+        );
+        assert_eq!(
+            v(DataType::Int64, V::LongValue(u64::MAX)),
+            Ok(Value::Long(-1))
+        );
+        assert_eq!(
+            v(DataType::DateTime, V::LongValue(1_700_000_000_000)),
+            Ok(Value::Long(1_700_000_000_000))
+        );
+        for (dt, x) in [
+            (DataType::Int8, V::IntValue(300)),
+            (DataType::UInt8, V::IntValue(256)),
+            (DataType::UInt16, V::LongValue(70_000)),
+            (DataType::UInt64, V::LongValue(u64::MAX)),
+            (DataType::Boolean, V::IntValue(1)),
+        ] {
+            assert!(matches!(v(dt, x), Err(Problem::BadValue { .. })), "{dt:?}");
+        }
+        assert!(matches!(
+            v(DataType::Bytes, V::BytesValue(vec![])),
+            Err(Problem::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn values_an_op_cannot_take_are_counted_and_the_reading_kept() {
+        use metric::Value as V;
+        let cfg = SparkplugConfig {
+            ops: vec![MetricOp {
+                metric: "P".into(),
+                op: MetricOpKind::Rollup,
+                key: "p".into(),
+                bucket_ms: 1000,
+            }],
+            ..SparkplugConfig::default()
+        };
+        let mut h = Sparkplug::new(cfg, &IngestConfig::default());
+        let bd = m(Some("bdSeq"), None, DataType::Int64, V::LongValue(0));
+        h.handle(NB, &payload(Some(0), vec![bd]), 0);
+        let nd = vec![m(
+            Some("P"),
+            None,
+            DataType::Double,
+            V::DoubleValue(f64::NAN),
+        )];
+        let out = h.handle("spBv1.0/g/NDATA/n", &payload(Some(1), nd), 0);
+        assert_eq!(out.events.len(), 1);
+        assert!(out.events[0].ops.is_empty());
+        assert!(matches!(out.problems[..], [Problem::BadValue { .. }]));
+    }
+
+    #[test]
+    fn an_event_is_cut_at_the_op_limit() {
+        use metric::Value as V;
+        let ops = (0..3)
+            .map(|i| MetricOp {
+                metric: format!("M{i}"),
+                op: MetricOpKind::Inc,
+                key: format!("k{i}"),
+                bucket_ms: 0,
+            })
+            .collect();
+        let cfg = SparkplugConfig {
+            ops,
+            ..SparkplugConfig::default()
+        };
+        let ingest = IngestConfig {
+            max_ops: 2,
+            ..IngestConfig::default()
+        };
+        let mut h = Sparkplug::new(cfg, &ingest);
+        h.handle(NB, &payload(Some(0), vec![]), 0);
+        let nd = (0..3)
+            .map(|i| {
+                m(
+                    Some(&format!("M{i}")),
+                    None,
+                    DataType::Int64,
+                    V::LongValue(1),
+                )
+            })
+            .collect();
+        let out = h.handle("spBv1.0/g/NDATA/n", &payload(Some(1), nd), 0);
+        let sizes: Vec<_> = out.events.iter().map(|e| e.ops.len()).collect();
+        assert_eq!(sizes, [2, 1]);
+    }
+
+    #[test]
+    fn state_messages_and_commands_are_not_problems_and_aliases_belong_to_their_device() {
+        use metric::Value as V;
+        let mut h = born();
+        assert!(h
+            .handle("spBv1.0/STATE/scada", b"{\"online\":true}", 0)
+            .problems
+            .is_empty());
+        assert!(h.handle("spBv1.0/g/NCMD/n", b"", 0).problems.is_empty());
+        // Alias 1 is device d's; from another device it is unknown.
+        let other = vec![m(Some("X"), Some(5), DataType::Int64, V::LongValue(0))];
+        h.handle("spBv1.0/g/DBIRTH/n/e", &payload(Some(2), other), 0);
+        let by_alias = vec![m(None, Some(1), DataType::Int8, V::IntValue(1))];
+        let out = h.handle("spBv1.0/g/DDATA/n/e", &payload(Some(3), by_alias), 0);
+        assert_eq!(out.problems, vec![Problem::UnknownAlias(1)]);
+    }
+
+    #[test]
     fn field_names_are_valid_event_field_names() {
         assert_eq!(field_name("Inputs/Temp 1"), "Inputs_Temp_1");
         assert_eq!(field_name("1st"), "_1st");
         assert_eq!(field_name(&"x".repeat(100)).len(), 64);
+        assert_eq!(field_name(EVENT_TIME_FIELD), "_event_time_ms");
         for n in ["a/b", "Node Control/Rebirth", "9", "é"] {
             edgesync_core::event::validate_name("field", &field_name(n)).unwrap();
         }
