@@ -12,25 +12,13 @@
 //! `spool.cache_bytes=2097152;spool.write_buffer_bytes=2097152`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use edgesync_servicekit::config::ServiceConfig;
+use edgesync_testkit::knob;
 use edgesync_testkit::mem::{dir_bytes, mib, rss};
-use edgesync_testkit::{free_port, knob, Service};
-
-const PER_REQUEST: u64 = 1_000;
-
-fn ndjson(start: u64, n: u64) -> Vec<u8> {
-    let mut out = String::new();
-    for i in start..start + n {
-        out.push_str(&format!(
-            "{{\"stream\":\"pump.telemetry\",\"fields\":{{\"i\":{i},\"pressure_kpa\":{:.1}}},\"tags\":{{\"site\":\"north\"}},\"ops\":[{{\"op\":\"inc\",\"key\":\"readings\",\"by\":1}},{{\"op\":\"rollup\",\"key\":\"pressure\",\"value\":101.5,\"bucket_ms\":60000}}]}}\n",
-            101.0 + (i % 50) as f64 / 10.0
-        ));
-    }
-    out.into_bytes()
-}
 
 struct Measured {
     filled: (u64, u64),
@@ -40,34 +28,15 @@ struct Measured {
 }
 
 fn run(n: u64) -> Measured {
-    let nobody = free_port().unwrap();
-    let mut sets = vec![
-        "device.id=\"pump-0042\"".to_owned(),
-        "spool.dir=\"{dir}/spool\"".to_owned(),
-        format!("uplink.port={nobody}"),
-    ];
-    if let Ok(extra) = std::env::var("SPOOL_MEMORY_SET") {
-        sets.extend(
-            extra
-                .split(';')
-                .filter(|x| !x.is_empty())
-                .map(str::to_owned),
-        );
-    }
-    let env = [("RUST_LOG".to_owned(), "warn".to_owned())];
-    let program = PathBuf::from(env!("CARGO_BIN_EXE_edgesync-agent"));
-    let mut svc =
-        Service::start_with_env(program, Some("run"), "bench agent", &sets, &env).unwrap();
+    let sets: Vec<String> = std::env::var("SPOOL_MEMORY_SET")
+        .unwrap_or_default()
+        .split(';')
+        .filter(|x| !x.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut svc = common::offline_agent(None, &sets);
     let started = Instant::now();
-    let mut sent = 0;
-    while sent < n {
-        let k = PER_REQUEST.min(n - sent);
-        let (code, body) = svc
-            .post("/v1/events", "application/x-ndjson", &ndjson(sent, k))
-            .unwrap();
-        assert_eq!(code, 200, "{body}");
-        sent += k;
-    }
+    common::feed(&svc, 0, n, 1_000);
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(svc.metric("edgesync_agent_spool_events", "") as u64, n);
     // Let the memtable flush and compactions that follow a burst settle.

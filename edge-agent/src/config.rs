@@ -76,6 +76,8 @@ pub struct SpoolSection {
     pub cache_bytes: u64,
     /// One RocksDB memtable, in bytes (at most two at once).
     pub write_buffer_bytes: u64,
+    /// Table files RocksDB keeps open.
+    pub max_open_files: u32,
 }
 
 impl Default for SpoolSection {
@@ -88,6 +90,7 @@ impl Default for SpoolSection {
             policy: PolicyName::Block,
             cache_bytes: SpoolMemory::default().cache_bytes as u64,
             write_buffer_bytes: SpoolMemory::default().write_buffer_bytes as u64,
+            max_open_files: SpoolMemory::default().max_open_files.unsigned_abs(),
         }
     }
 }
@@ -156,6 +159,10 @@ pub struct UplinkSection {
     pub backoff_min_ms: u64,
     /// Largest reconnect delay.
     pub backoff_max_ms: u64,
+    /// Rate cap on published bytes per second (0 = none).
+    pub max_bytes_per_sec: u64,
+    /// Most bytes published per UTC day (0 = no budget).
+    pub daily_budget_bytes: u64,
 }
 
 impl Default for UplinkSection {
@@ -175,6 +182,8 @@ impl Default for UplinkSection {
             resume_wait_ms: a.resume_wait_ms,
             backoff_min_ms: 500,
             backoff_max_ms: 60_000,
+            max_bytes_per_sec: 0,
+            daily_budget_bytes: 0,
         }
     }
 }
@@ -299,9 +308,12 @@ impl ServiceConfig for Config {
         if self.spool.max_bytes == 0 {
             return Err(ConfigError::Invalid("spool.max_bytes must be > 0".into()));
         }
-        if self.spool.cache_bytes == 0 || self.spool.write_buffer_bytes < 64 << 10 {
+        if self.spool.cache_bytes == 0
+            || self.spool.write_buffer_bytes < 64 << 10
+            || self.spool.max_open_files < 16
+        {
             return Err(ConfigError::Invalid(
-                "spool.cache_bytes must be > 0 and spool.write_buffer_bytes >= 65536".into(),
+                "spool.cache_bytes must be > 0, spool.write_buffer_bytes >= 65536 and spool.max_open_files >= 16".into(),
             ));
         }
         if let Some(m) = &self.ingest_mqtt {
@@ -342,6 +354,7 @@ impl Config {
             memory: SpoolMemory {
                 cache_bytes: usize::try_from(s.cache_bytes).unwrap_or(usize::MAX),
                 write_buffer_bytes: usize::try_from(s.write_buffer_bytes).unwrap_or(usize::MAX),
+                max_open_files: i32::try_from(s.max_open_files).unwrap_or(i32::MAX),
             },
             ..SpoolConfig::default()
         }
@@ -394,6 +407,15 @@ mod tests {
         let c = Config::load(Some(&p), [], &[]).unwrap();
         assert_eq!(c.device.id, "pump-0042");
         assert_eq!(c.spool_config().memory, SpoolMemory::default());
+    }
+
+    #[test]
+    fn the_small_gateway_profile_loads_and_bounds_rocksdb_to_a_few_mib() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge-agent-small.toml");
+        let c = Config::load(Some(&p), [], &[]).unwrap();
+        let m = c.spool_config().memory;
+        assert!(m.budget() <= 4 << 20, "{m:?}");
+        assert!(m.max_open_files <= 64, "{m:?}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! | route | |
 //! |---|---|
 //! | `POST /v1/events` | one JSON event, a JSON array, or NDJSON (`Content-Type: application/x-ndjson`) |
-//! | `GET /v1/status` | spool depth and bytes, oldest unacknowledged age, watermark, link state, Sparkplug B nodes and devices online (JSON) |
+//! | `GET /v1/status` | spool depth and bytes, oldest unacknowledged age, watermark, link state, uplink budget, Sparkplug B nodes and devices online (JSON) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | `ok` once the spool is open |
 //!
@@ -167,6 +167,12 @@ async fn status(State(s): State<HttpState>) -> Response {
             link_up,
             (s.clock)(),
         );
+        let m = &s.metrics;
+        doc["uplink_budget"] = json!({
+            "spent_today_bytes": m.budget_spent_today.get(),
+            "exhausted": m.budget_exhausted.get() == 1,
+            "waiting": m.budget_waiting.get() == 1,
+        });
         if let Some(sp) = &s.sparkplug {
             doc["sparkplug"] = sp.lock().unwrap_or_else(|e| e.into_inner()).status();
         }

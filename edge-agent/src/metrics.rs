@@ -38,6 +38,13 @@ pub struct DropLabel {
     pub reason: &'static str,
 }
 
+/// Why the uplink budget held a batch back.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    /// `rate` or `daily`.
+    pub reason: &'static str,
+}
+
 /// A Sparkplug B message type.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SparkplugKindLabel {
@@ -100,6 +107,18 @@ edgesync_servicekit::metric_set! {
         disconnects: Counter = Counter::default(), "disconnects", "Connection losses";
         /// 1 while connected to the broker.
         link_up: Gauge = Gauge::default(), "link_up", "1 while connected to the broker";
+        /// Bytes published today (UTC), as the budget counts them.
+        budget_spent_today: Gauge = Gauge::default(),
+            "uplink_budget_spent_today_bytes", "Bytes published today (UTC day of the agent's clock)";
+        /// 1 while today's byte budget is spent.
+        budget_exhausted: Gauge = Gauge::default(),
+            "uplink_budget_exhausted", "1 while today's byte budget is spent";
+        /// 1 while a built batch waits for the budget.
+        budget_waiting: Gauge = Gauge::default(),
+            "uplink_budget_waiting", "1 while a built batch waits for the rate cap or the daily budget";
+        /// Times a batch started waiting for the budget, by reason.
+        budget_holds: Family<BudgetLabel, Counter> = Family::default(),
+            "uplink_budget_holds", "Times a batch started waiting for the budget, by reason";
         /// Sparkplug B messages received, by type.
         sparkplug_messages: Family<SparkplugKindLabel, Counter> = Family::default(),
             "sparkplug_messages", "Sparkplug B messages received, by type";
@@ -193,6 +212,24 @@ impl AgentMetrics {
         self.sparkplug_nodes_online.set(census.nodes_online as i64);
         self.sparkplug_devices_online
             .set(census.devices_online as i64);
+    }
+
+    /// The budget's state after a decision.
+    pub fn budget_seen(&self, view: &crate::budget::BudgetView) {
+        self.budget_spent_today.set(view.spent_today as i64);
+        self.budget_exhausted.set(i64::from(view.exhausted));
+    }
+
+    /// A batch starts waiting for the budget.
+    pub fn budget_held(&self, wait: crate::budget::Wait) {
+        let reason = match wait {
+            crate::budget::Wait::Rate(_) => "rate",
+            crate::budget::Wait::Daily(_) => "daily",
+        };
+        self.budget_holds
+            .get_or_create(&BudgetLabel { reason })
+            .inc();
+        self.budget_waiting.set(1);
     }
 
     /// Counts records the uplink sent as dropped because they no longer decode.

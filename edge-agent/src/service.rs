@@ -78,6 +78,8 @@ pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
         backoff_min: Duration::from_millis(u.backoff_min_ms),
         backoff_max: Duration::from_millis(u.backoff_max_ms),
         security,
+        max_bytes_per_sec: u.max_bytes_per_sec,
+        daily_budget_bytes: u.daily_budget_bytes,
     })
 }
 

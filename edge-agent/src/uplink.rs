@@ -6,7 +6,9 @@
 //! device's ack topic: `edgesync_schemas::topics`) and the passing of time, publishes the
 //! batches it asks for (QoS 1 on its batch topic), and trims the spool behind every ack. A lost
 //! connection is retried with exponential backoff and jitter. TLS (and mutual TLS) and a
-//! per-device user name and password are optional.
+//! per-device user name and password are optional. A built batch is published only when the
+//! [`Budget`] (rate cap, daily bytes) admits it; until then it waits, built, in the spool's
+//! order, and the loop wakes when the budget will have room.
 //!
 //! The loop never waits on the disk. Batches are built (spool read, records decoded, deltas
 //! joined, encoded and compressed) on the blocking pool ahead of the window: up to a window's
@@ -37,6 +39,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{Budget, Wait};
 use crate::metrics::AgentMetrics;
 use crate::outbox::{build_batch, Built, OutboxError};
 use crate::spool::Spool;
@@ -60,6 +63,10 @@ pub struct UplinkConfig {
     pub backoff_max: Duration,
     /// TLS and credentials.
     pub security: MqttSecurity,
+    /// Rate cap on published bytes per second (0 = none).
+    pub max_bytes_per_sec: u64,
+    /// Most bytes published per UTC day (0 = none).
+    pub daily_budget_bytes: u64,
 }
 
 impl UplinkConfig {
@@ -74,6 +81,8 @@ impl UplinkConfig {
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(60),
             security: MqttSecurity::default(),
+            max_bytes_per_sec: 0,
+            daily_budget_bytes: 0,
         }
     }
 
@@ -166,6 +175,9 @@ struct Uplink {
     built: mpsc::UnboundedSender<(u64, Result<Packed, UplinkError>)>,
     /// The latest watermark to trim to, for the trim task.
     trim: watch::Sender<u64>,
+    budget: Budget,
+    /// When the batch the budget holds back may go (the uplink's clock).
+    held_until: Option<u64>,
 }
 
 impl Uplink {
@@ -193,6 +205,12 @@ impl Uplink {
             let Some(done) = self.ahead.front_mut().and_then(|s| s.done.take()) else {
                 break; // still being built: the loop goes on and comes back when it is
             };
+            if let Ok(Packed { bytes: Some(b), .. }) = &done {
+                if let Err(wait) = self.admit(b.len() as u64) {
+                    self.hold(wait, done);
+                    break;
+                }
+            }
             self.ahead.pop_front();
             let Packed { built, bytes } = done?;
             let m = &self.deps.metrics;
@@ -217,6 +235,40 @@ impl Uplink {
         }
         self.build_ahead();
         Ok(())
+    }
+
+    /// Whether the budget lets `bytes` go now (counted if so).
+    fn admit(&mut self, bytes: u64) -> Result<(), Wait> {
+        let (now, wall) = (self.now(), edgesync_servicekit::now_ms());
+        let r = self.budget.admit(bytes, now, wall);
+        self.deps.metrics.budget_seen(&self.budget.view(wall));
+        if r.is_ok() {
+            self.held_until = None;
+            self.deps.metrics.budget_waiting.set(0);
+        }
+        r
+    }
+
+    /// Puts the front batch back to wait for the budget.
+    fn hold(&mut self, wait: Wait, done: Result<Packed, UplinkError>) {
+        if self.held_until.is_none() {
+            tracing::info!(?wait, "uplink budget: the next batch waits");
+            self.deps.metrics.budget_held(wait);
+        }
+        self.held_until = Some(self.now() + wait.duration().as_millis() as u64);
+        if let Some(slot) = self.ahead.front_mut() {
+            slot.done = Some(done);
+        }
+    }
+
+    /// When the loop must wake next: the agent's deadline or the held batch's.
+    fn next_wake(&self) -> Duration {
+        let at = match (self.agent.next_deadline(), self.held_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        at.map(|t| Duration::from_millis(t.saturating_sub(self.now())))
+            .unwrap_or(Duration::from_secs(3600))
     }
 
     /// Starts building the requests the agent will make after those already being built, up
@@ -366,6 +418,13 @@ pub async fn run(
         built,
         trim,
         client,
+        budget: Budget::new(
+            cfg.max_bytes_per_sec,
+            cfg.daily_budget_bytes,
+            0,
+            edgesync_servicekit::now_ms(),
+        ),
+        held_until: None,
         deps,
         cfg,
     };
@@ -380,11 +439,7 @@ pub async fn run(
                 .subscribe(u.ack_topic.as_str(), QoS::AtLeastOnce)
                 .await;
         }
-        let tick = u
-            .agent
-            .next_deadline()
-            .map(|t| Duration::from_millis(t.saturating_sub(u.now())))
-            .unwrap_or(Duration::from_secs(3600));
+        let tick = u.next_wake();
         tokio::select! {
             ev = events.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => u.on_connected().await,

@@ -1,6 +1,6 @@
 //! The edge side end to end on Apache Kafka: Sparkplug B sensors, driven by PyPI's
 //! `pysparkplug` through Mosquitto, reach `edgesync.events` with every metric value, type and
-//! time.
+//! time, through an agent on the edge profile (`deploy/edge-agent-small.toml`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use edgesync_core::Value;
 use edgesync_schemas::topics::kafka as topics;
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{outside_python, Broker, FaultProxy, Kafka, Service};
+use edgesync_testkit::{deploy, outside_python, Broker, FaultProxy, Kafka, Service};
 use edgesync_tests::{agent_sets, binary, latest_counters, status, Fleet};
 
 fn json_value(v: &Value) -> serde_json::Value {
@@ -44,7 +44,12 @@ fn sparkplug_b_metrics_reach_the_events_topic_typed_and_timed() {
         "ingest_mqtt.sparkplug.ops=[{metric=\"Outputs/Count\",op=\"inc\",key=\"{node}/{device}/count\"}]"
             .into(),
     ]);
-    let agent = Service::start(binary("edgesync-agent"), Some("run"), "spb-gw", &sets).unwrap();
+    // The gateway runs the edge profile, as shipped.
+    let profile = deploy("edge-agent-small.toml").display().to_string();
+    let env = [("EDGESYNC_AGENT_CONFIG".to_owned(), profile)];
+    let agent =
+        Service::start_with_env(binary("edgesync-agent"), Some("run"), "spb-gw", &sets, &env)
+            .unwrap();
     assert!(wait_until(Duration::from_secs(20), || agent
         .process
         .log_tail(50)
@@ -159,4 +164,62 @@ fn sparkplug_b_metrics_reach_the_events_topic_typed_and_timed() {
         0.0,
         "nothing refused whole"
     );
+}
+
+#[test]
+fn the_uplink_budget_holds_batches_back_in_the_spool_and_loses_nothing() {
+    let mut k = Kafka::start_on(Broker::Apache).unwrap();
+    let mut f = Fleet::start(&k, "budget", 1, &[]);
+    let agent = &mut f.agents[0];
+    for (var, value) in [
+        ("EDGESYNC_AGENT__UPLINK__MAX_BYTES_PER_SEC", "200"),
+        ("EDGESYNC_AGENT__UPLINK__DAILY_BUDGET_BYTES", "2000"),
+    ] {
+        agent.process.set_env(var, Some(value));
+    }
+    agent.process.restart().unwrap();
+    f.send_round(200);
+    assert!(wait_until(Duration::from_secs(30), || status(&f.agents[0])
+        ["acked_watermark"]
+        == 200));
+    // A big batch went first and left the rate bucket in debt: the next ones wait for the
+    // rate, then for the day once 2,000 bytes are spent. What waits stays in the spool.
+    for _ in 0..25 {
+        f.send_round(20);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let agent = &f.agents[0];
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let s = status(agent);
+            s["uplink_budget"]["exhausted"] == true && s["uplink_budget"]["waiting"] == true
+        }),
+        "{}\n{}",
+        status(agent),
+        agent.process.log_tail(20)
+    );
+    let s = status(agent);
+    let spent = s["uplink_budget"]["spent_today_bytes"].as_f64().unwrap();
+    let wire = agent.metric("edgesync_agent_published_wire_bytes_total", "");
+    assert!(spent >= 2000.0 && spent == wire, "{s} {wire}");
+    assert!(
+        s["acked_watermark"].as_u64() < s["last_seq"].as_u64(),
+        "{s}"
+    );
+    assert!(s["spool_events"].as_u64().unwrap() > 0, "{s}");
+    for reason in ["rate", "daily"] {
+        let label = format!("reason=\"{reason}\"");
+        let holds = agent.metric("edgesync_agent_uplink_budget_holds_total", &label);
+        assert!(holds >= 1.0, "{reason}");
+    }
+    // Nothing more goes while the day's budget is spent.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(agent)["acked_watermark"], s["acked_watermark"]);
+    // Lifted, the rest drains, every event once.
+    let agent = &mut f.agents[0];
+    agent
+        .process
+        .set_env("EDGESYNC_AGENT__UPLINK__DAILY_BUDGET_BYTES", None);
+    agent.process.restart().unwrap();
+    f.assert_converged(&mut k, Duration::from_secs(120));
 }

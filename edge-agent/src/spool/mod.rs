@@ -98,14 +98,17 @@ pub struct SpoolMemory {
     pub cache_bytes: usize,
     /// One memtable; there are at most two (the one written and the one being flushed).
     pub write_buffer_bytes: usize,
+    /// Table files RocksDB keeps open (each holds a descriptor and its table reader).
+    pub max_open_files: i32,
 }
 
 impl Default for SpoolMemory {
-    /// 8 MiB of cache, two 8 MiB memtables.
+    /// 8 MiB of cache, two 8 MiB memtables, 256 open files.
     fn default() -> Self {
         Self {
             cache_bytes: 8 << 20,
             write_buffer_bytes: 8 << 20,
+            max_open_files: 256,
         }
     }
 }
@@ -129,7 +132,7 @@ impl SpoolMemory {
         opts.set_write_buffer_size(self.write_buffer_bytes);
         opts.set_max_write_buffer_number(2);
         // A spool within its quota has a few dozen table files; keep descriptors bounded too.
-        opts.set_max_open_files(256);
+        opts.set_max_open_files(self.max_open_files);
     }
 }
 
