@@ -18,13 +18,17 @@ use std::time::Duration;
 
 /// One UTC day in ms.
 const DAY_MS: u64 = 86_400_000;
+/// The longest a daily wait is slept before the budget is asked again: the wait is reckoned on
+/// the wall clock and slept on the monotonic one, and a wall clock set right (NTP on a gateway
+/// without a real-time clock) must not leave a batch waiting for a day.
+const DAILY_RECHECK: Duration = Duration::from_secs(60);
 
 /// Why a batch waits, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wait {
     /// The rate cap: the bucket refills in this long.
     Rate(Duration),
-    /// The daily budget is spent: until the next UTC day.
+    /// The daily budget is spent: until the next UTC day (at most a minute, then asked again).
     Daily(Duration),
 }
 
@@ -85,14 +89,13 @@ impl Budget {
         if let Some(daily) = self.daily {
             if self.spent_today >= daily {
                 let next_day = (self.day + 1) * DAY_MS;
-                return Err(Wait::Daily(Duration::from_millis(
-                    next_day.saturating_sub(wall_ms),
-                )));
+                let until = Duration::from_millis(next_day.saturating_sub(wall_ms));
+                return Err(Wait::Daily(until.min(DAILY_RECHECK)));
             }
         }
         if let Some(rate) = self.rate {
             self.refill(rate, now_ms);
-            if self.tokens <= 0.0 {
+            if self.tokens < 0.0 {
                 let ms = (-self.tokens * 1000.0 / rate as f64).ceil() as u64;
                 return Err(Wait::Rate(Duration::from_millis(ms.max(1))));
             }
@@ -189,7 +192,9 @@ mod tests {
         assert_eq!(b.admit(6_000, 0, 5 * day + 2_000), Ok(()));
         assert!(b.view(5 * day + 2_000).exhausted);
         let wait = b.admit(1, 0, 5 * day + 2_000).unwrap_err();
-        assert_eq!(wait, Wait::Daily(Duration::from_millis(day - 2_000)));
+        assert_eq!(wait, Wait::Daily(DAILY_RECHECK));
+        let late = b.admit(1, 0, 6 * day - 2_000).unwrap_err();
+        assert_eq!(late, Wait::Daily(Duration::from_millis(2_000)));
         assert!(!b.view(6 * day).exhausted);
         // A batch larger than the whole budget does not wait forever.
         assert_eq!(b.admit(50_000, 0, 6 * day), Ok(()));

@@ -198,6 +198,7 @@ impl Uplink {
                 // The agent went elsewhere (an ack from the server, a timeout, a reconnect,
                 // or a batch cut short by its byte limit): what was built ahead is stale.
                 self.ahead.clear();
+                self.release_hold();
             }
             if self.ahead.is_empty() {
                 self.start_build(req);
@@ -243,10 +244,15 @@ impl Uplink {
         let r = self.budget.admit(bytes, now, wall);
         self.deps.metrics.budget_seen(&self.budget.view(wall));
         if r.is_ok() {
-            self.held_until = None;
-            self.deps.metrics.budget_waiting.set(0);
+            self.release_hold();
         }
         r
+    }
+
+    /// Nothing waits for the budget any more (admitted, or the held batch was dropped).
+    fn release_hold(&mut self) {
+        self.held_until = None;
+        self.deps.metrics.budget_waiting.set(0);
     }
 
     /// Puts the front batch back to wait for the budget.
@@ -261,9 +267,13 @@ impl Uplink {
         }
     }
 
-    /// When the loop must wake next: the agent's deadline or the held batch's.
+    /// When the loop must wake next: the agent's deadline or, while a built batch is held at
+    /// the front of a streaming window, the budget's.
     fn next_wake(&self) -> Duration {
-        let at = match (self.agent.next_deadline(), self.held_until) {
+        let held = self.held_until.filter(|_| {
+            self.agent.is_streaming() && self.ahead.front().is_some_and(|s| s.done.is_some())
+        });
+        let at = match (self.agent.next_deadline(), held) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -375,6 +385,7 @@ impl Uplink {
         m.disconnects.inc();
         m.link_up.set(0);
         self.agent.disconnected();
+        self.release_hold();
         let wait = self.jitter.spread(self.backoff);
         tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "uplink connection lost");
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);

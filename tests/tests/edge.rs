@@ -182,6 +182,9 @@ fn the_uplink_budget_holds_batches_back_in_the_spool_and_loses_nothing() {
     assert!(wait_until(Duration::from_secs(30), || status(&f.agents[0])
         ["acked_watermark"]
         == 200));
+    // The first batch alone must leave some of the day's budget, or no rate hold could come.
+    let first = f.agents[0].metric("edgesync_agent_published_wire_bytes_total", "");
+    assert!(first < 1500.0, "{first}");
     // A big batch went first and left the rate bucket in debt: the next ones wait for the
     // rate, then for the day once 2,000 bytes are spent. What waits stays in the spool.
     for _ in 0..25 {
@@ -198,7 +201,16 @@ fn the_uplink_budget_holds_batches_back_in_the_spool_and_loses_nothing() {
         status(agent),
         agent.process.log_tail(20)
     );
-    let s = status(agent);
+    // The batch that spent the budget may still be on its way to an ack: let it settle.
+    let mut s = status(agent);
+    for _ in 0..15 {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = status(agent);
+        if now["acked_watermark"] == s["acked_watermark"] {
+            break;
+        }
+        s = now;
+    }
     let spent = s["uplink_budget"]["spent_today_bytes"].as_f64().unwrap();
     let wire = agent.metric("edgesync_agent_published_wire_bytes_total", "");
     assert!(spent >= 2000.0 && spent == wire, "{s} {wire}");
@@ -215,6 +227,22 @@ fn the_uplink_budget_holds_batches_back_in_the_spool_and_loses_nothing() {
     // Nothing more goes while the day's budget is spent.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(status(agent)["acked_watermark"], s["acked_watermark"]);
+    // A link lost while a batch is held: the agent neither spins nor fails to come back.
+    let pid = agent.process.pid().unwrap();
+    let reconnects = agent.metric("edgesync_agent_reconnects_total", "");
+    f.links[0].cut();
+    let cpu = edgesync_testkit::cpu::process_secs(pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let busy = edgesync_testkit::cpu::process_secs(pid) - cpu;
+    assert!(
+        busy < 1.0,
+        "{busy} CPU seconds in 5 s while the link was down"
+    );
+    f.links[0].heal();
+    assert!(wait_until(Duration::from_secs(30), || agent
+        .metric("edgesync_agent_reconnects_total", "")
+        > reconnects
+        && status(agent)["uplink_budget"]["waiting"] == true));
     // Lifted, the rest drains, every event once.
     let agent = &mut f.agents[0];
     agent
