@@ -14,7 +14,9 @@
 //! - the spool's bytes on disk per event, with the 1,000,000 held (after a settle of 10 s);
 //! - `VmHWM`, the restarted process's peak, after its load.
 //!
-//! `FOOTPRINT_CONFIG` names another file of `deploy/` (e.g. `edge-agent.toml` for the
+//! The agent gets the environment the shipped systemd unit gives it (`MALLOC_ARENA_MAX=2`);
+//! `FOOTPRINT_UNIT_ENV=0` leaves it out, to compare. `FOOTPRINT_CONFIG` names another file of
+//! `deploy/` (e.g. `edge-agent.toml` for the
 //! defaults), to compare.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -80,7 +82,13 @@ fn main() {
         mib(stripped_size(&binary))
     );
 
-    let mut svc = common::offline_agent(Some(config), &[]);
+    let env = if knob("FOOTPRINT_UNIT_ENV", 1u8) == 1 {
+        common::unit_environment()
+    } else {
+        Vec::new()
+    };
+    println!("environment: {env:?}");
+    let mut svc = common::offline_agent(Some(config), &[], &env);
     let pid = svc.process.pid().unwrap();
     std::thread::sleep(Duration::from_secs(5));
     println!("VmRSS idle, empty spool: {:.1} MiB", mib(rss(pid).0));

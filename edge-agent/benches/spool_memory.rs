@@ -34,7 +34,7 @@ fn run(n: u64) -> Measured {
         .filter(|x| !x.is_empty())
         .map(str::to_owned)
         .collect();
-    let mut svc = common::offline_agent(None, &sets);
+    let mut svc = common::offline_agent(None, &sets, &[]);
     let started = Instant::now();
     common::feed(&svc, 0, n, 1_000);
     let secs = started.elapsed().as_secs_f64();

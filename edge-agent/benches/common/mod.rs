@@ -23,9 +23,26 @@ pub fn agent_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_edgesync-agent"))
 }
 
+/// The environment the shipped systemd unit (`deploy/systemd/edgesync-agent.service`) gives
+/// the agent, but its log level.
+pub fn unit_environment() -> Vec<(String, String)> {
+    let unit = std::fs::read_to_string(edgesync_testkit::deploy("systemd/edgesync-agent.service"))
+        .unwrap();
+    unit.lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k != "RUST_LOG")
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
 /// An agent offline (its uplink points at a port nobody listens on), on `config` if given,
-/// with `sets` after it, logging warnings only.
-pub fn offline_agent(config: Option<PathBuf>, sets: &[String]) -> Service {
+/// with `sets` after it and `env` beside it, logging warnings only.
+pub fn offline_agent(
+    config: Option<PathBuf>,
+    sets: &[String],
+    env: &[(String, String)],
+) -> Service {
     let nobody = free_port().unwrap();
     let mut all = vec![
         "device.id=\"pump-0042\"".to_owned(),
@@ -33,9 +50,10 @@ pub fn offline_agent(config: Option<PathBuf>, sets: &[String]) -> Service {
         format!("uplink.port={nobody}"),
     ];
     all.extend(sets.iter().cloned());
-    let mut env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
-    env.extend(config.map(|c| ("EDGESYNC_AGENT_CONFIG".to_owned(), c.display().to_string())));
-    Service::start_with_env(agent_binary(), Some("run"), "bench agent", &all, &env).unwrap()
+    let mut all_env = vec![("RUST_LOG".to_owned(), "warn".to_owned())];
+    all_env.extend(config.map(|c| ("EDGESYNC_AGENT_CONFIG".to_owned(), c.display().to_string())));
+    all_env.extend(env.iter().cloned());
+    Service::start_with_env(agent_binary(), Some("run"), "bench agent", &all, &all_env).unwrap()
 }
 
 /// Posts `n` events from index `start` in requests of `per_request`.
