@@ -56,7 +56,7 @@ pub struct Budget {
 }
 
 /// What status and metrics show.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BudgetView {
     /// The cap in bytes/s (`None`: no cap).
     pub rate_bytes_per_sec: Option<u64>,

@@ -3,12 +3,12 @@
 //! time, through an agent on the edge profile (`deploy/edge-agent-small.toml`).
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edgesync_core::Value;
 use edgesync_schemas::topics::kafka as topics;
 use edgesync_schemas::{Codec, Limits};
-use edgesync_testkit::{deploy, outside_python, Broker, FaultProxy, Kafka, Service};
+use edgesync_testkit::{deploy, outside_python, wait_until, Broker, FaultProxy, Kafka, Service};
 use edgesync_tests::{agent_sets, binary, latest_counters, status, Fleet};
 
 fn json_value(v: &Value) -> serde_json::Value {
@@ -18,18 +18,6 @@ fn json_value(v: &Value) -> serde_json::Value {
         Value::String(s) => serde_json::json!(s),
         Value::Bool(b) => serde_json::json!(b),
     }
-}
-
-/// Waits up to `timeout` for `f`.
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    f()
 }
 
 #[test]

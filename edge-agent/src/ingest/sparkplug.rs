@@ -752,6 +752,20 @@ fn node_death(node: &mut Node, p: &Payload, problems: &mut Vec<Problem>) -> Vec<
     Vec::new()
 }
 
+/// Checks a node message's seq (DBIRTH, DDEATH, NDATA, DDATA): true when it is the node's
+/// next message and the message should be taken; an unborn node is a problem, a redelivery
+/// is dropped.
+fn in_order(node: &mut Node, t: &Topic<'_>, p: &Payload, problems: &mut Vec<Problem>) -> bool {
+    match next_seq(node, p, problems) {
+        Seq::Unborn => {
+            problems.push(Problem::BeforeBirth { what: t.kind });
+            false
+        }
+        Seq::Again => false,
+        Seq::Next => true,
+    }
+}
+
 fn device_birth(
     node: &mut Node,
     t: &Topic<'_>,
@@ -759,19 +773,13 @@ fn device_birth(
     limits: &EventLimits,
     problems: &mut Vec<Problem>,
 ) -> Vec<Sample> {
-    let device = t.device.unwrap_or("");
-    match next_seq(node, p, problems) {
-        Seq::Unborn => {
-            problems.push(Problem::BeforeBirth { what: t.kind });
-            Vec::new()
-        }
-        Seq::Again => Vec::new(),
-        Seq::Next => {
-            define(node, device, &p.metrics);
-            node.devices.insert(device.to_owned(), true);
-            readings(node, device, p, limits, problems)
-        }
+    if !in_order(node, t, p, problems) {
+        return Vec::new();
     }
+    let device = t.device.unwrap_or("");
+    define(node, device, &p.metrics);
+    node.devices.insert(device.to_owned(), true);
+    readings(node, device, p, limits, problems)
 }
 
 fn device_death(
@@ -780,13 +788,9 @@ fn device_death(
     p: &Payload,
     problems: &mut Vec<Problem>,
 ) -> Vec<Sample> {
-    match next_seq(node, p, problems) {
-        Seq::Unborn => problems.push(Problem::BeforeBirth { what: t.kind }),
-        Seq::Again => {}
-        Seq::Next => {
-            node.devices
-                .insert(t.device.unwrap_or("").to_owned(), false);
-        }
+    if in_order(node, t, p, problems) {
+        node.devices
+            .insert(t.device.unwrap_or("").to_owned(), false);
     }
     Vec::new()
 }
@@ -799,17 +803,15 @@ fn data(
     limits: &EventLimits,
     problems: &mut Vec<Problem>,
 ) -> Vec<Sample> {
-    let device = t.device.unwrap_or("");
-    let seq = next_seq(node, p, problems);
-    let device_born = t.device.is_none() || node.devices.get(device).copied().unwrap_or(false);
-    match seq {
-        Seq::Again => Vec::new(),
-        Seq::Next if device_born => readings(node, device, p, limits, problems),
-        _ => {
-            problems.push(Problem::BeforeBirth { what: t.kind });
-            Vec::new()
-        }
+    if !in_order(node, t, p, problems) {
+        return Vec::new();
     }
+    let device = t.device.unwrap_or("");
+    if t.device.is_some() && !node.devices.get(device).copied().unwrap_or(false) {
+        problems.push(Problem::BeforeBirth { what: t.kind });
+        return Vec::new();
+    }
+    readings(node, device, p, limits, problems)
 }
 
 /// The readings among a message's metrics (a birth's controls and session number are not).
