@@ -355,6 +355,17 @@ impl Agent {
         effect
     }
 
+    /// The retained ack the driver read (on connect, or asked for) is another replica's: the
+    /// lanes of one device share its ack topic, which retains one ack, the latest of any lane.
+    /// No answer for this replica is coming, so a resume wait or a confirmation settles now, as
+    /// if it had run out (the window is given up and sent again from the local watermark),
+    /// instead of holding this replica back for `resume_wait_ms`.
+    pub fn on_retained_ack_of_another(&mut self, now_ms: u64) {
+        if matches!(self.link, Link::Resuming { .. } | Link::Confirming { .. }) {
+            self.settle(now_ms);
+        }
+    }
+
     /// Time passed: ends a resume wait or a confirmation, and starts a confirmation when the
     /// oldest batch in flight timed out.
     pub fn on_tick(&mut self, now_ms: u64) {
@@ -662,6 +673,24 @@ mod tests {
         a.on_tick(600);
         assert_eq!(a.stats().batches_failed, 2);
         assert_eq!(a.poll_send().unwrap().first_seq, 1);
+    }
+
+    #[test]
+    fn another_replica_s_retained_ack_ends_the_resume_wait_at_once() {
+        let mut a = agent_with(30);
+        a.connected(0);
+        a.on_tick(100);
+        send_all(&mut a, 100);
+        a.disconnected();
+        a.connected(500);
+        assert!(a.poll_send().is_none(), "waits for its retained ack");
+        a.on_retained_ack_of_another(510);
+        assert_eq!(a.stats().batches_failed, 2);
+        assert_eq!(a.poll_send().unwrap().first_seq, 1);
+        // Streaming: another lane's ack changes nothing.
+        send_all(&mut a, 520);
+        a.on_retained_ack_of_another(530);
+        assert_eq!(a.inflight(), 2);
     }
 
     #[test]
