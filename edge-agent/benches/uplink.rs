@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use edgesync_agent::config::Config;
 use edgesync_agent::ingest::{Ingest, IngestEvent, Op};
+use edgesync_agent::lanes::OpenLane;
 use edgesync_agent::metrics::AgentMetrics;
 use edgesync_agent::spool::{Clock, Spool};
 use edgesync_agent::uplink::{self, UplinkConfig, UplinkDeps};
@@ -304,7 +305,7 @@ fn agent(n: u64, template: &Path, perf: Option<&str>) -> (Run, Vec<Vec<u8>>) {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(AgentMetrics::register(&mut registry));
     let deps = UplinkDeps {
-        spool: Arc::clone(&spool),
+        lanes: vec![OpenLane::single(Arc::clone(&spool))],
         codec: Arc::new(Codec::new(Limits::default()).unwrap()),
         appended: Arc::new(tokio::sync::Notify::new()),
         metrics: Arc::clone(&metrics),

@@ -9,7 +9,8 @@
 //!   goes until the next day starts. A batch may start while some of the budget is left and
 //!   is counted whole, so a day overshoots by at most one batch (`uplink.max_batch_bytes`
 //!   before compression): a batch is never split, and one larger than what is left must not
-//!   wait forever.
+//!   wait forever. A lane that bypasses the daily budget (`lanes.rs`: alarms) still goes
+//!   once it is spent, and its bytes still count; the rate cap holds every lane.
 //!
 //! [`Budget::admit`] answers at once: go (the bytes are counted), or how long to wait. What
 //! waits stays in the spool; nothing is dropped by the budget.
@@ -83,10 +84,17 @@ impl Budget {
         }
     }
 
-    /// Whether a batch of `bytes` may go now; if so its bytes are counted.
-    pub fn admit(&mut self, bytes: u64, now_ms: u64, wall_ms: u64) -> Result<(), Wait> {
+    /// Whether a batch of `bytes` may go now (past a spent daily budget too, with
+    /// `bypass_daily`); if so its bytes are counted.
+    pub fn admit(
+        &mut self,
+        bytes: u64,
+        now_ms: u64,
+        wall_ms: u64,
+        bypass_daily: bool,
+    ) -> Result<(), Wait> {
         self.roll_day(wall_ms);
-        if let Some(daily) = self.daily {
+        if let Some(daily) = self.daily.filter(|_| !bypass_daily) {
             if self.spent_today >= daily {
                 let next_day = (self.day + 1) * DAY_MS;
                 let until = Duration::from_millis(next_day.saturating_sub(wall_ms));
@@ -147,7 +155,7 @@ mod tests {
     fn no_limits_admit_everything() {
         let mut b = Budget::new(0, 0, 0, 0);
         for i in 0..100 {
-            assert_eq!(b.admit(1 << 20, i, i), Ok(()));
+            assert_eq!(b.admit(1 << 20, i, i, false), Ok(()));
         }
         assert_eq!(b.view(0).spent_today, 100 << 20);
     }
@@ -160,7 +168,7 @@ mod tests {
         let mut sent_at = Vec::new();
         let mut now = 0;
         while now < 60_000 {
-            match b.admit(batch, now, now) {
+            match b.admit(batch, now, now, false) {
                 Ok(()) => sent_at.push(now),
                 Err(w) => now += w.duration().as_millis() as u64,
             }
@@ -186,28 +194,31 @@ mod tests {
     fn the_daily_budget_overshoots_by_at_most_one_batch_and_renews_the_next_utc_day() {
         let day = DAY_MS;
         let mut b = Budget::new(0, 10_000, 0, 5 * day + 1_000);
-        assert_eq!(b.admit(6_000, 0, 5 * day + 1_000), Ok(()));
+        assert_eq!(b.admit(6_000, 0, 5 * day + 1_000, false), Ok(()));
         assert!(!b.view(5 * day + 1_000).exhausted);
         // Some budget is left: the batch goes whole.
-        assert_eq!(b.admit(6_000, 0, 5 * day + 2_000), Ok(()));
+        assert_eq!(b.admit(6_000, 0, 5 * day + 2_000, false), Ok(()));
         assert!(b.view(5 * day + 2_000).exhausted);
-        let wait = b.admit(1, 0, 5 * day + 2_000).unwrap_err();
+        let wait = b.admit(1, 0, 5 * day + 2_000, false).unwrap_err();
         assert_eq!(wait, Wait::Daily(DAILY_RECHECK));
-        let late = b.admit(1, 0, 6 * day - 2_000).unwrap_err();
+        // A lane that bypasses it still goes, and is counted.
+        assert_eq!(b.admit(500, 0, 5 * day + 2_000, true), Ok(()));
+        assert_eq!(b.view(5 * day + 2_000).spent_today, 12_500);
+        let late = b.admit(1, 0, 6 * day - 2_000, false).unwrap_err();
         assert_eq!(late, Wait::Daily(Duration::from_millis(2_000)));
         assert!(!b.view(6 * day).exhausted);
         // A batch larger than the whole budget does not wait forever.
-        assert_eq!(b.admit(50_000, 0, 6 * day), Ok(()));
+        assert_eq!(b.admit(50_000, 0, 6 * day, false), Ok(()));
     }
 
     #[test]
     fn a_batch_larger_than_the_bucket_goes_and_leaves_a_debt() {
         let mut b = Budget::new(1_000, 0, 0, 0);
-        assert_eq!(b.admit(5_000, 0, 0), Ok(()));
+        assert_eq!(b.admit(5_000, 0, 0, false), Ok(()));
         assert_eq!(
-            b.admit(1, 0, 0),
+            b.admit(1, 0, 0, false),
             Err(Wait::Rate(Duration::from_millis(4_000)))
         );
-        assert_eq!(b.admit(1, 4_001, 0), Ok(()));
+        assert_eq!(b.admit(1, 4_001, 0, false), Ok(()));
     }
 }

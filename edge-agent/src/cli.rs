@@ -1,6 +1,7 @@
 //! What the `status` and `spool` commands do (the binary only parses arguments).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgesync_core::{Dot, ReplicaId};
@@ -8,6 +9,7 @@ use edgesync_schemas::{Codec, Limits};
 
 use crate::config::Config;
 use crate::http::status_json;
+use crate::lanes::OpenLane;
 use crate::service::uplink_config;
 use crate::spool::{system_clock, Entry, Spool, SpoolError};
 
@@ -22,17 +24,15 @@ pub fn status(cfg: &Config) -> Result<ExitCode, String> {
         println!("{}", body.trim_end());
         return Ok(ExitCode::SUCCESS);
     }
-    let spool = open_read_only(cfg)?;
+    let mut lanes = Vec::new();
+    for lane in cfg.lanes() {
+        let lane_cfg = cfg.for_lane(&lane.name).map_err(|e| e.to_string())?;
+        let spool = Arc::new(open_read_only(&lane_cfg)?);
+        lanes.push(OpenLane::new(&lane, spool, lane_cfg.spool.policy));
+    }
     let codec = edgesync_schemas::Codec::new(edgesync_schemas::Limits::default())
         .map_err(|e| format!("codec: {e}"))?;
-    let doc = status_json(
-        &spool,
-        &codec,
-        &cfg.device.id,
-        cfg.spool.policy.name(),
-        None,
-        (system_clock())(),
-    );
+    let doc = status_json(&lanes, &codec, &cfg.device.id, None, (system_clock())());
     println!("{doc}");
     Ok(ExitCode::SUCCESS)
 }

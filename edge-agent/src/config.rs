@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::ingest::sparkplug::SparkplugConfig;
 use crate::ingest::IngestConfig;
+use crate::lanes::{self, LaneSection};
 use crate::spool::{Durability, QuotaPolicy, SpoolConfig, SpoolMemory};
 
 /// The whole configuration.
@@ -41,6 +42,9 @@ pub struct Config {
     /// Optional subscription to a local broker that sensors publish to.
     #[serde(default)]
     pub ingest_mqtt: Option<IngestMqttSection>,
+    /// Priority lanes, highest first (none: one lane, `default`, carries every stream).
+    #[serde(default)]
+    pub lanes: Vec<LaneSection>,
     /// Shutdown grace period.
     #[serde(default = "default_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -316,6 +320,7 @@ impl ServiceConfig for Config {
                 "spool.cache_bytes must be > 0, spool.write_buffer_bytes >= 65536 and spool.max_open_files >= 16".into(),
             ));
         }
+        lanes::plan(&self.lanes).map_err(ConfigError::Invalid)?;
         if let Some(m) = &self.ingest_mqtt {
             if m.topics.is_empty() && m.sparkplug.is_none() {
                 return Err(ConfigError::Invalid(
@@ -334,6 +339,30 @@ impl Config {
     /// The device id (checked by `load`).
     pub fn device_id(&self) -> Result<DeviceId, ConfigError> {
         DeviceId::new(&self.device.id).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The lanes in priority order, `default` included (the plan was checked by `load`).
+    pub fn lanes(&self) -> Vec<LaneSection> {
+        lanes::plan(&self.lanes).unwrap_or_else(|_| lanes::plan(&[]).unwrap_or_default())
+    }
+
+    /// This configuration as seen by one lane: its spool directory and quota in `[spool]`
+    /// (what the `spool` commands open with `--lane`).
+    pub fn for_lane(&self, name: &str) -> Result<Config, ConfigError> {
+        let lane = self
+            .lanes()
+            .into_iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| {
+                let known: Vec<String> = self.lanes().into_iter().map(|l| l.name).collect();
+                ConfigError::Invalid(format!("no lane {name:?} (lanes: {})", known.join(", ")))
+            })?;
+        let mut c = self.clone();
+        c.spool.dir = lanes::spool_dir(&self.spool.dir, &lane.name);
+        c.spool.max_bytes = lane.max_bytes.unwrap_or(c.spool.max_bytes);
+        c.spool.max_age_secs = lane.max_age_secs.unwrap_or(c.spool.max_age_secs);
+        c.spool.policy = lane.policy.unwrap_or(c.spool.policy);
+        Ok(c)
     }
 
     /// The spool's settings (clock and observer are the defaults; the service sets them).
@@ -407,6 +436,29 @@ mod tests {
         let c = Config::load(Some(&p), [], &[]).unwrap();
         assert_eq!(c.device.id, "pump-0042");
         assert_eq!(c.spool_config().memory, SpoolMemory::default());
+    }
+
+    #[test]
+    fn the_shipped_lanes_example_loads_uncommented() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge-agent.toml");
+        let mut text = String::new();
+        let mut in_lanes = false;
+        for line in std::fs::read_to_string(p).unwrap().lines() {
+            in_lanes = (in_lanes && line.starts_with("# ")) || line == "# [[lanes]]";
+            text.push_str(if in_lanes { &line[2..] } else { line });
+            text.push('\n');
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        let c = Config::load(Some(file.path()), [], &[]).unwrap();
+        let lanes = c.lanes();
+        assert_eq!(lanes.len(), 2, "{lanes:?}");
+        assert_eq!((lanes[0].name.as_str(), lanes[0].weight), ("alarm", 9));
+        let alarm = c.for_lane("alarm").unwrap();
+        assert_eq!(alarm.spool.max_bytes, 67_108_864);
+        assert!(alarm.spool.dir.ends_with("spool-lane-alarm"));
+        assert_eq!(c.for_lane("default").unwrap().spool.dir, c.spool.dir);
+        assert!(c.for_lane("bulk").is_err());
     }
 
     #[test]

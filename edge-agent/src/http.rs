@@ -10,7 +10,11 @@
 //! Ingest answers `200` with the seqs once the events are durable; `202` when the drop-newest
 //! policy dropped them; `400` with the index of the first bad event and the reason (nothing of
 //! the request is stored); `413` for a body or request over the limits; `503` with
-//! `Retry-After` when the spool is full under the block policy or unavailable.
+//! `Retry-After` when the spool is full under the block policy or unavailable. With lanes, the
+//! answer has the seqs per lane (`lanes`: name → `first_seq`, `last_seq`, or `dropped`);
+//! `first_seq` and `last_seq` stay at the top when one lane stored the request. A refusal of a
+//! request that spans lanes lists under `stored` the lanes stored before it (only a full spool
+//! or a state of another type can do that: bad input refuses the whole request first).
 
 use std::sync::Arc;
 
@@ -26,7 +30,8 @@ use serde_json::json;
 
 use crate::ingest::json::{parse_json, parse_ndjson};
 use crate::ingest::sparkplug::Sparkplug;
-use crate::ingest::{Accepted, Ingest, IngestError};
+use crate::ingest::{Accepted, IngestError};
+use crate::lanes::{Intake, LaneAccepted, OpenLane};
 use crate::metrics::AgentMetrics;
 use crate::spool::{Clock, Spool};
 use edgesync_servicekit::ops;
@@ -35,9 +40,9 @@ use edgesync_servicekit::ops;
 #[derive(Clone)]
 pub struct HttpState {
     /// Where events go.
-    pub ingest: Ingest,
-    /// For status and metrics.
-    pub spool: Arc<Spool>,
+    pub intake: Intake,
+    /// The lanes' spools, for status and metrics.
+    pub lanes: Arc<[OpenLane]>,
     /// The registry `/metrics` renders.
     pub registry: Arc<Registry>,
     /// Refreshed before every scrape.
@@ -46,8 +51,6 @@ pub struct HttpState {
     pub clock: Clock,
     /// The device, for status.
     pub device: String,
-    /// The quota policy, for status.
-    pub policy: &'static str,
     /// Decodes the stored states for their digests in status.
     pub codec: Arc<edgesync_schemas::Codec>,
     /// The Sparkplug B nodes and devices, for status.
@@ -58,19 +61,19 @@ impl std::fmt::Debug for HttpState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpState")
             .field("device", &self.device)
-            .field("spool", &self.spool)
+            .field("lanes", &self.lanes)
             .finish_non_exhaustive()
     }
 }
 
 /// The router, with bodies limited to `max_body_bytes`.
 pub fn router(state: HttpState, max_body_bytes: usize) -> Router {
-    let (spool, metrics, clock) = (
-        Arc::clone(&state.spool),
+    let (lanes, metrics, clock) = (
+        Arc::clone(&state.lanes),
         Arc::clone(&state.metrics),
         state.clock.clone(),
     );
-    let refresh = move || metrics.refresh(&spool, clock());
+    let refresh = move || metrics.refresh(&lanes, clock());
     Router::new()
         .route("/v1/events", post(events))
         .route("/v1/status", get(status))
@@ -114,21 +117,11 @@ async fn events(
         }
     };
     let n = events.len();
-    match s.ingest.append("http", events).await {
-        Ok(Accepted::Stored(r)) => (
-            StatusCode::OK,
-            Json(json!({"stored": n, "first_seq": r.start, "last_seq": r.end})),
-        )
-            .into_response(),
-        Ok(Accepted::Empty) => (StatusCode::OK, Json(json!({"stored": 0}))).into_response(),
-        Ok(Accepted::Dropped { events }) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"stored": 0, "dropped": events,
-                        "reason": "spool full: dropped by the drop-newest policy"})),
-        )
-            .into_response(),
-        Err(e) => {
-            let (code, index) = match &e {
+    match s.intake.append("http", events).await {
+        Ok(parts) => answer(n, &parts),
+        Err(refused) => {
+            let e = &refused.error;
+            let (code, index) = match e {
                 IngestError::Invalid { index, .. } => (StatusCode::BAD_REQUEST, Some(*index)),
                 IngestError::TooMany { .. } | IngestError::TooLarge { .. } => {
                     (StatusCode::PAYLOAD_TOO_LARGE, None)
@@ -138,6 +131,14 @@ async fn events(
                 }
             };
             let mut r = error(code, index, &e.to_string());
+            if !refused.stored.is_empty() {
+                let mut body = match index {
+                    Some(i) => json!({"error": e.to_string(), "index": i}),
+                    None => json!({"error": e.to_string()}),
+                };
+                body["stored"] = lanes_json(&refused.stored);
+                r = (code, Json(body)).into_response();
+            }
             if code == StatusCode::SERVICE_UNAVAILABLE {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
@@ -145,6 +146,46 @@ async fn events(
             r
         }
     }
+}
+
+/// The answer to a request of `n` events stored (or dropped) lane by lane.
+fn answer(n: usize, parts: &[LaneAccepted]) -> Response {
+    let dropped: usize = parts
+        .iter()
+        .map(|p| match p.accepted {
+            Accepted::Dropped { events } => events,
+            _ => 0,
+        })
+        .sum();
+    let mut stored = parts.iter().filter_map(|p| match p.accepted {
+        Accepted::Stored(r) => Some(r),
+        _ => None,
+    });
+    let mut body = json!({"stored": n - dropped, "lanes": lanes_json(parts)});
+    if let (Some(r), None) = (stored.next(), stored.next()) {
+        body["first_seq"] = json!(r.start);
+        body["last_seq"] = json!(r.end);
+    }
+    if dropped == 0 {
+        return (StatusCode::OK, Json(body)).into_response();
+    }
+    body["dropped"] = json!(dropped);
+    body["reason"] = json!("spool full: dropped by the drop-newest policy");
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+/// Lane name → what its part became.
+fn lanes_json(parts: &[LaneAccepted]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for p in parts {
+        let v = match p.accepted {
+            Accepted::Stored(r) => json!({"first_seq": r.start, "last_seq": r.end}),
+            Accepted::Dropped { events } => json!({"dropped": events}),
+            Accepted::Empty => json!({}),
+        };
+        m.insert(p.lane.to_string(), v);
+    }
+    serde_json::Value::Object(m)
 }
 
 fn error(code: StatusCode, index: Option<usize>, reason: &str) -> Response {
@@ -159,14 +200,7 @@ async fn status(State(s): State<HttpState>) -> Response {
     // The state digests read every stored state from RocksDB: off the runtime thread.
     let link_up = Some(s.metrics.link_up.get() == 1);
     let doc = tokio::task::spawn_blocking(move || {
-        let mut doc = status_json(
-            &s.spool,
-            &s.codec,
-            &s.device,
-            s.policy,
-            link_up,
-            (s.clock)(),
-        );
+        let mut doc = status_json(&s.lanes, &s.codec, &s.device, link_up, (s.clock)());
         let m = &s.metrics;
         doc["uplink_budget"] = json!({
             "spent_today_bytes": m.budget_spent_today.get(),
@@ -186,19 +220,60 @@ async fn status(State(s): State<HttpState>) -> Response {
 }
 
 /// The status document (also printed by `edgesync-agent status` when the agent is stopped,
-/// with `link_up` unknown).
+/// with `link_up` unknown). At the top, the spool figures add up every lane's, and the
+/// replica's own (`incarnation`, `last_seq`, `acked_watermark`, `policy`) are the `default`
+/// lane's; `lanes` has each lane's, by name.
 pub fn status_json(
-    spool: &Spool,
+    lanes: &[OpenLane],
     codec: &edgesync_schemas::Codec,
     device: &str,
-    policy: &str,
     link_up: Option<bool>,
     now_ms: u64,
 ) -> serde_json::Value {
+    let mut doc = json!({"device": device, "link_up": link_up});
+    let mut per_lane = serde_json::Map::new();
+    let (mut events, mut bytes, mut unacked, mut refused) = (0u64, 0u64, 0u64, 0u64);
+    let (mut newest, mut quota, mut age) = (0u64, 0u64, 0u64);
+    let mut oldest_age: Option<u64> = None;
+    for l in lanes {
+        let lane = lane_json(l, now_ms);
+        let (m, st) = (l.spool.meta(), l.spool.stats());
+        events += m.events;
+        bytes += m.bytes;
+        unacked += (m.next_seq - 1).saturating_sub(m.acked);
+        refused += st.refused;
+        (newest, quota, age) = (
+            newest + st.dropped_newest,
+            quota + st.dropped_oldest_quota,
+            age + st.dropped_oldest_age,
+        );
+        let a = m.oldest_ms.map(|o| now_ms.saturating_sub(o));
+        oldest_age = oldest_age.max(a);
+        if l.is_default() {
+            for k in ["incarnation", "last_seq", "acked_watermark", "policy"] {
+                doc[k] = lane[k].clone();
+            }
+        }
+        per_lane.insert(l.name.to_string(), lane);
+    }
+    doc["unacked_seqs"] = json!(unacked);
+    doc["spool_events"] = json!(events);
+    doc["spool_bytes"] = json!(bytes);
+    doc["oldest_unacked_age_ms"] = json!(oldest_age);
+    doc["dropped"] = json!({"quota_newest": newest, "quota_oldest": quota, "age_oldest": age});
+    doc["refused_appends"] = json!(refused);
+    let spools = lanes.iter().map(|l| &*l.spool);
+    doc["state_digests"] = json!(crate::ingest::state_digests(spools, codec));
+    doc["lanes"] = serde_json::Value::Object(per_lane);
+    doc
+}
+
+/// One lane's part of the status document.
+fn lane_json(l: &OpenLane, now_ms: u64) -> serde_json::Value {
+    let spool: &Spool = &l.spool;
     let m = spool.meta();
     let st = spool.stats();
     json!({
-        "device": device,
         "incarnation": m.incarnation.get(),
         "last_seq": m.next_seq - 1,
         "acked_watermark": m.acked,
@@ -206,14 +281,14 @@ pub fn status_json(
         "spool_events": m.events,
         "spool_bytes": m.bytes,
         "oldest_unacked_age_ms": m.oldest_ms.map(|o| now_ms.saturating_sub(o)),
-        "policy": policy,
-        "link_up": link_up,
+        "policy": l.policy.name(),
+        "weight": l.weight,
+        "bypass_daily_budget": l.bypass_daily_budget,
         "dropped": {
             "quota_newest": st.dropped_newest,
             "quota_oldest": st.dropped_oldest_quota,
             "age_oldest": st.dropped_oldest_age,
         },
         "refused_appends": st.refused,
-        "state_digests": crate::ingest::state_digests(spool, codec),
     })
 }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod lanes;
 pub mod metrics;
 pub mod mqtt_ingest;
 pub mod outbox;

@@ -24,8 +24,11 @@ enum Command {
     /// Spool depth and bytes, oldest unacknowledged age, watermark and link state (asks the
     /// running agent; reads the spool directly when it is not running).
     Status,
-    /// Work on the spool.
+    /// Work on the spool (of one lane: each lane has its own).
     Spool {
+        /// The lane whose spool to work on.
+        #[arg(long, default_value = edgesync_agent::lanes::DEFAULT_LANE)]
+        lane: String,
         #[command(subcommand)]
         command: SpoolCommand,
     },
@@ -79,15 +82,14 @@ fn main() -> ExitCode {
         Command::Status => loaded
             .map_err(|e| e.to_string())
             .and_then(|c| cli::status(&c)),
-        Command::Spool { command } => {
-            loaded
-                .map_err(|e| e.to_string())
-                .and_then(|c| match command {
-                    SpoolCommand::Inspect { from, limit } => cli::inspect(&c, from, limit),
-                    SpoolCommand::Verify { repair } => cli::verify(&c, repair),
-                    SpoolCommand::Replay { from, to } => cli::replay(&c, from, to),
-                })
-        }
+        Command::Spool { lane, command } => loaded
+            .and_then(|c| c.for_lane(&lane))
+            .map_err(|e| e.to_string())
+            .and_then(|c| match command {
+                SpoolCommand::Inspect { from, limit } => cli::inspect(&c, from, limit),
+                SpoolCommand::Verify { repair } => cli::verify(&c, repair),
+                SpoolCommand::Replay { from, to } => cli::replay(&c, from, to),
+            }),
     };
     match result {
         Ok(code) => code,

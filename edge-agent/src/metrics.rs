@@ -2,7 +2,9 @@
 //!
 //! One agent is one device, so no metric carries a device label (the device is the scrape
 //! target). Counters that the spool writer keeps itself (drops, refusals) are copied in on
-//! every scrape by [`AgentMetrics::refresh`], so the spool stays free of Prometheus.
+//! every scrape by [`AgentMetrics::refresh`], so the spool stays free of Prometheus. The spool
+//! gauges and drop counters add up every lane's spool; `acked_watermark` and `last_seq` are the
+//! `default` lane's (each lane is its own replica: `lane_*{lane}` has them per lane).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -13,7 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use crate::spool::{Spool, SpoolStats};
+use crate::lanes::OpenLane;
+use crate::spool::SpoolStats;
 
 /// Where an event came in.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +39,13 @@ pub struct RejectLabel {
 pub struct DropLabel {
     /// `quota_newest`, `quota_oldest`, `age_oldest`, `corrupt`.
     pub reason: &'static str,
+}
+
+/// A priority lane (`lanes.rs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    /// The lane's name.
+    pub lane: String,
 }
 
 /// Why the uplink budget held a batch back.
@@ -119,6 +129,24 @@ edgesync_servicekit::metric_set! {
         /// Times a batch started waiting for the budget, by reason.
         budget_holds: Family<BudgetLabel, Counter> = Family::default(),
             "uplink_budget_holds", "Times a batch started waiting for the budget, by reason";
+        /// Per lane: event records held in its spool.
+        lane_spool_events: Family<LaneLabel, Gauge> = Family::default(),
+            "lane_spool_events", "Event records held in the lane's spool";
+        /// Per lane: seqs the server has not acknowledged.
+        lane_unacked: Family<LaneLabel, Gauge> = Family::default(),
+            "lane_unacked_seqs", "Seqs of the lane the server has not acknowledged";
+        /// Per lane: age of its oldest unacknowledged event.
+        lane_oldest_unacked_age: Family<LaneLabel, Gauge<f64, AtomicU64>> = Family::default(),
+            "lane_oldest_unacked_age_seconds", "Age of the lane's oldest event the server has not acknowledged";
+        /// Per lane: the server's acknowledged watermark.
+        lane_acked_watermark: Family<LaneLabel, Gauge> = Family::default(),
+            "lane_acked_watermark", "Highest seq of the lane the server acknowledged";
+        /// Per lane: batches published.
+        lane_batches: Family<LaneLabel, Counter> = Family::default(),
+            "lane_published_batches", "Batches of the lane published";
+        /// Per lane: bytes published on the wire.
+        lane_wire_bytes: Family<LaneLabel, Counter> = Family::default(),
+            "lane_published_wire_bytes", "Bytes of the lane's batches published on the wire";
         /// Sparkplug B messages received, by type.
         sparkplug_messages: Family<SparkplugKindLabel, Counter> = Family::default(),
             "sparkplug_messages", "Sparkplug B messages received, by type";
@@ -142,18 +170,42 @@ edgesync_servicekit::metric_set! {
 }
 
 impl AgentMetrics {
-    /// Copies the spool's state and counters in (called before every scrape).
-    pub fn refresh(&self, spool: &Spool, now_ms: u64) {
-        let meta = spool.meta();
-        self.spool_events.set(meta.events as i64);
-        self.spool_bytes.set(meta.bytes as i64);
-        self.acked_watermark.set(meta.acked as i64);
-        self.last_seq.set(meta.next_seq as i64 - 1);
-        self.oldest_unacked_age.set(
-            meta.oldest_ms
-                .map_or(0.0, |o| now_ms.saturating_sub(o) as f64 / 1000.0),
-        );
-        let now = spool.stats();
+    /// Copies the lanes' spool states and counters in (called before every scrape).
+    pub fn refresh(&self, lanes: &[OpenLane], now_ms: u64) {
+        let age =
+            |oldest: Option<u64>| oldest.map_or(0.0, |o| now_ms.saturating_sub(o) as f64 / 1000.0);
+        let (mut events, mut bytes, mut oldest_age) = (0, 0, 0.0f64);
+        let mut now = SpoolStats::default();
+        for l in lanes {
+            let meta = l.spool.meta();
+            let label = LaneLabel {
+                lane: l.name.to_string(),
+            };
+            self.lane_spool_events
+                .get_or_create(&label)
+                .set(meta.events as i64);
+            let unacked = (meta.next_seq - 1).saturating_sub(meta.acked);
+            self.lane_unacked.get_or_create(&label).set(unacked as i64);
+            self.lane_oldest_unacked_age
+                .get_or_create(&label)
+                .set(age(meta.oldest_ms));
+            self.lane_acked_watermark
+                .get_or_create(&label)
+                .set(meta.acked as i64);
+            (events, bytes) = (events + meta.events, bytes + meta.bytes);
+            oldest_age = oldest_age.max(age(meta.oldest_ms));
+            if l.is_default() {
+                self.acked_watermark.set(meta.acked as i64);
+                self.last_seq.set(meta.next_seq as i64 - 1);
+            }
+            let st = l.spool.stats();
+            now.dropped_newest += st.dropped_newest;
+            now.dropped_oldest_quota += st.dropped_oldest_quota;
+            now.dropped_oldest_age += st.dropped_oldest_age;
+        }
+        self.spool_events.set(events as i64);
+        self.spool_bytes.set(bytes as i64);
+        self.oldest_unacked_age.set(oldest_age);
         let mut last = self.last_stats.lock().unwrap_or_else(|e| e.into_inner());
         let add = |reason, new: u64, old: u64| {
             self.dropped
@@ -172,6 +224,15 @@ impl AgentMetrics {
             last.dropped_oldest_age,
         );
         *last = now;
+    }
+
+    /// Counts one batch of `lane` published, of `bytes` on the wire.
+    pub fn lane_published(&self, lane: &str, bytes: u64) {
+        let label = LaneLabel {
+            lane: lane.to_owned(),
+        };
+        self.lane_batches.get_or_create(&label).inc();
+        self.lane_wire_bytes.get_or_create(&label).inc_by(bytes);
     }
 
     /// Counts `n` stored events from `source`.

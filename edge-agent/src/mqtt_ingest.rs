@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ingest::json::parse_json;
 use crate::ingest::sparkplug::{Command, Sparkplug, NAMESPACE};
-use crate::ingest::{Ingest, IngestError, IngestEvent};
+use crate::ingest::{IngestError, IngestEvent};
+use crate::lanes::{Intake, Part};
 use crate::metrics::AgentMetrics;
 
 /// Local subscription settings.
@@ -47,7 +48,7 @@ pub struct MqttIngestConfig {
 /// stored stalls rumqttc's outgoing acknowledgements.
 pub async fn run(
     cfg: MqttIngestConfig,
-    ingest: Ingest,
+    ingest: Intake,
     metrics: std::sync::Arc<AgentMetrics>,
     shutdown: CancellationToken,
 ) {
@@ -160,7 +161,7 @@ impl Decoder {
 async fn store(
     mut rx: tokio::sync::mpsc::Receiver<Publish>,
     client: AsyncClient,
-    ingest: Ingest,
+    ingest: Intake,
     decoder: Decoder,
     shutdown: CancellationToken,
 ) {
@@ -179,31 +180,34 @@ async fn store(
     }
 }
 
-/// Appends `events` in requests within the ingest limit, waiting while the spool is full;
-/// false when shutdown came first (the message stays unacknowledged and the broker delivers it
-/// again: at least once, as the module header says).
+/// Appends `events` in requests within the ingest limit, each split by lane, waiting while a
+/// lane's spool is full (a part stored is not stored again while another waits); false when
+/// shutdown came first (the message stays unacknowledged and the broker delivers it again: at
+/// least once, as the module header says).
 async fn append(
-    ingest: &Ingest,
+    ingest: &Intake,
     p: &Publish,
     events: Vec<IngestEvent>,
     shutdown: &CancellationToken,
 ) -> bool {
     for chunk in events.chunks(ingest.max_request_events().max(1)) {
-        if !append_one(ingest, p, chunk, shutdown).await {
-            return false;
+        for part in ingest.by_lane(chunk.to_vec()) {
+            if !append_one(ingest, p, &part, shutdown).await {
+                return false;
+            }
         }
     }
     true
 }
 
 async fn append_one(
-    ingest: &Ingest,
+    ingest: &Intake,
     p: &Publish,
-    events: &[IngestEvent],
+    part: &Part,
     shutdown: &CancellationToken,
 ) -> bool {
     loop {
-        match ingest.append("mqtt", events.to_vec()).await {
+        match ingest.append_part("mqtt", part).await {
             Ok(_) => return true,
             Err(
                 e @ (IngestError::Invalid { .. }

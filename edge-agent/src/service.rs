@@ -1,6 +1,8 @@
 //! The agent as a service: spool, ingest, uplink, HTTP and the local MQTT subscription wired
 //! together, running until a cancellation token fires, then stopping within a grace period.
 //!
+//! Each lane (`lanes.rs`) has its own spool and ingest thread; one uplink serves them all.
+//!
 //! Shutdown order: stop taking new work (HTTP, local MQTT), let the ingest thread answer what
 //! is queued, stop the uplink (it disconnects cleanly), then close the spool. Every answered
 //! event is durable before its answer, so a shutdown that overruns the grace period, or a
@@ -20,6 +22,7 @@ use crate::config::{Config, ConfigError};
 use crate::http::{router, HttpState};
 use crate::ingest::sparkplug::Sparkplug;
 use crate::ingest::{Ingest, StartError};
+use crate::lanes::{Intake, LaneSection, OpenLane, Router};
 use crate::metrics::AgentMetrics;
 use crate::mqtt_ingest::{self, MqttIngestConfig};
 use crate::spool::{system_clock, Clock, Spool, SpoolError};
@@ -83,29 +86,33 @@ pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
     })
 }
 
-/// Opens the spool on the blocking pool, with `clock` and the write-latency histogram.
+/// Opens lane `lane`'s spool on the blocking pool, with `clock` and the write-latency
+/// histogram.
 async fn open_spool(
     cfg: &Config,
+    lane: &LaneSection,
     metrics: &Arc<AgentMetrics>,
     clock: Clock,
-) -> Result<Arc<Spool>, ServiceError> {
-    let mut spool_cfg = cfg.spool_config();
+) -> Result<OpenLane, ServiceError> {
+    let lane_cfg = cfg.for_lane(&lane.name)?;
+    let mut spool_cfg = lane_cfg.spool_config();
     spool_cfg.clock = clock;
     let observed = Arc::clone(metrics);
     spool_cfg.observer = Some(Arc::new(move |w| {
         observed.spool_write.observe(w.write.as_secs_f64())
     }));
-    let dir = cfg.spool.dir.clone();
+    let dir = lane_cfg.spool.dir.clone();
     let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, spool_cfg))
         .await
         .map_err(ServiceError::SpoolTask)?
         .map_err(|source| ServiceError::Spool {
-            dir: cfg.spool.dir.display().to_string(),
+            dir: lane_cfg.spool.dir.display().to_string(),
             source,
         })?;
     let meta = spool.meta();
     tracing::info!(
         device = %cfg.device.id,
+        lane = %lane.name,
         incarnation = meta.incarnation.get(),
         next_seq = meta.next_seq,
         acked = meta.acked,
@@ -118,6 +125,7 @@ async fn open_spool(
         // dropped ranges with reason `Corrupt`.
         metrics.corrupt(salvage.corrupt_seqs());
         tracing::error!(
+            lane = %lane.name,
             repaired = salvage.repaired,
             rebuilt = salvage.rebuilt,
             failed_reads = salvage.failed_reads,
@@ -128,7 +136,20 @@ async fn open_spool(
             "spool was damaged: salvaged"
         );
     }
-    Ok(Arc::new(spool))
+    Ok(OpenLane::new(lane, Arc::new(spool), lane_cfg.spool.policy))
+}
+
+/// Opens every lane's spool, in plan order.
+async fn open_lanes(
+    cfg: &Config,
+    metrics: &Arc<AgentMetrics>,
+    clock: &Clock,
+) -> Result<Vec<OpenLane>, ServiceError> {
+    let mut lanes = Vec::new();
+    for lane in cfg.lanes() {
+        lanes.push(open_spool(cfg, &lane, metrics, clock.clone()).await?);
+    }
+    Ok(lanes)
 }
 
 /// What runs while the agent runs. Intake (HTTP, local MQTT, the ingest thread) stops first,
@@ -136,7 +157,7 @@ async fn open_spool(
 struct Running {
     http: JoinHandle<std::io::Result<()>>,
     mqtt: Option<JoinHandle<()>>,
-    ingest: std::thread::JoinHandle<()>,
+    ingest: Vec<std::thread::JoinHandle<()>>,
     intake_stop: CancellationToken,
     uplink: JoinHandle<Result<(), UplinkError>>,
     metrics: Arc<AgentMetrics>,
@@ -158,10 +179,15 @@ impl Running {
         if let Some(t) = self.mqtt {
             let _ = t.await;
         }
-        // The HTTP router and the MQTT task held the last ingest handles: the thread now
-        // answers what is queued and exits.
+        // The HTTP router and the MQTT task held the last ingest handles: each lane's thread
+        // now answers what is queued and exits.
         let ingest = self.ingest;
-        let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            ingest.into_iter().for_each(|t| {
+                let _ = t.join();
+            })
+        })
+        .await;
         self.uplink_stop.cancel();
         let up = match uplink_early {
             Some(r) => r,
@@ -174,7 +200,7 @@ impl Running {
 /// The local MQTT intake, when configured.
 fn mqtt_intake(
     cfg: &Config,
-    ingest: &Ingest,
+    intake: &Intake,
     metrics: &Arc<AgentMetrics>,
     sparkplug: Option<&Arc<Mutex<Sparkplug>>>,
     stop: &CancellationToken,
@@ -190,7 +216,7 @@ fn mqtt_intake(
                 client_id: m.client_id.clone(),
                 sparkplug: sparkplug.cloned(),
             },
-            ingest.clone(),
+            intake.clone(),
             Arc::clone(metrics),
             stop.clone(),
         ))
@@ -199,35 +225,53 @@ fn mqtt_intake(
 
 /// What the parts of a running agent share.
 struct Shared {
-    spool: Arc<Spool>,
+    lanes: Vec<OpenLane>,
     clock: Clock,
     registry: Registry,
     metrics: Arc<AgentMetrics>,
 }
 
+/// Starts one ingest thread per lane, all notifying `appended`, and the intake over them.
+fn start_intake(
+    cfg: &Config,
+    shared: &Shared,
+    codec: &Arc<Codec>,
+    appended: &Arc<Notify>,
+) -> Result<(Intake, Vec<std::thread::JoinHandle<()>>), ServiceError> {
+    let device = cfg.device_id()?;
+    let (mut handles, mut threads) = (Vec::new(), Vec::new());
+    for lane in &shared.lanes {
+        let (ingest, thread) = Ingest::start(
+            Arc::clone(&lane.spool),
+            Arc::clone(codec),
+            device.clone(),
+            cfg.ingest_config(),
+            shared.clock.clone(),
+            Arc::clone(&shared.metrics),
+            Arc::clone(appended),
+        )?;
+        handles.push((Arc::clone(&lane.name), ingest));
+        threads.push(thread);
+    }
+    let router = Router::new(&cfg.lanes());
+    let intake = Intake::new(handles, router, Arc::clone(&shared.metrics));
+    Ok((intake, threads))
+}
+
 /// Starts ingest, the uplink, the local MQTT intake and the HTTP endpoint on `listener`.
 fn start(cfg: &Config, listener: TcpListener, shared: Shared) -> Result<Running, ServiceError> {
+    let codec = Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
+    let appended = Arc::new(Notify::new());
+    let (intake, ingest_threads) = start_intake(cfg, &shared, &codec, &appended)?;
     let Shared {
-        spool,
+        lanes,
         clock,
         registry,
         metrics,
     } = shared;
-    let codec = Arc::new(Codec::new(Limits::default()).map_err(ServiceError::Codec)?);
-    let device = cfg.device_id()?;
-    let appended = Arc::new(Notify::new());
-    let (ingest, ingest_thread) = Ingest::start(
-        Arc::clone(&spool),
-        Arc::clone(&codec),
-        device.clone(),
-        cfg.ingest_config(),
-        clock.clone(),
-        Arc::clone(&metrics),
-        Arc::clone(&appended),
-    )?;
     let uplink_stop = CancellationToken::new();
     let deps = UplinkDeps {
-        spool: Arc::clone(&spool),
+        lanes: lanes.clone(),
         codec: Arc::clone(&codec),
         appended,
         metrics: Arc::clone(&metrics),
@@ -239,16 +283,15 @@ fn start(cfg: &Config, listener: TcpListener, shared: Shared) -> Result<Running,
         .as_ref()
         .and_then(|m| m.sparkplug.clone())
         .map(|c| Arc::new(Mutex::new(Sparkplug::new(c, &cfg.ingest_config()))));
-    let mqtt = mqtt_intake(cfg, &ingest, &metrics, sparkplug.as_ref(), &intake_stop);
+    let mqtt = mqtt_intake(cfg, &intake, &metrics, sparkplug.as_ref(), &intake_stop);
     let state = HttpState {
         sparkplug,
-        ingest,
-        spool,
+        intake,
+        lanes: lanes.into(),
         registry: Arc::new(registry),
         metrics,
         clock,
-        device: device.to_string(),
-        policy: cfg.spool.policy.name(),
+        device: cfg.device.id.clone(),
         codec,
     };
     let metrics = Arc::clone(&state.metrics);
@@ -257,7 +300,7 @@ fn start(cfg: &Config, listener: TcpListener, shared: Shared) -> Result<Running,
         metrics,
         http: edgesync_servicekit::ops::serve(listener, app, intake_stop.clone()),
         mqtt,
-        ingest: ingest_thread,
+        ingest: ingest_threads,
         intake_stop,
         uplink,
         uplink_stop,
@@ -273,9 +316,9 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = Arc::new(AgentMetrics::register(&mut registry));
     let clock = system_clock();
-    let spool = open_spool(&cfg, &metrics, clock.clone()).await?;
+    let lanes = open_lanes(&cfg, &metrics, &clock).await?;
     let shared = Shared {
-        spool,
+        lanes,
         clock,
         registry,
         metrics,

@@ -1,14 +1,28 @@
-//! The uplink: one event loop that drives the protocol's agent state machine over MQTT.
+//! The uplink: one event loop that drives the protocol's agent state machines over MQTT, one
+//! per lane.
 //!
-//! In the style of rumqttc itself (state machine without I/O, one loop that does the I/O): the
-//! `edgesync_protocol::Agent` decides what to send and when to give up; this loop feeds it the
-//! spool's new seqs, the connection's ups and downs, the server's acks (retained, on the
-//! device's ack topic: `edgesync_schemas::topics`) and the passing of time, publishes the
-//! batches it asks for (QoS 1 on its batch topic), and trims the spool behind every ack. A lost
-//! connection is retried with exponential backoff and jitter. TLS (and mutual TLS) and a
-//! per-device user name and password are optional. A built batch is published only when the
-//! [`Budget`] (rate cap, daily bytes) admits it; until then it waits, built, in the spool's
-//! order, and the loop wakes when the budget will have room.
+//! In the style of rumqttc itself (state machine without I/O, one loop that does the I/O): each
+//! lane's `edgesync_protocol::Agent` decides what to send from its spool and when to give up;
+//! this loop feeds it the spool's new seqs, the connection's ups and downs, the server's acks
+//! (retained, on the device's ack topic: `edgesync_schemas::topics`; each ack names its
+//! replica, so its lane) and the passing of time, publishes the batches it asks for (QoS 1 on
+//! the device's batch topic), and trims the lane's spool behind every ack. A lost connection is
+//! retried with exponential backoff and jitter. TLS (and mutual TLS) and a per-device user name
+//! and password are optional. A built batch is published only when the [`Budget`] (rate cap,
+//! daily bytes) admits it; until then it waits, built, in the spool's order, and the loop wakes
+//! when the budget will have room.
+//!
+//! Lanes (`lanes.rs`) share the connection and one window: at most `max_inflight` batches are in
+//! flight over all lanes, so what waits on a thin link for the bytes ahead of it is at most a
+//! window, and the loop, not the link, decides what goes next. That is start-time fair
+//! queueing on the batches' wire bytes: each lane's next batch gets a start tag (the later of
+//! the loop's virtual time and the end of the lane's previous batch, which advances by its
+//! bytes / weight), and the lowest tag goes, the higher lane on a tie. A lane's share of the
+//! uplink while others wait too is its weight over theirs; an idle lane banks no credit; a lane
+//! alone gets all of it. The lanes share the device's retained ack too, which holds the latest
+//! ack of any lane: a retained ack of another lane settles a lane's resume or confirmation at
+//! once (it resumes from its own watermark: at most a window is sent again, and the server
+//! ignores it) instead of making it wait `resume_wait_ms`.
 //!
 //! The loop never waits on the disk. Batches are built (spool read, records decoded, deltas
 //! joined, encoded and compressed) on the blocking pool ahead of the window: up to a window's
@@ -19,7 +33,7 @@
 //! each time the request grew kept an agent taking appends rebuilding the same batch, and
 //! its batches waiting (the agent's part of bench-latency's p50 went from 37 to 17 ms).
 //! Otherwise (an ack, a timeout or a reconnect moved the agent) it is dropped and the request
-//! built anew. Trims run on their own task, which takes the latest
+//! built anew. Trims run on their own task per lane, which takes the latest
 //! acknowledged watermark whenever it is free (a trim is idempotent and a later one covers an
 //! earlier), so an ack costs the loop no fsync. Nagle's algorithm is off on the socket; the
 //! broker should turn it off on its side too (Mosquitto: `set_tcp_nodelay true`), or each
@@ -37,9 +51,11 @@ use edgesync_schemas::{topics, Codec};
 use edgesync_servicekit::mqtt::MqttSecurity;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Budget, Wait};
+use crate::lanes::OpenLane;
 use crate::metrics::AgentMetrics;
 use crate::outbox::{build_batch, Built, OutboxError};
 use crate::spool::Spool;
@@ -55,7 +71,7 @@ pub struct UplinkConfig {
     pub port: u16,
     /// MQTT keep-alive: how soon a dead link is noticed.
     pub keep_alive: Duration,
-    /// The protocol's send window.
+    /// The protocol's send window (`max_inflight_batches` is shared by the lanes).
     pub agent: AgentConfig,
     /// First reconnect delay.
     pub backoff_min: Duration,
@@ -128,11 +144,11 @@ async fn blocking<T: Send + 'static>(
 /// What the uplink works with.
 #[derive(Clone, Debug)]
 pub struct UplinkDeps {
-    /// The spool it sends from and trims.
-    pub spool: Arc<Spool>,
+    /// The lanes it sends from and trims, highest priority first.
+    pub lanes: Vec<OpenLane>,
     /// Batch and ack codec.
     pub codec: Arc<Codec>,
-    /// Notified after every append to the spool.
+    /// Notified after every append to any lane's spool.
     pub appended: Arc<Notify>,
     /// Where it counts what it does.
     pub metrics: Arc<AgentMetrics>,
@@ -152,12 +168,61 @@ struct Slot {
     done: Option<Result<Packed, UplinkError>>,
 }
 
-/// One connection's state machine and the I/O it drives.
-struct Uplink {
-    cfg: UplinkConfig,
+/// A built batch coming back from the blocking pool: (lane, slot id, outcome).
+type BuiltMsg = (usize, u64, Result<Packed, UplinkError>);
+
+/// One lane: its replica's state machine, its spool and what is built ahead for it.
+struct LaneLink {
+    lane: OpenLane,
     agent: Agent,
     replica: ReplicaId,
-    deps: UplinkDeps,
+    /// Requests being built, in the order the agent will make them.
+    ahead: VecDeque<Slot>,
+    /// Where the agent's next request will start, as far as the uplink can tell: after the
+    /// last batch sent (the agent itself says so whenever its window has room).
+    next_unsent: u64,
+    /// The latest watermark to trim to, for the lane's trim task.
+    trim: watch::Sender<u64>,
+    /// When the batch the budget holds back may go (the uplink's clock).
+    held_until: Option<u64>,
+    /// Fair queueing: the virtual time its last batch ended at.
+    finish: f64,
+}
+
+impl LaneLink {
+    /// Tells the agent of the seqs the spool made durable since the last turn.
+    fn catch_up(&mut self) -> Result<(), UplinkError> {
+        let last = self.lane.spool.meta().next_seq - 1;
+        for seq in self.agent.last_seq() + 1..=last {
+            self.agent.appended(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the front of `ahead` still answers the agent's next request; if not (an ack,
+    /// a timeout, a reconnect, or a batch cut short by its byte limit moved the agent), what
+    /// was built ahead is dropped. Returns the request, if the agent has one.
+    fn current_request(&mut self) -> Option<BatchRequest> {
+        let req = self.agent.poll_send()?;
+        if self.ahead.front().is_some_and(|s| !s.req.answers(&req)) {
+            self.ahead.clear();
+            self.held_until = None;
+        }
+        Some(req)
+    }
+
+    /// Whether the front batch is built and answers the agent's request.
+    fn ready(&self) -> bool {
+        self.agent.poll_send().is_some() && self.ahead.front().is_some_and(|s| s.done.is_some())
+    }
+}
+
+/// One connection's state machines and the I/O they drive.
+struct Uplink {
+    cfg: UplinkConfig,
+    lanes: Vec<LaneLink>,
+    codec: Arc<Codec>,
+    metrics: Arc<AgentMetrics>,
     client: AsyncClient,
     batch_topic: String,
     ack_topic: String,
@@ -165,19 +230,22 @@ struct Uplink {
     backoff: Duration,
     jitter: Jitter,
     connected_once: bool,
-    /// Requests being built, in the order the agent will make them.
-    ahead: VecDeque<Slot>,
-    /// Where the agent's next request will start, as far as the uplink can tell: after the
-    /// last batch sent (the agent itself says so whenever its window has room).
-    next_unsent: u64,
     next_slot: u64,
-    /// Where built batches come back (slot id, outcome).
-    built: mpsc::UnboundedSender<(u64, Result<Packed, UplinkError>)>,
-    /// The latest watermark to trim to, for the trim task.
-    trim: watch::Sender<u64>,
+    /// Where built batches come back.
+    built: mpsc::UnboundedSender<BuiltMsg>,
     budget: Budget,
-    /// When the batch the budget holds back may go (the uplink's clock).
-    held_until: Option<u64>,
+    /// Fair queueing's virtual time: the start tag of the last batch published.
+    vtime: f64,
+}
+
+/// Why a lane's front batch did not go this turn.
+enum Blocked {
+    /// The budget holds it; `Rate` holds every lane.
+    Budget(Wait),
+    /// Too large for the codec's limits: the window shrinks on the next request.
+    TooLarge,
+    /// The MQTT event loop is gone; shutdown follows.
+    Closed,
 }
 
 impl Uplink {
@@ -186,144 +254,188 @@ impl Uplink {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Tells the agent of the seqs the spool made durable since the last turn, publishes
-    /// every batch it asks for that is built, and starts building what it will ask for next.
+    fn inflight(&self) -> usize {
+        self.lanes.iter().map(|l| l.agent.inflight()).sum()
+    }
+
+    /// Tells each lane's agent of the seqs its spool made durable since the last turn,
+    /// publishes the batches they ask for that are built, lane by fair-queueing order while the
+    /// shared window has room, and starts building what they will ask for next.
     async fn send_due(&mut self) -> Result<(), UplinkError> {
-        let last = self.deps.spool.meta().next_seq - 1;
-        for seq in self.agent.last_seq() + 1..=last {
-            self.agent.appended(seq)?;
-        }
-        while let Some(req) = self.agent.poll_send() {
-            if self.ahead.front().is_some_and(|s| !s.req.answers(&req)) {
-                // The agent went elsewhere (an ack from the server, a timeout, a reconnect,
-                // or a batch cut short by its byte limit): what was built ahead is stale.
-                self.ahead.clear();
-                self.release_hold();
-            }
-            if self.ahead.is_empty() {
-                self.start_build(req);
-            }
-            let Some(done) = self.ahead.front_mut().and_then(|s| s.done.take()) else {
-                break; // still being built: the loop goes on and comes back when it is
-            };
-            if let Ok(Packed { bytes: Some(b), .. }) = &done {
-                if let Err(wait) = self.admit(b.len() as u64) {
-                    self.hold(wait, done);
-                    break;
+        for i in 0..self.lanes.len() {
+            self.lanes[i].catch_up()?;
+            if let Some(req) = self.lanes[i].current_request() {
+                if self.lanes[i].ahead.is_empty() {
+                    self.start_build(i, req);
                 }
             }
-            self.ahead.pop_front();
-            let Packed { built, bytes } = done?;
-            let m = &self.deps.metrics;
-            m.corrupt(built.corrupt as u64);
-            let Some(bytes) = bytes else {
-                break; // too large for the limits: the window shrinks on the next request
-            };
-            m.batches.inc();
-            m.wire_bytes.inc_by(bytes.len() as u64);
-            m.raw_bytes.inc_by(built.raw_bytes);
-            let published = self
-                .client
-                .publish(self.batch_topic.as_str(), QoS::AtLeastOnce, false, bytes)
-                .await;
-            if published.is_err() {
-                break; // the event loop is gone; shutdown follows
-            }
-            crash_point("uplink.after_publish");
-            let (first, last) = (built.batch.first_seq(), built.batch.last_seq());
-            self.agent.sent(first, last, self.now())?;
-            self.next_unsent = last + 1;
         }
-        self.build_ahead();
+        let mut skip = vec![false; self.lanes.len()];
+        while self.inflight() < self.cfg.agent.max_inflight_batches {
+            let Some(i) = self.next_lane(&skip) else {
+                break;
+            };
+            match self.publish_front(i).await? {
+                Ok(()) => {}
+                Err(Blocked::Budget(Wait::Rate(_)) | Blocked::Closed) => break,
+                Err(_) => skip[i] = true,
+            }
+            if let Some(req) = self.lanes[i].current_request() {
+                if self.lanes[i].ahead.is_empty() {
+                    self.start_build(i, req);
+                }
+            }
+        }
+        let waiting = self.lanes.iter().any(|l| l.held_until.is_some());
+        self.metrics.budget_waiting.set(i64::from(waiting));
+        for i in 0..self.lanes.len() {
+            self.build_ahead(i);
+        }
         Ok(())
     }
 
-    /// Whether the budget lets `bytes` go now (counted if so).
-    fn admit(&mut self, bytes: u64) -> Result<(), Wait> {
+    /// The lane whose built front batch goes next: the lowest start tag, the higher lane on a
+    /// tie.
+    fn next_lane(&self, skip: &[bool]) -> Option<usize> {
+        let start = |l: &LaneLink| l.finish.max(self.vtime);
+        (0..self.lanes.len())
+            .filter(|&i| !skip[i] && self.lanes[i].ready())
+            .min_by(|&a, &b| start(&self.lanes[a]).total_cmp(&start(&self.lanes[b])))
+    }
+
+    /// Publishes lane `i`'s built front batch, unless the budget holds it.
+    async fn publish_front(&mut self, i: usize) -> Result<Result<(), Blocked>, UplinkError> {
+        let Some(done) = self.lanes[i].ahead.front_mut().and_then(|s| s.done.take()) else {
+            return Ok(Ok(()));
+        };
+        if let Ok(Packed { bytes: Some(b), .. }) = &done {
+            if let Err(wait) = self.admit(i, b.len() as u64) {
+                self.hold(i, wait, done);
+                return Ok(Err(Blocked::Budget(wait)));
+            }
+        }
+        self.lanes[i].ahead.pop_front();
+        let Packed { built, bytes } = done?;
+        let m = &self.metrics;
+        m.corrupt(built.corrupt as u64);
+        let Some(bytes) = bytes else {
+            return Ok(Err(Blocked::TooLarge));
+        };
+        let n = bytes.len() as u64;
+        m.batches.inc();
+        m.wire_bytes.inc_by(n);
+        m.raw_bytes.inc_by(built.raw_bytes);
+        m.lane_published(&self.lanes[i].lane.name, n);
+        let published = self
+            .client
+            .publish(self.batch_topic.as_str(), QoS::AtLeastOnce, false, bytes)
+            .await;
+        if published.is_err() {
+            return Ok(Err(Blocked::Closed));
+        }
+        crash_point("uplink.after_publish");
+        let (first, last) = (built.batch.first_seq(), built.batch.last_seq());
+        let now = self.now();
+        let l = &mut self.lanes[i];
+        l.agent.sent(first, last, now)?;
+        l.next_unsent = last + 1;
+        let start = l.finish.max(self.vtime);
+        l.finish = start + n as f64 / f64::from(l.lane.weight.max(1));
+        self.vtime = start;
+        Ok(Ok(()))
+    }
+
+    /// Whether the budget lets lane `i`'s `bytes` go now (counted if so).
+    fn admit(&mut self, i: usize, bytes: u64) -> Result<(), Wait> {
         let (now, wall) = (self.now(), edgesync_servicekit::now_ms());
-        let r = self.budget.admit(bytes, now, wall);
-        self.deps.metrics.budget_seen(&self.budget.view(wall));
+        let bypass = self.lanes[i].lane.bypass_daily_budget;
+        let r = self.budget.admit(bytes, now, wall, bypass);
+        self.metrics.budget_seen(&self.budget.view(wall));
         if r.is_ok() {
-            self.release_hold();
+            self.lanes[i].held_until = None;
         }
         r
     }
 
-    /// Nothing waits for the budget any more (admitted, or the held batch was dropped).
-    fn release_hold(&mut self) {
-        self.held_until = None;
-        self.deps.metrics.budget_waiting.set(0);
-    }
-
-    /// Puts the front batch back to wait for the budget.
-    fn hold(&mut self, wait: Wait, done: Result<Packed, UplinkError>) {
-        if self.held_until.is_none() {
-            tracing::info!(?wait, "uplink budget: the next batch waits");
-            self.deps.metrics.budget_held(wait);
+    /// Puts lane `i`'s front batch back to wait for the budget.
+    fn hold(&mut self, i: usize, wait: Wait, done: Result<Packed, UplinkError>) {
+        let until = self.now() + wait.duration().as_millis() as u64;
+        let l = &mut self.lanes[i];
+        if l.held_until.is_none() {
+            tracing::info!(lane = %l.lane.name, ?wait, "uplink budget: the lane's next batch waits");
+            self.metrics.budget_held(wait);
         }
-        self.held_until = Some(self.now() + wait.duration().as_millis() as u64);
-        if let Some(slot) = self.ahead.front_mut() {
+        l.held_until = Some(until);
+        if let Some(slot) = l.ahead.front_mut() {
             slot.done = Some(done);
         }
     }
 
-    /// When the loop must wake next: the agent's deadline or, while a built batch is held at
+    /// When the loop must wake next: the agents' deadlines or, while a built batch is held at
     /// the front of a streaming window, the budget's.
     fn next_wake(&self) -> Duration {
-        let held = self.held_until.filter(|_| {
-            self.agent.is_streaming() && self.ahead.front().is_some_and(|s| s.done.is_some())
-        });
-        let at = match (self.agent.next_deadline(), held) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let at = self
+            .lanes
+            .iter()
+            .flat_map(|l| {
+                let held = l.held_until.filter(|_| {
+                    l.agent.is_streaming() && l.ahead.front().is_some_and(|s| s.done.is_some())
+                });
+                [l.agent.next_deadline(), held]
+            })
+            .flatten()
+            .min();
         at.map(|t| Duration::from_millis(t.saturating_sub(self.now())))
             .unwrap_or(Duration::from_secs(3600))
     }
 
-    /// Starts building the requests the agent will make after those already being built, up
-    /// to a window's worth, assuming each batch is as long as its request allows (true unless
-    /// its byte limit cuts it short, which `send_due` notices).
-    fn build_ahead(&mut self) {
-        if !self.agent.is_streaming() {
-            return;
-        }
+    /// Starts building the requests lane `i`'s agent will make after those already being
+    /// built, up to a window's worth, assuming each batch is as long as its request allows
+    /// (true unless its byte limit cuts it short, which `current_request` notices).
+    fn build_ahead(&mut self, i: usize) {
         let c = self.cfg.agent;
-        while self.ahead.len() < c.max_inflight_batches {
-            let first = match self.ahead.back() {
-                Some(s) => s.req.first_seq + s.req.max_events as u64,
-                None => self
-                    .agent
-                    .poll_send()
-                    .map_or(self.next_unsent.max(self.agent.acked() + 1), |r| {
-                        r.first_seq
-                    }),
-            };
-            if first > self.agent.last_seq() {
+        loop {
+            let l = &self.lanes[i];
+            if !l.agent.is_streaming() || l.ahead.len() >= c.max_inflight_batches {
                 return;
             }
-            let available = (self.agent.last_seq() - first + 1).min(usize::MAX as u64) as usize;
-            self.start_build(BatchRequest {
-                first_seq: first,
-                max_events: c.max_batch_events.min(available),
-                max_bytes: c.max_batch_bytes,
-            });
+            let first = match l.ahead.back() {
+                Some(s) => s.req.first_seq + s.req.max_events as u64,
+                None => l
+                    .agent
+                    .poll_send()
+                    .map_or(l.next_unsent.max(l.agent.acked() + 1), |r| r.first_seq),
+            };
+            if first > l.agent.last_seq() {
+                return;
+            }
+            let available = (l.agent.last_seq() - first + 1).min(usize::MAX as u64) as usize;
+            self.start_build(
+                i,
+                BatchRequest {
+                    first_seq: first,
+                    max_events: c.max_batch_events.min(available),
+                    max_bytes: c.max_batch_bytes,
+                },
+            );
         }
     }
 
-    /// Builds and encodes `req` on the blocking pool; the outcome comes back on `built`.
-    fn start_build(&mut self, req: BatchRequest) {
+    /// Builds and encodes lane `i`'s `req` on the blocking pool; the outcome comes back on
+    /// `built`.
+    fn start_build(&mut self, i: usize, req: BatchRequest) {
         let id = self.next_slot;
         self.next_slot += 1;
-        self.ahead.push_back(Slot {
+        let l = &mut self.lanes[i];
+        l.ahead.push_back(Slot {
             id,
             req,
             done: None,
         });
         let (s, c, r, tx) = (
-            Arc::clone(&self.deps.spool),
-            Arc::clone(&self.deps.codec),
-            self.replica.clone(),
+            Arc::clone(&l.lane.spool),
+            Arc::clone(&self.codec),
+            l.replica.clone(),
             self.built.clone(),
         );
         tokio::task::spawn_blocking(move || {
@@ -333,20 +445,20 @@ impl Uplink {
                     Packed { built, bytes }
                 })
                 .map_err(UplinkError::from);
-            let _ = tx.send((id, packed)); // the uplink may be gone
+            let _ = tx.send((i, id, packed)); // the uplink may be gone
         });
     }
 
     /// A build finished: its slot holds the outcome (a slot already dropped as stale is gone,
     /// and so is its outcome, failed or not).
-    fn on_built(&mut self, id: u64, packed: Result<Packed, UplinkError>) {
-        if let Some(slot) = self.ahead.iter_mut().find(|s| s.id == id) {
+    fn on_built(&mut self, (i, id, packed): BuiltMsg) {
+        if let Some(slot) = self.lanes[i].ahead.iter_mut().find(|s| s.id == id) {
             slot.done = Some(packed);
         }
     }
 
     async fn on_connected(&mut self) {
-        let m = &self.deps.metrics;
+        let m = &self.metrics;
         self.backoff = self.cfg.backoff_min;
         m.link_up.set(1);
         if self.connected_once {
@@ -354,38 +466,49 @@ impl Uplink {
         }
         self.connected_once = true;
         tracing::info!(host = %self.cfg.host, port = self.cfg.port, "uplink connected");
-        self.agent.connected(self.now());
+        let now = self.now();
+        for l in &mut self.lanes {
+            l.agent.connected(now);
+        }
         let _ = self
             .client
             .subscribe(self.ack_topic.as_str(), QoS::AtLeastOnce)
             .await;
     }
 
-    /// A server ack for this replica: the agent's window advances and the spool is trimmed
-    /// behind it.
-    async fn on_ack(&mut self, payload: &[u8]) -> Result<(), UplinkError> {
-        self.deps.metrics.acks.inc();
-        let Ok(ack) = self.deps.codec.decode_ack(payload) else {
-            return Ok(());
+    /// A server ack: its lane's window advances and the lane's spool is trimmed behind it. A
+    /// retained one (the answer to a subscription) settles every other lane waiting for one.
+    fn on_ack(&mut self, payload: &[u8], retained: bool) {
+        self.metrics.acks.inc();
+        let Ok(ack) = self.codec.decode_ack(payload) else {
+            return;
         };
-        if ack.replica != self.replica {
-            return Ok(());
+        let now = self.now();
+        for l in &mut self.lanes {
+            if ack.replica != l.replica {
+                if retained {
+                    l.agent.on_retained_ack_of_another(now);
+                }
+                continue;
+            }
+            if let AckEffect::Advanced { trim_to } = l.agent.on_ack(ack.watermark, now) {
+                crash_point("uplink.after_ack");
+                l.trim.send_replace(trim_to);
+            }
         }
-        if let AckEffect::Advanced { trim_to } = self.agent.on_ack(ack.watermark, self.now()) {
-            crash_point("uplink.after_ack");
-            self.trim.send_replace(trim_to);
-        }
-        Ok(())
     }
 
     /// The connection is lost: wait (backoff with jitter, doubling) before the event loop
     /// connects again.
     async fn on_lost(&mut self, error: rumqttc::ConnectionError, shutdown: &CancellationToken) {
-        let m = &self.deps.metrics;
+        let m = &self.metrics;
         m.disconnects.inc();
         m.link_up.set(0);
-        self.agent.disconnected();
-        self.release_hold();
+        for l in &mut self.lanes {
+            l.agent.disconnected();
+            l.held_until = None;
+        }
+        m.budget_waiting.set(0);
         let wait = self.jitter.spread(self.backoff);
         tracing::warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "uplink connection lost");
         self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
@@ -394,6 +517,40 @@ impl Uplink {
             _ = shutdown.cancelled() => {}
         }
     }
+
+    /// Whether any lane's agent asks for the server's current watermark.
+    fn take_ack_request(&mut self) -> bool {
+        let mut asked = false;
+        for l in &mut self.lanes {
+            asked |= l.agent.take_ack_request();
+        }
+        asked
+    }
+}
+
+/// Lane `lane`'s link: its agent from the spool's durable state, and its trim task.
+fn lane_link(
+    cfg: &UplinkConfig,
+    lane: OpenLane,
+    trimmers: &mut JoinSet<Result<(), UplinkError>>,
+) -> Result<LaneLink, UplinkError> {
+    let meta = lane.spool.meta();
+    let durable = AgentDurable {
+        last_seq: meta.next_seq - 1,
+        acked: meta.acked,
+    };
+    let (trim, trims) = watch::channel(meta.acked);
+    trimmers.spawn(trim_behind(Arc::clone(&lane.spool), trims));
+    Ok(LaneLink {
+        agent: Agent::new(cfg.agent, durable)?,
+        replica: ReplicaId::new(cfg.device.clone(), meta.incarnation),
+        ahead: VecDeque::new(),
+        next_unsent: meta.acked + 1,
+        trim,
+        held_until: None,
+        finish: 0.0,
+        lane,
+    })
 }
 
 /// Runs until `shutdown` is cancelled; what it does is counted in `deps.metrics`.
@@ -402,32 +559,29 @@ pub async fn run(
     deps: UplinkDeps,
     shutdown: CancellationToken,
 ) -> Result<(), UplinkError> {
-    let meta = deps.spool.meta();
-    let durable = AgentDurable {
-        last_seq: meta.next_seq - 1,
-        acked: meta.acked,
-    };
     let (client, mut events) = AsyncClient::new(cfg.mqtt_options(cfg.device.as_str()), 64);
     // A batch or a PUBACK must not wait for the broker's delayed TCP acknowledgement of the
     // last small packet (Nagle): with a window of a few batches that is a 40 ms stall per turn.
     events.network_options.set_tcp_nodelay(true);
     let (built, mut built_rx) = mpsc::unbounded_channel();
-    let (trim, trims) = watch::channel(meta.acked);
-    let mut trimmer = tokio::spawn(trim_behind(Arc::clone(&deps.spool), trims));
+    let mut trimmers = JoinSet::new();
+    let mut lanes = Vec::with_capacity(deps.lanes.len());
+    for lane in deps.lanes {
+        lanes.push(lane_link(&cfg, lane, &mut trimmers)?);
+    }
+    let seed = lanes.first().map_or(1, |l| l.replica.incarnation.get() | 1);
     let mut u = Uplink {
-        agent: Agent::new(cfg.agent, durable)?,
-        replica: ReplicaId::new(cfg.device.clone(), meta.incarnation),
+        lanes,
+        codec: deps.codec,
+        metrics: deps.metrics,
         batch_topic: topics::batch(&cfg.device),
         ack_topic: topics::ack(&cfg.device),
         started: Instant::now(),
         backoff: cfg.backoff_min,
-        jitter: Jitter(meta.incarnation.get() | 1),
+        jitter: Jitter(seed),
         connected_once: false,
-        ahead: VecDeque::new(),
-        next_unsent: meta.acked + 1,
         next_slot: 0,
         built,
-        trim,
         client,
         budget: Budget::new(
             cfg.max_bytes_per_sec,
@@ -435,15 +589,14 @@ pub async fn run(
             0,
             edgesync_servicekit::now_ms(),
         ),
-        held_until: None,
-        deps,
+        vtime: 0.0,
         cfg,
     };
-    let appended = Arc::clone(&u.deps.appended);
+    let appended = deps.appended;
     loop {
         u.send_due().await?;
-        if u.agent.take_ack_request() {
-            // The agent asks for the server's current watermark (a batch timed out): subscribing
+        if u.take_ack_request() {
+            // An agent asks for the server's current watermark (a batch timed out): subscribing
             // again makes the broker send the retained ack again.
             let _ = u
                 .client
@@ -455,18 +608,20 @@ pub async fn run(
             ev = events.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => u.on_connected().await,
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == u.ack_topic => {
-                    u.on_ack(&p.payload).await?;
+                    u.on_ack(&p.payload, p.retain);
                 }
                 Ok(_) => {}
                 Err(e) => u.on_lost(e, &shutdown).await,
             },
-            Some((id, packed)) = built_rx.recv() => u.on_built(id, packed),
+            Some(msg) = built_rx.recv() => u.on_built(msg),
             _ = tokio::time::sleep(tick) => {
                 let now = u.now();
-                u.agent.on_tick(now);
+                for l in &mut u.lanes {
+                    l.agent.on_tick(now);
+                }
             }
             _ = appended.notified() => {}
-            trimmed = &mut trimmer => return Err(match trimmed {
+            Some(trimmed) = trimmers.join_next() => return Err(match trimmed {
                 Ok(Ok(())) => UplinkError::TrimStopped,
                 Ok(Err(e)) => e,
                 Err(e) => e.into(),
@@ -474,12 +629,15 @@ pub async fn run(
             _ = shutdown.cancelled() => {}
         }
         if shutdown.is_cancelled() {
-            u.deps.metrics.link_up.set(0);
+            u.metrics.link_up.set(0);
             let _ = u.client.disconnect().await;
-            // The last trim asked for finishes; what it would have trimmed is sent again after
-            // a restart only if it did not, and the server ignores it.
+            // The last trims asked for finish; what they would have trimmed is sent again after
+            // a restart only if they did not, and the server ignores it.
             drop(u);
-            return trimmer.await?;
+            while let Some(r) = trimmers.join_next().await {
+                r??;
+            }
+            return Ok(());
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{fill, replica_of, serve, Seen};
+use edgesync_agent::lanes::OpenLane;
 use edgesync_agent::metrics::AgentMetrics;
 use edgesync_agent::spool::{Spool, SpoolConfig};
 use edgesync_agent::uplink::{self, UplinkConfig, UplinkDeps};
@@ -55,7 +56,7 @@ impl Running {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = Arc::new(AgentMetrics::register(&mut registry));
         let deps = UplinkDeps {
-            spool: Arc::clone(spool),
+            lanes: vec![OpenLane::single(Arc::clone(spool))],
             codec,
             appended: Arc::new(tokio::sync::Notify::new()),
             metrics: Arc::clone(&metrics),

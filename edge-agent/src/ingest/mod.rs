@@ -345,21 +345,47 @@ pub struct Ingest {
 const HLC_STATE: &str = "hlc";
 const CRDT_PREFIX: &str = "crdt/";
 
-/// The digest (hex) of every CRDT state the agent holds, by key: what the converged record of
-/// the same key carries once the server has every contribution. Unreadable states are left
-/// out (the agent refuses to start on them anyway).
-pub fn state_digests(spool: &Spool, codec: &Codec) -> BTreeMap<String, String> {
+/// Every CRDT state a spool holds, by key. Unreadable states are left out (the agent refuses
+/// to start on them anyway).
+pub fn stored_states(spool: &Spool, codec: &Codec) -> BTreeMap<String, Crdt> {
     spool
         .state()
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(name, bytes)| {
             let key = name.strip_prefix(CRDT_PREFIX)?;
-            let c = codec.decode_crdt_state(&bytes).ok()?;
-            Some((
-                key.to_owned(),
-                edgesync_core::StateDigest::of_state(key, &c).to_hex(),
-            ))
+            Some((key.to_owned(), codec.decode_crdt_state(&bytes).ok()?))
+        })
+        .collect()
+}
+
+/// The digest (hex) of every CRDT state the agent holds over `spools` (its lanes: a key written
+/// from two lanes is the join of their states), by key: what the converged record of the same
+/// key carries once the server has every contribution.
+pub fn state_digests<'a>(
+    spools: impl IntoIterator<Item = &'a Spool>,
+    codec: &Codec,
+) -> BTreeMap<String, String> {
+    let mut joined: BTreeMap<String, Crdt> = BTreeMap::new();
+    for spool in spools {
+        for (key, c) in stored_states(spool, codec) {
+            match joined.entry(key) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(c);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let _ = o.get_mut().join(&c); // kinds differ: the first lane's stands
+                }
+            }
+        }
+    }
+    joined
+        .iter()
+        .map(|(key, c)| {
+            (
+                key.clone(),
+                edgesync_core::StateDigest::of_state(key, c).to_hex(),
+            )
         })
         .collect()
 }
