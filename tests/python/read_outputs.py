@@ -146,11 +146,12 @@ def main():
             framings[topic][framing] += 1
             yield value
 
-    events, sums = {}, {}
+    events, replicas, sums = {}, {}, {}
     raw = read_all(args.bootstrap, "edgesync.events", lambda r: len(r) >= args.events,
                    args.isolation)
     for e in decoded("edgesync.events", "event.avsc", raw):
         events.setdefault(e["device"], []).append(e["seq"])
+        replicas.setdefault(f'{e["device"]}@{e["incarnation"]}', []).append(e["seq"])
         p = e["fields"].get("pressure_kpa")
         if isinstance(p, (int, float)):
             sums[e["device"]] = sums.get(e["device"], 0.0) + p
@@ -160,7 +161,7 @@ def main():
     for s in decoded("edgesync.state", "state_record.avsc", raw):
         if s["kind"] in ("G_COUNTER", "PN_COUNTER"):
             state[s["key"]] = s["counter"]
-    report = {"events": events, "sums": sums, "state": state, "framings": framings}
+    report = {"events": events, "replicas": replicas, "sums": sums, "state": state, "framings": framings}
     if args.completeness:
         report["completeness"] = {}
         raw = read_all(args.bootstrap, "edgesync.completeness", lambda r: len(r) > 0,

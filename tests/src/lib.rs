@@ -4,8 +4,9 @@
 //!
 //! The history check ([`Fleet::assert_converged`]) is the promise, stated once:
 //! - every agent ends acknowledged up to the last seq it answered, with an empty spool;
-//! - every answered event is in `edgesync.events` exactly once, in seq order per device, and no
-//!   event that was never answered;
+//! - every answered event is in `edgesync.events` exactly once, in seq order per device (per
+//!   lane: each lane is its own replica, with its own seqs), and no event that was never
+//!   answered;
 //! - the converged counters in `edgesync.state` equal the reference computed from the answers;
 //! - each agent's own state digest equals its converged record's (edge and server agree);
 //! - nothing was dead-lettered;
@@ -18,6 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod chaos;
+pub mod lanes;
 pub mod nemesis;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,28 +45,59 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
+/// The agent's lane of every stream no lane names, as its answers and status spell it.
+pub const DEFAULT_LANE: &str = "default";
+
+/// The stream [`events`] writes to (the `default` lane unless a test's lanes name it).
+pub const TELEMETRY: &str = "pump.telemetry";
+
 /// NDJSON: `n` events of `device` from index `start`, each +1 on the fleet and device counters.
 pub fn events(device: &str, start: u64, n: u64) -> Vec<u8> {
+    stream_events(TELEMETRY, device, start, n)
+}
+
+/// [`events`] on `stream`.
+pub fn stream_events(stream: &str, device: &str, start: u64, n: u64) -> Vec<u8> {
+    events_with(stream, device, start, n, |i| {
+        format!("\"i\":{i},\"pressure_kpa\":101.5")
+    })
+}
+
+/// `n` events of `device` on `stream` from index `start` with the fields `fields(i)` makes
+/// (JSON members), each +1 on the fleet and device counters.
+pub fn events_with(
+    stream: &str,
+    device: &str,
+    start: u64,
+    n: u64,
+    fields: impl Fn(u64) -> String,
+) -> Vec<u8> {
     let mut out = String::new();
     for i in start..start + n {
         out.push_str(&format!(
-            "{{\"stream\":\"pump.telemetry\",\"fields\":{{\"i\":{i},\"pressure_kpa\":101.5}},\"ops\":[\
-             {{\"op\":\"inc\",\"key\":\"fleet/readings\",\"by\":1}},{{\"op\":\"inc\",\"key\":\"{device}/readings\",\"by\":1}}]}}\n"
+            "{{\"stream\":\"{stream}\",\"fields\":{{{}}},\"ops\":[\
+             {{\"op\":\"inc\",\"key\":\"fleet/readings\",\"by\":1}},{{\"op\":\"inc\",\"key\":\"{device}/readings\",\"by\":1}}]}}\n",
+            fields(i)
         ));
     }
     out.into_bytes()
 }
 
-/// Posts until the agent answers 200 (it may be restarting); returns the seqs it answered.
-fn post(agent: &Service, body: &[u8]) -> (u64, u64) {
+/// Posts until the agent answers 200 (it may be restarting); returns the seqs it answered, by
+/// lane.
+pub fn post(agent: &Service, body: &[u8]) -> Vec<(String, u64, u64)> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok((200, text)) = agent.post("/v1/events", "application/x-ndjson", body) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            return (
-                v["first_seq"].as_u64().unwrap(),
-                v["last_seq"].as_u64().unwrap(),
-            );
+            let lanes = v["lanes"].as_object().unwrap();
+            return lanes
+                .iter()
+                .map(|(lane, r)| {
+                    let seq = |k: &str| r[k].as_u64().unwrap();
+                    (lane.clone(), seq("first_seq"), seq("last_seq"))
+                })
+                .collect();
         }
         assert!(Instant::now() < deadline, "agent did not take events");
         std::thread::sleep(Duration::from_millis(100));
@@ -93,7 +126,8 @@ pub struct Fleet {
     pub links: Vec<FaultProxy>,
     /// The agents, in `devices` order.
     pub agents: Vec<Service>,
-    answered: BTreeMap<String, BTreeSet<u64>>,
+    /// The seqs answered, by device and lane.
+    answered: BTreeMap<(String, String), BTreeSet<u64>>,
     sent: BTreeMap<String, u64>,
     codec: Codec,
     /// The Schema Registry the services frame their outputs for, if any.
@@ -208,23 +242,58 @@ impl Fleet {
         }
     }
 
+    /// Starts agent `i` again, on a new spool, with `extra` settings after the test's usual ones
+    /// (e.g. lanes, or a shipped value the usual ones change). Before it answered anything.
+    pub fn replace_agent(&mut self, i: usize, extra: &[String]) {
+        assert_eq!(
+            self.answered_by(&self.devices[i]),
+            0,
+            "agent {i} answered already"
+        );
+        self.agents[i].process.terminate(Duration::from_secs(10));
+        let d = &self.devices[i];
+        let mut sets = agent_sets(d, &self.links[i]);
+        sets.extend_from_slice(extra);
+        let agent = Service::start(binary("edgesync-agent"), Some("run"), d, &sets).unwrap();
+        self.agents[i] = agent;
+    }
+
     /// Posts `n` events to every agent and records the seqs each answered.
     pub fn send_round(&mut self, n: u64) {
+        self.send_stream(TELEMETRY, n);
+    }
+
+    /// [`Fleet::send_round`] on `stream`.
+    pub fn send_stream(&mut self, stream: &str, n: u64) {
+        self.send_made(n, |d, start, n| stream_events(stream, d, start, n));
+    }
+
+    /// Posts `n` events to every agent, as `make(device, first index, n)` writes them (each
+    /// +1 on the fleet and device counters, as [`events_with`] does), and records the seqs each
+    /// answered.
+    pub fn send_made(&mut self, n: u64, make: impl Fn(&str, u64, u64) -> Vec<u8>) {
         for (d, a) in self.devices.iter().zip(&self.agents) {
             let sent = self.sent.entry(d.clone()).or_insert(0);
-            let (first, last) = post(a, &events(d, *sent, n));
+            let answered = post(a, &make(d, *sent, n));
             *sent += n;
-            self.answered
-                .entry(d.clone())
-                .or_default()
-                .extend(first..=last);
+            for (lane, first, last) in answered {
+                self.answered
+                    .entry((d.clone(), lane))
+                    .or_default()
+                    .extend(first..=last);
+            }
         }
     }
 
-    /// The seqs each device's agent answered.
+    /// The seqs each device's agent answered (on its `default` lane).
     pub fn answered_seqs(&self, device: &str) -> Vec<u64> {
+        self.answered_on(device, DEFAULT_LANE)
+    }
+
+    /// The seqs `device`'s agent answered on `lane`.
+    pub fn answered_on(&self, device: &str, lane: &str) -> Vec<u64> {
         self.answered
-            .get(device)
+            .get(&(device.to_owned(), lane.to_owned()))
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default()
     }
@@ -232,6 +301,28 @@ impl Fleet {
     /// How many events the agents answered in all.
     pub fn answered(&self) -> usize {
         self.answered.values().map(BTreeSet::len).sum()
+    }
+
+    /// How many events `device`'s agent answered, over its lanes.
+    fn answered_by(&self, device: &str) -> usize {
+        (self.answered.iter())
+            .filter(|((d, _), _)| d == device)
+            .map(|(_, s)| s.len())
+            .sum()
+    }
+
+    /// Agent `i`'s lanes that answered something: (lane, its incarnation, the seqs answered).
+    fn replicas(&self, i: usize) -> Vec<(String, u64, Vec<u64>)> {
+        let s = status(&self.agents[i]);
+        let d = &self.devices[i];
+        (self.answered.iter())
+            .filter(|((dev, _), _)| dev == d)
+            .map(|((_, lane), seqs)| {
+                let inc = s["lanes"][lane]["incarnation"].as_u64();
+                let inc = inc.unwrap_or_else(|| panic!("{d}: no lane {lane} in {s}"));
+                (lane.clone(), inc, seqs.iter().copied().collect())
+            })
+            .collect()
     }
 
     /// Every link back to full quality.
@@ -245,8 +336,14 @@ impl Fleet {
 
     fn synced(&self, i: usize) -> bool {
         let s = status(&self.agents[i]);
-        let last = self.answered.get(&self.devices[i]).and_then(|a| a.last());
-        last.is_some_and(|l| s["acked_watermark"] == *l) && s["spool_events"] == 0
+        let d = &self.devices[i];
+        let acked =
+            (self.answered.iter())
+                .filter(|((dev, _), _)| dev == d)
+                .all(|((_, lane), seqs)| {
+                    seqs.last() == s["lanes"][lane]["acked_watermark"].as_u64().as_ref()
+                });
+        acked && self.answered_by(d) > 0 && s["spool_events"] == 0
     }
 
     /// Waits up to `timeout` for every agent to be acknowledged up to its last answered seq
@@ -281,7 +378,8 @@ impl Fleet {
         self.assert_outside_reader(k);
     }
 
-    /// Every answered event exactly once in the events topic, in seq order per device.
+    /// Every answered event exactly once in the events topic, in seq order per device and
+    /// lane.
     fn assert_events(&self, k: &Kafka) {
         let total = self.answered();
         let recs = k
@@ -289,21 +387,26 @@ impl Fleet {
                 r.len() >= total
             })
             .unwrap();
-        let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut got: BTreeMap<(String, u64), Vec<u64>> = BTreeMap::new();
         for Record { payload: b, .. } in &recs {
             let e = self.codec.decode_event(b).unwrap();
-            got.entry(e.dot.replica.device.to_string())
+            let r = e.dot.replica;
+            got.entry((r.device.to_string(), r.incarnation.get()))
                 .or_default()
                 .push(e.dot.seq);
         }
-        for d in &self.devices {
-            let seqs = got.remove(d).unwrap_or_default();
-            let want: Vec<u64> = self.answered[d].iter().copied().collect();
-            assert_eq!(seqs, want, "{d}: events missing, doubled or out of order");
+        for (i, d) in self.devices.iter().enumerate() {
+            for (lane, inc, want) in self.replicas(i) {
+                let seqs = got.remove(&(d.clone(), inc)).unwrap_or_default();
+                assert_eq!(
+                    seqs, want,
+                    "{d} {lane}: events missing, doubled or out of order"
+                );
+            }
         }
         assert!(
             got.is_empty(),
-            "events of unknown devices: {:?}",
+            "events of unknown replicas: {:?}",
             got.keys()
         );
     }
@@ -313,7 +416,7 @@ impl Fleet {
         let mut expect: BTreeMap<String, u128> = self
             .devices
             .iter()
-            .map(|d| (format!("{d}/readings"), self.answered[d].len() as u128))
+            .map(|d| (format!("{d}/readings"), self.answered_by(d) as u128))
             .collect();
         expect.insert("fleet/readings".into(), self.answered() as u128);
         expect
@@ -360,19 +463,27 @@ impl Fleet {
         let total = self.answered();
         let read = read_outputs_from(&k.bootstrap(), registry, total, "read_committed", true)
             .unwrap_or_else(|e| panic!("{e}"));
-        for d in &self.devices {
-            let want = self.answered_seqs(d);
-            assert_eq!(
-                read["events"][d],
-                serde_json::json!(want),
-                "{d} as the outside reader sees it"
-            );
+        for (i, d) in self.devices.iter().enumerate() {
             let lines = read["completeness"][d]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            let top = lines.iter().filter_map(|l| l["watermark"].as_u64()).max();
-            assert_eq!(top, want.last().copied(), "{d}'s completeness: {lines:?}");
+            for (lane, inc, want) in self.replicas(i) {
+                assert_eq!(
+                    read["replicas"][format!("{d}@{inc}")],
+                    serde_json::json!(want),
+                    "{d} {lane} as the outside reader sees it"
+                );
+                let line = lines
+                    .iter()
+                    .find(|l| l["incarnation"].as_u64() == Some(inc));
+                let top = line.and_then(|l| l["watermark"].as_u64());
+                assert_eq!(
+                    top,
+                    want.last().copied(),
+                    "{d} {lane}'s completeness: {lines:?}"
+                );
+            }
             for l in &lines {
                 assert_eq!(l["missing"], serde_json::json!([]), "{d}: {l}");
                 assert_eq!(

@@ -1,6 +1,8 @@
 //! The edge side end to end on Apache Kafka: Sparkplug B sensors, driven by PyPI's
 //! `pysparkplug` through Mosquitto, reach `edgesync.events` with every metric value, type and
-//! time, through an agent on the edge profile (`deploy/edge-agent-small.toml`).
+//! time, through an agent on the edge profile (`deploy/edge-agent-small.toml`); the uplink's
+//! bandwidth budget holds batches back and loses nothing; priority lanes carry alarms past a
+//! telemetry backlog on a thin link (`edgesync_tests::lanes`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -9,6 +11,7 @@ use edgesync_core::Value;
 use edgesync_schemas::topics::kafka as topics;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{deploy, outside_python, wait_until, Broker, FaultProxy, Kafka, Service};
+use edgesync_tests::lanes::{self, Backlog};
 use edgesync_tests::{agent_sets, binary, latest_counters, status, Fleet};
 
 fn json_value(v: &Value) -> serde_json::Value {
@@ -236,6 +239,68 @@ fn the_uplink_budget_holds_batches_back_in_the_spool_and_loses_nothing() {
     agent
         .process
         .set_env("EDGESYNC_AGENT__UPLINK__DAILY_BUDGET_BYTES", None);
+    agent.process.restart().unwrap();
+    f.assert_converged(&mut k, Duration::from_secs(120));
+}
+
+#[test]
+fn priority_lanes_put_alarms_ahead_of_a_backlog_on_a_thin_link_and_lose_nothing() {
+    let mut k = Kafka::start_on(Broker::Apache).unwrap();
+    let mut f = Fleet::start(&k, "lanes", 1, &[]);
+    f.replace_agent(0, &lanes::alarm_lane_sets());
+    f.send_round(50);
+    f.send_stream(lanes::ALARM, 5);
+    let alarm_seqs = f.answered_on("lanes-1", lanes::ALARM_LANE);
+    assert_eq!(alarm_seqs, (1..=5).collect::<Vec<_>>(), "its own seqs");
+    // Ten minutes of telemetry and alarms behind a cut link, then 16 KiB/s.
+    let backlog = Backlog {
+        minutes: 10,
+        telemetry_per_sec: 10,
+        bytes_per_sec: 16 << 10,
+        fresh_alarms: 2,
+    };
+    let d = lanes::drain_after_outage(&mut f, backlog, true);
+    eprintln!("{d:?}");
+    let s = status(&f.agents[0]);
+    assert!(d.telemetry_left_at_alarms > 0.5, "{d:?}\n{s}");
+    assert_eq!(d.fresh_ahead_of_backlog, 2, "{d:?}\n{s}");
+    f.links[0].set_bandwidth(None);
+
+    // A spent daily budget holds telemetry back; alarms still go.
+    let agent = &mut f.agents[0];
+    let budget = "EDGESYNC_AGENT__UPLINK__DAILY_BUDGET_BYTES";
+    agent.process.set_env(budget, Some("1"));
+    agent.process.restart().unwrap();
+    f.send_round(100);
+    let agent = &f.agents[0];
+    assert!(wait_until(Duration::from_secs(30), || status(agent)
+        ["uplink_budget"]["exhausted"]
+        == true));
+    f.send_round(100);
+    f.send_stream(lanes::ALARM, 3);
+    let last_alarm = *f.answered_on("lanes-1", lanes::ALARM_LANE).last().unwrap();
+    let agent = &f.agents[0];
+    assert!(
+        wait_until(Duration::from_secs(30), || status(agent)["lanes"]
+            [lanes::ALARM_LANE]["acked_watermark"]
+            == last_alarm),
+        "{}",
+        status(agent)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let s = status(agent);
+    assert!(
+        s["lanes"]["default"]["unacked_seqs"].as_u64() > Some(0),
+        "{s}"
+    );
+    assert_eq!(s["uplink_budget"]["waiting"], true, "{s}");
+    let holds = agent.metric(
+        "edgesync_agent_uplink_budget_holds_total",
+        "reason=\"daily\"",
+    );
+    assert!(holds >= 1.0, "{holds}");
+    let agent = &mut f.agents[0];
+    agent.process.set_env(budget, None);
     agent.process.restart().unwrap();
     f.assert_converged(&mut k, Duration::from_secs(120));
 }
