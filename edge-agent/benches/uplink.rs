@@ -122,6 +122,7 @@ fn fill(dir: &Path, n: u64) {
         sensor_clock(),
         metrics,
         Arc::new(tokio::sync::Notify::new()),
+        Arc::default(),
     )
     .unwrap();
     // Four producers, so the ingest thread groups requests as it does under load.

@@ -9,7 +9,7 @@ use edgesync_schemas::{Codec, Limits};
 
 use crate::config::Config;
 use crate::http::status_json;
-use crate::lanes::OpenLane;
+use crate::lanes::{OpenLane, DEFAULT_LANE};
 use crate::service::uplink_config;
 use crate::spool::{system_clock, Entry, Spool, SpoolError};
 
@@ -27,6 +27,9 @@ pub fn status(cfg: &Config) -> Result<ExitCode, String> {
     let mut lanes = Vec::new();
     for lane in cfg.lanes() {
         let lane_cfg = cfg.for_lane(&lane.name).map_err(|e| e.to_string())?;
+        if !lane.name.eq(DEFAULT_LANE) && !lane_cfg.spool.dir.exists() {
+            continue; // a lane added since the agent last ran: nothing spooled yet
+        }
         let spool = Arc::new(open_read_only(&lane_cfg)?);
         lanes.push(OpenLane::new(&lane, spool, lane_cfg.spool.policy));
     }

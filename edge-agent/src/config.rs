@@ -349,14 +349,11 @@ impl Config {
     /// This configuration as seen by one lane: its spool directory and quota in `[spool]`
     /// (what the `spool` commands open with `--lane`).
     pub fn for_lane(&self, name: &str) -> Result<Config, ConfigError> {
-        let lane = self
-            .lanes()
-            .into_iter()
-            .find(|l| l.name == name)
-            .ok_or_else(|| {
-                let known: Vec<String> = self.lanes().into_iter().map(|l| l.name).collect();
-                ConfigError::Invalid(format!("no lane {name:?} (lanes: {})", known.join(", ")))
-            })?;
+        let lanes = self.lanes();
+        let lane = lanes.iter().find(|l| l.name == name).ok_or_else(|| {
+            let known: Vec<&str> = lanes.iter().map(|l| l.name.as_str()).collect();
+            ConfigError::Invalid(format!("no lane {name:?} (lanes: {})", known.join(", ")))
+        })?;
         let mut c = self.clone();
         c.spool.dir = lanes::spool_dir(&self.spool.dir, &lane.name);
         c.spool.max_bytes = lane.max_bytes.unwrap_or(c.spool.max_bytes);

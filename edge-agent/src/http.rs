@@ -31,7 +31,7 @@ use serde_json::json;
 use crate::ingest::json::{parse_json, parse_ndjson};
 use crate::ingest::sparkplug::Sparkplug;
 use crate::ingest::{Accepted, IngestError};
-use crate::lanes::{Intake, LaneAccepted, OpenLane};
+use crate::lanes::{Intake, LaneAccepted, OpenLane, Totals};
 use crate::metrics::AgentMetrics;
 use crate::spool::{Clock, Spool};
 use edgesync_servicekit::ops;
@@ -130,15 +130,11 @@ async fn events(
                     (StatusCode::SERVICE_UNAVAILABLE, None)
                 }
             };
-            let mut r = error(code, index, &e.to_string());
+            let mut body = error_body(index, &e.to_string());
             if !refused.stored.is_empty() {
-                let mut body = match index {
-                    Some(i) => json!({"error": e.to_string(), "index": i}),
-                    None => json!({"error": e.to_string()}),
-                };
                 body["stored"] = lanes_json(&refused.stored);
-                r = (code, Json(body)).into_response();
             }
+            let mut r = (code, Json(body)).into_response();
             if code == StatusCode::SERVICE_UNAVAILABLE {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
@@ -189,11 +185,14 @@ fn lanes_json(parts: &[LaneAccepted]) -> serde_json::Value {
 }
 
 fn error(code: StatusCode, index: Option<usize>, reason: &str) -> Response {
-    let body = match index {
+    (code, Json(error_body(index, reason))).into_response()
+}
+
+fn error_body(index: Option<usize>, reason: &str) -> serde_json::Value {
+    match index {
         Some(i) => json!({"error": reason, "index": i}),
         None => json!({"error": reason}),
-    };
-    (code, Json(body)).into_response()
+    }
 }
 
 async fn status(State(s): State<HttpState>) -> Response {
@@ -232,23 +231,8 @@ pub fn status_json(
 ) -> serde_json::Value {
     let mut doc = json!({"device": device, "link_up": link_up});
     let mut per_lane = serde_json::Map::new();
-    let (mut events, mut bytes, mut unacked, mut refused) = (0u64, 0u64, 0u64, 0u64);
-    let (mut newest, mut quota, mut age) = (0u64, 0u64, 0u64);
-    let mut oldest_age: Option<u64> = None;
     for l in lanes {
         let lane = lane_json(l, now_ms);
-        let (m, st) = (l.spool.meta(), l.spool.stats());
-        events += m.events;
-        bytes += m.bytes;
-        unacked += (m.next_seq - 1).saturating_sub(m.acked);
-        refused += st.refused;
-        (newest, quota, age) = (
-            newest + st.dropped_newest,
-            quota + st.dropped_oldest_quota,
-            age + st.dropped_oldest_age,
-        );
-        let a = m.oldest_ms.map(|o| now_ms.saturating_sub(o));
-        oldest_age = oldest_age.max(a);
         if l.is_default() {
             for k in ["incarnation", "last_seq", "acked_watermark", "policy"] {
                 doc[k] = lane[k].clone();
@@ -256,16 +240,25 @@ pub fn status_json(
         }
         per_lane.insert(l.name.to_string(), lane);
     }
-    doc["unacked_seqs"] = json!(unacked);
-    doc["spool_events"] = json!(events);
-    doc["spool_bytes"] = json!(bytes);
-    doc["oldest_unacked_age_ms"] = json!(oldest_age);
-    doc["dropped"] = json!({"quota_newest": newest, "quota_oldest": quota, "age_oldest": age});
-    doc["refused_appends"] = json!(refused);
+    let t = Totals::of(lanes, now_ms);
+    doc["unacked_seqs"] = json!(t.unacked);
+    doc["spool_events"] = json!(t.events);
+    doc["spool_bytes"] = json!(t.bytes);
+    doc["oldest_unacked_age_ms"] = json!(t.oldest_age_ms);
+    doc["dropped"] = dropped_json(&t.stats);
+    doc["refused_appends"] = json!(t.stats.refused);
     let spools = lanes.iter().map(|l| &*l.spool);
     doc["state_digests"] = json!(crate::ingest::state_digests(spools, codec));
     doc["lanes"] = serde_json::Value::Object(per_lane);
     doc
+}
+
+fn dropped_json(st: &crate::spool::SpoolStats) -> serde_json::Value {
+    json!({
+        "quota_newest": st.dropped_newest,
+        "quota_oldest": st.dropped_oldest_quota,
+        "age_oldest": st.dropped_oldest_age,
+    })
 }
 
 /// One lane's part of the status document.
@@ -277,18 +270,14 @@ fn lane_json(l: &OpenLane, now_ms: u64) -> serde_json::Value {
         "incarnation": m.incarnation.get(),
         "last_seq": m.next_seq - 1,
         "acked_watermark": m.acked,
-        "unacked_seqs": (m.next_seq - 1).saturating_sub(m.acked),
+        "unacked_seqs": m.unacked(),
         "spool_events": m.events,
         "spool_bytes": m.bytes,
-        "oldest_unacked_age_ms": m.oldest_ms.map(|o| now_ms.saturating_sub(o)),
+        "oldest_unacked_age_ms": m.oldest_age_ms(now_ms),
         "policy": l.policy.name(),
         "weight": l.weight,
         "bypass_daily_budget": l.bypass_daily_budget,
-        "dropped": {
-            "quota_newest": st.dropped_newest,
-            "quota_oldest": st.dropped_oldest_quota,
-            "age_oldest": st.dropped_oldest_age,
-        },
+        "dropped": dropped_json(&st),
         "refused_appends": st.refused,
     })
 }

@@ -184,6 +184,40 @@ impl OpenLane {
     }
 }
 
+/// The lanes' spools added up: what the agent-wide status and metrics show.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Event records held.
+    pub events: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Seqs not acknowledged.
+    pub unacked: u64,
+    /// The oldest held event's age, over the lanes.
+    pub oldest_age_ms: Option<u64>,
+    /// The writers' counters, summed.
+    pub stats: crate::spool::SpoolStats,
+}
+
+impl Totals {
+    /// Over `lanes` at `now_ms`.
+    pub fn of(lanes: &[OpenLane], now_ms: u64) -> Self {
+        let mut t = Totals::default();
+        for l in lanes {
+            let (m, st) = (l.spool.meta(), l.spool.stats());
+            t.events += m.events;
+            t.bytes += m.bytes;
+            t.unacked += m.unacked();
+            t.oldest_age_ms = t.oldest_age_ms.max(m.oldest_age_ms(now_ms));
+            t.stats.refused += st.refused;
+            t.stats.dropped_newest += st.dropped_newest;
+            t.stats.dropped_oldest_quota += st.dropped_oldest_quota;
+            t.stats.dropped_oldest_age += st.dropped_oldest_age;
+        }
+        t
+    }
+}
+
 /// Which lane (index in the plan) carries each stream.
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -247,14 +281,15 @@ pub struct Refused {
 /// Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Intake {
-    lanes: Arc<[(Arc<str>, Ingest)]>,
+    lanes: Arc<[(OpenLane, Ingest)]>,
     router: Arc<Router>,
     metrics: Arc<AgentMetrics>,
 }
 
 impl Intake {
-    /// Over the lanes' ingest handles, in plan order.
-    pub fn new(lanes: Vec<(Arc<str>, Ingest)>, router: Router, metrics: Arc<AgentMetrics>) -> Self {
+    /// Over the lanes (each with its ingest handle), in plan order; at least one.
+    pub fn new(lanes: Vec<(OpenLane, Ingest)>, router: Router, metrics: Arc<AgentMetrics>) -> Self {
+        assert!(!lanes.is_empty(), "a plan always has the default lane");
         Self {
             lanes: lanes.into(),
             router: Arc::new(router),
@@ -273,7 +308,7 @@ impl Intake {
 
     /// The name of lane `i`.
     pub fn name(&self, i: usize) -> &Arc<str> {
-        &self.lanes[i].0
+        &self.lanes[i].0.name
     }
 
     /// `events` by lane, lanes in the order their first event comes.
@@ -296,6 +331,42 @@ impl Intake {
         parts
     }
 
+    /// Whether `events` go to more than one lane.
+    pub fn spans_lanes(&self, events: &[IngestEvent]) -> bool {
+        let mut lanes = events.iter().map(|e| self.router.lane_of(&e.stream));
+        lanes.next().is_some_and(|first| lanes.any(|l| l != first))
+    }
+
+    /// Validates a whole request (counted for `source` when refused).
+    pub fn validate(
+        &self,
+        source: &'static str,
+        events: &[IngestEvent],
+    ) -> Result<(), IngestError> {
+        let r = self.first().validate(events);
+        if let Err(e) = &r {
+            self.metrics
+                .refused(source, e.reason(), events.len() as u64);
+        }
+        r
+    }
+
+    /// Checks a whole request before any lane stores a part of it: bad input, and a lane's
+    /// spool full under the block policy, refuse all of it (counted for `source`).
+    pub fn check(&self, source: &'static str, events: &[IngestEvent]) -> Result<(), IngestError> {
+        self.validate(source, events)?;
+        let mut lanes = events.iter().map(|e| self.router.lane_of(&e.stream));
+        match lanes.find_map(|l| self.lanes[l].0.spool.refusal()) {
+            None => Ok(()),
+            Some(full) => {
+                let e = crate::ingest::refused(&full);
+                self.metrics
+                    .refused(source, e.reason(), events.len() as u64);
+                Err(e)
+            }
+        }
+    }
+
     /// Appends one part; an error's event index is the request's.
     pub async fn append_part(
         &self,
@@ -315,35 +386,23 @@ impl Intake {
             })
     }
 
-    /// Validates the whole request, then appends it lane by lane: one answer per lane part.
-    /// A request of one lane (the usual case) is all or nothing, as before lanes. One that
-    /// spans lanes is checked whole first, so bad input refuses all of it; a refusal only a
-    /// lane's spool can give (full, a state of another type) leaves the parts before it stored,
-    /// and says so.
+    /// Appends a request lane by lane: one answer per lane part. A request of one lane (the
+    /// usual case) is all or nothing, as before lanes. One that spans lanes is checked whole
+    /// first ([`Intake::check`]), so bad input or a full lane refuses all of it; what only
+    /// storing can find (a lane filling up meanwhile, a disk error) leaves the parts before it
+    /// stored, and says so.
     pub async fn append(
         &self,
         source: &'static str,
         events: Vec<IngestEvent>,
     ) -> Result<Vec<LaneAccepted>, Refused> {
-        let parts = self.by_lane(events);
-        if parts.len() > 1 {
-            let all: Vec<IngestEvent> = parts.iter().flat_map(|p| p.events.clone()).collect();
-            if let Err(e) = self.first().validate(&all) {
-                let n = all.len() as u64;
-                self.metrics.refused(source, e.reason(), n);
-                let error = match e {
-                    IngestError::Invalid { index, reason } => IngestError::Invalid {
-                        index: request_index(&parts, index),
-                        reason,
-                    },
-                    e => e,
-                };
-                return Err(Refused {
-                    error,
-                    stored: Vec::new(),
-                });
-            }
+        if self.spans_lanes(&events) {
+            self.check(source, &events).map_err(|error| Refused {
+                error,
+                stored: Vec::new(),
+            })?;
         }
+        let parts = self.by_lane(events);
         let mut stored = Vec::with_capacity(parts.len());
         for part in &parts {
             match self.append_part(source, part).await {
@@ -356,17 +415,6 @@ impl Intake {
         }
         Ok(stored)
     }
-}
-
-/// The request index of the `i`-th event of the parts laid end to end.
-fn request_index(parts: &[Part], mut i: usize) -> usize {
-    for p in parts {
-        match p.indices.get(i) {
-            Some(&at) => return at,
-            None => i -= p.indices.len(),
-        }
-    }
-    i
 }
 
 #[cfg(test)]
@@ -426,17 +474,5 @@ mod tests {
             spool_dir(base, "alarm"),
             Path::new("/var/lib/edgesync/spool-lane-alarm")
         );
-    }
-
-    #[test]
-    fn request_indices_survive_the_split() {
-        let part = |lane, indices: Vec<usize>| Part {
-            lane,
-            events: Vec::new(),
-            indices,
-        };
-        let parts = [part(0, vec![0, 2, 5]), part(1, vec![1, 3, 4])];
-        let order: Vec<usize> = (0..6).map(|i| request_index(&parts, i)).collect();
-        assert_eq!(order, [0, 2, 5, 1, 3, 4]);
     }
 }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
-use crate::lanes::OpenLane;
+use crate::lanes::{OpenLane, Totals};
 use crate::spool::SpoolStats;
 
 /// Where an event came in.
@@ -172,40 +172,27 @@ edgesync_servicekit::metric_set! {
 impl AgentMetrics {
     /// Copies the lanes' spool states and counters in (called before every scrape).
     pub fn refresh(&self, lanes: &[OpenLane], now_ms: u64) {
-        let age =
-            |oldest: Option<u64>| oldest.map_or(0.0, |o| now_ms.saturating_sub(o) as f64 / 1000.0);
-        let (mut events, mut bytes, mut oldest_age) = (0, 0, 0.0f64);
-        let mut now = SpoolStats::default();
+        let secs = |ms: Option<u64>| ms.map_or(0.0, |a| a as f64 / 1000.0);
         for l in lanes {
             let meta = l.spool.meta();
             let label = LaneLabel {
                 lane: l.name.to_string(),
             };
-            self.lane_spool_events
-                .get_or_create(&label)
-                .set(meta.events as i64);
-            let unacked = (meta.next_seq - 1).saturating_sub(meta.acked);
-            self.lane_unacked.get_or_create(&label).set(unacked as i64);
-            self.lane_oldest_unacked_age
-                .get_or_create(&label)
-                .set(age(meta.oldest_ms));
-            self.lane_acked_watermark
-                .get_or_create(&label)
-                .set(meta.acked as i64);
-            (events, bytes) = (events + meta.events, bytes + meta.bytes);
-            oldest_age = oldest_age.max(age(meta.oldest_ms));
+            (self.lane_spool_events.get_or_create(&label)).set(meta.events as i64);
+            (self.lane_unacked.get_or_create(&label)).set(meta.unacked() as i64);
+            (self.lane_oldest_unacked_age.get_or_create(&label))
+                .set(secs(meta.oldest_age_ms(now_ms)));
+            (self.lane_acked_watermark.get_or_create(&label)).set(meta.acked as i64);
             if l.is_default() {
                 self.acked_watermark.set(meta.acked as i64);
                 self.last_seq.set(meta.next_seq as i64 - 1);
             }
-            let st = l.spool.stats();
-            now.dropped_newest += st.dropped_newest;
-            now.dropped_oldest_quota += st.dropped_oldest_quota;
-            now.dropped_oldest_age += st.dropped_oldest_age;
         }
-        self.spool_events.set(events as i64);
-        self.spool_bytes.set(bytes as i64);
-        self.oldest_unacked_age.set(oldest_age);
+        let t = Totals::of(lanes, now_ms);
+        self.spool_events.set(t.events as i64);
+        self.spool_bytes.set(t.bytes as i64);
+        self.oldest_unacked_age.set(secs(t.oldest_age_ms));
+        let now = t.stats;
         let mut last = self.last_stats.lock().unwrap_or_else(|e| e.into_inner());
         let add = |reason, new: u64, old: u64| {
             self.dropped

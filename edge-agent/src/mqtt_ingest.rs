@@ -191,6 +191,13 @@ async fn append(
     shutdown: &CancellationToken,
 ) -> bool {
     for chunk in events.chunks(ingest.max_request_events().max(1)) {
+        // Bad input refuses the whole chunk, whatever lanes it spans, before any is stored.
+        if ingest.spans_lanes(chunk) {
+            if let Err(e) = ingest.validate("mqtt", chunk) {
+                tracing::warn!(topic = %p.topic, reason = %e, "local MQTT message refused");
+                return true;
+            }
+        }
         for part in ingest.by_lane(chunk.to_vec()) {
             if !append_one(ingest, p, &part, shutdown).await {
                 return false;

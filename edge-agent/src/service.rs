@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::http::{router, HttpState};
 use crate::ingest::sparkplug::Sparkplug;
-use crate::ingest::{Ingest, StartError};
+use crate::ingest::{DeviceShared, Ingest, StartError};
 use crate::lanes::{Intake, LaneSection, OpenLane, Router};
 use crate::metrics::AgentMetrics;
 use crate::mqtt_ingest::{self, MqttIngestConfig};
@@ -240,6 +240,7 @@ fn start_intake(
 ) -> Result<(Intake, Vec<std::thread::JoinHandle<()>>), ServiceError> {
     let device = cfg.device_id()?;
     let (mut handles, mut threads) = (Vec::new(), Vec::new());
+    let one_device = Arc::new(DeviceShared::default());
     for lane in &shared.lanes {
         let (ingest, thread) = Ingest::start(
             Arc::clone(&lane.spool),
@@ -249,8 +250,9 @@ fn start_intake(
             shared.clock.clone(),
             Arc::clone(&shared.metrics),
             Arc::clone(appended),
+            Arc::clone(&one_device),
         )?;
-        handles.push((Arc::clone(&lane.name), ingest));
+        handles.push((lane.clone(), ingest));
         threads.push(thread);
     }
     let router = Router::new(&cfg.lanes());

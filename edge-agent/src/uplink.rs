@@ -264,11 +264,7 @@ impl Uplink {
     async fn send_due(&mut self) -> Result<(), UplinkError> {
         for i in 0..self.lanes.len() {
             self.lanes[i].catch_up()?;
-            if let Some(req) = self.lanes[i].current_request() {
-                if self.lanes[i].ahead.is_empty() {
-                    self.start_build(i, req);
-                }
-            }
+            self.build_front(i);
         }
         let mut skip = vec![false; self.lanes.len()];
         while self.inflight() < self.cfg.agent.max_inflight_batches {
@@ -280,11 +276,7 @@ impl Uplink {
                 Err(Blocked::Budget(Wait::Rate(_)) | Blocked::Closed) => break,
                 Err(_) => skip[i] = true,
             }
-            if let Some(req) = self.lanes[i].current_request() {
-                if self.lanes[i].ahead.is_empty() {
-                    self.start_build(i, req);
-                }
-            }
+            self.build_front(i);
         }
         let waiting = self.lanes.iter().any(|l| l.held_until.is_some());
         self.metrics.budget_waiting.set(i64::from(waiting));
@@ -292,6 +284,15 @@ impl Uplink {
             self.build_ahead(i);
         }
         Ok(())
+    }
+
+    /// Starts building lane `i`'s next request unless it is built (or being built) already.
+    fn build_front(&mut self, i: usize) {
+        if let Some(req) = self.lanes[i].current_request() {
+            if self.lanes[i].ahead.is_empty() {
+                self.start_build(i, req);
+            }
+        }
     }
 
     /// The lane whose built front batch goes next: the lowest start tag, the higher lane on a
@@ -372,14 +373,18 @@ impl Uplink {
     }
 
     /// When the loop must wake next: the agents' deadlines or, while a built batch is held at
-    /// the front of a streaming window, the budget's.
+    /// the front of a streaming window with room in the shared window, the budget's (a full
+    /// window opens with an ack, which wakes the loop: a hold that ran out meanwhile must not
+    /// make it spin until then).
     fn next_wake(&self) -> Duration {
+        let room = self.inflight() < self.cfg.agent.max_inflight_batches;
         let at = self
             .lanes
             .iter()
             .flat_map(|l| {
                 let held = l.held_until.filter(|_| {
-                    l.agent.is_streaming() && l.ahead.front().is_some_and(|s| s.done.is_some())
+                    room && l.agent.is_streaming()
+                        && l.ahead.front().is_some_and(|s| s.done.is_some())
                 });
                 [l.agent.next_deadline(), held]
             })
@@ -484,9 +489,12 @@ impl Uplink {
             return;
         };
         let now = self.now();
+        // With one lane, an ack of another replica is an old incarnation's: it says nothing
+        // about the lane, whose own acks may still come during its resume wait.
+        let lanes = self.lanes.len() > 1;
         for l in &mut self.lanes {
             if ack.replica != l.replica {
-                if retained {
+                if retained && lanes {
                     l.agent.on_retained_ack_of_another(now);
                 }
                 continue;

@@ -39,6 +39,7 @@ impl Agent {
             clock,
             Arc::new(AgentMetrics::register(&mut reg)),
             Arc::new(tokio::sync::Notify::new()),
+            Arc::default(),
         )
         .unwrap();
         Self {

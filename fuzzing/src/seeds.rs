@@ -96,6 +96,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             dropped: [("QUOTA".to_owned(), 1)].into(),
             clock_skew_ms: Some(-20),
             clock_skewed: false,
+            wire_bytes: 1_024,
         }],
         emitted_at_ms: 1_764_000_000_004,
     };

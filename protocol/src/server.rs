@@ -46,6 +46,9 @@ pub struct ReplicaState {
     pub gap_since_ms: Option<u64>,
     /// Seqs the agent reported as dropped at the edge, by reason (they count as seen).
     pub dropped: BTreeMap<DropReason, u64>,
+    /// Bytes of this replica's batches received as published (compressed, duplicates
+    /// included): what its link carried, as the driver counts it ([`Server::apply_received`]).
+    pub wire_bytes: u64,
 }
 
 /// What applying one batch produced.
@@ -147,6 +150,17 @@ impl Server {
             pending: r.pending.len(),
             dropped: r.dropped.clone(),
         })
+    }
+
+    /// [`Server::apply`] for a batch that was `wire_bytes` long as received, counted in its
+    /// replica's [`ReplicaState::wire_bytes`] (durable with the rest of the state, so a batch
+    /// applied again after a crash is not counted twice).
+    pub fn apply_received(&mut self, batch: DeltaBatch, wire_bytes: u64, now_ms: u64) -> Applied {
+        let applied = self.apply(batch, now_ms);
+        if let Some(rs) = self.replicas.get_mut(&applied.replica) {
+            rs.wire_bytes = rs.wire_bytes.saturating_add(wire_bytes);
+        }
+        applied
     }
 
     /// Applies one batch at server time `now_ms`.

@@ -507,7 +507,8 @@ impl DeviceStage {
             // A delta carries the HLC time of its oldest event: the key stage measures
             // convergence latency from it.
             let oldest_hlc = batch.events().iter().map(|e| e.hlc.wall_ms).min();
-            let applied = o.server.apply(batch, now);
+            let wire = m.payload().map_or(0, |b| b.len() as u64);
+            let applied = o.server.apply_received(batch, wire, now);
             self.io.metrics.duplicates.inc_by(applied.duplicates as u64);
             let replica = applied.replica.clone();
             if let Some(s) = self.release(&applied, p, skip, out, now, &mut a)? {

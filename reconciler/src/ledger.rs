@@ -1,5 +1,5 @@
-//! The completeness ledger: per replica the watermark, the exact missing ranges and the age
-//! of the current gap, kept up to date by the device stage and read by `/v1/status`, the
+//! The completeness ledger: per replica the watermark, the exact missing ranges, the age
+//! of the current gap and the bytes its link carried, kept up to date by the device stage and read by `/v1/status`, the
 //! metrics and the `edgesync.completeness` topic ([`Ledger::record`], one record per device
 //! with a line per incarnation). Per-device detail lives here, never in metric labels.
 
@@ -32,6 +32,8 @@ pub struct Entry {
     pub dropped_by_reason: BTreeMap<&'static str, u64>,
     /// Receive time minus HLC of the replica's latest released event, if any.
     pub clock_skew_ms: Option<i64>,
+    /// Bytes of its batches received as published (resent ones again).
+    pub wire_bytes: u64,
 }
 
 impl Entry {
@@ -47,6 +49,7 @@ impl Entry {
             dropped: s.dropped.values().sum(),
             dropped_by_reason: s.dropped.iter().map(|(r, n)| (r.name(), *n)).collect(),
             clock_skew_ms: None,
+            wire_bytes: s.wire_bytes,
         }
     }
 
@@ -150,6 +153,7 @@ impl Ledger {
                     .collect(),
                 clock_skew_ms: x.clock_skew_ms,
                 clock_skewed: self.flagged(x.clock_skew_ms),
+                wire_bytes: x.wire_bytes,
             })
             .collect();
         Some(Completeness {
@@ -189,6 +193,7 @@ impl Ledger {
                     "dropped_at_edge_by_reason": e.dropped_by_reason,
                     "clock_skew_ms": e.clock_skew_ms,
                     "clock_skew_flagged": self.flagged(e.clock_skew_ms),
+                    "wire_bytes": e.wire_bytes,
                 })
             })
             .collect();

@@ -347,7 +347,10 @@ impl Store {
     }
 }
 
-const REPLICA_FORMAT: u8 = 1;
+/// A replica's stored state: format 2 appends `wire_bytes` to format 1, which is still read
+/// (as 0 bytes received).
+const REPLICA_FORMAT: u8 = 2;
+const REPLICA_FORMAT_1: u8 = 1;
 
 fn encode_replica(codec: &Codec, s: &ReplicaState) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![REPLICA_FORMAT];
@@ -375,6 +378,7 @@ fn encode_replica(codec: &Codec, s: &ReplicaState) -> Result<Vec<u8>, StoreError
         out.extend_from_slice(&(b.len() as u32).to_be_bytes());
         out.extend_from_slice(&b);
     }
+    out.extend_from_slice(&s.wire_bytes.to_be_bytes());
     Ok(out)
 }
 
@@ -412,7 +416,8 @@ fn decode_replica(codec: &Codec, r: &ReplicaId, v: &[u8]) -> Result<ReplicaState
     };
     let short = || corrupt("truncated".into());
     let mut rd = Reader(v);
-    if rd.u8().ok_or_else(short)? != REPLICA_FORMAT {
+    let format = rd.u8().ok_or_else(short)?;
+    if format != REPLICA_FORMAT && format != REPLICA_FORMAT_1 {
         return Err(corrupt("unknown format".into()));
     }
     let watermark = rd.u64().ok_or_else(short)?;
@@ -437,11 +442,16 @@ fn decode_replica(codec: &Codec, r: &ReplicaId, v: &[u8]) -> Result<ReplicaState
             .map_err(|e| corrupt(e.to_string()))?;
         pending.insert(e.dot.seq, e);
     }
+    let wire_bytes = match format {
+        REPLICA_FORMAT_1 => 0,
+        _ => rd.u64().ok_or_else(short)?,
+    };
     Ok(ReplicaState {
         ctx,
         pending,
         gap_since_ms: (gap != u64::MAX).then_some(gap),
         dropped,
+        wire_bytes,
     })
 }
 
@@ -463,6 +473,7 @@ mod tests {
         let mut s = ReplicaState {
             ctx: ReplicaContext::from_parts(&r, 5, [(8, 9)]).unwrap(),
             gap_since_ms: Some(1234),
+            wire_bytes: 987_654,
             ..ReplicaState::default()
         };
         s.dropped.insert(DropReason::Quota, 3);
@@ -493,6 +504,30 @@ mod tests {
         assert_eq!(store.offset(Stage::Device, 3).unwrap(), Some(42));
         assert_eq!(store.offset(Stage::Key, 3).unwrap(), None);
         assert_eq!(store.checkpoint(3).unwrap(), Some(17));
+    }
+
+    #[test]
+    fn a_replica_stored_before_wire_bytes_reads_as_none_received() {
+        let codec = Codec::new(Limits::default()).unwrap();
+        let r = ReplicaId::new(
+            DeviceId::new("pump-1").unwrap(),
+            Incarnation::new(77).unwrap(),
+        );
+        let s = ReplicaState {
+            ctx: ReplicaContext::from_parts(&r, 5, [(8, 9)]).unwrap(),
+            wire_bytes: 12,
+            ..ReplicaState::default()
+        };
+        let mut v = encode_replica(&codec, &s).unwrap();
+        v.truncate(v.len() - 8);
+        v[0] = REPLICA_FORMAT_1;
+        let old = decode_replica(&codec, &r, &v).unwrap();
+        assert_eq!(old, ReplicaState { wire_bytes: 0, ..s });
+        v[0] = REPLICA_FORMAT;
+        assert!(
+            decode_replica(&codec, &r, &v).is_err(),
+            "format 2 without its bytes"
+        );
     }
 
     #[test]

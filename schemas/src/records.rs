@@ -301,6 +301,8 @@ pub struct ReplicaCompleteness {
     pub clock_skew_ms: Option<i64>,
     /// `clock_skew_ms` is beyond the reconciler's bound.
     pub clock_skewed: bool,
+    /// Bytes of the replica's batches received, as published (resent ones again).
+    pub wire_bytes: u64,
 }
 
 impl ReplicaCompleteness {
@@ -360,6 +362,7 @@ impl ReplicaCompleteness {
             ("clock_skew_ms", opt_long(self.clock_skew_ms)),
             ("clock_skewed", Avro::Boolean(self.clock_skewed)),
             ("completeness", Avro::Double(self.completeness())),
+            ("wire_bytes", long_u64(self.wire_bytes)),
         ])
     }
 
@@ -398,6 +401,7 @@ impl ReplicaCompleteness {
             dropped,
             clock_skew_ms: r.opt_long("clock_skew_ms")?,
             clock_skewed: r.boolean("clock_skewed")?,
+            wire_bytes: r.unsigned("wire_bytes")?,
         })
     }
 }

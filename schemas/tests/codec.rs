@@ -378,7 +378,7 @@ fn the_analytics_schemas_fingerprints_are_pinned() {
         (MessageKind::StateRecord, "9b29f443a43012b4"),
         (MessageKind::DeadLetter, "7bb71f13148b1b94"),
         (MessageKind::Ack, "780deb49904e0978"),
-        (MessageKind::Completeness, "6ec1e6e9a45faef9"),
+        (MessageKind::Completeness, "bd6211f111b1a9b4"),
     ] {
         let got: String = c
             .fingerprint(kind)
@@ -404,6 +404,7 @@ fn a_completeness_record_round_trips_with_its_derived_fields() {
         dropped: BTreeMap::from([("QUOTA".to_owned(), 2)]),
         clock_skew_ms: Some(-1_500),
         clock_skewed: false,
+        wire_bytes: 48_213,
     };
     let rec = Completeness {
         device: edgesync_core::DeviceId::new("pump-7").unwrap(),

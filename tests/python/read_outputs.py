@@ -176,6 +176,7 @@ def main():
                 "gap_age_ms": r["gap_age_ms"],
                 "dropped": r["dropped"],
                 "completeness": r["completeness"],
+                "wire_bytes": r["wire_bytes"],
             } for r in c["replicas"]]
     print(json.dumps(report, sort_keys=True))
 

@@ -70,14 +70,14 @@ pub struct Drain {
     pub fresh_alarms: Vec<Duration>,
     /// Fresh alarms acknowledged while telemetry of the backlog was still unacknowledged.
     pub fresh_ahead_of_backlog: usize,
-    /// Share of the telemetry backlog still unacknowledged when the backlog's alarms were all
-    /// acknowledged.
+    /// Share of the telemetry backlog (what was answered while the link was cut) still
+    /// unacknowledged when the backlog's alarms were all acknowledged.
     pub telemetry_left_at_alarms: f64,
     /// Bytes the agent sent up through the proxy during the drain.
     pub bytes_up: u64,
 }
 
-/// The lane `stream`'s events went to on agent 0 (by its answer), and the last seq of it.
+/// The last seq agent 0 answered on `lane`.
 fn last_on(f: &Fleet, lane: &str) -> u64 {
     f.answered_on(&f.devices[0], lane)
         .last()
@@ -108,6 +108,7 @@ pub fn drain_after_outage(f: &mut Fleet, b: Backlog, lanes: bool) -> Drain {
         status(&f.agents[0])
     );
     f.links[0].cut();
+    let before = last_on(f, DEFAULT_LANE);
     let per_minute = b.telemetry_per_sec * 60;
     for _ in 0..b.minutes {
         let mut left = per_minute;
@@ -133,12 +134,9 @@ pub fn drain_after_outage(f: &mut Fleet, b: Backlog, lanes: bool) -> Drain {
         let now = Instant::now();
         if d.backlog_alarms.is_zero() && acked(&s, alarm_lane) >= backlog_alarm {
             d.backlog_alarms = now - healed;
-            let telemetry = if lanes {
-                acked(&s, DEFAULT_LANE)
-            } else {
-                acked(&s, DEFAULT_LANE).min(telemetry_total)
-            };
-            d.telemetry_left_at_alarms = 1.0 - telemetry as f64 / telemetry_total.max(1) as f64;
+            let done = acked(&s, DEFAULT_LANE).clamp(before, telemetry_total) - before;
+            let backlog = (telemetry_total - before).max(1);
+            d.telemetry_left_at_alarms = 1.0 - done as f64 / backlog as f64;
         }
         let backlog_left = acked(&s, DEFAULT_LANE) < telemetry_total;
         fresh.retain(|&(seq, posted)| {

@@ -12,7 +12,8 @@
 //! - nothing was dead-lettered;
 //! - the outside reader (PyPI's confluent-kafka and fastavro, `read_committed`) sees the same,
 //!   from the `.avsc` files, or through the Schema Registry alone once the services use one
-//!   ([`Fleet::use_registry`]).
+//!   ([`Fleet::use_registry`]), and a completeness ledger line per replica: complete, with
+//!   the bytes its link carried.
 //!
 //! Every event an agent takes is `+1` on `fleet/readings` and on `<device>/readings`, so the
 //! reference is a count.
@@ -104,7 +105,7 @@ pub fn post(agent: &Service, body: &[u8]) -> Vec<(String, u64, u64)> {
     }
 }
 
-/// An agent's `/v1/status`, or null while it restarts.
+/// A service's `/v1/status` (an agent's, or the reconciler's ledger), or null while it restarts.
 pub fn status(agent: &Service) -> serde_json::Value {
     match agent.get("/v1/status") {
         Ok((200, body)) => serde_json::from_str(&body).unwrap(),
@@ -463,7 +464,18 @@ impl Fleet {
         let total = self.answered();
         let read = read_outputs_from(&k.bootstrap(), registry, total, "read_committed", true)
             .unwrap_or_else(|e| panic!("{e}"));
+        let replicas = read["replicas"].as_object().cloned().unwrap_or_default();
         for (i, d) in self.devices.iter().enumerate() {
+            let expected: Vec<String> = (self.replicas(i).into_iter())
+                .map(|(_, inc, _)| format!("{d}@{inc}"))
+                .collect();
+            let seen = replicas.keys().filter(|k| k.starts_with(&format!("{d}@")));
+            for k in seen {
+                assert!(
+                    expected.contains(k),
+                    "{k}: events of a replica nobody answered for"
+                );
+            }
             let lines = read["completeness"][d]
                 .as_array()
                 .cloned()
@@ -486,6 +498,7 @@ impl Fleet {
             }
             for l in &lines {
                 assert_eq!(l["missing"], serde_json::json!([]), "{d}: {l}");
+                assert!(l["wire_bytes"].as_u64() > Some(0), "{d}: no bytes received? {l}");
                 assert_eq!(
                     (l["pending"].as_u64(), l["completeness"].as_f64()),
                     (Some(0), Some(1.0)),

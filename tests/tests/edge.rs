@@ -252,6 +252,28 @@ fn priority_lanes_put_alarms_ahead_of_a_backlog_on_a_thin_link_and_lose_nothing(
     f.send_stream(lanes::ALARM, 5);
     let alarm_seqs = f.answered_on("lanes-1", lanes::ALARM_LANE);
     assert_eq!(alarm_seqs, (1..=5).collect::<Vec<_>>(), "its own seqs");
+    // The bytes each lane published are the bytes the server's ledger has for its replica.
+    let agent = &f.agents[0];
+    let same_bytes = || {
+        let s = status(agent);
+        let ledger = status(&f.reconciler);
+        ["alarm", "default"].iter().all(|lane| {
+            let inc = s["lanes"][lane]["incarnation"].as_u64();
+            let label = format!("lane=\"{lane}\"");
+            let sent = agent.metric("edgesync_agent_lane_published_wire_bytes_total", &label);
+            let line = ledger["devices"].as_array().into_iter().flatten();
+            let got = line
+                .filter(|l| l["incarnation"].as_u64() == inc)
+                .find_map(|l| l["wire_bytes"].as_f64());
+            sent > 0.0 && got == Some(sent)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), same_bytes),
+        "{}\n{}",
+        status(agent),
+        status(&f.reconciler)
+    );
     // Ten minutes of telemetry and alarms behind a cut link, then 16 KiB/s.
     let backlog = Backlog {
         minutes: 10,

@@ -16,9 +16,9 @@ pub mod json;
 pub mod sparkplug;
 
 use edgesync_servicekit::crash::crash_point;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -330,6 +330,35 @@ struct Job {
     reply: oneshot::Sender<Result<Accepted, IngestError>>,
 }
 
+/// What the lanes of one device share at ingest (`lanes.rs`: each lane has its own spool and
+/// ingest thread): one clock, so that an event answered on one lane is stamped before any
+/// event taken afterwards on another (a device has one HLC, whatever lane an event takes), and
+/// one CRDT type per state key, so that a key is never a counter in one lane and a register in
+/// another. A key's type is reserved when a request using it passes the check, before it is
+/// stored: one refused afterwards leaves the type reserved, which refuses nothing it would not
+/// have refused once stored.
+#[derive(Debug, Default)]
+pub struct DeviceShared {
+    hlc: Mutex<Hlc>,
+    kinds: Mutex<HashMap<String, CrdtKind>>,
+}
+
+impl DeviceShared {
+    fn hlc(&self) -> MutexGuard<'_, Hlc> {
+        self.hlc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kinds(&self) -> MutexGuard<'_, HashMap<String, CrdtKind>> {
+        self.kinds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The device's clock has reached `h` (a lane stamped it, or stored it before a restart).
+    fn reached(&self, h: Hlc) {
+        let mut last = self.hlc();
+        *last = (*last).max(h);
+    }
+}
+
 /// The handle every source appends through. Cheap to clone; the ingest thread stops when the
 /// last handle is dropped, after answering what is queued.
 #[derive(Clone, Debug)]
@@ -396,8 +425,10 @@ impl Ingest {
         self.cfg.max_request_events
     }
 
-    /// Starts the ingest thread for `device` on `spool`; `appended` is notified after every
-    /// stored write (the uplink waits on it).
+    /// Starts the ingest thread for `device` on `spool` (one lane's: the lanes of the device
+    /// share `shared`); `appended` is notified after every stored write (the uplink waits on
+    /// it).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         spool: Arc<Spool>,
         codec: Arc<Codec>,
@@ -406,6 +437,7 @@ impl Ingest {
         clock: Clock,
         metrics: Arc<AgentMetrics>,
         appended: Arc<Notify>,
+        shared: Arc<DeviceShared>,
     ) -> Result<(Self, JoinHandle<()>), StartError> {
         let mut states = BTreeMap::new();
         let mut last = Hlc::default();
@@ -425,6 +457,13 @@ impl Ingest {
                 states.insert(key.to_owned(), c);
             }
         }
+        shared.reached(last);
+        {
+            let mut kinds = shared.kinds();
+            for (key, c) in &states {
+                kinds.entry(key.clone()).or_insert(c.kind());
+            }
+        }
         let replica = ReplicaId::new(device, spool.meta().incarnation);
         let cfg = Arc::new(cfg);
         let (tx, rx) = mpsc::sync_channel(1024);
@@ -439,6 +478,7 @@ impl Ingest {
             metrics: Arc::clone(&metrics),
             appended,
             max_group_events: cfg.max_group_events,
+            shared,
         };
         let handle = std::thread::Builder::new()
             .name("ingest".into())
@@ -564,6 +604,7 @@ struct Worker {
     metrics: Arc<AgentMetrics>,
     appended: Arc<Notify>,
     max_group_events: usize,
+    shared: Arc<DeviceShared>,
 }
 
 /// A group being prepared: changed states and the clock, on copies.
@@ -592,6 +633,11 @@ impl Worker {
     }
 
     fn write(&mut self, jobs: Vec<Job>) {
+        let floor = *self.shared.hlc();
+        if floor > self.hlc.last() {
+            // Another lane stamped later: this one's next stamp comes after it.
+            self.hlc = HlcClock::resume(floor, u64::MAX);
+        }
         let mut draft = Draft {
             states: BTreeMap::new(),
             hlc: self.hlc.clone(),
@@ -627,6 +673,7 @@ impl Worker {
                 crash_point("ingest.after_append");
                 self.states.extend(draft.states);
                 self.hlc = draft.hlc;
+                self.shared.reached(self.hlc.last());
                 self.stored(ready, range.start);
             }
             Ok(Appended::Dropped { .. }) | Ok(Appended::Empty) => {
@@ -715,15 +762,18 @@ impl Worker {
     }
 
     /// Refuses the job when an op names a state of another CRDT type (stored, drafted by an
-    /// earlier job of the group, or named earlier in this job).
+    /// earlier job of the group, named earlier in this job, or used by another lane of the
+    /// device); reserves the types of the keys it uses for the device when it passes.
     fn check_kinds(&self, events: &[IngestEvent], draft: &Draft) -> Result<(), IngestError> {
+        let mut shared = self.shared.kinds();
         let mut kinds: BTreeMap<&str, CrdtKind> = BTreeMap::new();
         for (index, e) in events.iter().enumerate() {
             for op in &e.ops {
                 let have = kinds
                     .get(op.key())
                     .copied()
-                    .or_else(|| self.current(draft, op.key()).map(Crdt::kind));
+                    .or_else(|| self.current(draft, op.key()).map(Crdt::kind))
+                    .or_else(|| shared.get(op.key()).copied());
                 if let Some(k) = have.filter(|k| *k != op.kind()) {
                     let reason = format!(
                         "state {:?} is a {}, not a {}",
@@ -735,6 +785,9 @@ impl Worker {
                 }
                 kinds.insert(op.key(), op.kind());
             }
+        }
+        for (key, kind) in kinds {
+            shared.entry(key.to_owned()).or_insert(kind);
         }
         Ok(())
     }
@@ -789,7 +842,7 @@ impl Worker {
 }
 
 /// What a producer is told when the spool refused its events.
-fn refused(e: &SpoolError) -> IngestError {
+pub(crate) fn refused(e: &SpoolError) -> IngestError {
     match e {
         SpoolError::Full {
             bytes,

@@ -307,6 +307,18 @@ pub struct SpoolMeta {
     pub oldest_ms: Option<u64>,
 }
 
+impl SpoolMeta {
+    /// Seqs assigned that the server has not acknowledged.
+    pub fn unacked(&self) -> u64 {
+        (self.next_seq - 1).saturating_sub(self.acked)
+    }
+
+    /// Age of the oldest held event at `now_ms`, if any.
+    pub fn oldest_age_ms(&self, now_ms: u64) -> Option<u64> {
+        self.oldest_ms.map(|o| now_ms.saturating_sub(o))
+    }
+}
+
 /// Counters of the writer, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpoolStats {
@@ -781,6 +793,25 @@ impl Spool {
     /// The configuration it runs with.
     pub fn config(&self) -> &SpoolConfig {
         &self.cfg
+    }
+
+    /// The refusal an append would get now under the block policy because the spool is
+    /// at its quota or holds an event older than its age limit (`None` otherwise, and under
+    /// the drop policies). A look before appending, not a promise: a trim may make room
+    /// meanwhile, and an append larger than what is left is refused by the append itself.
+    pub fn refusal(&self) -> Option<SpoolError> {
+        if self.cfg.policy != QuotaPolicy::Block {
+            return None;
+        }
+        let now_ms = (self.cfg.clock)();
+        let m = self.meta();
+        let age = m.oldest_ms.map_or(0, |o| now_ms.saturating_sub(o));
+        let too_old = self.cfg.max_age.is_some_and(|a| age > a.as_millis() as u64);
+        (m.bytes >= self.cfg.max_bytes || too_old).then_some(SpoolError::Full {
+            bytes: m.bytes,
+            limit: self.cfg.max_bytes,
+            oldest_age_ms: age,
+        })
     }
 }
 
