@@ -498,7 +498,10 @@ impl Fleet {
             }
             for l in &lines {
                 assert_eq!(l["missing"], serde_json::json!([]), "{d}: {l}");
-                assert!(l["wire_bytes"].as_u64() > Some(0), "{d}: no bytes received? {l}");
+                assert!(
+                    l["wire_bytes"].as_u64() > Some(0),
+                    "{d}: no bytes received? {l}"
+                );
                 assert_eq!(
                     (l["pending"].as_u64(), l["completeness"].as_f64()),
                     (Some(0), Some(1.0)),
