@@ -14,6 +14,11 @@
 //!
 //! [`Budget::admit`] answers at once: go (the bytes are counted), or how long to wait. What
 //! waits stays in the spool; nothing is dropped by the budget.
+//!
+//! The day's count outlives a restart: [`Spent`] is what the uplink saves (a small JSON file
+//! beside the spool, `{"day": <UTC day number>, "spent_bytes": <n>}`, replaced atomically at
+//! most every few seconds and at shutdown) and [`Budget::resume`] starts from. A crash loses
+//! at most the bytes counted since the last save.
 
 use std::time::Duration;
 
@@ -56,6 +61,40 @@ pub struct Budget {
     spent_today: u64,
 }
 
+/// A day's count, as saved across restarts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Spent {
+    /// The UTC day (days since the Unix epoch).
+    pub day: u64,
+    /// Bytes counted that day.
+    pub spent_bytes: u64,
+}
+
+impl Spent {
+    /// Where it is saved for the spool in `spool_dir`: beside it (not in it: a salvaged
+    /// spool directory is rebuilt from its records).
+    pub fn file_beside(spool_dir: &std::path::Path) -> std::path::PathBuf {
+        let mut name = spool_dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".budget.json");
+        spool_dir.with_file_name(name)
+    }
+
+    /// Reads it from `file`; `None` when there is none or it does not parse (a new count).
+    pub fn load(file: &std::path::Path) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(file).ok()?).ok()
+    }
+
+    /// Writes it to `file`, replacing the old one atomically (a temporary file renamed over it).
+    pub fn save(&self, file: &std::path::Path) -> std::io::Result<()> {
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, file)
+    }
+}
+
 /// What status and metrics show.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BudgetView {
@@ -81,6 +120,23 @@ impl Budget {
             refilled_ms: now_ms,
             day: wall_ms / DAY_MS,
             spent_today: 0,
+        }
+    }
+
+    /// [`Budget::new`], having spent `saved` already if it is of the day of `wall_ms`.
+    pub fn resume(rate: u64, daily: u64, now_ms: u64, wall_ms: u64, saved: Option<Spent>) -> Self {
+        let mut b = Self::new(rate, daily, now_ms, wall_ms);
+        if let Some(s) = saved.filter(|s| s.day == b.day) {
+            b.spent_today = s.spent_bytes;
+        }
+        b
+    }
+
+    /// The day's count, to save.
+    pub fn spent(&self) -> Spent {
+        Spent {
+            day: self.day,
+            spent_bytes: self.spent_today,
         }
     }
 
@@ -209,6 +265,30 @@ mod tests {
         assert!(!b.view(6 * day).exhausted);
         // A batch larger than the whole budget does not wait forever.
         assert_eq!(b.admit(50_000, 0, 6 * day, false), Ok(()));
+    }
+
+    #[test]
+    fn the_day_s_count_survives_a_restart_on_the_same_day_only() {
+        let day = DAY_MS;
+        let mut b = Budget::new(0, 10_000, 0, 3 * day + 5);
+        assert_eq!(b.admit(9_000, 0, 3 * day + 5, false), Ok(()));
+        let saved: Spent =
+            serde_json::from_str(&serde_json::to_string(&b.spent()).unwrap()).unwrap();
+        assert_eq!(
+            saved,
+            Spent {
+                day: 3,
+                spent_bytes: 9_000
+            }
+        );
+        let mut again = Budget::resume(0, 10_000, 0, 3 * day + 60_000, Some(saved));
+        assert_eq!(again.admit(2_000, 0, 3 * day + 60_000, false), Ok(()));
+        assert!(
+            again.admit(1, 0, 3 * day + 60_000, false).is_err(),
+            "spent, as before"
+        );
+        let next_day = Budget::resume(0, 10_000, 0, 4 * day, Some(saved));
+        assert_eq!(next_day.view(4 * day).spent_today, 0);
     }
 
     #[test]

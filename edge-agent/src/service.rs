@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::Spent;
 use crate::config::{Config, ConfigError};
 use crate::http::{router, HttpState};
 use crate::ingest::sparkplug::Sparkplug;
@@ -83,6 +84,7 @@ pub fn uplink_config(cfg: &Config) -> Result<UplinkConfig, ConfigError> {
         security,
         max_bytes_per_sec: u.max_bytes_per_sec,
         daily_budget_bytes: u.daily_budget_bytes,
+        budget_file: (u.daily_budget_bytes > 0).then(|| Spent::file_beside(&cfg.spool.dir)),
     })
 }
 

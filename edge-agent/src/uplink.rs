@@ -41,6 +41,7 @@
 
 use edgesync_servicekit::crash::crash_point;
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +55,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{Budget, Wait};
+use crate::budget::{Budget, Spent, Wait};
 use crate::lanes::OpenLane;
 use crate::metrics::AgentMetrics;
 use crate::outbox::{build_batch, Built, OutboxError};
@@ -83,6 +84,8 @@ pub struct UplinkConfig {
     pub max_bytes_per_sec: u64,
     /// Most bytes published per UTC day (0 = none).
     pub daily_budget_bytes: u64,
+    /// Where the day's count is saved across restarts (`None`: it starts again each time).
+    pub budget_file: Option<PathBuf>,
 }
 
 impl UplinkConfig {
@@ -99,6 +102,7 @@ impl UplinkConfig {
             security: MqttSecurity::default(),
             max_bytes_per_sec: 0,
             daily_budget_bytes: 0,
+            budget_file: None,
         }
     }
 
@@ -234,9 +238,14 @@ struct Uplink {
     /// Where built batches come back.
     built: mpsc::UnboundedSender<BuiltMsg>,
     budget: Budget,
+    /// The day's count as last saved, and when it is next due to be saved if it changed.
+    saved: (Spent, u64),
     /// Fair queueing's virtual time: the start tag of the last batch published.
     vtime: f64,
 }
+
+/// How often the budget's day count is saved while it changes.
+const BUDGET_SAVE_MS: u64 = 5_000;
 
 /// Why a lane's front batch did not go this turn.
 enum Blocked {
@@ -390,8 +399,35 @@ impl Uplink {
             })
             .flatten()
             .min();
+        let save = self.save_due();
+        let at = match (at, save) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         at.map(|t| Duration::from_millis(t.saturating_sub(self.now())))
             .unwrap_or(Duration::from_secs(3600))
+    }
+
+    /// When the day's count must be saved, if it changed since it last was.
+    fn save_due(&self) -> Option<u64> {
+        let changed = self.cfg.budget_file.is_some() && self.budget.spent() != self.saved.0;
+        changed.then_some(self.saved.1)
+    }
+
+    /// Saves the day's count if it is due (`now`: whenever it changed), off the loop; the
+    /// returned task finishes the write.
+    fn save_budget(&mut self, now: bool) -> Option<tokio::task::JoinHandle<()>> {
+        let at = self.save_due()?;
+        if !now && self.now() < at {
+            return None;
+        }
+        let (spent, file) = (self.budget.spent(), self.cfg.budget_file.clone()?);
+        self.saved = (spent, self.now() + BUDGET_SAVE_MS);
+        Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = spent.save(&file) {
+                tracing::warn!(file = %file.display(), error = %e, "uplink budget: the day's count was not saved");
+            }
+        }))
     }
 
     /// Starts building the requests lane `i`'s agent will make after those already being
@@ -578,6 +614,18 @@ pub async fn run(
         lanes.push(lane_link(&cfg, lane, &mut trimmers)?);
     }
     let seed = lanes.first().map_or(1, |l| l.replica.incarnation.get() | 1);
+    let saved = match cfg.budget_file.clone() {
+        Some(f) => tokio::task::spawn_blocking(move || Spent::load(&f)).await?,
+        None => None,
+    };
+    let wall = edgesync_servicekit::now_ms();
+    let budget = Budget::resume(
+        cfg.max_bytes_per_sec,
+        cfg.daily_budget_bytes,
+        0,
+        wall,
+        saved,
+    );
     let mut u = Uplink {
         lanes,
         codec: deps.codec,
@@ -591,18 +639,15 @@ pub async fn run(
         next_slot: 0,
         built,
         client,
-        budget: Budget::new(
-            cfg.max_bytes_per_sec,
-            cfg.daily_budget_bytes,
-            0,
-            edgesync_servicekit::now_ms(),
-        ),
+        saved: (budget.spent(), BUDGET_SAVE_MS),
+        budget,
         vtime: 0.0,
         cfg,
     };
     let appended = deps.appended;
     loop {
         u.send_due().await?;
+        u.save_budget(false);
         if u.take_ack_request() {
             // An agent asks for the server's current watermark (a batch timed out): subscribing
             // again makes the broker send the retained ack again.
@@ -638,6 +683,9 @@ pub async fn run(
         }
         if shutdown.is_cancelled() {
             u.metrics.link_up.set(0);
+            if let Some(saving) = u.save_budget(true) {
+                let _ = saving.await;
+            }
             let _ = u.client.disconnect().await;
             // The last trims asked for finish; what they would have trimmed is sent again after
             // a restart only if they did not, and the server ignores it.

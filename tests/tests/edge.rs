@@ -234,6 +234,21 @@ fn the_uplink_budget_holds_batches_back_in_the_spool_and_loses_nothing() {
         .metric("edgesync_agent_reconnects_total", "")
         > reconnects
         && status(agent)["uplink_budget"]["waiting"] == true));
+    // The day's count outlives a restart: still spent, nothing more goes.
+    let acked = status(agent)["acked_watermark"].clone();
+    let agent = &mut f.agents[0];
+    agent.process.restart().unwrap();
+    let agent = &f.agents[0];
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let b = &status(agent)["uplink_budget"];
+            b["exhausted"] == true && b["spent_today_bytes"].as_f64() >= Some(2000.0)
+        }),
+        "{}",
+        status(agent)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(agent)["acked_watermark"], acked);
     // Lifted, the rest drains, every event once.
     let agent = &mut f.agents[0];
     agent
