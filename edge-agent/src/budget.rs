@@ -16,9 +16,12 @@
 //! waits stays in the spool; nothing is dropped by the budget.
 //!
 //! The day's count outlives a restart: [`Spent`] is what the uplink saves (a small JSON file
-//! beside the spool, `{"day": <UTC day number>, "spent_bytes": <n>}`, replaced atomically at
-//! most every few seconds and at shutdown) and [`Budget::resume`] starts from. A crash loses
-//! at most the bytes counted since the last save.
+//! beside the spool, `{"day": <UTC day number>, "spent_bytes": <n>}`, replaced atomically and
+//! synced, 5 s after a change at most and at shutdown, one write at a time) and
+//! [`Budget::resume`] starts from, on its day: a clock that starts in the past (a gateway
+//! without a real-time clock, before NTP) finds it once it reaches that day, and never
+//! overwrites it with an older day's. A crash loses at most the bytes counted since the last
+//! save.
 
 use std::time::Duration;
 
@@ -59,6 +62,9 @@ pub struct Budget {
     /// The UTC day (wall ms / DAY_MS) `spent_today` is of.
     day: u64,
     spent_today: u64,
+    /// The count saved before the start: taken up when its day comes (a gateway without a
+    /// real-time clock may start days in the past and reach today only once NTP sets it).
+    carried: Option<Spent>,
 }
 
 /// A day's count, as saved across restarts.
@@ -74,9 +80,10 @@ impl Spent {
     /// Where it is saved for the spool in `spool_dir`: beside it (not in it: a salvaged
     /// spool directory is rebuilt from its records).
     pub fn file_beside(spool_dir: &std::path::Path) -> std::path::PathBuf {
-        let mut name = spool_dir.file_name().unwrap_or_default().to_os_string();
+        let dir = std::path::absolute(spool_dir).unwrap_or_else(|_| spool_dir.to_path_buf());
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
         name.push(".budget.json");
-        spool_dir.with_file_name(name)
+        dir.with_file_name(name)
     }
 
     /// Reads it from `file`; `None` when there is none or it does not parse (a new count).
@@ -84,14 +91,17 @@ impl Spent {
         serde_json::from_slice(&std::fs::read(file).ok()?).ok()
     }
 
-    /// Writes it to `file`, replacing the old one atomically (a temporary file renamed over it).
+    /// Writes it to `file`, replacing the old one atomically and durably (a temporary file,
+    /// synced, renamed over it, the directory synced). One writer at a time.
     pub fn save(&self, file: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
         let tmp = file.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, file)
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        std::fs::File::open(dir.unwrap_or(std::path::Path::new(".")))?.sync_all()
     }
 }
 
@@ -120,23 +130,30 @@ impl Budget {
             refilled_ms: now_ms,
             day: wall_ms / DAY_MS,
             spent_today: 0,
+            carried: None,
         }
     }
 
-    /// [`Budget::new`], having spent `saved` already if it is of the day of `wall_ms`.
+    /// [`Budget::new`], having spent `saved` already on its day (now, or when the clock
+    /// reaches it).
     pub fn resume(rate: u64, daily: u64, now_ms: u64, wall_ms: u64, saved: Option<Spent>) -> Self {
         let mut b = Self::new(rate, daily, now_ms, wall_ms);
+        b.carried = saved;
         if let Some(s) = saved.filter(|s| s.day == b.day) {
             b.spent_today = s.spent_bytes;
         }
         b
     }
 
-    /// The day's count, to save.
+    /// The day's count, to save: the saved one while the clock is before its day (a clock not
+    /// set yet must not overwrite today's count with one of 1970).
     pub fn spent(&self) -> Spent {
-        Spent {
-            day: self.day,
-            spent_bytes: self.spent_today,
+        match self.carried {
+            Some(c) if c.day > self.day => c,
+            _ => Spent {
+                day: self.day,
+                spent_bytes: self.spent_today,
+            },
         }
     }
 
@@ -181,7 +198,7 @@ impl Budget {
             // A clock stepped back a day starts a new day too: better to send a day's budget
             // twice than never again.
             self.day = day;
-            self.spent_today = 0;
+            self.spent_today = (self.carried.filter(|c| c.day == day)).map_or(0, |c| c.spent_bytes);
         }
     }
 
@@ -289,6 +306,40 @@ mod tests {
         );
         let next_day = Budget::resume(0, 10_000, 0, 4 * day, Some(saved));
         assert_eq!(next_day.view(4 * day).spent_today, 0);
+    }
+
+    #[test]
+    fn a_clock_set_after_the_start_finds_the_day_s_count() {
+        let day = DAY_MS;
+        let saved = Spent {
+            day: 20_000,
+            spent_bytes: 9_000,
+        };
+        // Booted in 1970, before NTP: what goes then counts for 1970, and today's count stays.
+        let mut b = Budget::resume(0, 10_000, 0, 5, Some(saved));
+        assert_eq!(b.admit(500, 0, 5, false), Ok(()));
+        assert_eq!(b.spent(), saved);
+        // NTP sets the clock: today's count is back.
+        assert_eq!(b.admit(2_000, 0, 20_000 * day + 1, false), Ok(()));
+        assert_eq!(b.view(20_000 * day + 1).spent_today, 11_000);
+        assert!(b.admit(1, 0, 20_000 * day + 2, false).is_err());
+    }
+
+    #[test]
+    fn the_count_is_saved_beside_the_spool_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let file = Spent::file_beside(&spool);
+        assert_eq!(file, dir.path().join("spool.budget.json"));
+        assert_eq!(Spent::load(&file), None);
+        let s = Spent {
+            day: 3,
+            spent_bytes: 7,
+        };
+        s.save(&file).unwrap();
+        assert_eq!(Spent::load(&file), Some(s));
+        std::fs::write(&file, b"{not json").unwrap();
+        assert_eq!(Spent::load(&file), None, "a damaged file is a new count");
     }
 
     #[test]

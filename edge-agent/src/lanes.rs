@@ -209,6 +209,9 @@ impl Totals {
             t.bytes += m.bytes;
             t.unacked += m.unacked();
             t.oldest_age_ms = t.oldest_age_ms.max(m.oldest_age_ms(now_ms));
+            t.stats.groups += st.groups;
+            t.stats.appends += st.appends;
+            t.stats.events += st.events;
             t.stats.refused += st.refused;
             t.stats.dropped_newest += st.dropped_newest;
             t.stats.dropped_oldest_quota += st.dropped_oldest_quota;

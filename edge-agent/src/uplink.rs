@@ -238,8 +238,11 @@ struct Uplink {
     /// Where built batches come back.
     built: mpsc::UnboundedSender<BuiltMsg>,
     budget: Budget,
-    /// The day's count as last saved, and when it is next due to be saved if it changed.
+    /// The day's count as last handed to the saving task, and when it is next due if it
+    /// changed.
     saved: (Spent, u64),
+    /// The saving task's input (`None`: the count is not saved).
+    budget_saves: Option<watch::Sender<Spent>>,
     /// Fair queueing's virtual time: the start tag of the last batch published.
     vtime: f64,
 }
@@ -410,24 +413,21 @@ impl Uplink {
 
     /// When the day's count must be saved, if it changed since it last was.
     fn save_due(&self) -> Option<u64> {
-        let changed = self.cfg.budget_file.is_some() && self.budget.spent() != self.saved.0;
+        let changed = self.budget_saves.is_some() && self.budget.spent() != self.saved.0;
         changed.then_some(self.saved.1)
     }
 
-    /// Saves the day's count if it is due (`now`: whenever it changed), off the loop; the
-    /// returned task finishes the write.
-    fn save_budget(&mut self, now: bool) -> Option<tokio::task::JoinHandle<()>> {
-        let at = self.save_due()?;
+    /// Hands the day's count to the saving task if it is due (`now`: whenever it changed).
+    fn save_budget(&mut self, now: bool) {
+        let Some(at) = self.save_due() else { return };
         if !now && self.now() < at {
-            return None;
+            return;
         }
-        let (spent, file) = (self.budget.spent(), self.cfg.budget_file.clone()?);
+        let spent = self.budget.spent();
         self.saved = (spent, self.now() + BUDGET_SAVE_MS);
-        Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = spent.save(&file) {
-                tracing::warn!(file = %file.display(), error = %e, "uplink budget: the day's count was not saved");
-            }
-        }))
+        if let Some(tx) = &self.budget_saves {
+            tx.send_replace(spent);
+        }
     }
 
     /// Starts building the requests lane `i`'s agent will make after those already being
@@ -618,6 +618,13 @@ pub async fn run(
         Some(f) => tokio::task::spawn_blocking(move || Spent::load(&f)).await?,
         None => None,
     };
+    let (budget_saves, saver) = match cfg.budget_file.clone() {
+        Some(file) => {
+            let (tx, rx) = watch::channel(saved.unwrap_or_default());
+            (Some(tx), Some(tokio::spawn(save_behind(file, rx))))
+        }
+        None => (None, None),
+    };
     let wall = edgesync_servicekit::now_ms();
     let budget = Budget::resume(
         cfg.max_bytes_per_sec,
@@ -640,6 +647,7 @@ pub async fn run(
         built,
         client,
         saved: (budget.spent(), BUDGET_SAVE_MS),
+        budget_saves,
         budget,
         vtime: 0.0,
         cfg,
@@ -683,17 +691,41 @@ pub async fn run(
         }
         if shutdown.is_cancelled() {
             u.metrics.link_up.set(0);
-            if let Some(saving) = u.save_budget(true) {
-                let _ = saving.await;
-            }
+            u.save_budget(true);
             let _ = u.client.disconnect().await;
             // The last trims asked for finish; what they would have trimmed is sent again after
             // a restart only if they did not, and the server ignores it.
             drop(u);
+            if let Some(saver) = saver {
+                saver.await?; // the last count handed over is on disk
+            }
             while let Some(r) = trimmers.join_next().await {
                 r??;
             }
             return Ok(());
+        }
+    }
+}
+
+/// Saves the latest day count it is given to `file`, one write at a time (never two at once,
+/// never an older one last); returns when the sender is gone, after saving the last value.
+async fn save_behind(file: PathBuf, mut counts: watch::Receiver<Spent>) {
+    let mut saved = *counts.borrow_and_update();
+    loop {
+        let open = counts.changed().await.is_ok();
+        let spent = *counts.borrow_and_update();
+        if spent != saved {
+            let f = file.clone();
+            match tokio::task::spawn_blocking(move || spent.save(&f)).await {
+                Ok(Ok(())) => saved = spent,
+                Ok(Err(e)) => {
+                    tracing::warn!(file = %file.display(), error = %e, "uplink budget: the day's count was not saved")
+                }
+                Err(e) => tracing::warn!(error = %e, "uplink budget: the saving task failed"),
+            }
+        }
+        if !open {
+            return;
         }
     }
 }

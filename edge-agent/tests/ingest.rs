@@ -293,6 +293,18 @@ fn refused_and_dropped_requests_leave_the_state_untouched() {
         assert_eq!(events.len() as u128, stored);
         // The counter counts exactly the stored events: refused increments were not kept.
         assert_eq!(counter(&state, "n"), stored, "{policy:?}");
+        // Nor was the type of a key only a refused request used.
+        let first = a.append(vec![event(vec![inc("fresh", 1)])]);
+        assert!(!matches!(first, Ok(Accepted::Stored(_))), "{first:?}");
+        let add = Op::Add {
+            key: "fresh".into(),
+            by: 1,
+        };
+        let other_type = a.append(vec![event(vec![add])]);
+        assert!(
+            !matches!(other_type, Err(IngestError::Invalid { .. })),
+            "{policy:?}: {other_type:?}"
+        );
     }
 }
 

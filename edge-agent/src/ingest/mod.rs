@@ -328,19 +328,29 @@ struct Job {
     events: Vec<IngestEvent>,
     arrived: Instant,
     reply: oneshot::Sender<Result<Accepted, IngestError>>,
+    /// The state keys whose types it reserved (see [`DeviceShared`]), settled with its answer.
+    reserved: Vec<String>,
 }
 
 /// What the lanes of one device share at ingest (`lanes.rs`: each lane has its own spool and
 /// ingest thread): one clock, so that an event answered on one lane is stamped before any
 /// event taken afterwards on another (a device has one HLC, whatever lane an event takes), and
 /// one CRDT type per state key, so that a key is never a counter in one lane and a register in
-/// another. A key's type is reserved when a request using it passes the check, before it is
-/// stored: one refused afterwards leaves the type reserved, which refuses nothing it would not
-/// have refused once stored.
+/// another. A request using a key reserves its type when it passes the check and until it is
+/// answered; a type stays once a state of it is stored, and goes when nothing stored or
+/// pending uses it (a request refused by a full spool leaves nothing behind).
 #[derive(Debug, Default)]
 pub struct DeviceShared {
     hlc: Mutex<Hlc>,
-    kinds: Mutex<HashMap<String, CrdtKind>>,
+    kinds: Mutex<HashMap<String, KeyKind>>,
+}
+
+/// A state key's type, held while a state of it is stored or a request using it is pending.
+#[derive(Debug, Clone, Copy)]
+struct KeyKind {
+    kind: CrdtKind,
+    stored: bool,
+    pending: u32,
 }
 
 impl DeviceShared {
@@ -348,7 +358,7 @@ impl DeviceShared {
         self.hlc.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn kinds(&self) -> MutexGuard<'_, HashMap<String, CrdtKind>> {
+    fn kinds(&self) -> MutexGuard<'_, HashMap<String, KeyKind>> {
         self.kinds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -356,6 +366,20 @@ impl DeviceShared {
     fn reached(&self, h: Hlc) {
         let mut last = self.hlc();
         *last = (*last).max(h);
+    }
+
+    /// A request reserving `keys` was answered: `stored` or not.
+    fn settle(&self, keys: &[String], stored: bool) {
+        let mut kinds = self.kinds();
+        for k in keys {
+            if let Some(e) = kinds.get_mut(k) {
+                e.pending = e.pending.saturating_sub(1);
+                e.stored |= stored;
+                if !e.stored && e.pending == 0 {
+                    kinds.remove(k);
+                }
+            }
+        }
     }
 }
 
@@ -461,7 +485,12 @@ impl Ingest {
         {
             let mut kinds = shared.kinds();
             for (key, c) in &states {
-                kinds.entry(key.clone()).or_insert(c.kind());
+                let e = kinds.entry(key.clone()).or_insert(KeyKind {
+                    kind: c.kind(),
+                    stored: true,
+                    pending: 0,
+                });
+                e.stored = true;
             }
         }
         let replica = ReplicaId::new(device, spool.meta().incarnation);
@@ -538,6 +567,7 @@ impl Ingest {
                 events,
                 arrived: Instant::now(),
                 reply,
+                reserved: Vec::new(),
             })
             .map_err(|_| IngestError::Unavailable("ingest stopped".into()))?;
         Ok(rx)
@@ -644,9 +674,12 @@ impl Worker {
             bodies: Vec::new(),
         };
         let mut ready = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        for mut job in jobs {
             match self.prepare(&job.events, &mut draft) {
-                Ok(()) => ready.push(job),
+                Ok(reserved) => {
+                    job.reserved = reserved;
+                    ready.push(job);
+                }
                 Err(e) => self.answer(job, Err(e)),
             }
         }
@@ -683,8 +716,11 @@ impl Worker {
                 }
             }
             Err(SpoolError::TooLarge { .. }) if ready.len() > 1 => {
-                // The group as a whole is larger than the quota: each request on its own may fit.
-                for job in ready {
+                // The group as a whole is larger than the quota: each request on its own may fit
+                // (and reserves its keys again).
+                for mut job in ready {
+                    self.shared
+                        .settle(&std::mem::take(&mut job.reserved), false);
                     self.write(vec![job]);
                 }
             }
@@ -727,11 +763,30 @@ impl Worker {
         self.appended.notify_one();
     }
 
+    /// Checks the job's state types, then stamps, applies and encodes its events into the
+    /// draft; returns the keys whose types it reserved. On error the draft is unchanged and
+    /// nothing stays reserved.
+    fn prepare(
+        &self,
+        events: &[IngestEvent],
+        draft: &mut Draft,
+    ) -> Result<Vec<String>, IngestError> {
+        // Types first, so that applying cannot fail half-way.
+        let reserved = self.check_kinds(events, draft)?;
+        let r = self.stamp_and_encode(events, draft);
+        if r.is_err() {
+            self.shared.settle(&reserved, false);
+        }
+        r.map(|()| reserved)
+    }
+
     /// Stamps the job's events, applies their ops to the draft's states and encodes them; on
     /// error the draft is unchanged.
-    fn prepare(&self, events: &[IngestEvent], draft: &mut Draft) -> Result<(), IngestError> {
-        // Types first, so that applying cannot fail half-way.
-        self.check_kinds(events, draft)?;
+    fn stamp_and_encode(
+        &self,
+        events: &[IngestEvent],
+        draft: &mut Draft,
+    ) -> Result<(), IngestError> {
         let mut states: BTreeMap<String, Crdt> = BTreeMap::new();
         let mut hlc = draft.hlc.clone();
         let mut bodies = Vec::with_capacity(events.len());
@@ -762,9 +817,14 @@ impl Worker {
     }
 
     /// Refuses the job when an op names a state of another CRDT type (stored, drafted by an
-    /// earlier job of the group, named earlier in this job, or used by another lane of the
-    /// device); reserves the types of the keys it uses for the device when it passes.
-    fn check_kinds(&self, events: &[IngestEvent], draft: &Draft) -> Result<(), IngestError> {
+    /// earlier job of the group, named earlier in this job, or held by another lane of the
+    /// device); when it passes, reserves the types of the keys it uses for the device and
+    /// returns them (settled with its answer).
+    fn check_kinds(
+        &self,
+        events: &[IngestEvent],
+        draft: &Draft,
+    ) -> Result<Vec<String>, IngestError> {
         let mut shared = self.shared.kinds();
         let mut kinds: BTreeMap<&str, CrdtKind> = BTreeMap::new();
         for (index, e) in events.iter().enumerate() {
@@ -773,7 +833,7 @@ impl Worker {
                     .get(op.key())
                     .copied()
                     .or_else(|| self.current(draft, op.key()).map(Crdt::kind))
-                    .or_else(|| shared.get(op.key()).copied());
+                    .or_else(|| shared.get(op.key()).map(|k| k.kind));
                 if let Some(k) = have.filter(|k| *k != op.kind()) {
                     let reason = format!(
                         "state {:?} is a {}, not a {}",
@@ -786,10 +846,17 @@ impl Worker {
                 kinds.insert(op.key(), op.kind());
             }
         }
+        let mut reserved = Vec::with_capacity(kinds.len());
         for (key, kind) in kinds {
-            shared.entry(key.to_owned()).or_insert(kind);
+            let e = shared.entry(key.to_owned()).or_insert(KeyKind {
+                kind,
+                stored: false,
+                pending: 0,
+            });
+            e.pending += 1;
+            reserved.push(key.to_owned());
         }
-        Ok(())
+        Ok(reserved)
     }
 
     /// A state as the group sees it so far: drafted by an earlier job, else stored.
@@ -827,6 +894,8 @@ impl Worker {
     }
 
     fn answer(&self, job: Job, result: Result<Accepted, IngestError>) {
+        let stored = matches!(result, Ok(Accepted::Stored(_)));
+        self.shared.settle(&job.reserved, stored);
         match &result {
             Ok(Accepted::Stored(_)) => self
                 .metrics
