@@ -12,7 +12,7 @@ use edgesync_schemas::topics::kafka as topics;
 use edgesync_schemas::{Codec, Limits};
 use edgesync_testkit::{deploy, outside_python, wait_until, Broker, FaultProxy, Kafka, Service};
 use edgesync_tests::lanes::{self, Backlog};
-use edgesync_tests::{agent_sets, binary, latest_counters, status, Fleet};
+use edgesync_tests::{agent_sets, binary, latest_counters, status, stream_events, Fleet};
 
 fn json_value(v: &Value) -> serde_json::Value {
     match v {
@@ -267,6 +267,14 @@ fn priority_lanes_put_alarms_ahead_of_a_backlog_on_a_thin_link_and_lose_nothing(
     f.send_stream(lanes::ALARM, 5);
     let alarm_seqs = f.answered_on("lanes-1", lanes::ALARM_LANE);
     assert_eq!(alarm_seqs, (1..=5).collect::<Vec<_>>(), "its own seqs");
+    // One request of both lanes: each part stored on its lane, with that lane's seqs.
+    f.send_made(10, |d, start, n| {
+        let alarms = stream_events(lanes::ALARM, d, start + n, 2);
+        [lanes::pump_readings(d, start, n), alarms].concat()
+    });
+    let alarm_seqs = f.answered_on("lanes-1", lanes::ALARM_LANE);
+    assert_eq!(alarm_seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(f.answered_on("lanes-1", "default").len(), 60);
     // The bytes each lane published are the bytes the server's ledger has for its replica.
     let agent = &f.agents[0];
     let same_bytes = || {
