@@ -27,7 +27,7 @@ pub fn status(cfg: &Config) -> Result<ExitCode, String> {
     let mut lanes = Vec::new();
     for lane in cfg.lanes() {
         let lane_cfg = cfg.for_lane(&lane.name).map_err(|e| e.to_string())?;
-        if !lane.name.eq(DEFAULT_LANE) && !lane_cfg.spool.dir.exists() {
+        if lane.name != DEFAULT_LANE && !lane_cfg.spool.dir.exists() {
             continue; // a lane added since the agent last ran: nothing spooled yet
         }
         let spool = Arc::new(open_read_only(&lane_cfg)?);

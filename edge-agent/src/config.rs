@@ -343,7 +343,7 @@ impl Config {
 
     /// The lanes in priority order, `default` included (the plan was checked by `load`).
     pub fn lanes(&self) -> Vec<LaneSection> {
-        lanes::plan(&self.lanes).unwrap_or_else(|_| lanes::plan(&[]).unwrap_or_default())
+        lanes::plan(&self.lanes).unwrap_or_else(|_| vec![LaneSection::default_lane()])
     }
 
     /// This configuration as seen by one lane: its spool directory and quota in `[spool]`

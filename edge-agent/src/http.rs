@@ -13,8 +13,9 @@
 //! `Retry-After` when the spool is full under the block policy or unavailable. With lanes, the
 //! answer has the seqs per lane (`lanes`: name → `first_seq`, `last_seq`, or `dropped`);
 //! `first_seq` and `last_seq` stay at the top when one lane stored the request. A refusal of a
-//! request that spans lanes lists under `stored` the lanes stored before it (only a full spool
-//! or a state of another type can do that: bad input refuses the whole request first).
+//! request that spans lanes lists under `stored` the lanes stored before it (only what storing
+//! alone finds can do that: a lane filling up after the check, a disk error; bad input or a
+//! full lane refuses the whole request first, `lanes::Intake::append`).
 
 use std::sync::Arc;
 

@@ -64,7 +64,7 @@ fn one() -> u32 {
 
 impl LaneSection {
     /// The implicit `default` lane.
-    fn default_lane() -> Self {
+    pub fn default_lane() -> Self {
         Self {
             name: DEFAULT_LANE.into(),
             streams: Vec::new(),

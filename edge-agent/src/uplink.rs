@@ -400,13 +400,9 @@ impl Uplink {
                 });
                 [l.agent.next_deadline(), held]
             })
+            .chain([self.save_due()])
             .flatten()
             .min();
-        let save = self.save_due();
-        let at = match (at, save) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         at.map(|t| Duration::from_millis(t.saturating_sub(self.now())))
             .unwrap_or(Duration::from_secs(3600))
     }

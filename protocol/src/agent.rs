@@ -662,14 +662,21 @@ mod tests {
         assert_eq!(send_all(&mut a, 6_010), vec![(16, 25), (26, 30)]);
     }
 
-    #[test]
-    fn without_a_retained_ack_the_window_is_given_up_after_the_resume_wait() {
+    /// An agent that sent a window (two batches), lost the link and connected again at 500:
+    /// waiting for its retained ack.
+    fn reconnected_with_a_window_out() -> Agent {
         let mut a = agent_with(30);
         a.connected(0);
         a.on_tick(100);
         send_all(&mut a, 100);
         a.disconnected();
         a.connected(500);
+        a
+    }
+
+    #[test]
+    fn without_a_retained_ack_the_window_is_given_up_after_the_resume_wait() {
+        let mut a = reconnected_with_a_window_out();
         a.on_tick(600);
         assert_eq!(a.stats().batches_failed, 2);
         assert_eq!(a.poll_send().unwrap().first_seq, 1);
@@ -677,12 +684,7 @@ mod tests {
 
     #[test]
     fn another_replica_s_retained_ack_ends_the_resume_wait_at_once() {
-        let mut a = agent_with(30);
-        a.connected(0);
-        a.on_tick(100);
-        send_all(&mut a, 100);
-        a.disconnected();
-        a.connected(500);
+        let mut a = reconnected_with_a_window_out();
         assert!(a.poll_send().is_none(), "waits for its retained ack");
         a.on_retained_ack_of_another(510);
         assert_eq!(a.stats().batches_failed, 2);

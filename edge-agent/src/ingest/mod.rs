@@ -368,6 +368,20 @@ impl DeviceShared {
         *last = (*last).max(h);
     }
 
+    /// A lane's stored clock and states, at its start.
+    fn resume(&self, last: Hlc, states: &BTreeMap<String, Crdt>) {
+        self.reached(last);
+        let mut kinds = self.kinds();
+        for (key, c) in states {
+            let e = kinds.entry(key.clone()).or_insert(KeyKind {
+                kind: c.kind(),
+                stored: true,
+                pending: 0,
+            });
+            e.stored = true;
+        }
+    }
+
     /// A request reserving `keys` was answered: `stored` or not.
     fn settle(&self, keys: &[String], stored: bool) {
         let mut kinds = self.kinds();
@@ -422,14 +436,12 @@ pub fn state_digests<'a>(
     let mut joined: BTreeMap<String, Crdt> = BTreeMap::new();
     for spool in spools {
         for (key, c) in stored_states(spool, codec) {
-            match joined.entry(key) {
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    v.insert(c);
-                }
-                std::collections::btree_map::Entry::Occupied(mut o) => {
-                    let _ = o.get_mut().join(&c); // kinds differ: the first lane's stands
-                }
-            }
+            // Kinds that differ: the first lane's stands.
+            (joined.entry(key))
+                .and_modify(|s| {
+                    let _ = s.join(&c);
+                })
+                .or_insert(c);
         }
     }
     joined
@@ -481,18 +493,7 @@ impl Ingest {
                 states.insert(key.to_owned(), c);
             }
         }
-        shared.reached(last);
-        {
-            let mut kinds = shared.kinds();
-            for (key, c) in &states {
-                let e = kinds.entry(key.clone()).or_insert(KeyKind {
-                    kind: c.kind(),
-                    stored: true,
-                    pending: 0,
-                });
-                e.stored = true;
-            }
-        }
+        shared.resume(last, &states);
         let replica = ReplicaId::new(device, spool.meta().incarnation);
         let cfg = Arc::new(cfg);
         let (tx, rx) = mpsc::sync_channel(1024);

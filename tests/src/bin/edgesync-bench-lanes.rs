@@ -53,6 +53,11 @@ fn row(run: usize, lanes: bool, d: &Drain) {
     );
 }
 
+/// The slowest fresh alarm of a drain, in seconds.
+fn slowest_fresh(d: &Drain) -> f64 {
+    d.fresh_alarms.iter().map(|f| secs(*f)).fold(0.0, f64::max)
+}
+
 /// Prints the least and the most of `v` with `digits` decimals.
 fn spread(name: &str, digits: usize, v: impl Iterator<Item = f64>) {
     let v: Vec<f64> = v.collect();
@@ -92,50 +97,33 @@ fn main() {
         let lanes = pair.pop().unwrap_or_default();
         results.push((lanes, flat));
     }
-    let max_fresh = |d: &Drain| d.fresh_alarms.iter().map(|f| secs(*f)).fold(0.0, f64::max);
     println!("\nover {} runs (min .. max):", a.runs);
-    spread(
-        "backlog alarms drained, lanes (s)",
-        1,
-        results.iter().map(|(l, _)| secs(l.backlog_alarms)),
-    );
-    spread(
-        "backlog alarms drained, no lanes (s)",
-        1,
-        results.iter().map(|(_, f)| secs(f.backlog_alarms)),
-    );
-    spread(
-        "everything drained, lanes (s)",
-        1,
-        results.iter().map(|(l, _)| secs(l.everything)),
-    );
-    spread(
-        "everything drained, no lanes (s)",
-        1,
-        results.iter().map(|(_, f)| secs(f.everything)),
-    );
-    spread(
-        "slowest fresh alarm, lanes (s)",
-        1,
-        results.iter().map(|(l, _)| max_fresh(l)),
-    );
-    spread(
-        "slowest fresh alarm, no lanes (s)",
-        1,
-        results.iter().map(|(_, f)| max_fresh(f)),
-    );
-    spread(
-        "alarm drain / everything drain, lanes",
-        3,
-        results
-            .iter()
-            .map(|(l, _)| secs(l.backlog_alarms) / secs(l.everything).max(1e-3)),
-    );
-    spread(
-        "alarm drain with lanes / without",
-        3,
-        results
-            .iter()
-            .map(|(l, f)| secs(l.backlog_alarms) / secs(f.backlog_alarms).max(1e-3)),
-    );
+    type Figure = fn(&Drain, &Drain) -> f64;
+    let figures: [(&str, usize, Figure); 8] = [
+        ("backlog alarms drained, lanes (s)", 1, |l, _| {
+            secs(l.backlog_alarms)
+        }),
+        ("backlog alarms drained, no lanes (s)", 1, |_, f| {
+            secs(f.backlog_alarms)
+        }),
+        ("everything drained, lanes (s)", 1, |l, _| {
+            secs(l.everything)
+        }),
+        ("everything drained, no lanes (s)", 1, |_, f| {
+            secs(f.everything)
+        }),
+        ("slowest fresh alarm, lanes (s)", 1, |l, _| slowest_fresh(l)),
+        ("slowest fresh alarm, no lanes (s)", 1, |_, f| {
+            slowest_fresh(f)
+        }),
+        ("alarm drain / everything drain, lanes", 3, |l, _| {
+            secs(l.backlog_alarms) / secs(l.everything).max(1e-3)
+        }),
+        ("alarm drain with lanes / without", 3, |l, f| {
+            secs(l.backlog_alarms) / secs(f.backlog_alarms).max(1e-3)
+        }),
+    ];
+    for (name, digits, figure) in figures {
+        spread(name, digits, results.iter().map(|(l, f)| figure(l, f)));
+    }
 }
